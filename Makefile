@@ -1,0 +1,47 @@
+# peatio-ws: the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test prepare lint unit check-install bench chaos demo dev-key clean
+
+## Install what is missing, then run the daemon in the foreground on the defaults.
+run: prepare
+	@scripts/check-jwt-key.sh
+	@set -a; [ -f .dev/jwt.env ] && [ -z "$${JWT_PUBLIC_KEY:-}" ] && . .dev/jwt.env; set +a; \
+	exec $(VENV)/bin/twistd -n --pidfile= peatio-ws $(ARGS)
+
+## Install what is missing, then lint, type-check and run the whole trial suite
+## (integration tests against the real RabbitMQ and Redis included).
+test: prepare
+	$(PY) -m ruff check peatio_ws twisted bench setup.py
+	$(PY) -m mypy
+	$(PY) -m twisted.trial --temp-directory=.state/_trial_temp peatio_ws
+	scripts/check-install.sh
+
+prepare:
+	@scripts/prepare.sh
+
+lint: prepare
+	$(PY) -m ruff check peatio_ws twisted bench setup.py
+	$(PY) -m mypy
+
+unit: prepare
+	$(PY) -m twisted.trial --temp-directory=.state/_trial_temp peatio_ws.test
+
+check-install: prepare
+	scripts/check-install.sh
+
+## A development key pair in .dev/ (used by `make run` when JWT_PUBLIC_KEY is unset).
+dev-key: prepare
+	@mkdir -p .dev
+	$(PY) -m peatio_ws.cli keygen --out .dev/jwt-private.pem > .dev/jwt.env
+	@echo "wrote .dev/jwt-private.pem and .dev/jwt.env (JWT_PUBLIC_KEY=...)"
+
+bench: prepare
+	$(PY) -m bench
+
+clean:
+	rm -rf build dist *.egg-info .state _trial_temp .mypy_cache .ruff_cache
+	find . -name dropin.cache -delete

@@ -1,0 +1,232 @@
+# -*- test-case-name: peatio_ws.test.test_auth -*-
+"""
+Verify Barong session JWTs.
+
+Only asymmetric algorithms are ever accepted, and only those configured in
+JWT_ALGORITHM: never C{none}, and never HMAC (which would let anyone holding
+the public key forge tokens). The key is loaded once, at start-up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from twisted.internet.interfaces import IReactorTime
+
+if TYPE_CHECKING:
+    from peatio_ws.config import Settings
+
+__all__ = [
+    "AuthError",
+    "Claims",
+    "TokenVerifier",
+    "check_algorithm_names",
+    "check_key_matches",
+    "load_public_key",
+]
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+
+_EC_CURVES = {"ES256": "secp256r1", "ES256K": "secp256k1", "ES384": "secp384r1", "ES512": "secp521r1"}
+_RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+ALLOWED_ALGORITHMS = _RSA_ALGORITHMS | frozenset(_EC_CURVES) | {"EdDSA"}
+
+
+class AuthError(Exception):
+    """
+    A token did not verify. C{reason} is a short machine-readable word for
+    logs and metrics; clients only ever see "Authentication failed.".
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a verified token says about its member."""
+
+    uid: str
+    jti: str
+    #: When the token stops being valid (C{exp} plus leeway), or None.
+    expires_at: float | None
+    email: str | None = None
+    role: str | None = None
+    level: Any = None
+    state: str | None = None
+
+
+def load_public_key(value: str) -> PublicKey:
+    """
+    Load JWT_PUBLIC_KEY: URL-safe base64 of a PEM public key (Peatio's
+    convention). Plain PEM text is accepted too.
+
+    @raise ValueError: with a one-line reason, for anything else, including
+        a private key.
+    """
+    text = value.strip()
+    if text.startswith("-----BEGIN"):
+        pem = text.encode("ascii", "replace")
+    else:
+        try:
+            pem = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            raise ValueError("is not URL-safe base64 of a PEM public key") from None
+    if b"PRIVATE KEY" in pem:
+        raise ValueError("is a private key; configure the public key only (never ship the private key)")
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError("does not decode to a PEM public key") from None
+    if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        raise ValueError(f"has an unsupported key type {type(key).__name__}")
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
+        raise ValueError(f"is a {key.key_size}-bit RSA key; at least 2048 bits are required")
+    return key
+
+
+def check_algorithm_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """
+    Validate JWT_ALGORITHM's names.
+
+    @raise ValueError: empty, C{none}, HMAC, or unknown.
+    """
+    if not names:
+        raise ValueError("must name at least one algorithm, e.g. RS256")
+    for name in names:
+        if name.lower() == "none":
+            raise ValueError("'none' is never allowed: tokens must be signed")
+        if name.upper().startswith("HS"):
+            raise ValueError(f"{name} is not allowed: HMAC with a public key lets anyone forge tokens")
+        if name not in ALLOWED_ALGORITHMS:
+            raise ValueError(f"unknown algorithm {name!r}; use one of {', '.join(sorted(ALLOWED_ALGORITHMS))}")
+    return names
+
+
+def check_key_matches(key: PublicKey, names: tuple[str, ...]) -> None:
+    """
+    @raise ValueError: an algorithm cannot be used with the configured key.
+    """
+    for name in names:
+        if name in _RSA_ALGORITHMS:
+            ok = isinstance(key, rsa.RSAPublicKey)
+        elif name in _EC_CURVES:
+            ok = isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == _EC_CURVES[name]
+        else:
+            ok = isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey))
+        if not ok:
+            raise ValueError(f"{name} does not fit the JWT_PUBLIC_KEY given ({_describe_key(key)})")
+
+
+def _describe_key(key: PublicKey) -> str:
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA {key.key_size}-bit"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}"
+    return type(key).__name__.replace("PublicKey", "").lstrip("_")
+
+
+def _number(claims: dict[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AuthError(f"bad_{name}")
+    return float(value)
+
+
+def _nonblank(claims: dict[str, Any], name: str) -> str:
+    value = claims.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise AuthError(f"no_{name}")
+    return value
+
+
+def _optional_str(claims: dict[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    return value if isinstance(value, str) else None
+
+
+class TokenVerifier:
+    """
+    Checks a token's signature and claims against the configuration.
+
+    Time comes from an injected clock so tests can move it.
+    """
+
+    def __init__(self, settings: Settings, clock: IReactorTime) -> None:
+        self._key = settings.jwt_public_key
+        self._algorithms = list(settings.jwt_algorithm)
+        self._issuer = settings.jwt_issuer
+        self._audience = frozenset(settings.jwt_audience)
+        self._leeway = {claim: settings.leeway(claim) for claim in ("exp", "nbf", "iat")}
+        self._clock = clock
+        self._jwt = jwt.PyJWT(
+            options={
+                "verify_signature": True,
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": False,
+                "verify_iss": False,
+                "verify_sub": False,
+                "verify_jti": False,
+                "require": [],
+            }
+        )
+
+    def verify(self, token: str) -> Claims:
+        """
+        @raise AuthError: the token does not verify; C{reason} says why.
+        """
+        try:
+            claims = self._jwt.decode(token, self._key, algorithms=self._algorithms)
+        except jwt.InvalidAlgorithmError:
+            raise AuthError("algorithm") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("signature") from None
+        except jwt.DecodeError:
+            raise AuthError("malformed") from None
+        except Exception:
+            # Any other failure inside PyJWT or cryptography (a key of the
+            # wrong type for the header's algorithm, say) is a failed token.
+            raise AuthError("invalid") from None
+        if not isinstance(claims, dict):
+            raise AuthError("malformed")
+        now = self._clock.seconds()
+        exp = _number(claims, "exp")
+        if exp is not None and now > exp + self._leeway["exp"]:
+            raise AuthError("expired")
+        nbf = _number(claims, "nbf")
+        if nbf is not None and now < nbf - self._leeway["nbf"]:
+            raise AuthError("not_yet_valid")
+        iat = _number(claims, "iat")
+        if iat is not None and iat > now + self._leeway["iat"]:
+            raise AuthError("issued_in_future")
+        if claims.get("sub") != "session":
+            raise AuthError("subject")
+        jti = _nonblank(claims, "jti")
+        if self._issuer is not None and claims.get("iss") != self._issuer:
+            raise AuthError("issuer")
+        if self._audience:
+            aud = claims.get("aud")
+            given = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
+            if not self._audience.intersection(a for a in given if isinstance(a, str)):
+                raise AuthError("audience")
+        uid = _nonblank(claims, "uid")
+        return Claims(
+            uid=uid,
+            jti=jti,
+            expires_at=None if exp is None else exp + self._leeway["exp"],
+            email=_optional_str(claims, "email"),
+            role=_optional_str(claims, "role"),
+            level=claims.get("level"),
+            state=_optional_str(claims, "state"),
+        )

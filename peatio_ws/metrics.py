@@ -1,0 +1,62 @@
+# -*- test-case-name: peatio_ws.test.test_http -*-
+"""
+The daemon's Prometheus metrics.
+
+One L{Metrics} object per daemon, on its own registry (not the global one), so
+tests can build as many daemons as they like and read each one's figures.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """Every metric the daemon exports; collaborators update them directly."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("peatio_ws_connections", "Open WebSocket connections", registry=r)
+        self.connections_total = Counter("peatio_ws_connections_accepted", "WebSocket connections accepted", registry=r)
+        self.authenticated_connections = Gauge(
+            "peatio_ws_authenticated_connections", "Authenticated WebSocket connections", registry=r
+        )
+        self.members = Gauge("peatio_ws_members", "Distinct members with an authenticated connection", registry=r)
+        self.auth = Counter(
+            "peatio_ws_authentications", "Authentication attempts by result and reason", ["result", "reason"], registry=r
+        )
+        self.closes = Counter("peatio_ws_closes", "Connections closed by the server, by reason", ["reason"], registry=r)
+        self.rejected = Counter(
+            "peatio_ws_connections_rejected", "Connections refused at the handshake, by reason", ["reason"], registry=r
+        )
+        self.events_received = Counter(
+            "peatio_ws_events_received", "Events received from RabbitMQ, by event type", ["event"], registry=r
+        )
+        self.events_delivered = Counter(
+            "peatio_ws_events_delivered", "Event copies written to WebSocket connections, by event type", ["event"],
+            registry=r,
+        )
+        self.events_dropped = Counter(
+            "peatio_ws_events_dropped", "Events dropped, by reason (malformed, bad_routing_key, no_connection, ...)",
+            ["reason"], registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "peatio_ws_delivery_latency_seconds",
+            "Time from receiving an event from the broker to writing it to the connections",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.slow_consumer_closes = Counter(
+            "peatio_ws_slow_consumer_closes", "Connections closed (4008) for not keeping up", registry=r
+        )
+        self.broker_up = Gauge("peatio_ws_rabbitmq_up", "1 when connected to RabbitMQ and consuming", registry=r)
+        self.broker_reconnects = Counter("peatio_ws_rabbitmq_connects", "Successful RabbitMQ (re)connections", registry=r)
+        self.bindings = Gauge("peatio_ws_rabbitmq_bindings", "Member bindings on this process's queue", registry=r)
+        self.redis_up = Gauge("peatio_ws_redis_up", "1 when connected to Redis", registry=r)
+        self.revocations = Counter(
+            "peatio_ws_revocations", "Live sessions ended by revocation, by what named them", ["by"], registry=r
+        )
+        self.listener_up = Gauge("peatio_ws_listener_up", "1 while the WebSocket port is listening", registry=r)

@@ -1,0 +1,171 @@
+# -*- test-case-name: peatio_ws.test.test_registry -*-
+"""
+The member-keyed registry: uid -> the live authenticated connections of that
+member on this process, and the fan-out of events to them.
+
+It knows nothing of Autobahn or AMQP: connections are anything with
+L{Connection}'s methods, and the broker consumer learns of members coming and
+going through L{MembershipObserver}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from twisted.logger import Logger
+
+from peatio_ws.auth import Claims
+from peatio_ws.framing import event_message, text_frame
+from peatio_ws.metrics import Metrics
+
+__all__ = ["Connection", "MembershipObserver", "Registry"]
+
+log = Logger(namespace="peatio_ws.registry")
+
+
+class Connection(Protocol):
+    """What the registry needs of a connection."""
+
+    conn_id: str
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Write a ready WebSocket frame; False if the connection could not take it."""
+
+    def revoke(self) -> None:
+        """End the session: its token was revoked."""
+
+
+class MembershipObserver(Protocol):
+    """Told when a member gets its first, or loses its last, connection."""
+
+    def member_joined(self, uid: str) -> None: ...
+
+    def member_left(self, uid: str) -> None: ...
+
+
+class Registry:
+    """
+    uid -> connections, plus the indexes revocation needs (jti -> connections)
+    and the claims each connection authenticated with.
+    """
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._by_uid: dict[str, set[Connection]] = {}
+        self._by_jti: dict[str, set[Connection]] = {}
+        self._claims: dict[Connection, Claims] = {}
+        self._observers: list[MembershipObserver] = []
+
+    def add_observer(self, observer: MembershipObserver) -> None:
+        """Tell C{observer} of members joining and leaving from now on."""
+        self._observers.append(observer)
+
+    # -- membership ------------------------------------------------------
+
+    def authenticate(self, conn: Connection, claims: Claims) -> None:
+        """
+        Record that C{conn} is authenticated as C{claims.uid}: a first
+        authentication adds it, the same uid refreshes its claims (nothing is
+        subscribed twice), another uid moves it.
+        """
+        old = self._claims.get(conn)
+        if old is not None and old.uid != claims.uid:
+            self.deauthenticate(conn)
+            old = None
+        if old is not None:
+            self._unindex_jti(conn, old.jti)
+        self._claims[conn] = claims
+        self._by_jti.setdefault(claims.jti, set()).add(conn)
+        if old is None:
+            members = self._by_uid.get(claims.uid)
+            if members is None:
+                self._by_uid[claims.uid] = {conn}
+                for observer in self._observers:
+                    observer.member_joined(claims.uid)
+            else:
+                members.add(conn)
+        self._update_gauges()
+
+    def deauthenticate(self, conn: Connection) -> None:
+        """Forget C{conn}; safe to call for a connection never authenticated."""
+        claims = self._claims.pop(conn, None)
+        if claims is None:
+            return
+        self._unindex_jti(conn, claims.jti)
+        members = self._by_uid.get(claims.uid)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del self._by_uid[claims.uid]
+                for observer in self._observers:
+                    observer.member_left(claims.uid)
+        self._update_gauges()
+
+    def _unindex_jti(self, conn: Connection, jti: str) -> None:
+        holders = self._by_jti.get(jti)
+        if holders is not None:
+            holders.discard(conn)
+            if not holders:
+                del self._by_jti[jti]
+
+    def _update_gauges(self) -> None:
+        self._metrics.members.set(len(self._by_uid))
+        self._metrics.authenticated_connections.set(len(self._claims))
+
+    # -- queries -----------------------------------------------------------
+
+    def claims(self, conn: Connection) -> Claims | None:
+        """The claims C{conn} authenticated with, or None."""
+        return self._claims.get(conn)
+
+    def connections(self, uid: str) -> frozenset[Connection]:
+        """The authenticated connections of member C{uid} (a copy)."""
+        return frozenset(self._by_uid.get(uid, ()))
+
+    def members(self) -> list[str]:
+        """Every member with at least one authenticated connection."""
+        return list(self._by_uid)
+
+    def jtis(self) -> list[str]:
+        """Every token id in use by a live session."""
+        return list(self._by_jti)
+
+    def __len__(self) -> int:
+        """The number of authenticated connections."""
+        return len(self._claims)
+
+    # -- events and revocation ------------------------------------------------
+
+    def deliver(self, uid: str, event: str, payload: bytes) -> int:
+        """
+        Send C{{"<event>": payload}} to every authenticated connection of
+        C{uid}; the frame is built once. Returns how many connections took it.
+        """
+        members = self._by_uid.get(uid)
+        if not members:
+            return 0
+        frame = text_frame(event_message(event, payload))
+        sent = 0
+        # A copy: a write may close a slow connection, which leaves the set.
+        for conn in tuple(members):
+            try:
+                if conn.send_frame(frame):
+                    sent += 1
+            except Exception:
+                log.failure("delivering {event} to {conn_id}", event=event, conn_id=conn.conn_id)
+        return sent
+
+    def revoke(self, uid: str | None = None, jti: str | None = None) -> int:
+        """End the live sessions of member C{uid} or of token C{jti}; returns how many."""
+        targets: Iterable[Connection] = ()
+        if uid is not None:
+            targets = tuple(self._by_uid.get(uid, ()))
+        elif jti is not None:
+            targets = tuple(self._by_jti.get(jti, ()))
+        count = 0
+        for conn in targets:
+            conn.revoke()
+            self.deauthenticate(conn)
+            count += 1
+        return count
