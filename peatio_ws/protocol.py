@@ -1,0 +1,587 @@
+# -*- test-case-name: peatio_ws.test.test_protocol -*-
+"""
+The client-facing WebSocket protocol (SPEC §3).
+
+One L{StreamProtocol} per connection: challenge on open, C{{"jwt": "Bearer …"}}
+authentication with exactly the documented replies, token expiry, the auth
+timeout, C{ping}/C{pong}, and back-pressure on event delivery. Events are not
+sent through Autobahn's C{sendMessage}: the registry frames each event once and
+L{StreamProtocol.send_frame} writes the ready frame, which also keeps the
+inbound message limit from applying to outbound events.
+
+Time comes from the factory's injected clock, so every timer is testable with
+L{twisted.internet.task.Clock}.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+import os
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from peatio_ws.auth import AuthError, Claims, TokenVerifier
+from peatio_ws.config import Settings
+from peatio_ws.metrics import Metrics
+from peatio_ws.registry import Registry
+
+if TYPE_CHECKING:
+    from peatio_ws.redis import RevocationService
+
+__all__ = ["CloseCode", "Reply", "StreamFactory", "StreamProtocol", "normalize_origin"]
+
+# Not "log": Autobahn's protocol has its own self.log, and replacing it floods
+# the log with per-frame debug lines.
+_log = Logger(namespace="peatio_ws.protocol")
+
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+
+def _message(kind: str, text: str) -> bytes:
+    return json.dumps({kind: {"message": text}}, separators=(",", ":")).encode("utf-8")
+
+
+class Reply:
+    """The exact server messages of SPEC §3 (compact JSON, one key each)."""
+
+    AUTHENTICATED = _message("success", "Authenticated.")
+    TOKEN_TYPE = _message("error", "Token type is not provided or invalid.")
+    AUTH_FAILED = _message("error", "Authentication failed.")
+    HANDLING_ERROR = _message("error", "Error while handling message.")
+    TOKEN_EXPIRED = _message("error", "Token expired.")
+    TOO_MANY_ATTEMPTS = _message("error", "Too many authentication attempts.")
+
+
+class CloseCode:
+    """Close codes the server sends (SPEC §3.4)."""
+
+    GOING_AWAY = 1001
+    MESSAGE_TOO_BIG = 1009
+    TOKEN_EXPIRED = 4001
+    AUTH_TIMEOUT = 4002
+    REVOKED = 4003
+    SLOW_CONSUMER = 4008
+    TOO_MANY_ATTEMPTS = 4029
+
+
+#: Messages that may wait behind an authentication still checking Redis.
+_MAX_QUEUED_MESSAGES = 16
+
+
+def new_challenge() -> str:
+    """40 random bytes, URL-safe base64 without padding: 54 characters."""
+    return base64.urlsafe_b64encode(os.urandom(40)).rstrip(b"=").decode("ascii")
+
+
+def normalize_origin(origin: str) -> str | None:
+    """
+    C{scheme://host[:port]} in lower case with the scheme's default port
+    dropped, or None for an origin that is not a URL (C{null}, junk).
+    """
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.hostname:
+        return None
+    scheme = parts.scheme.lower()
+    default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
+    netloc = parts.hostname.lower() if port in (None, default) else f"{parts.hostname.lower()}:{port}"
+    return f"{scheme}://{netloc}"
+
+
+@implementer(IPushProducer)
+class StreamProtocol(WebSocketServerProtocol):
+    """One client connection. Also the transport's push producer, to see back-pressure."""
+
+    factory: StreamFactory
+
+    conn_id = "-"
+    claims: Claims | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.challenge = ""
+        self.awaiting_pong = False
+        self._auth_timer: IDelayedCall | None = None
+        self._expiry_timer: IDelayedCall | None = None
+        self._busy: Deferred[Any] | None = None
+        self._queued: deque[tuple[bytes, bool]] = deque()
+        self._paused = False
+        self._written_while_paused = 0
+        self._attempts: deque[float] = deque()
+        self._client_ip = ""
+        self._counted = False
+        self._close_reason = ""
+
+    # -- connection lifecycle -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self._client_ip = getattr(peer, "host", "") or ""
+        super().connectionMade()
+        self.transport.registerProducer(self, True)
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        """Check the Origin and the per-address limit before the upgrade."""
+        factory = self.factory
+        origin = request.headers.get("origin")
+        if factory.allowed_origins and origin is not None and not factory.origin_allowed(origin):
+            factory.metrics.rejected.labels(reason="origin").inc()
+            _log.info("refused {peer}: origin {origin!r} not allowed", peer=self.peer, origin=origin[:200])
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
+        if not factory.admit(self._client_ip):
+            factory.metrics.rejected.labels(reason="per_ip_limit").inc()
+            _log.info("refused {peer}: too many connections from {ip}", peer=self.peer, ip=self._client_ip)
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "Too many connections from this address")
+        self._counted = True
+
+    def onOpen(self) -> None:
+        factory = self.factory
+        factory.connection_opened(self)
+        self.challenge = new_challenge()
+        self.sendMessage(json.dumps({"challenge": self.challenge}).encode("ascii"))
+        self._start_auth_timer()
+        _log.info("connection {conn_id} opened from {peer}", conn_id=self.conn_id, peer=self.peer)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._forget()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        try:
+            super().connectionLost(reason)
+        finally:
+            self._forget()
+
+    def _forget(self) -> None:
+        """Undo everything this connection holds; idempotent, runs on every close path."""
+        self._cancel(self._auth_timer)
+        self._cancel(self._expiry_timer)
+        self._auth_timer = self._expiry_timer = None
+        self._queued.clear()
+        factory = self.factory
+        if self.claims is not None:
+            factory.registry.deauthenticate(self)
+            self.claims = None
+        if factory.connection_closed(self):
+            _log.info(
+                "connection {conn_id} closed{reason}",
+                conn_id=self.conn_id,
+                reason=f" ({self._close_reason})" if self._close_reason else "",
+            )
+        if self._counted:
+            self._counted = False
+            factory.release(self._client_ip)
+
+    @staticmethod
+    def _cancel(call: IDelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()
+
+    def close_with(self, code: int, reason: str, reply: bytes | None = None) -> None:
+        """Send C{reply} (if any), then the closing handshake with C{code}."""
+        if self.state != _STATE_OPEN:
+            return
+        self._close_reason = f"{code} {reason}"
+        self.factory.metrics.closes.labels(reason=str(code)).inc()
+        if reply is not None:
+            self.sendMessage(reply)
+        self._stop_events()
+        self.sendClose(code, reason)
+
+    def going_away(self) -> None:
+        """Server shutdown: 1001, which Autobahn's sendClose refuses."""
+        if self.state == _STATE_OPEN:
+            self._close_reason = "1001 shutdown"
+            self._stop_events()
+            self.sendCloseFrame(code=CloseCode.GOING_AWAY, reasonUtf8=b"Server shutting down", isReply=False)
+        elif self.state != WebSocketProtocol.STATE_CLOSED and self.transport is not None:
+            self.transport.abortConnection()
+
+    def _stop_events(self) -> None:
+        if self.claims is not None:
+            self.factory.registry.deauthenticate(self)
+            self.claims = None
+
+    # -- timers ------------------------------------------------------------------
+
+    def _start_auth_timer(self) -> None:
+        timeout = self.factory.settings.websocket_auth_timeout
+        self._cancel(self._auth_timer)
+        self._auth_timer = None
+        if timeout > 0:
+            self._auth_timer = self.factory.clock.callLater(timeout, self._auth_timed_out)
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        if self.claims is None:
+            _log.info("connection {conn_id} did not authenticate in time", conn_id=self.conn_id)
+            self.close_with(CloseCode.AUTH_TIMEOUT, "Authentication timeout")
+
+    def _token_expired(self) -> None:
+        self._expiry_timer = None
+        claims = self.claims
+        _log.info("connection {conn_id} token of {uid} expired", conn_id=self.conn_id, uid=claims and claims.uid)
+        self.close_with(CloseCode.TOKEN_EXPIRED, "Token expired", Reply.TOKEN_EXPIRED)
+
+    # -- messages ------------------------------------------------------------------
+
+    def onPong(self, payload: bytes) -> None:
+        self.awaiting_pong = False
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.awaiting_pong = False
+        if self._busy is not None:
+            if len(self._queued) >= _MAX_QUEUED_MESSAGES:
+                self.sendMessage(Reply.HANDLING_ERROR)
+            else:
+                self._queued.append((payload, isBinary))
+            return
+        self._handle(payload, isBinary)
+
+    def _handle(self, payload: bytes, is_binary: bool) -> None:
+        try:
+            pending = self._process(payload, is_binary)
+        except Exception:
+            _log.failure("connection {conn_id}: failure handling a message", conn_id=self.conn_id)
+            self._reply(Reply.HANDLING_ERROR)
+            return
+        if pending is not None:
+            self._busy = pending
+            pending.addBoth(self._finished_pending)
+
+    def _finished_pending(self, result: object) -> None:
+        self._busy = None
+        while self._queued and self._busy is None and self.state == _STATE_OPEN:
+            self._handle(*self._queued.popleft())
+
+    def _reply(self, message: bytes) -> None:
+        if self.state == _STATE_OPEN:
+            self.sendMessage(message)
+
+    def _process(self, payload: bytes, is_binary: bool) -> Deferred[None] | None:
+        """Handle one client message; a Deferred while a revocation check runs."""
+        if is_binary:
+            self._reply(Reply.HANDLING_ERROR)
+            return None
+        if payload == b"ping":
+            self._reply(b"pong")
+            return None
+        try:
+            message = json.loads(payload)
+        except (ValueError, RecursionError):
+            self._reply(Reply.HANDLING_ERROR)
+            return None
+        if not isinstance(message, dict) or "jwt" not in message:
+            self._reply(Reply.HANDLING_ERROR)
+            return None
+        value = message["jwt"]
+        if not isinstance(value, str):
+            self._reply(Reply.TOKEN_TYPE)
+            return None
+        kind, _, token = value.partition(" ")
+        if kind != "Bearer":
+            self._reply(Reply.TOKEN_TYPE)
+            return None
+        return self._authenticate(token.strip())
+
+    def _over_attempt_limit(self) -> bool:
+        limit = self.factory.settings.websocket_auth_attempts_per_minute
+        if limit <= 0:
+            return False
+        now = self.factory.clock.seconds()
+        attempts = self._attempts
+        while attempts and attempts[0] <= now - 60:
+            attempts.popleft()
+        attempts.append(now)
+        return len(attempts) > limit
+
+    def _authenticate(self, token: str) -> Deferred[None] | None:
+        factory = self.factory
+        if self._over_attempt_limit():
+            factory.metrics.auth.labels(result="failure", reason="rate_limited").inc()
+            self.close_with(CloseCode.TOO_MANY_ATTEMPTS, "Too many authentication attempts", Reply.TOO_MANY_ATTEMPTS)
+            return None
+        try:
+            claims = factory.verifier.verify(token)
+        except AuthError as e:
+            self._auth_failed(e.reason)
+            return None
+        revocation = factory.revocation
+        if revocation is None:
+            self._auth_succeeded(claims)
+            return None
+        checking = revocation.is_revoked(claims.jti)
+
+        def checked(revoked: bool) -> None:
+            if revoked:
+                self._auth_failed("revoked")
+            else:
+                self._auth_succeeded(claims)
+
+        def unavailable(failure: Failure) -> None:
+            _log.warn(
+                "connection {conn_id}: revocation check failed: {error}",
+                conn_id=self.conn_id,
+                error=failure.getErrorMessage(),
+            )
+            self._auth_failed("revocation_unavailable")
+
+        return checking.addCallbacks(checked, unavailable)
+
+    def _auth_failed(self, reason: str) -> None:
+        factory = self.factory
+        factory.metrics.auth.labels(result="failure", reason=reason).inc()
+        if self.state != _STATE_OPEN:
+            return
+        previous = self.claims
+        if previous is not None:
+            # A failed re-authentication drops the old one: no more events.
+            factory.registry.deauthenticate(self)
+            self.claims = None
+            self._cancel(self._expiry_timer)
+            self._expiry_timer = None
+            self._start_auth_timer()
+        _log.info(
+            "connection {conn_id} authentication failed: {reason}{was}",
+            conn_id=self.conn_id,
+            reason=reason,
+            was=f" (was {previous.uid})" if previous is not None else "",
+        )
+        self.sendMessage(Reply.AUTH_FAILED)
+
+    def _auth_succeeded(self, claims: Claims) -> None:
+        factory = self.factory
+        if self.state != _STATE_OPEN:
+            return
+        previous = self.claims
+        factory.registry.authenticate(self, claims)
+        self.claims = claims
+        self._cancel(self._auth_timer)
+        self._auth_timer = None
+        self._cancel(self._expiry_timer)
+        self._expiry_timer = None
+        if claims.expires_at is not None:
+            delay = max(0.0, claims.expires_at - factory.clock.seconds())
+            self._expiry_timer = factory.clock.callLater(delay, self._token_expired)
+        factory.metrics.auth.labels(result="success", reason="ok").inc()
+        if previous is None:
+            _log.info("connection {conn_id} authenticated as {uid}", conn_id=self.conn_id, uid=claims.uid)
+        elif previous.uid != claims.uid:
+            _log.info(
+                "connection {conn_id} re-authenticated as {uid} (was {old})",
+                conn_id=self.conn_id,
+                uid=claims.uid,
+                old=previous.uid,
+            )
+        self.sendMessage(Reply.AUTHENTICATED)
+
+    # -- what the registry calls -----------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> bool:
+        """
+        Write a ready event frame. While the transport has asked us to pause
+        (its buffer is full: the client is not reading), count what piles up
+        and close with 4008 past WEBSOCKET_MAX_BUFFER instead of buffering
+        without bound.
+        """
+        if self.state != _STATE_OPEN:
+            return False
+        if self._paused:
+            if self._held_bytes() + len(frame) > self.factory.settings.websocket_max_buffer:
+                self.factory.metrics.slow_consumer_closes.inc()
+                _log.warn(
+                    "connection {conn_id} of {uid} is not keeping up; closing",
+                    conn_id=self.conn_id,
+                    uid=self.claims and self.claims.uid,
+                )
+                self.close_with(CloseCode.SLOW_CONSUMER, "Too slow")
+                return False
+            self._written_while_paused += len(frame)
+        self.transport.write(frame)
+        return True
+
+    def _held_bytes(self) -> int:
+        """Bytes the transport holds beyond the kernel: exact for TCP, else an upper bound."""
+        transport = self.transport
+        buffer = getattr(transport, "dataBuffer", None)
+        temp = getattr(transport, "_tempDataLen", None)
+        offset = getattr(transport, "offset", None)
+        if isinstance(buffer, (bytes, memoryview)) and isinstance(temp, int) and isinstance(offset, int):
+            return len(buffer) - offset + temp
+        return self._written_while_paused
+
+    def revoke(self) -> None:
+        """The session's token was revoked (SPEC §5): reply, then close 4003."""
+        _log.info(
+            "connection {conn_id} of {uid}: session revoked",
+            conn_id=self.conn_id,
+            uid=self.claims and self.claims.uid,
+        )
+        self.close_with(CloseCode.REVOKED, "Session revoked", Reply.AUTH_FAILED)
+
+    # -- IPushProducer: the transport tells us when its buffer is full ----------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._written_while_paused = 0
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._written_while_paused = 0
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+
+class StreamFactory(WebSocketServerFactory):
+    """
+    Builds L{StreamProtocol}s and holds what they share: settings, the
+    verifier, the registry, the revocation check, metrics and the clock. Also
+    the keep-alive sweep: one timer for all connections, not one per connection.
+    """
+
+    protocol = StreamProtocol
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        verifier: TokenVerifier,
+        metrics: Metrics,
+        clock: IReactorTime,
+        revocation: RevocationService | None = None,
+        url: str | None = None,
+        handshake_timeouts: bool = True,
+    ) -> None:
+        super().__init__(url, server="peatio-ws")
+        self.settings = settings
+        self.registry = registry
+        self.verifier = verifier
+        self.metrics = metrics
+        self.clock = clock
+        self.revocation = revocation
+        patterns = (x.lower() if "*" in x else normalize_origin(x) for x in settings.websocket_allowed_origins)
+        self.allowed_origins = tuple(p for p in patterns if p)
+        self.connections: set[StreamProtocol] = set()
+        self._per_ip: dict[str, int] = {}
+        self._next_id = 0
+        self._ping_call: IDelayedCall | None = None
+        # One call: setProtocolOptions resets options it is not given.
+        self.setProtocolOptions(
+            webStatus=False,
+            maxMessagePayloadSize=settings.websocket_max_message_size,
+            maxFramePayloadSize=settings.websocket_max_message_size,
+            # Without this a too-big message is answered by dropping TCP, and
+            # the client sees 1006 instead of 1009.
+            failByDrop=False,
+            # Autobahn's timer rounds down: 1 s often drops the close frame.
+            closeHandshakeTimeout=settings.websocket_close_timeout if handshake_timeouts else 0,
+            openHandshakeTimeout=10 if handshake_timeouts else 0,
+            autoPingInterval=0,
+            tcpNoDelay=True,
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+        )
+
+    def buildProtocol(self, addr: Any) -> StreamProtocol:
+        proto: StreamProtocol = super().buildProtocol(addr)
+        self._next_id += 1
+        proto.conn_id = f"c{self._next_id}"
+        return proto
+
+    # -- bookkeeping ---------------------------------------------------------------
+
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether a browser's Origin is in WEBSOCKET_ALLOWED_ORIGINS (C{*} wildcards allowed)."""
+        normalized = normalize_origin(origin)
+        if normalized is None:
+            return False
+        return any(fnmatch.fnmatchcase(normalized, pattern) for pattern in self.allowed_origins)
+
+    def admit(self, ip: str) -> bool:
+        """Count a connection from C{ip}; False when over the per-address limit."""
+        limit = self.settings.websocket_max_connections_per_ip
+        count = self._per_ip.get(ip, 0)
+        if limit > 0 and count >= limit:
+            return False
+        self._per_ip[ip] = count + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        count = self._per_ip.get(ip, 0) - 1
+        if count > 0:
+            self._per_ip[ip] = count
+        else:
+            self._per_ip.pop(ip, None)
+
+    def connection_opened(self, proto: StreamProtocol) -> None:
+        self.connections.add(proto)
+        self.metrics.connections.set(len(self.connections))
+        self.metrics.connections_total.inc()
+
+    def connection_closed(self, proto: StreamProtocol) -> bool:
+        """Forget C{proto}; True the first time only."""
+        if proto not in self.connections:
+            return False
+        self.connections.discard(proto)
+        self.metrics.connections.set(len(self.connections))
+        return True
+
+    # -- keep-alive ----------------------------------------------------------------
+
+    def start_pinging(self) -> None:
+        """Every WEBSOCKET_PING_INTERVAL: drop who missed the last ping, ping the rest."""
+        interval = self.settings.websocket_ping_interval
+        if interval > 0 and self._ping_call is None:
+            self._ping_call = self.clock.callLater(interval, self._ping_sweep)
+
+    def stop_pinging(self) -> None:
+        if self._ping_call is not None and self._ping_call.active():
+            self._ping_call.cancel()
+        self._ping_call = None
+
+    def _ping_sweep(self) -> None:
+        self._ping_call = None
+        for proto in tuple(self.connections):
+            if proto.state != _STATE_OPEN:
+                continue
+            if proto.awaiting_pong:
+                _log.info("connection {conn_id} missed its ping; dropping", conn_id=proto.conn_id)
+                self.metrics.closes.labels(reason="ping_timeout").inc()
+                proto.dropConnection(abort=True)
+            else:
+                proto.awaiting_pong = True
+                proto.sendPing()
+        self.start_pinging()
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    def close_all(self) -> Deferred[Any]:
+        """
+        Close every connection with 1001 and fire when all are gone (bounded by
+        the close handshake timeout, after which Autobahn drops them).
+        """
+        self.stop_pinging()
+        waiting: list[Deferred[Any]] = []
+        for proto in tuple(self.connections):
+            waiting.append(proto.is_closed)
+            proto.going_away()
+        return DeferredList(waiting, consumeErrors=True)
+
+    def live(self) -> Iterable[StreamProtocol]:
+        return tuple(self.connections)

@@ -1,0 +1,552 @@
+"""
+Tests for L{peatio_ws.protocol}: every rule of SPEC §3, driven over a fake
+transport with a fake clock.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from peatio_ws.auth import TokenVerifier
+from peatio_ws.metrics import Metrics
+from peatio_ws.protocol import CloseCode, StreamFactory, new_challenge, normalize_origin
+from peatio_ws.registry import Registry
+from peatio_ws.test.wsclient import Client
+from peatio_ws.testing import OMIT, generate_rsa_key, make_token, settings_for_tests
+
+AUTHENTICATED = {"success": {"message": "Authenticated."}}
+TOKEN_TYPE = {"error": {"message": "Token type is not provided or invalid."}}
+AUTH_FAILED = {"error": {"message": "Authentication failed."}}
+HANDLING = {"error": {"message": "Error while handling message."}}
+EXPIRED = {"error": {"message": "Token expired."}}
+
+
+class FakeRevocation:
+    """Stands in for the Redis revocation check."""
+
+    def __init__(self) -> None:
+        self.revoked: set[str] = set()
+        self.pending: list[Deferred[bool]] = []
+        self.hold = False
+        self.broken = False
+
+    def is_revoked(self, jti: str) -> Deferred[bool]:
+        if self.broken:
+            return fail(RuntimeError("redis is down"))
+        if self.hold:
+            d: Deferred[bool] = Deferred()
+            self.pending.append(d)
+            return d
+        return succeed(jti in self.revoked)
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def member_joined(self, uid: str) -> None:
+        self.events.append(("joined", uid))
+
+    def member_left(self, uid: str) -> None:
+        self.events.append(("left", uid))
+
+
+class ProtocolTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.build()
+
+    def build(self, **overrides: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.settings = settings_for_tests(**overrides)
+        self.metrics = Metrics()
+        self.registry = Registry(self.metrics)
+        self.observer = Observer()
+        self.registry.add_observer(self.observer)
+        self.revocation = FakeRevocation()
+        self.factory = StreamFactory(
+            self.settings,
+            self.registry,
+            TokenVerifier(self.settings, self.clock),
+            self.metrics,
+            self.clock,
+            self.revocation,  # type: ignore[arg-type]
+            handshake_timeouts=False,
+        )
+
+    def connect(self, **kw: Any) -> Client:
+        client = Client.connect(self.factory, **kw)
+        self.addCleanup(client.lose)
+        [challenge] = client.messages()
+        self.assertEqual(list(challenge), ["challenge"])
+        return client
+
+    def token(self, **claims: Any) -> str:
+        return make_token(now=self.clock.seconds(), **claims)
+
+    def authenticate(self, client: Client, **claims: Any) -> None:
+        client.send_json({"jwt": "Bearer " + self.token(**claims)})
+        self.assertEqual(client.messages(), [AUTHENTICATED])
+
+    def publish(self, uid: str, event: str = "order", payload: bytes = b'{"id":1}') -> int:
+        return self.registry.deliver(uid, event, payload)
+
+
+class ChallengeTests(ProtocolTestCase):
+    def test_challenge_shape(self) -> None:
+        """The challenge is 54 URL-safe base64 characters (40 random bytes, no padding)."""
+        client = Client.connect(self.factory)
+        self.addCleanup(client.lose)
+        [message] = client.messages()
+        challenge = message["challenge"]
+        self.assertEqual(len(challenge), 54)
+        self.assertRegex(challenge, r"^[A-Za-z0-9_-]{54}$")
+
+    def test_challenge_fresh(self) -> None:
+        """Every connection gets a different challenge."""
+        seen = {new_challenge() for _ in range(100)}
+        self.assertEqual(len(seen), 100)
+        a = Client.connect(self.factory)
+        b = Client.connect(self.factory)
+        self.addCleanup(a.lose)
+        self.addCleanup(b.lose)
+        self.assertNotEqual(a.messages(), b.messages())
+
+    def test_any_path(self) -> None:
+        """Any request path is accepted."""
+        for path in ("/", "/api/v2/ranger", "/anything/else?x=1"):
+            client = Client.connect(self.factory, path=path)
+            self.addCleanup(client.lose)
+            self.assertIn("challenge", client.messages()[0])
+
+
+class AuthenticationTests(ProtocolTestCase):
+    def test_success(self) -> None:
+        """A good token gets exactly the success reply and registers the connection."""
+        client = self.connect()
+        self.authenticate(client, uid="U1")
+        self.assertEqual(len(self.registry.connections("U1")), 1)
+        self.assertEqual(client.protocol.claims.uid, "U1")
+
+    def test_reply_bytes_exact(self) -> None:
+        """Replies are compact JSON with one key, byte for byte."""
+        client = self.connect()
+        client.send_json({"jwt": "Bearer " + self.token()})
+        [frame] = client.received()
+        self.assertEqual(frame.payload, b'{"success":{"message":"Authenticated."}}')
+        client.send("nope")
+        [frame] = client.received()
+        self.assertEqual(frame.payload, b'{"error":{"message":"Error while handling message."}}')
+
+    def test_token_type(self) -> None:
+        """A non-string value, or a first word other than exactly Bearer, is a token-type error."""
+        client = self.connect()
+        token = self.token()
+        for value in (None, 1, ["Bearer", token], {"a": 1}, True, "bearer " + token, "Token " + token, token, "",
+                      "BEARER " + token, " Bearer " + token):
+            client.send_json({"jwt": value})
+            self.assertEqual(client.messages(), [TOKEN_TYPE], value)
+        self.assertIsNone(client.close_code())
+
+    def test_failed(self) -> None:
+        """A token that does not verify gets Authentication failed; the connection stays open."""
+        client = self.connect()
+        other = generate_rsa_key()
+        for value in ("Bearer", "Bearer ", "Bearer x.y.z", "Bearer " + make_token(other, now=self.clock.seconds()),
+                      "Bearer " + self.token(sub="api"), "Bearer " + self.token(uid=OMIT),
+                      "Bearer " + self.token(exp=self.clock.seconds() - 10)):
+            client.send_json({"jwt": value})
+            self.assertEqual(client.messages(), [AUTH_FAILED], value)
+        self.assertIsNone(client.close_code())
+        self.authenticate(client)
+
+    def test_handling_errors(self) -> None:
+        """Not JSON, not an object, no jwt key, binary frames, deep JSON: Error while handling message."""
+        client = self.connect()
+        for payload in ("not json", "[1,2]", '"jwt"', "42", "null", '{"token":"Bearer x"}', "{}",
+                        "[" * 5000 + "]" * 5000, "1" * 5000, "\u00e9\u4e2d"):
+            client.send(payload)
+            self.assertEqual(client.messages(), [HANDLING], payload[:20])
+        client.send(b'{"jwt":"Bearer x"}', opcode=2)
+        self.assertEqual(client.messages(), [HANDLING])
+        self.assertIsNone(client.close_code())
+        self.authenticate(client)
+
+    def test_internal_failure(self) -> None:
+        """An unexpected failure inside the server is reported as Error while handling message."""
+        client = self.connect()
+
+        def broken(token: str) -> Any:
+            raise ZeroDivisionError()
+
+        self.patch(self.factory.verifier, "verify", broken)
+        client.send_json({"jwt": "Bearer " + self.token()})
+        self.assertEqual(client.messages(), [HANDLING])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_ping(self) -> None:
+        """The text frame ping is answered with the text frame pong, exactly."""
+        client = self.connect()
+        client.send("ping")
+        [frame] = client.received()
+        self.assertEqual((frame.opcode, frame.payload), (1, b"pong"))
+        client.send("PING")
+        self.assertEqual(client.messages(), [HANDLING])
+
+    def test_revoked_at_auth(self) -> None:
+        """A token whose jti is revoked fails to authenticate."""
+        client = self.connect()
+        self.revocation.revoked.add("JTI-1")
+        client.send_json({"jwt": "Bearer " + self.token(jti="JTI-1")})
+        self.assertEqual(client.messages(), [AUTH_FAILED])
+        self.assertEqual(len(self.registry), 0)
+
+    def test_revocation_unavailable(self) -> None:
+        """When the revocation check fails outright, authentication fails (deny policy)."""
+        client = self.connect()
+        self.revocation.broken = True
+        client.send_json({"jwt": "Bearer " + self.token()})
+        self.assertEqual(client.messages(), [AUTH_FAILED])
+
+    def test_messages_wait_for_pending_check(self) -> None:
+        """Messages sent while a revocation check is pending are answered afterwards, in order."""
+        client = self.connect()
+        self.revocation.hold = True
+        client.send_json({"jwt": "Bearer " + self.token(uid="A")})
+        client.send("ping")
+        client.send("junk")
+        self.assertEqual(client.messages(), [])
+        self.revocation.pending.pop().callback(False)
+        self.assertEqual(client.messages(), [AUTHENTICATED, "pong", HANDLING])
+
+    def test_closed_while_checking(self) -> None:
+        """A connection that closes during the revocation check is never registered."""
+        client = self.connect()
+        self.revocation.hold = True
+        client.send_json({"jwt": "Bearer " + self.token(uid="A")})
+        client.lose()
+        self.revocation.pending.pop().callback(False)
+        self.assertEqual(len(self.registry), 0)
+
+    def test_attempt_limit(self) -> None:
+        """Past WEBSOCKET_AUTH_ATTEMPTS_PER_MINUTE the connection is told and closed with 4029."""
+        self.build(websocket_auth_attempts_per_minute=3)
+        client = self.connect()
+        for _ in range(3):
+            client.send_json({"jwt": "Bearer bad"})
+            self.assertEqual(client.messages(), [AUTH_FAILED])
+        client.send_json({"jwt": "Bearer bad"})
+        self.assertEqual(client.messages(), [{"error": {"message": "Too many authentication attempts."}}])
+        self.assertEqual(client.close_code(), CloseCode.TOO_MANY_ATTEMPTS)
+
+    def test_attempt_window_slides(self) -> None:
+        """Attempts older than a minute no longer count."""
+        self.build(websocket_auth_attempts_per_minute=2, websocket_auth_timeout=0.0)
+        client = self.connect()
+        for _ in range(5):
+            client.send_json({"jwt": "Bearer bad"})
+            self.assertEqual(client.messages(), [AUTH_FAILED])
+            self.clock.advance(31)
+        self.assertIsNone(client.close_code())
+
+
+class ReauthenticationTests(ProtocolTestCase):
+    def test_same_uid(self) -> None:
+        """Same uid again: the token is replaced, the member is not subscribed twice."""
+        client = self.connect()
+        self.authenticate(client, uid="U1", jti="first")
+        self.authenticate(client, uid="U1", jti="second")
+        self.assertEqual(self.observer.events, [("joined", "U1")])
+        self.assertEqual(self.registry.claims(client.protocol).jti, "second")
+        self.assertEqual(self.registry.jtis(), ["second"])
+        self.assertEqual(self.publish("U1"), 1)
+
+    def test_other_uid(self) -> None:
+        """Another uid: the connection moves to the new member."""
+        client = self.connect()
+        self.authenticate(client, uid="U1")
+        self.authenticate(client, uid="U2")
+        self.assertEqual(self.observer.events, [("joined", "U1"), ("left", "U1"), ("joined", "U2")])
+        self.assertEqual(self.publish("U1"), 0)
+        self.assertEqual(self.publish("U2"), 1)
+
+    def test_failure_deauthenticates(self) -> None:
+        """A failed re-authentication leaves the connection unauthenticated and without events."""
+        client = self.connect()
+        self.authenticate(client, uid="U1")
+        client.send_json({"jwt": "Bearer nonsense"})
+        self.assertEqual(client.messages(), [AUTH_FAILED])
+        self.assertEqual(self.publish("U1"), 0)
+        self.assertIsNone(client.protocol.claims)
+        self.authenticate(client, uid="U1")
+        self.assertEqual(self.publish("U1"), 1)
+
+    def test_failure_restarts_auth_timeout(self) -> None:
+        """A connection that lost its authentication must authenticate again in time."""
+        client = self.connect()
+        self.authenticate(client, uid="U1", exp=OMIT)
+        self.clock.advance(120)
+        client.send_json({"jwt": "Bearer nonsense"})
+        client.messages()
+        self.clock.advance(self.settings.websocket_auth_timeout)
+        self.assertEqual(client.close_code(), CloseCode.AUTH_TIMEOUT)
+
+
+class EventTests(ProtocolTestCase):
+    def test_only_own_events(self) -> None:
+        """Events go to every connection of their member and to no one else."""
+        a1, a2, b, anon = self.connect(), self.connect(), self.connect(), self.connect()
+        self.authenticate(a1, uid="A")
+        self.authenticate(a2, uid="A")
+        self.authenticate(b, uid="B")
+        self.assertEqual(self.publish("A", "order", b'{"id":7,"market":"btcusd"}'), 2)
+        expected = [{"order": {"id": 7, "market": "btcusd"}}]
+        self.assertEqual(a1.messages(), expected)
+        self.assertEqual(a2.messages(), expected)
+        self.assertEqual(b.messages(), [])
+        self.assertEqual(anon.messages(), [])
+
+    def test_payload_forwarded_as_published(self) -> None:
+        """The payload bytes are forwarded untouched inside {"<event>": …}."""
+        client = self.connect()
+        self.authenticate(client, uid="A")
+        payload = '{"price":"0.10000000","market":"比特币/usd","x":1e400}'.encode()
+        self.publish("A", "trade", payload)
+        [frame] = client.received()
+        self.assertEqual(frame.payload, b'{"trade":' + payload + b"}")
+
+    def test_large_event(self) -> None:
+        """Events larger than the inbound message limit are delivered."""
+        client = self.connect()
+        self.authenticate(client, uid="A")
+        payload = json.dumps({"blob": "x" * 200_000}).encode()
+        self.publish("A", "balance", payload)
+        [frame] = client.received()
+        self.assertEqual(frame.json, {"balance": {"blob": "x" * 200_000}})
+
+    def test_order_kept(self) -> None:
+        """Events of one member arrive in the order they were delivered."""
+        client = self.connect()
+        self.authenticate(client, uid="A")
+        for i in range(300):
+            self.publish("A", "order", json.dumps({"id": i}).encode())
+        self.assertEqual([m["order"]["id"] for m in client.messages()], list(range(300)))
+
+
+class TimerTests(ProtocolTestCase):
+    def test_token_expiry(self) -> None:
+        """At exp (plus leeway) the server says Token expired. and closes with 4001."""
+        client = self.connect()
+        self.authenticate(client, uid="A", exp=int(self.clock.seconds()) + 30)
+        self.clock.advance(29)
+        self.assertEqual(client.messages(), [])
+        self.clock.advance(2)
+        self.assertEqual(client.messages(), [EXPIRED])
+        self.assertEqual(client.close_code(), CloseCode.TOKEN_EXPIRED)
+        self.assertEqual(self.publish("A"), 0)
+
+    def test_expiry_leeway(self) -> None:
+        """JWT_EXPIRATION_LEEWAY extends the deadline."""
+        self.build(jwt_expiration_leeway=60.0)
+        client = self.connect()
+        self.authenticate(client, exp=int(self.clock.seconds()) + 30)
+        self.clock.advance(80)
+        self.assertIsNone(client.close_code())
+        self.clock.advance(11)
+        self.assertEqual(client.close_code(), CloseCode.TOKEN_EXPIRED)
+
+    def test_fresh_token_postpones_expiry(self) -> None:
+        """A fresh token before exp replaces the deadline."""
+        client = self.connect()
+        self.authenticate(client, exp=int(self.clock.seconds()) + 30)
+        self.clock.advance(20)
+        self.authenticate(client, exp=int(self.clock.seconds()) + 100)
+        self.clock.advance(50)
+        self.assertIsNone(client.close_code())
+        self.clock.advance(51)
+        self.assertEqual(client.close_code(), CloseCode.TOKEN_EXPIRED)
+
+    def test_no_exp_never_expires(self) -> None:
+        """A token without exp does not expire."""
+        client = self.connect()
+        self.authenticate(client, exp=OMIT)
+        self.clock.advance(10 * 365 * 86400)
+        self.assertIsNone(client.close_code())
+
+    def test_auth_timeout(self) -> None:
+        """An unauthenticated connection is closed with 4002 after WEBSOCKET_AUTH_TIMEOUT."""
+        client = self.connect()
+        self.clock.advance(59)
+        self.assertIsNone(client.close_code())
+        self.clock.advance(1)
+        self.assertEqual(client.close_code(), CloseCode.AUTH_TIMEOUT)
+
+    def test_auth_timeout_cancelled(self) -> None:
+        """Authenticating in time cancels the auth timeout."""
+        client = self.connect()
+        self.clock.advance(30)
+        self.authenticate(client, exp=OMIT)
+        self.clock.advance(3600)
+        self.assertIsNone(client.close_code())
+
+    def test_auth_timeout_zero(self) -> None:
+        """WEBSOCKET_AUTH_TIMEOUT 0 lets an unauthenticated connection stay forever."""
+        self.build(websocket_auth_timeout=0.0, websocket_ping_interval=0.0)
+        client = self.connect()
+        self.clock.advance(86400)
+        self.assertIsNone(client.close_code())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_ping_sweep(self) -> None:
+        """Ping frames go out every interval; a peer that misses the pong is dropped."""
+        alive, dead = self.connect(), self.connect()
+        self.factory.start_pinging()
+        self.addCleanup(self.factory.stop_pinging)
+        self.clock.advance(10)
+        self.assertEqual([f.opcode for f in alive.received()], [9])
+        self.assertEqual([f.opcode for f in dead.received()], [9])
+        alive.send(b"", opcode=10)
+        self.clock.advance(10)
+        self.assertEqual([f.opcode for f in alive.received()], [9])
+        self.assertFalse(alive.transport.disconnecting)
+        self.assertTrue(dead.transport.disconnecting)
+
+    def test_no_timers_left(self) -> None:
+        """Closing a connection cancels its timers."""
+        client = self.connect()
+        self.authenticate(client, exp=int(self.clock.seconds()) + 300)
+        client.lose()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class LimitTests(ProtocolTestCase):
+    def test_message_too_big(self) -> None:
+        """A message larger than WEBSOCKET_MAX_MESSAGE_SIZE closes with 1009."""
+        client = self.connect()
+        client.send("x" * (self.settings.websocket_max_message_size + 1))
+        self.assertEqual(client.close_code(), CloseCode.MESSAGE_TOO_BIG)
+
+    def test_message_at_limit(self) -> None:
+        """A message of exactly the limit is handled normally."""
+        client = self.connect()
+        client.send(" " * (self.settings.websocket_max_message_size - 2) + "{}")
+        self.assertEqual(client.messages(), [HANDLING])
+
+    def test_slow_consumer(self) -> None:
+        """Past WEBSOCKET_MAX_BUFFER held for a client that is not reading, it is closed with 4008."""
+        self.build(websocket_max_buffer=100_000)
+        client = self.connect()
+        self.authenticate(client, uid="A")
+        client.protocol.pauseProducing()
+        payload = json.dumps({"x": "y" * 10_000}).encode()
+        sent = [self.publish("A", "order", payload) for _ in range(12)]
+        self.assertEqual(sent[:9], [1] * 9)
+        self.assertIn(0, sent)
+        self.assertEqual(client.close_code(), CloseCode.SLOW_CONSUMER)
+        self.assertEqual(len(self.registry), 0)
+        self.assertEqual(self.metrics.slow_consumer_closes._value.get(), 1)
+
+    def test_resume_resets(self) -> None:
+        """A client that catches up (the transport resumes us) is not cut off."""
+        self.build(websocket_max_buffer=100_000)
+        client = self.connect()
+        self.authenticate(client, uid="A")
+        payload = json.dumps({"x": "y" * 10_000}).encode()
+        for _ in range(5):
+            client.protocol.pauseProducing()
+            for _ in range(8):
+                self.assertEqual(self.publish("A", "order", payload), 1)
+            client.protocol.resumeProducing()
+        self.assertIsNone(client.close_code())
+
+    def test_origin_allowed(self) -> None:
+        """With WEBSOCKET_ALLOWED_ORIGINS set, listed origins (and clients without Origin) connect."""
+        self.build(websocket_allowed_origins=("https://exchange.example.com", "https://*.example.org"))
+        for origin in ("https://exchange.example.com", "https://EXCHANGE.example.com:443", "https://a.example.org",
+                       None):
+            client = Client.connect(self.factory, origin=origin)
+            self.addCleanup(client.lose)
+
+    def test_origin_refused(self) -> None:
+        """Other origins are refused at the handshake with 403."""
+        self.build(websocket_allowed_origins=("https://exchange.example.com",))
+        for origin in ("https://evil.example.com", "http://exchange.example.com", "null",
+                       "https://exchange.example.com:8443", "https://exchange.example.com.evil.io"):
+            client = Client.connect(self.factory, origin=origin, expect_open=False)
+            self.addCleanup(client.lose)
+            self.assertEqual(client.handshake_status(), 403, origin)
+
+    def test_any_origin_by_default(self) -> None:
+        """Unset WEBSOCKET_ALLOWED_ORIGINS accepts any Origin."""
+        client = Client.connect(self.factory, origin="https://anything.example")
+        self.addCleanup(client.lose)
+
+    def test_per_ip_limit(self) -> None:
+        """WEBSOCKET_MAX_CONNECTIONS_PER_IP refuses more connections from one address with 503."""
+        self.build(websocket_max_connections_per_ip=2)
+        a = self.connect(host="10.0.0.1")
+        self.connect(host="10.0.0.1")
+        refused = Client.connect(self.factory, host="10.0.0.1", expect_open=False)
+        self.addCleanup(refused.lose)
+        self.assertEqual(refused.handshake_status(), 503)
+        self.connect(host="10.0.0.2")
+        a.lose()
+        self.connect(host="10.0.0.1")
+
+    def test_normalize_origin(self) -> None:
+        """Origins compare by scheme, host and non-default port, case-insensitively."""
+        self.assertEqual(normalize_origin("HTTPS://Example.COM:443"), "https://example.com")
+        self.assertEqual(normalize_origin("http://example.com:8080/"), "http://example.com:8080")
+        self.assertIsNone(normalize_origin("null"))
+        self.assertIsNone(normalize_origin("http://[bad"))
+
+
+class LifecycleTests(ProtocolTestCase):
+    def test_revoke(self) -> None:
+        """A revoked session gets Authentication failed. and close 4003."""
+        client = self.connect()
+        self.authenticate(client, uid="A", jti="J1")
+        self.assertEqual(self.registry.revoke(jti="J1"), 1)
+        self.assertEqual(client.messages(), [AUTH_FAILED])
+        self.assertEqual(client.close_code(), CloseCode.REVOKED)
+        self.assertEqual(self.publish("A"), 0)
+
+    def test_shutdown(self) -> None:
+        """On shutdown every client gets close code 1001."""
+        clients = [self.connect() for _ in range(3)]
+        self.authenticate(clients[0])
+        done = self.factory.close_all()
+        for client in clients:
+            self.assertEqual(client.close_code(), CloseCode.GOING_AWAY)
+        self.assertNoResult(done)
+        for client in clients:
+            client.answer_close()
+        self.successResultOf(done)
+
+    def test_no_leak(self) -> None:
+        """Many connect/authenticate/close cycles, on every close path, leave nothing behind."""
+        for i in range(300):
+            client = self.connect(host=f"10.0.{i % 7}.1")
+            self.authenticate(client, uid=f"U{i % 13}", exp=int(self.clock.seconds()) + 1000)
+            if i % 3 == 0:
+                client.lose()
+            elif i % 3 == 1:
+                self.registry.revoke(uid=f"U{i % 13}")
+                client.answer_close()
+            else:
+                self.factory.close_all()
+                client.answer_close()
+        self.assertEqual(len(self.registry), 0)
+        self.assertEqual(self.registry.members(), [])
+        self.assertEqual(self.registry.jtis(), [])
+        self.assertEqual(self.factory.connections, set())
+        self.assertEqual(self.factory._per_ip, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        joined = sum(1 for e in self.observer.events if e[0] == "joined")
+        left = sum(1 for e in self.observer.events if e[0] == "left")
+        self.assertEqual(joined, left)
