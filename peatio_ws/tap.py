@@ -1,0 +1,59 @@
+# -*- test-case-name: peatio_ws.test.test_tap -*-
+"""
+C{twistd peatio-ws}: command-line options and L{makeService}.
+
+Configuration errors stop start-up here, before the reactor runs, with one
+line on stderr naming the key and a non-zero exit status: never a traceback,
+and never twistd's whole usage text for a bad value in a file.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from peatio_ws.config import ConfigError, Settings, load_settings
+
+__all__ = ["Options", "makeService"]
+
+
+class Options(usage.Options):
+    """Options of C{twistd peatio-ws}; everything else is in the configuration file."""
+
+    synopsis = "[--config PATH] [--host HOST] [--port PORT]"
+    longdesc = (
+        "Serve Peatio's private WebSocket stream. Settings come from the packaged defaults, "
+        "then --config, then environment variables of the same names, then --host/--port."
+    )
+    optParameters: ClassVar[list[list[Any]]] = [
+        ["config", "c", None, "YAML configuration file (flat map of upper-case keys)"],
+        ["host", None, None, "Listen address (overrides WEBSOCKET_HOST)"],
+        ["port", "p", None, "Listen port (overrides WEBSOCKET_PORT)"],
+    ]
+
+    settings: Settings
+
+    def postOptions(self) -> None:
+        overrides: dict[str, Any] = {}
+        if self["host"] is not None:
+            overrides["WEBSOCKET_HOST"] = self["host"]
+        if self["port"] is not None:
+            overrides["WEBSOCKET_PORT"] = self["port"]
+        try:
+            self.settings = load_settings(self["config"], overrides=overrides)
+        except ConfigError as e:
+            # One line, then exit: SystemExit passes through twistd untouched.
+            sys.stderr.write(f"peatio-ws: configuration error: {e}\n")
+            raise SystemExit(2) from None
+
+
+def makeService(options: Options) -> IService:
+    """Build the daemon's service tree (not started: twistd starts it)."""
+    from twisted.internet import reactor
+
+    from peatio_ws.service import Daemon
+
+    return Daemon(options.settings, reactor)
