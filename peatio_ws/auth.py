@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from twisted.internet.interfaces import IReactorTime
 
 if TYPE_CHECKING:
     from peatio_ws.config import Settings
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthError",
     "Claims",
+    "SecondsClock",
     "TokenVerifier",
     "check_algorithm_names",
     "check_key_matches",
@@ -36,6 +38,16 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519Public
 _EC_CURVES = {"ES256": "secp256r1", "ES256K": "secp256k1", "ES384": "secp384r1", "ES512": "secp521r1"}
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 ALLOWED_ALGORITHMS = _RSA_ALGORITHMS | frozenset(_EC_CURVES) | {"EdDSA"}
+
+
+class SecondsClock(Protocol):
+    """
+    What the verifier needs of a clock: the reactor, or a L{twisted.internet.task.Clock}.
+    (IReactorTime itself cannot be used as the annotation: without a zope plugin, mypy
+    rejects its self-less methods and does not see Clock as providing it.)
+    """
+
+    def seconds(self) -> float: ...
 
 
 class AuthError(Exception):
@@ -83,9 +95,13 @@ def load_public_key(value: str) -> PublicKey:
         raise ValueError("is a private key; configure the public key only (never ship the private key)")
     try:
         key = serialization.load_pem_public_key(pem)
+    except UnsupportedAlgorithm as e:
+        raise ValueError(f"is a public key of an unsupported kind ({e})") from None
     except (ValueError, TypeError, AttributeError):
         raise ValueError("does not decode to a PEM public key") from None
-    if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+    if not isinstance(
+        key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)
+    ):
         raise ValueError(f"has an unsupported key type {type(key).__name__}")
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
         raise ValueError(f"is a {key.key_size}-bit RSA key; at least 2048 bits are required")
@@ -139,7 +155,14 @@ def _number(claims: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise AuthError(f"bad_{name}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise AuthError(f"bad_{name}") from None
+    # Python's json accepts NaN and Infinity; neither is a NumericDate.
+    if not math.isfinite(number):
+        raise AuthError(f"bad_{name}")
+    return number
 
 
 def _nonblank(claims: dict[str, Any], name: str) -> str:
@@ -161,7 +184,7 @@ class TokenVerifier:
     Time comes from an injected clock so tests can move it.
     """
 
-    def __init__(self, settings: Settings, clock: IReactorTime) -> None:
+    def __init__(self, settings: Settings, clock: SecondsClock) -> None:
         self._key = settings.jwt_public_key
         self._algorithms = list(settings.jwt_algorithm)
         self._issuer = settings.jwt_issuer
@@ -202,7 +225,8 @@ class TokenVerifier:
             raise AuthError("malformed")
         now = self._clock.seconds()
         exp = _number(claims, "exp")
-        if exp is not None and now > exp + self._leeway["exp"]:
+        # RFC 7519 4.1.4: valid only *before* exp (plus leeway).
+        if exp is not None and now >= exp + self._leeway["exp"]:
             raise AuthError("expired")
         nbf = _number(claims, "nbf")
         if nbf is not None and now < nbf - self._leeway["nbf"]:
@@ -217,7 +241,8 @@ class TokenVerifier:
             raise AuthError("issuer")
         if self._audience:
             aud = claims.get("aud")
-            given = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
+            given = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+            # Items may be anything JSON (unhashable dicts too): compare strings only.
             if not self._audience.intersection(a for a in given if isinstance(a, str)):
                 raise AuthError("audience")
         uid = _nonblank(claims, "uid")

@@ -20,10 +20,10 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 __all__ = [
-    "ConfigError",
-    "Settings",
-    "RedisAddress",
     "KEYS",
+    "ConfigError",
+    "RedisAddress",
+    "Settings",
     "default_config_path",
     "load_settings",
 ]
@@ -65,7 +65,7 @@ class RedisAddress:
     host: str
     port: int
     db: int
-    password: str | None
+    password: str | None = field(repr=False)
     tls: bool
 
 
@@ -183,14 +183,18 @@ def _redis_url(raw: Any) -> RedisAddress:
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError(f"must be a redis:// or rediss:// URL, got {value!r}")
     try:
-        port = parts.port or 6379
+        port = parts.port if parts.port is not None else 6379
     except ValueError:
         raise ValueError(f"has a bad port in {value!r}") from None
+    if port == 0:
+        raise ValueError(f"has a bad port in {value!r}")
     path = parts.path.lstrip("/")
     try:
         db = int(path) if path else 0
     except ValueError:
         raise ValueError(f"must name a database number after the host, got {path!r}") from None
+    if db < 0:
+        raise ValueError(f"must name a database number of at least 0, got {db}")
     return RedisAddress(
         host=parts.hostname or "localhost",
         port=port,
@@ -356,7 +360,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError("--config", f"{str(path)!r} must be a map of KEY: value")
     for key, value in data.items():
         if not isinstance(key, str) or key not in KEYS:
-            raise ConfigError(str(key), f"unknown configuration key in {str(path)!r}")
+            name = str(key) if str(key).isprintable() else repr(key)  # keep the message one line
+            raise ConfigError(name, f"unknown configuration key in {str(path)!r}")
         if isinstance(value, (dict, list)):
             raise ConfigError(key, "must be a plain value, not a map or list")
     return data
@@ -419,17 +424,31 @@ def load_settings(
     return parse_values(values)
 
 
+def _mask_url(text: str) -> str:
+    """
+    C{text} with any credentials replaced by C{****}: C{redis://:****@host:port/db},
+    C{redis://user:****@host:port/db}. A URL too broken to parse is masked whole.
+    """
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "********"
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return text
+    user, colon, _password = userinfo.partition(":")
+    # Without a colon the whole userinfo might be a password written wrongly: mask it too.
+    masked = f"{user}:****" if colon else "****"
+    return parts._replace(netloc=f"{masked}@{hostport}").geturl()
+
+
 def describe(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The effective raw values as (key, text) pairs, secrets masked."""
     shown = []
     for key in KEYS:
         text = _text(values.get(key))
         if key in SECRET_KEYS and text:
-            if key == "REDIS_URL":
-                parts = urlsplit(text)
-                text = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl() if parts.password else text
-            else:
-                text = "********"
+            text = _mask_url(text) if key == "REDIS_URL" else "********"
         elif key == "JWT_PUBLIC_KEY" and len(text) > 24:
             text = text[:12] + "…" + text[-8:]
         shown.append((key, text))

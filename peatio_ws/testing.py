@@ -82,7 +82,9 @@ def generate_ed25519_key() -> ed25519.Ed25519PrivateKey:
 
 
 def _public(key: AnyKey) -> Any:
-    if isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+    if isinstance(
+        key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
+    ):
         return key.public_key()
     return key
 

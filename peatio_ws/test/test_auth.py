@@ -1,0 +1,640 @@
+"""
+Tests for L{peatio_ws.auth}: loading JWT_PUBLIC_KEY, checking JWT_ALGORITHM,
+and verifying Barong session tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.hashes import SHA256
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from peatio_ws.auth import (
+    AuthError,
+    Claims,
+    TokenVerifier,
+    check_algorithm_names,
+    check_key_matches,
+    load_public_key,
+)
+from peatio_ws.config import Settings
+from peatio_ws.testing import (
+    OMIT,
+    b64url,
+    craft_token,
+    generate_ec_key,
+    generate_ed25519_key,
+    generate_rsa_key,
+    make_token,
+    private_key_pem,
+    public_key_b64,
+    public_key_pem,
+    rsa_key,
+    settings_for_tests,
+)
+
+#: A fixed "now" for every verifier: late 2023, well away from 0.
+NOW = 1_700_000_000.0
+
+_other_rsa_key: rsa.RSAPrivateKey | None = None
+
+
+def other_rsa_key() -> rsa.RSAPrivateKey:
+    """A second cached RSA key, for "signed by somebody else"."""
+    global _other_rsa_key
+    if _other_rsa_key is None:
+        _other_rsa_key = generate_rsa_key()
+    return _other_rsa_key
+
+
+def numbers(key: Any) -> Any:
+    """The public numbers of an RSA or EC public key, for comparing keys."""
+    assert isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)), key
+    return key.public_numbers()
+
+
+def rs256_signature(signing_input: str, key: rsa.RSAPrivateKey | None = None) -> bytes:
+    """An RS256 signature over C{signing_input}, made without PyJWT."""
+    return (key or rsa_key()).sign(signing_input.encode("ascii"), padding.PKCS1v15(), SHA256())
+
+
+def signed_raw(payload: str | bytes, header: dict[str, Any] | None = None) -> str:
+    """
+    A token whose payload segment is exactly C{payload} (any bytes, valid
+    JSON or not), correctly RS256-signed with L{rsa_key}.
+    """
+    body = payload.encode("utf-8") if isinstance(payload, str) else payload
+    signing_input = b64url(json.dumps(header or {"alg": "RS256", "typ": "JWT"}).encode()) + "." + b64url(body)
+    return signing_input + "." + b64url(rs256_signature(signing_input))
+
+
+class VerifierMixin:
+    """Builds a L{TokenVerifier} on a L{Clock} set to L{NOW}."""
+
+    def verifier(self, **overrides: Any) -> TokenVerifier:
+        clock = Clock()
+        clock.advance(NOW)
+        self.clock = clock
+        return TokenVerifier(settings_for_tests(**overrides), clock)
+
+    def token(self, **claims: Any) -> str:
+        return make_token(now=NOW, **claims)
+
+
+class LoadPublicKeyTests(SynchronousTestCase):
+    """L{load_public_key} reads JWT_PUBLIC_KEY in Peatio's form and refuses the rest."""
+
+    def test_urlsafe_base64_with_padding(self) -> None:
+        """URL-safe base64 of the PEM, padded, loads to the same public key."""
+        text = public_key_b64(rsa_key(), padding=True)
+        self.assertTrue(text.endswith("="), "choose a key whose encoding needs padding")
+        key = load_public_key(text)
+        self.assertIsInstance(key, rsa.RSAPublicKey)
+        self.assertEqual(numbers(key), rsa_key().public_key().public_numbers())
+
+    def test_urlsafe_base64_without_padding(self) -> None:
+        """URL-safe base64 with the padding stripped loads too."""
+        text = public_key_b64(rsa_key(), padding=False)
+        self.assertNotIn("=", text)
+        self.assertEqual(numbers(load_public_key(text)), rsa_key().public_key().public_numbers())
+
+    def test_wrapped_base64(self) -> None:
+        """Base64 wrapped at 76 columns (plain `base64` output) loads too."""
+        text = base64.encodebytes(public_key_pem(rsa_key()).encode()).decode()
+        self.assertIn("\n", text.strip())
+        self.assertEqual(numbers(load_public_key(text)), rsa_key().public_key().public_numbers())
+
+    def test_surrounding_whitespace(self) -> None:
+        """Whitespace around the value (a trailing newline from a file) is ignored."""
+        text = "  " + public_key_b64(rsa_key()) + "\n"
+        self.assertIsInstance(load_public_key(text), rsa.RSAPublicKey)
+
+    def test_plain_pem(self) -> None:
+        """Plain PEM text is accepted as well as the base64 form."""
+        key = load_public_key(public_key_pem(rsa_key()))
+        self.assertEqual(numbers(key), rsa_key().public_key().public_numbers())
+
+    def test_ec_and_ed25519(self) -> None:
+        """EC and Ed25519 public keys load."""
+        self.assertIsInstance(load_public_key(public_key_b64(generate_ec_key())), ec.EllipticCurvePublicKey)
+        ed = generate_ed25519_key()
+        self.assertEqual(load_public_key(public_key_b64(ed)), ed.public_key())
+
+    def test_private_key_base64(self) -> None:
+        """A base64-encoded private key is refused with a message saying so."""
+        text = base64.urlsafe_b64encode(private_key_pem(rsa_key()).encode()).decode()
+        error = self.assertRaises(ValueError, load_public_key, text)
+        self.assertIn("private key", str(error))
+
+    def test_private_key_pem(self) -> None:
+        """A plain-PEM private key is refused with a message saying so."""
+        error = self.assertRaises(ValueError, load_public_key, private_key_pem(generate_ec_key()))
+        self.assertIn("private key", str(error))
+
+    def test_garbage(self) -> None:
+        """Values that are not a public key raise ValueError with a one-line reason."""
+        for value in [
+            "",
+            "   ",
+            "garbage",
+            "not base64 at all!!!",
+            "ÿÿÿ",
+            base64.urlsafe_b64encode(b"hello world").decode(),
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+            base64.urlsafe_b64encode(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").decode(),
+        ]:
+            error = self.assertRaises(ValueError, load_public_key, value)
+            self.assertNotIn("\n", str(error), value)
+            self.assertTrue(str(error), value)
+
+    def test_short_rsa_key(self) -> None:
+        """A 1024-bit RSA key is refused: at least 2048 bits are required."""
+        error = self.assertRaises(ValueError, load_public_key, public_key_b64(generate_rsa_key(1024)))
+        self.assertIn("1024-bit", str(error))
+        self.assertIn("2048", str(error))
+
+    def test_unsupported_curve(self) -> None:
+        """A PEM public key on a curve cryptography cannot load is a ValueError, not another exception."""
+        der = base64.b64decode("".join(public_key_pem(generate_ec_key()).splitlines()[1:-1]))
+        p256 = bytes.fromhex("06082a8648ce3d030107")
+        secp112r1 = bytes.fromhex("06052b81040006")
+        self.assertEqual(der[:4], bytes.fromhex("30593013"))
+        patched = bytearray(der.replace(p256, secp112r1))
+        patched[1] -= len(p256) - len(secp112r1)
+        patched[3] -= len(p256) - len(secp112r1)
+        body = base64.b64encode(bytes(patched)).decode()
+        pem = f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"
+        error = self.assertRaises(ValueError, load_public_key, pem)
+        self.assertIn("unsupported", str(error))
+
+    def test_unsupported_key_type(self) -> None:
+        """An X25519 (key agreement) public key is refused as an unsupported key type."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import x25519
+
+        pem = (
+            x25519.X25519PrivateKey.generate()
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
+        error = self.assertRaises(ValueError, load_public_key, pem)
+        self.assertIn("unsupported key type", str(error))
+
+
+class CheckAlgorithmNamesTests(SynchronousTestCase):
+    """L{check_algorithm_names} allows only known asymmetric algorithms."""
+
+    def test_allowed(self) -> None:
+        """Known asymmetric algorithms pass through unchanged."""
+        names = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES256K", "ES384", "ES512", "EdDSA")
+        self.assertEqual(check_algorithm_names(names), names)
+
+    def test_none(self) -> None:
+        """'none', in any case, is refused."""
+        for name in ("none", "None", "NONE"):
+            error = self.assertRaises(ValueError, check_algorithm_names, ("RS256", name))
+            self.assertIn("'none' is never allowed", str(error))
+
+    def test_hmac(self) -> None:
+        """HMAC algorithms are refused: the public key would become the secret."""
+        for name in ("HS256", "HS384", "HS512", "hs256"):
+            error = self.assertRaises(ValueError, check_algorithm_names, (name,))
+            self.assertIn("HMAC", str(error))
+
+    def test_unknown(self) -> None:
+        """An unknown or wrongly-cased name is refused, listing what is allowed."""
+        for name in ("RS1024", "rs256", "eddsa", "ES999", ""):
+            error = self.assertRaises(ValueError, check_algorithm_names, (name,))
+            self.assertIn("unknown algorithm", str(error))
+            self.assertIn("RS256", str(error))
+
+    def test_empty(self) -> None:
+        """An empty list is refused."""
+        error = self.assertRaises(ValueError, check_algorithm_names, ())
+        self.assertIn("at least one algorithm", str(error))
+
+
+class CheckKeyMatchesTests(SynchronousTestCase):
+    """L{check_key_matches} refuses algorithms the configured key cannot verify."""
+
+    def test_rsa(self) -> None:
+        """An RSA key fits every RS/PS algorithm, and no EC or EdDSA one."""
+        key = rsa_key().public_key()
+        check_key_matches(key, ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"))
+        for name in ("ES256", "EdDSA"):
+            error = self.assertRaises(ValueError, check_key_matches, key, ("RS256", name))
+            self.assertIn(name, str(error))
+            self.assertIn("RSA 2048-bit", str(error))
+
+    def test_ec_curve(self) -> None:
+        """An EC key fits only the algorithm of its own curve."""
+        p256 = generate_ec_key(ec.SECP256R1()).public_key()
+        p384 = generate_ec_key(ec.SECP384R1()).public_key()
+        check_key_matches(p256, ("ES256",))
+        check_key_matches(p384, ("ES384",))
+        error = self.assertRaises(ValueError, check_key_matches, p256, ("ES384",))
+        self.assertIn("EC secp256r1", str(error))
+        self.assertRaises(ValueError, check_key_matches, p384, ("ES256",))
+        self.assertRaises(ValueError, check_key_matches, p256, ("RS256",))
+
+    def test_ed25519(self) -> None:
+        """An Ed25519 key fits EdDSA only."""
+        key = generate_ed25519_key().public_key()
+        check_key_matches(key, ("EdDSA",))
+        self.assertRaises(ValueError, check_key_matches, key, ("RS256",))
+        self.assertRaises(ValueError, check_key_matches, key, ("ES256",))
+
+
+class GoodTokenTests(VerifierMixin, SynchronousTestCase):
+    """Well-formed tokens verify and yield the member's L{Claims}."""
+
+    def test_rs256(self) -> None:
+        """A Barong RS256 token verifies and carries uid, jti, expiry and profile claims."""
+        token = self.token(jti="jti-1", uid="ID1A2B3C4D5E", email="a@b.c", role="admin", level=2, state="active")
+        claims = self.verifier().verify(token)
+        self.assertEqual(
+            claims,
+            Claims(
+                uid="ID1A2B3C4D5E",
+                jti="jti-1",
+                expires_at=NOW + 3600,
+                email="a@b.c",
+                role="admin",
+                level=2,
+                state="active",
+            ),
+        )
+
+    def test_expires_at_includes_leeway(self) -> None:
+        """expires_at is exp plus the expiration leeway."""
+        claims = self.verifier(jwt_expiration_leeway=30.0).verify(self.token(exp=NOW + 100))
+        self.assertEqual(claims.expires_at, NOW + 130)
+
+    def test_expires_at_default_leeway(self) -> None:
+        """expires_at uses JWT_DEFAULT_LEEWAY when the expiration leeway is unset."""
+        claims = self.verifier(jwt_default_leeway=7.0).verify(self.token(exp=NOW + 100))
+        self.assertEqual(claims.expires_at, NOW + 107)
+
+    def test_no_exp(self) -> None:
+        """A token without exp verifies and never expires (expires_at is None)."""
+        claims = self.verifier().verify(self.token(exp=OMIT))
+        self.assertIsNone(claims.expires_at)
+
+    def test_optional_profile_claims(self) -> None:
+        """email/role/level/state are optional; non-string email/role/state become None."""
+        claims = self.verifier().verify(self.token(email=OMIT, role=5, level=OMIT, state=["x"]))
+        self.assertEqual((claims.email, claims.role, claims.level, claims.state), (None, None, None, None))
+
+    def test_minimal_token(self) -> None:
+        """Only sub, jti, uid and aud are needed with the default settings."""
+        token = self.token(iat=OMIT, exp=OMIT, iss=OMIT, email=OMIT, role=OMIT, level=OMIT, state=OMIT)
+        claims = self.verifier().verify(token)
+        self.assertEqual(claims.uid, "ID1A2B3C4D5E")
+
+    def test_rsa_algorithm_list(self) -> None:
+        """With JWT_ALGORITHM=RS256,PS256,RS512 each of those algorithms verifies with the RSA key."""
+        verifier = self.verifier(jwt_algorithm=("RS256", "PS256", "RS512"))
+        for algorithm in ("RS256", "PS256", "RS512"):
+            self.assertEqual(verifier.verify(self.token(algorithm=algorithm, jti=algorithm)).jti, algorithm)
+
+    def test_es256(self) -> None:
+        """ES256 with a P-256 key verifies."""
+        key = generate_ec_key(ec.SECP256R1())
+        verifier = self.verifier(jwt_public_key=key.public_key(), jwt_algorithm=("ES256",))
+        self.assertEqual(verifier.verify(make_token(key, now=NOW, uid="U1")).uid, "U1")
+
+    def test_eddsa(self) -> None:
+        """EdDSA with an Ed25519 key verifies."""
+        key = generate_ed25519_key()
+        verifier = self.verifier(jwt_public_key=key.public_key(), jwt_algorithm=("EdDSA",))
+        self.assertEqual(verifier.verify(make_token(key, now=NOW, uid="U2")).uid, "U2")
+
+    def test_header_tricks_ignored(self) -> None:
+        """kid/jku/x5u/jwk header fields change nothing when the right key signed the token."""
+        headers = {"kid": "other", "jku": "https://evil.example/jwks", "x5u": "https://evil.example/c", "jwk": {}}
+        self.assertEqual(self.verifier().verify(self.token(headers=headers, uid="U3")).uid, "U3")
+
+    def test_any_issuer_when_unset(self) -> None:
+        """Without JWT_ISSUER any iss, or none, is accepted."""
+        verifier = self.verifier(jwt_issuer=None)
+        for iss in ("barong", "someone-else", OMIT, 42):
+            verifier.verify(self.token(iss=iss))
+
+    def test_issuer_matches(self) -> None:
+        """With JWT_ISSUER set, a token with exactly that iss verifies."""
+        self.verifier(jwt_issuer="barong").verify(self.token(iss="barong"))
+
+    def test_any_audience_when_empty(self) -> None:
+        """With JWT_AUDIENCE empty any aud, or none, is accepted."""
+        verifier = self.verifier(jwt_audience=())
+        for aud in ("other", ["x", "y"], OMIT, 42, [{"a": 1}]):
+            verifier.verify(self.token(aud=aud))
+
+    def test_audience_string_or_list(self) -> None:
+        """aud may be a string or a list; one match with JWT_AUDIENCE is enough."""
+        verifier = self.verifier(jwt_audience=("peatio", "barong"))
+        for aud in ("peatio", "barong", ["peatio"], ["other", "barong"], [{"x": 1}, 5, "peatio"]):
+            verifier.verify(self.token(aud=aud))
+
+    def test_float_times(self) -> None:
+        """Fractional NumericDate values are accepted."""
+        claims = self.verifier().verify(self.token(iat=NOW - 0.5, nbf=NOW - 0.5, exp=NOW + 10.25))
+        self.assertEqual(claims.expires_at, NOW + 10.25)
+
+
+class ExpiryTests(VerifierMixin, SynchronousTestCase):
+    """exp, nbf and iat are checked against the injected clock with their leeways."""
+
+    def test_expired(self) -> None:
+        """A token whose exp has passed is refused as expired."""
+        error = self.assertRaises(AuthError, self.verifier().verify, self.token(exp=NOW - 1))
+        self.assertEqual(error.reason, "expired")
+
+    def test_expiry_boundary(self) -> None:
+        """A token is valid strictly before exp and expired at exp itself (RFC 7519 4.1.4)."""
+        verifier = self.verifier()
+        verifier.verify(self.token(exp=NOW + 1))
+        self.assertEqual(self.assertRaises(AuthError, verifier.verify, self.token(exp=NOW)).reason, "expired")
+
+    def test_clock_moves(self) -> None:
+        """The verifier reads the clock on every call: the same token expires as time passes."""
+        verifier = self.verifier()
+        token = self.token(exp=NOW + 60)
+        verifier.verify(token)
+        self.clock.advance(59)
+        verifier.verify(token)
+        self.clock.advance(1)
+        self.assertEqual(self.assertRaises(AuthError, verifier.verify, token).reason, "expired")
+
+    def test_expiration_leeway(self) -> None:
+        """With JWT_EXPIRATION_LEEWAY=30 a token 20 s past exp is valid, 40 s past is not."""
+        verifier = self.verifier(jwt_expiration_leeway=30.0)
+        verifier.verify(self.token(exp=NOW - 20))
+        self.assertEqual(self.assertRaises(AuthError, verifier.verify, self.token(exp=NOW - 40)).reason, "expired")
+
+    def test_default_leeway_for_exp(self) -> None:
+        """JWT_DEFAULT_LEEWAY applies to exp when JWT_EXPIRATION_LEEWAY is unset."""
+        verifier = self.verifier(jwt_default_leeway=30.0)
+        verifier.verify(self.token(exp=NOW - 20))
+        self.assertRaises(AuthError, verifier.verify, self.token(exp=NOW - 40))
+
+    def test_specific_leeway_beats_default(self) -> None:
+        """An explicit JWT_EXPIRATION_LEEWAY (even 0) wins over JWT_DEFAULT_LEEWAY."""
+        verifier = self.verifier(jwt_default_leeway=30.0, jwt_expiration_leeway=0.0)
+        self.assertEqual(self.assertRaises(AuthError, verifier.verify, self.token(exp=NOW - 20)).reason, "expired")
+
+    def test_not_before(self) -> None:
+        """A token whose nbf is in the future is refused; nbf now or past is fine."""
+        verifier = self.verifier()
+        verifier.verify(self.token(nbf=NOW))
+        verifier.verify(self.token(nbf=NOW - 100))
+        error = self.assertRaises(AuthError, verifier.verify, self.token(nbf=NOW + 1))
+        self.assertEqual(error.reason, "not_yet_valid")
+
+    def test_not_before_leeway(self) -> None:
+        """With JWT_NOT_BEFORE_LEEWAY=30 an nbf 20 s ahead is valid, 40 s ahead is not."""
+        verifier = self.verifier(jwt_not_before_leeway=30.0)
+        verifier.verify(self.token(nbf=NOW + 20))
+        error = self.assertRaises(AuthError, verifier.verify, self.token(nbf=NOW + 40))
+        self.assertEqual(error.reason, "not_yet_valid")
+
+    def test_default_leeway_for_nbf(self) -> None:
+        """JWT_DEFAULT_LEEWAY applies to nbf when JWT_NOT_BEFORE_LEEWAY is unset."""
+        verifier = self.verifier(jwt_default_leeway=30.0)
+        verifier.verify(self.token(nbf=NOW + 20))
+        self.assertRaises(AuthError, verifier.verify, self.token(nbf=NOW + 40))
+
+    def test_issued_at_default_leeway_180(self) -> None:
+        """With the default JWT_ISSUED_AT_LEEWAY (180) iat 170 s ahead is valid, 190 s ahead is not."""
+        verifier = self.verifier()
+        self.assertEqual(settings_for_tests().jwt_issued_at_leeway, 180.0)
+        verifier.verify(self.token(iat=NOW + 170))
+        verifier.verify(self.token(iat=NOW + 180))
+        error = self.assertRaises(AuthError, verifier.verify, self.token(iat=NOW + 190))
+        self.assertEqual(error.reason, "issued_in_future")
+
+    def test_issued_at_past(self) -> None:
+        """An iat long in the past is fine (only exp limits a token's age)."""
+        self.verifier().verify(self.token(iat=NOW - 10 * 86400, exp=NOW + 60))
+
+    def test_default_leeway_for_iat(self) -> None:
+        """JWT_DEFAULT_LEEWAY applies to iat only when JWT_ISSUED_AT_LEEWAY is unset."""
+        verifier = self.verifier(jwt_issued_at_leeway=None, jwt_default_leeway=10.0)
+        verifier.verify(self.token(iat=NOW + 5))
+        self.assertRaises(AuthError, verifier.verify, self.token(iat=NOW + 15))
+        # With no leeway at all, any iat in the future fails.
+        verifier = self.verifier(jwt_issued_at_leeway=None)
+        self.assertRaises(AuthError, verifier.verify, self.token(iat=NOW + 1))
+
+
+# (description, settings overrides or "p256", token factory, expected reason)
+BadCase = tuple[str, dict[str, Any] | str, Any, str]
+
+
+def _none_token() -> str:
+    header = {"alg": "none", "typ": "JWT"}
+    return craft_token(header, {"sub": "session", "jti": "j", "uid": "U", "aud": ["peatio"], "exp": NOW + 60})
+
+
+def _none_token_with_garbage_signature() -> str:
+    return _none_token() + "c2lnbmF0dXJl"
+
+
+def _hs256_key_confusion(pem: str) -> str:
+    header = {"alg": "HS256", "typ": "JWT"}
+    payload = {"sub": "session", "jti": "j", "uid": "U", "aud": ["peatio"], "exp": NOW + 60}
+    unsigned = craft_token(header, payload)[:-1]  # drop the trailing "." of the empty signature
+    return unsigned + "." + b64url(hmac.new(pem.encode(), unsigned.encode(), hashlib.sha256).digest())
+
+
+def _header_swapped(token: str, **fields: Any) -> str:
+    """C{token} with its header replaced by one that adds C{fields}, signature untouched."""
+    header_b64, rest = token.split(".", 1)
+    header = json.loads(base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4)))
+    header.update(fields)
+    return b64url(json.dumps(header).encode()) + "." + rest
+
+
+def _p384_es384_token() -> str:
+    return make_token(generate_ec_key(ec.SECP384R1()), now=NOW)
+
+
+def _p256_other_key_token() -> str:
+    return make_token(generate_ec_key(ec.SECP256R1()), now=NOW)
+
+
+def _evil_jwk_headers_token() -> str:
+    evil = other_rsa_key()
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(evil.public_key()))
+    headers = {
+        "kid": "barong",
+        "jku": "https://evil.example/jwks.json",
+        "x5u": "https://evil.example/c.pem",
+        "jwk": jwk,
+    }
+    return make_token(evil, now=NOW, headers=headers)
+
+
+def _big_token() -> str:
+    # A correctly-shaped, correctly-signed-by-someone-else 1 MB token.
+    return make_token(other_rsa_key(), now=NOW, padding="x" * (1024 * 1024))
+
+
+def _truncated(cut: int) -> Any:
+    return lambda: make_token(now=NOW)[:-cut]
+
+
+def _bad_cases() -> list[BadCase]:
+    tok = make_token  # shorthand
+
+    def t(**claims: Any) -> Any:
+        return lambda: tok(now=NOW, **claims)
+
+    # Deliberately inconsistent with the RSA key (check_key_matches refuses it at
+    # start-up): the verifier must still fail closed.
+    es256: dict[str, Any] = {"jwt_algorithm": ("ES256",)}
+
+    def raw_claims(extra: str) -> Any:
+        return lambda: signed_raw('{"sub":"session","jti":"j","uid":"U","aud":"peatio",' + extra + "}")
+
+    return [
+        ("signed by another key", {}, lambda: tok(other_rsa_key(), now=NOW), "signature"),
+        ("alg=none, empty signature", {}, _none_token, "algorithm"),
+        ("alg=none, some signature", {}, _none_token_with_garbage_signature, "algorithm"),
+        ("alg=None header", {}, lambda: _header_swapped(tok(now=NOW), alg=None), "algorithm"),
+        ("no alg header", {}, lambda: craft_token({"typ": "JWT"}, {"sub": "session"}), "algorithm"),
+        ("HS256, public PEM as secret", {}, lambda: _hs256_key_confusion(public_key_pem(rsa_key())), "algorithm"),
+        ("HS256, base64 key as secret", {}, lambda: _hs256_key_confusion(public_key_b64(rsa_key())), "algorithm"),
+        ("PS256 when only RS256 allowed", {}, t(algorithm="PS256"), "algorithm"),
+        ("RS512 when only RS256 allowed", {}, t(algorithm="RS512"), "algorithm"),
+        (
+            "RS256 header, PS256 signature",
+            {},
+            lambda: _header_swapped(t(algorithm="PS256")(), alg="RS256"),
+            "signature",
+        ),
+        ("ES256 token, RSA key", {}, lambda: tok(generate_ec_key(), now=NOW), "algorithm"),
+        ("ES256 token, RSA key, ES256 allowed", es256, lambda: tok(generate_ec_key(), now=NOW), "invalid"),
+        ("EdDSA token, RSA key", {}, lambda: tok(generate_ed25519_key(), now=NOW), "algorithm"),
+        ("ES384 with a P-384 key, ES256/P-256 configured", "p256", _p384_es384_token, "algorithm"),
+        ("ES256 signed by another P-256 key", "p256", _p256_other_key_token, "signature"),
+        ("kid/jku/x5u/jwk pointing at another key", {}, _evil_jwk_headers_token, "signature"),
+        ("expired", {}, t(exp=NOW - 1), "expired"),
+        ("nbf in the future", {}, t(nbf=NOW + 10), "not_yet_valid"),
+        ("iat 190 s in the future", {}, t(iat=NOW + 190), "issued_in_future"),
+        ("sub missing", {}, t(sub=OMIT), "subject"),
+        ("sub not session", {}, t(sub="api"), "subject"),
+        ("sub wrong case", {}, t(sub="Session"), "subject"),
+        ("jti missing", {}, t(jti=OMIT), "no_jti"),
+        ("jti blank", {}, t(jti=""), "no_jti"),
+        ("jti whitespace", {}, t(jti="   "), "no_jti"),
+        ("jti a number", {}, t(jti=123), "no_jti"),
+        ("jti null", {}, t(jti=None), "no_jti"),
+        ("uid missing", {}, t(uid=OMIT), "no_uid"),
+        ("uid blank", {}, t(uid=""), "no_uid"),
+        ("uid whitespace", {}, t(uid=" \t"), "no_uid"),
+        ("uid a number", {}, t(uid=42), "no_uid"),
+        ("iss wrong", {"jwt_issuer": "barong"}, t(iss="evil"), "issuer"),
+        ("iss missing", {"jwt_issuer": "barong"}, t(iss=OMIT), "issuer"),
+        ("iss as list", {"jwt_issuer": "barong"}, t(iss=["barong"]), "issuer"),
+        ("aud string not matching", {}, t(aud="other"), "audience"),
+        ("aud list not matching", {}, t(aud=["other", "applogic"]), "audience"),
+        ("aud empty list", {}, t(aud=[]), "audience"),
+        ("aud missing", {}, t(aud=OMIT), "audience"),
+        ("aud a number", {}, t(aud=5), "audience"),
+        ("aud list of objects", {}, t(aud=[{"peatio": 1}, ["peatio"]]), "audience"),
+        ("aud an object", {}, t(aud={"peatio": True}), "audience"),
+        ("exp a string", {}, t(exp="123"), "bad_exp"),
+        ("exp true", {}, t(exp=True), "bad_exp"),
+        ("exp a list", {}, t(exp=[1]), "bad_exp"),
+        ("nbf a string", {}, t(nbf="123"), "bad_nbf"),
+        ("nbf true", {}, t(nbf=True), "bad_nbf"),
+        ("iat a string", {}, t(iat="123"), "bad_iat"),
+        ("iat false", {}, t(iat=False), "bad_iat"),
+        # Python's json module reads NaN, Infinity and 1e999 (= inf); none is a NumericDate.
+        ("exp NaN", {}, raw_claims('"exp":NaN'), "bad_exp"),
+        ("exp Infinity", {}, raw_claims('"exp":Infinity'), "bad_exp"),
+        ("exp -Infinity", {}, raw_claims('"exp":-Infinity'), "bad_exp"),
+        ("exp 1e999", {}, raw_claims('"exp":1e999'), "bad_exp"),
+        ("exp too big for a float", {}, t(exp=10**400), "bad_exp"),
+        ("nbf NaN", {}, raw_claims('"nbf":NaN'), "bad_nbf"),
+        ("iat NaN", {}, raw_claims('"iat":NaN'), "bad_iat"),
+        ("payload a JSON list", {}, lambda: signed_raw("[1, 2]"), "malformed"),
+        ("payload a JSON string", {}, lambda: signed_raw('"session"'), "malformed"),
+        ("payload not JSON", {}, lambda: signed_raw("not json"), "malformed"),
+        ("payload not UTF-8", {}, lambda: signed_raw(b"\xff\xfe{}"), "malformed"),
+        ("header a JSON list", {}, lambda: craft_token([], {}), "malformed"),  # type: ignore[arg-type]
+        ("signature cut by 10 characters", {}, _truncated(10), "signature"),
+        ("signature cut by 1 character (bad base64)", {}, _truncated(1), "malformed"),
+        ("cut in the payload", {}, _truncated(400), "malformed"),
+        ("signature removed", {}, lambda: make_token(now=NOW).rsplit(".", 1)[0] + ".", "signature"),
+        ("two segments", {}, lambda: make_token(now=NOW).rsplit(".", 1)[0], "malformed"),
+        ("four segments", {}, lambda: make_token(now=NOW) + ".abc", "malformed"),
+        ("garbage", {}, lambda: "garbage", "malformed"),
+        ("dots only", {}, lambda: "..", "malformed"),
+        ("empty string", {}, lambda: "", "malformed"),
+        ("Bearer prefix left on", {}, lambda: "Bearer " + make_token(now=NOW), "malformed"),
+        ("non-ASCII", {}, lambda: "ключ.ключ.ключ", "malformed"),
+        ("1 MB of garbage", {}, lambda: "A" * (1024 * 1024), "malformed"),
+        ("1 MB of dotted garbage", {}, lambda: ("A" * (512 * 1024)) + "." + ("B" * (512 * 1024)) + ".C", "malformed"),
+        ("1 MB token signed by another key", {}, _big_token, "signature"),
+    ]
+
+
+class BadTokenTests(VerifierMixin, SynchronousTestCase):
+    """Every bad token raises L{AuthError} with the expected reason, never anything else."""
+
+    def test_table(self) -> None:
+        """Each row of the bad-token table fails with its reason."""
+        p256 = generate_ec_key(ec.SECP256R1())
+        problems: list[str] = []
+        for description, overrides, factory, reason in _bad_cases():
+            if isinstance(overrides, str):
+                assert overrides == "p256"
+                overrides = {"jwt_public_key": p256.public_key(), "jwt_algorithm": ("ES256",)}
+            verifier = self.verifier(**overrides)
+            token = factory()
+            try:
+                verifier.verify(token)
+            except AuthError as e:
+                if e.reason != reason:
+                    problems.append(f"{description}: reason {e.reason!r}, expected {reason!r}")
+            except Exception as e:
+                problems.append(f"{description}: raised {type(e).__name__}: {e}")
+            else:
+                problems.append(f"{description}: token verified")
+        self.assertEqual(problems, [])
+
+    def test_p256_token_verifies_with_its_key(self) -> None:
+        """Sanity check for the EC rows: the configured P-256 key's own token does verify."""
+        key = generate_ec_key(ec.SECP256R1())
+        verifier = self.verifier(jwt_public_key=key.public_key(), jwt_algorithm=("ES256",))
+        verifier.verify(make_token(key, now=NOW))
+
+    def test_auth_error_reason(self) -> None:
+        """AuthError keeps its reason both as an attribute and as its message."""
+        error = AuthError("expired")
+        self.assertEqual((error.reason, str(error)), ("expired", "expired"))
+
+    def test_header_swap_to_hs256(self) -> None:
+        """Relabelling a good RS256 token as HS256 does not make it verify."""
+        token = _header_swapped(self.token(), alg="HS256")
+        self.assertEqual(self.assertRaises(AuthError, self.verifier().verify, token).reason, "algorithm")
+
+    def test_settings_leeways_fixed_at_construction(self) -> None:
+        """The verifier reads leeways from the Settings it was built with."""
+        settings = settings_for_tests(jwt_expiration_leeway=30.0)
+        clock = Clock()
+        clock.advance(NOW)
+        verifier = TokenVerifier(settings, clock)
+        verifier.verify(make_token(now=NOW, exp=NOW - 20))
+        self.assertIsInstance(settings, Settings)
