@@ -55,6 +55,7 @@ setup(
             "hypothesis>=6.100",
             "ruff>=0.6",
             "mypy>=1.11",
+            "mypy-zope>=1.0",
             "types-PyYAML",
         ],
     },

@@ -21,7 +21,7 @@ import json
 import os
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -109,6 +109,8 @@ class StreamProtocol(WebSocketServerProtocol):
     """One client connection. Also the transport's push producer, to see back-pressure."""
 
     factory: StreamFactory
+    # A TCP or TLS transport: also a consumer we register as producer with.
+    transport: Any
 
     conn_id = "-"
     claims: Claims | None = None
@@ -455,7 +457,7 @@ class StreamFactory(WebSocketServerFactory):
     the keep-alive sweep: one timer for all connections, not one per connection.
     """
 
-    protocol = StreamProtocol
+    protocol = StreamProtocol  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -498,8 +500,8 @@ class StreamFactory(WebSocketServerFactory):
             allowNullOrigin=True,
         )
 
-    def buildProtocol(self, addr: Any) -> StreamProtocol:
-        proto: StreamProtocol = super().buildProtocol(addr)
+    def buildProtocol(self, addr: Any) -> StreamProtocol:  # type: ignore[override]
+        proto = cast(StreamProtocol, super().buildProtocol(addr))
         self._next_id += 1
         proto.conn_id = f"c{self._next_id}"
         return proto
