@@ -1,0 +1,773 @@
+# -*- test-case-name: peatio_ws.test.test_redis,peatio_ws.test.integration.test_redis_server -*-
+"""
+Token revocation through Redis.
+
+Two things live in Redis (SPEC section 5):
+
+  - a key C{peatio-ws:revoked:<jti>} (any type, any value, usually with a TTL)
+    makes a token with that C{jti} fail to authenticate;
+  - a message on channel C{peatio-ws:revocations}, C{{"jti": "..."}} or
+    C{{"uid": "..."}}, ends the matching live sessions on every node now.
+
+L{RevocationService} keeps two connections (txredisapi 1.6, which reconnects
+with backoff through C{ClientService}): one for commands and one subscribed
+to the channel. txredisapi does not subscribe again after a reconnect, so
+this module does, every time the subscriber connection comes up.
+
+Outage policy (REDIS_REVOCATION_WHEN_DOWN). Redis counts as down while
+either connection is not usable; C{up} and the C{peatio_ws_redis_up} gauge
+say so, and the outage is logged once when it starts and once when it ends.
+
+  - C{allow} (default): the daemon keeps serving. While the command
+    connection is down, L{RevocationService.is_revoked} answers C{False} at
+    once (it never waits for a timeout), so tokens are accepted unchecked.
+    A check that fails or takes longer than one second while connected is
+    treated the same way. Revocation messages published while the subscriber
+    connection is down are lost (Redis pub/sub does not queue them).
+  - C{deny}: while the command connection is down, or when a check fails or
+    times out, L{RevocationService.is_revoked} fails at once with
+    L{RevocationUnavailable}; the connection is told "Authentication
+    failed." Sessions that are already authenticated are left alone.
+
+Either way, every time both connections are back (and after every
+reconnect), the C{jti} of every live session is checked again against the
+revoked keys, one round trip per batch, and sessions whose token was revoked
+meanwhile are ended like a live revocation. A check that failed or timed out
+while connected schedules the same re-check a few seconds later. What cannot
+be recovered is a C{{"uid": ...}} message published during the outage: it has
+no key, so operators should check the receiver count that C{PUBLISH} (and
+C{peatio-ws revoke}) reports, and revoke by C{jti} with a key when a session
+must not survive an outage.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from peatio_ws.config import RedisAddress, Settings
+from peatio_ws.metrics import Metrics
+from peatio_ws.registry import Registry
+
+__all__ = [
+    "REVOCATIONS_CHANNEL",
+    "REVOKED_KEY_PREFIX",
+    "RedisClient",
+    "RedisUnavailable",
+    "RevocationService",
+    "RevocationUnavailable",
+    "connect_client",
+    "parse_revocation",
+    "revocation_message",
+    "revoked_key",
+]
+
+log = Logger(namespace="peatio_ws.redis")
+
+REVOKED_KEY_PREFIX = "peatio-ws:revoked:"
+REVOCATIONS_CHANNEL = "peatio-ws:revocations"
+
+#: Seconds a single revocation check (or a re-check batch) may take.
+COMMAND_TIMEOUT = 1.0
+#: Seconds to open a TCP (and TLS) connection to Redis.
+CONNECT_TIMEOUT = 5.0
+#: Seconds SUBSCRIBE and health-check PINGs may take before the connection
+#: is dropped and made again.
+PING_TIMEOUT = 5.0
+#: Seconds between health-check PINGs: a half-open connection (a silent
+#: network failure) would otherwise keep the subscriber deaf for hours.
+PING_INTERVAL = 15.0
+#: Seconds before a re-check that could not finish is tried again.
+RECHECK_RETRY = 5.0
+#: Keys per EXISTS during a re-check.
+RECHECK_BATCH = 500
+#: Seconds stopService waits for the connections to close before aborting them.
+STOP_TIMEOUT = 5.0
+
+
+class RevocationUnavailable(Exception):
+    """
+    Redis could not say whether a token is revoked and the policy is C{deny}.
+
+    Callers answer "Authentication failed." (reason C{revocation_unavailable}).
+    """
+
+
+class RedisUnavailable(Exception):
+    """A one-shot connection to Redis could not be made; C{str()} is one line."""
+
+
+def revoked_key(jti: str) -> str:
+    """The key whose existence revokes token C{jti}."""
+    return REVOKED_KEY_PREFIX + jti
+
+
+def revocation_message(*, jti: str | None = None, uid: str | None = None) -> str:
+    """The channel message that ends the live sessions of C{jti} or C{uid}."""
+    if (jti is None) == (uid is None):
+        raise ValueError("name exactly one of jti and uid")
+    return json.dumps({"jti": jti} if jti is not None else {"uid": uid}, separators=(",", ":"))
+
+
+def parse_revocation(payload: bytes | str) -> list[tuple[str, str]]:
+    """
+    Read a message from the revocations channel: a JSON object with a
+    non-blank string C{jti} and/or C{uid} (other keys are ignored, so
+    producers may add a reason or a timestamp).
+
+    @return: C{("jti", value)} and/or C{("uid", value)} pairs.
+    @raise ValueError: with a short reason, for anything else.
+    """
+    if isinstance(payload, bytes):
+        try:
+            payload = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("not UTF-8") from None
+    if not isinstance(payload, str):
+        raise ValueError("not text")
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        raise ValueError("not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    found = []
+    for by in ("jti", "uid"):
+        if by not in data:
+            continue
+        value = data[by]
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{by} is not a non-blank string")
+        found.append((by, value))
+    if not found:
+        raise ValueError("names neither jti nor uid")
+    return found
+
+
+# ---------------------------------------------------------------------------
+# Thin typed views of txredisapi (which is untyped).
+
+
+class _DelayedCall(Protocol):
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class _Clock(Protocol):
+    """The part of the reactor this module schedules with (IReactorTime)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, f: Callable[..., object], /, *args: Any, **kwargs: Any) -> _DelayedCall: ...
+
+
+class _Link(Protocol):
+    """What the service needs of one Redis connection."""
+
+    def exists(self, *keys: str) -> Deferred[int]: ...
+
+    def ping(self) -> Deferred[object]: ...
+
+    def subscribe(self, channel: str) -> Deferred[object]: ...
+
+    def abort(self) -> None: ...
+
+
+class _TxLink:
+    """A txredisapi protocol seen through L{_Link}."""
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+
+    def _call(self, *args: Any) -> Deferred[Any]:
+        try:
+            # Raises at once when the connection is already gone.
+            return cast(Deferred[Any], self.proto.execute_command(*args))
+        except Exception:
+            return fail()
+
+    def exists(self, *keys: str) -> Deferred[int]:
+        return self._call("EXISTS", *keys)
+
+    def ping(self) -> Deferred[object]:
+        return self._call("PING")
+
+    def subscribe(self, channel: str) -> Deferred[object]:
+        try:
+            return cast(Deferred[object], self.proto.subscribe(channel))
+        except Exception:
+            return fail()
+
+    def abort(self) -> None:
+        transport = self.proto.transport
+        if transport is not None:
+            transport.abortConnection()
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    """Hands channel messages to the factory's callback."""
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        self.factory.on_message(channel, message)
+
+
+class _LinkFactory(txredisapi.RedisFactory):
+    """
+    One reconnecting connection that reports to the service when it becomes
+    usable (after AUTH and SELECT) and when it is lost.
+    """
+
+    initialDelay = 0.5
+    maxDelay = 5.0
+    noisy = False
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        *,
+        subscriber: bool,
+        on_ready: Callable[[_TxLink], None],
+        on_lost: Callable[[_TxLink], None],
+        on_error: Callable[[str], None],
+        on_message: Callable[[Any, Any], None] | None = None,
+    ) -> None:
+        super().__init__(
+            f"{address.host}:{address.port}",
+            None if subscriber else address.db,
+            1,
+            isLazy=False,
+            # The subscriber takes raw bytes: a message that is not UTF-8, or
+            # that looks like a number, must not be mangled before parsing.
+            charset=None if subscriber else "utf-8",
+            password=address.password,
+            convertNumbers=not subscriber,
+        )
+        if subscriber:
+            self.protocol = _Subscriber
+        self.on_ready = on_ready
+        self.on_lost = on_lost
+        self.on_error = on_error
+        self.on_message = on_message or (lambda channel, message: None)
+        self._links: dict[Any, _TxLink] = {}
+
+    def stopTrying(self) -> Deferred[None]:
+        # txredisapi gives up for good when AUTH or SELECT fails. A daemon
+        # should rather keep retrying with backoff, like for any outage: the
+        # password or ACL may be fixed on the server without a restart.
+        return succeed(None)
+
+    def connectionError(self, why: str) -> None:
+        self.on_error(why)
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        if conn in self.pool:
+            link = self._links[conn] = _TxLink(conn)
+            self.on_ready(link)
+
+    def delConnection(self, conn: Any) -> None:
+        super().delConnection(conn)
+        link = self._links.pop(conn, None)
+        if link is not None:
+            self.on_lost(link)
+
+    def abort_all(self) -> None:
+        """Drop every connection at once (when closing cleanly took too long)."""
+        for conn in list(self.pool):
+            if conn.transport is not None:
+                conn.transport.abortConnection()
+
+
+class _WatchedEndpoint:
+    """
+    A client endpoint (duck-typed) that reports failed connection attempts,
+    which ClientService keeps to itself.
+    """
+
+    def __init__(self, endpoint: Any, on_failure: Callable[[Failure], None]) -> None:
+        self._endpoint = endpoint
+        self._on_failure = on_failure
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        def failed(reason: Failure) -> Failure:
+            if not reason.check(CancelledError):
+                self._on_failure(reason)
+            return reason
+
+        return cast(Deferred[Any], self._endpoint.connect(protocolFactory)).addErrback(failed)
+
+
+def _endpoint(reactor: Any, address: RedisAddress) -> Any:
+    """TCP, or TLS with the server's certificate checked against the host name (rediss://)."""
+    endpoint: Any = HostnameEndpoint(reactor, address.host, address.port, timeout=CONNECT_TIMEOUT)
+    if address.tls:
+        endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+    return endpoint
+
+
+def _describe(address: RedisAddress) -> str:
+    """host:port/db for logs; never the password."""
+    scheme = "rediss" if address.tls else "redis"
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"{scheme}://{host}:{address.port}/{address.db}"
+
+
+def _reason(error: BaseException | Failure) -> str:
+    value = error.value if isinstance(error, Failure) else error
+    if isinstance(value, DeferredTimeout | CancelledError):
+        return "timed out"
+    return str(value) or type(value).__name__
+
+
+# ---------------------------------------------------------------------------
+
+
+class RevocationService(Service):
+    """
+    Answers "is this token revoked?" and ends live sessions revoked through
+    the channel. See the module docstring for what happens while Redis is down.
+    """
+
+    def __init__(self, settings: Settings, registry: Registry, metrics: Metrics, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        #: Untyped on purpose: Twisted's zope interfaces are opaque to mypy here.
+        self._reactor: Any = reactor
+        self._clock: _Clock = reactor
+        self._address = settings.redis_url
+        self._deny = settings.redis_revocation_when_down == "deny"
+        self._registry = registry
+        self._metrics = metrics
+        self._metrics.redis_up.set(0)
+
+        self._factories: list[_LinkFactory] = []
+        self._cmd: _Link | None = None
+        #: The subscriber connection, usable but perhaps not subscribed yet.
+        self._sub_conn: _Link | None = None
+        #: The same connection once SUBSCRIBE succeeded.
+        self._sub: _Link | None = None
+        self._up = False
+        self._stopping = False
+        self._outage_since: float | None = None
+        self._last_error: str | None = None
+        self._slow = False
+        self._ready_waiters: list[Deferred[None]] = []
+        self._pinger: LoopingCall | None = None
+
+        self._recheck_running = False
+        self._recheck_waiting: list[Deferred[int]] = []
+        self._recheck_retry: _DelayedCall | None = None
+
+    # -- public ------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        """True while both connections are usable and the channel is subscribed."""
+        return self._up
+
+    def when_connected(self) -> Deferred[None]:
+        """
+        Fires once Redis is up (at once if it is); fails with CancelledError
+        when the service stops first. Callers bound the wait themselves.
+        """
+        if self._up:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._ready_waiters.remove(d))
+        self._ready_waiters.append(d)
+        return d
+
+    def is_revoked(self, jti: str) -> Deferred[bool]:
+        """
+        Whether a key revokes token C{jti}. When Redis cannot answer, the
+        outage policy decides: C{allow} answers False, C{deny} fails with
+        L{RevocationUnavailable}; while disconnected, without waiting.
+        """
+        cmd = self._cmd
+        if cmd is None:
+            return self._unanswered("Redis is down", connected=False)
+        return Deferred.fromCoroutine(self._check(cmd, jti))
+
+    def recheck(self) -> Deferred[int]:
+        """
+        Check the token of every live session against the revoked keys and
+        end those revoked. Fires with how many sessions were ended; fails
+        when Redis could not answer. Requests made while one runs are served
+        by another run after it, so none misses a session.
+        """
+        d: Deferred[int] = Deferred()
+        self._recheck_waiting.append(d)
+        if not self._recheck_running:
+            Deferred.fromCoroutine(self._run_rechecks())
+        return d
+
+    # -- service -------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Start connecting; twistd ignores the result, so failures are logged and retried."""
+        super().startService()
+        self._stopping = False
+        self._connect()
+        self._pinger = LoopingCall(self._ping)
+        self._pinger.clock = self._reactor
+        self._pinger.start(PING_INTERVAL, now=False)
+
+    def _connect(self) -> None:
+        """Open both connections; each reconnects by itself (the seam unit tests replace)."""
+        address = self._address
+        endpoint = _WatchedEndpoint(_endpoint(self._reactor, address), self._connect_failed)
+        self._factories = [
+            _LinkFactory(
+                address,
+                subscriber=False,
+                on_ready=self._command_ready,
+                on_lost=self._command_lost,
+                on_error=self._redis_error,
+            ),
+            _LinkFactory(
+                address,
+                subscriber=True,
+                on_ready=self._subscriber_ready,
+                on_lost=self._subscriber_lost,
+                on_error=self._redis_error,
+                on_message=self._message_received,
+            ),
+        ]
+        for factory in self._factories:
+            factory.startConnecting(endpoint)
+
+    def stopService(self) -> Deferred[None]:
+        """Close both connections and stop reconnecting, within L{STOP_TIMEOUT} seconds."""
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        self._pinger = None
+        if self._recheck_retry is not None and self._recheck_retry.active():
+            self._recheck_retry.cancel()
+        self._recheck_retry = None
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.errback(CancelledError("the revocation service stopped"))
+        await self._disconnect()
+        self._cmd = self._sub_conn = self._sub = None
+        self._set_up(False)
+
+    async def _disconnect(self) -> None:
+        """Close both connections and stop reconnecting (the seam unit tests replace)."""
+        factories, self._factories = self._factories, []
+        closing = gatherResults([f.disconnect() for f in factories], consumeErrors=True)
+        closing.addTimeout(STOP_TIMEOUT, self._reactor)
+        try:
+            await closing
+        except Exception as e:
+            log.warn("Redis connections did not close cleanly ({error}); dropping them", error=_reason(e))
+            for factory in factories:
+                factory.abort_all()
+
+    # -- connection events ----------------------------------------------------
+
+    def _command_ready(self, link: _Link) -> None:
+        self._cmd = link
+        self._update_state()
+
+    def _command_lost(self, link: _Link) -> None:
+        if self._cmd is link:
+            self._cmd = None
+            self._update_state("the command connection was lost")
+
+    def _subscriber_ready(self, link: _Link) -> None:
+        self._sub_conn = link
+        Deferred.fromCoroutine(self._subscribe(link))
+
+    async def _subscribe(self, link: _Link) -> None:
+        try:
+            await link.subscribe(REVOCATIONS_CHANNEL).addTimeout(PING_TIMEOUT, self._reactor)
+        except Exception as e:
+            if self._sub_conn is link and not self._stopping:
+                log.warn(
+                    "SUBSCRIBE {channel} failed ({error}); reconnecting", channel=REVOCATIONS_CHANNEL, error=_reason(e)
+                )
+                link.abort()
+            return
+        if self._sub_conn is link:
+            self._sub = link
+            self._update_state()
+
+    def _subscriber_lost(self, link: _Link) -> None:
+        if self._sub_conn is link:
+            self._sub_conn = self._sub = None
+            self._update_state("the subscriber connection was lost")
+
+    def _connect_failed(self, reason: Failure) -> None:
+        self._note_outage(reason.getErrorMessage())
+
+    def _redis_error(self, why: str) -> None:
+        # AUTH or SELECT refused: a configuration problem, worth an error line.
+        why = why.removeprefix("Redis error: ")
+        if why != self._last_error:
+            self._last_error = why
+            log.error("Redis at {address} refused the connection: {error}", address=_describe(self._address), error=why)
+        self._note_outage(why)
+
+    def _update_state(self, reason: str = "") -> None:
+        up = self.running and self._cmd is not None and self._sub is not None
+        if up == self._up:
+            return
+        if up:
+            self._set_up(True)
+            if self._outage_since is not None:
+                log.info(
+                    "Redis at {address} is back after {seconds:.1f} s; re-checking {sessions} live sessions",
+                    address=_describe(self._address),
+                    seconds=self._clock.seconds() - self._outage_since,
+                    sessions=len(self._registry.jtis()),
+                )
+            else:
+                log.info("Connected to Redis at {address}", address=_describe(self._address))
+            self._outage_since = None
+            self._last_error = None
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for d in waiters:
+                d.callback(None)
+            self._start_recheck()
+        else:
+            self._set_up(False)
+            if not self._stopping:
+                self._note_outage(reason)
+
+    def _set_up(self, up: bool) -> None:
+        self._up = up
+        self._metrics.redis_up.set(1 if up else 0)
+
+    def _note_outage(self, reason: str) -> None:
+        """Log the start of an outage, once, however many retries follow."""
+        if self._stopping or self._up or self._outage_since is not None:
+            return
+        self._outage_since = self._clock.seconds()
+        log.warn(
+            "Redis at {address} is unavailable ({reason}); reconnecting in the background. "
+            "Until it is back, revocation checks {policy}",
+            address=_describe(self._address),
+            reason=reason or "not connected",
+            policy=(
+                "fail and new authentications are refused (REDIS_REVOCATION_WHEN_DOWN=deny)"
+                if self._deny
+                else "are skipped and tokens are accepted (REDIS_REVOCATION_WHEN_DOWN=allow); "
+                "live sessions are re-checked when it returns"
+            ),
+        )
+
+    def _message_received(self, channel: bytes | str, payload: bytes | str) -> None:
+        """A channel message: end the sessions it names, or log why not."""
+        if isinstance(channel, bytes):
+            channel = channel.decode("utf-8", "replace")
+        if channel != REVOCATIONS_CHANNEL:
+            return
+        try:
+            targets = parse_revocation(payload)
+        except ValueError as e:
+            log.warn("Ignoring a message on {channel}: {problem}", channel=channel, problem=str(e))
+            return
+        for by, value in targets:
+            try:
+                count = self._registry.revoke(**{by: value})
+            except Exception:
+                log.failure("revoking the sessions of {by} {value}", by=by, value=value)
+                continue
+            self._metrics.revocations.labels(by=by).inc(count)
+            log.info("Revocation of {by} {value}: {count} live session(s) ended", by=by, value=value, count=count)
+
+    # -- revocation checks ----------------------------------------------------------
+
+    def _unanswered(self, why: str, *, connected: bool) -> Deferred[bool]:
+        if self._deny:
+            return fail(RevocationUnavailable(f"revocation cannot be checked: {why}"))
+        if connected:
+            # Accepted unchecked while Redis is connected: nothing else would
+            # look at this session again, so re-check soon.
+            self._schedule_recheck()
+        return succeed(False)
+
+    async def _check(self, cmd: _Link, jti: str) -> bool:
+        try:
+            count = await cmd.exists(revoked_key(jti)).addTimeout(COMMAND_TIMEOUT, self._reactor)
+        except Exception as e:
+            if not self._slow and self._cmd is cmd:
+                self._slow = True
+                log.warn("Redis could not answer a revocation check ({error})", error=_reason(e))
+            return await self._unanswered(_reason(e), connected=self._cmd is cmd)
+        if self._slow:
+            self._slow = False
+            log.info("Redis answers revocation checks again")
+        return bool(count)
+
+    def _start_recheck(self) -> None:
+        def failed(f: Failure) -> None:
+            log.info("Re-checking live sessions against revocations failed ({error})", error=_reason(f))
+            self._schedule_recheck()
+
+        self.recheck().addErrback(failed)
+
+    def _schedule_recheck(self) -> None:
+        if self._stopping or not self.running:
+            return
+        if self._recheck_retry is not None and self._recheck_retry.active():
+            return
+
+        def due() -> None:
+            self._recheck_retry = None
+            if self._cmd is not None:
+                self._start_recheck()
+
+        self._recheck_retry = self._clock.callLater(RECHECK_RETRY, due)
+
+    async def _run_rechecks(self) -> None:
+        self._recheck_running = True
+        try:
+            while self._recheck_waiting:
+                waiting, self._recheck_waiting = self._recheck_waiting, []
+                try:
+                    revoked = await self._recheck_once()
+                except Exception:
+                    failure = Failure()
+                    for d in waiting:
+                        d.errback(failure)
+                else:
+                    for d in waiting:
+                        d.callback(revoked)
+        finally:
+            self._recheck_running = False
+
+    async def _recheck_once(self) -> int:
+        jtis = self._registry.jtis()
+        revoked = 0
+        for start in range(0, len(jtis), RECHECK_BATCH):
+            batch = jtis[start : start + RECHECK_BATCH]
+            flags = await self._revoked_flags(batch)
+            for jti, flag in zip(batch, flags, strict=True):
+                if flag:
+                    count = self._registry.revoke(jti=jti)
+                    self._metrics.revocations.labels(by="jti").inc(count)
+                    revoked += count
+        if jtis:
+            log.info(
+                "Re-checked {checked} live token(s) against revocations: {revoked} session(s) ended",
+                checked=len(jtis),
+                revoked=revoked,
+            )
+        return revoked
+
+    async def _revoked_flags(self, jtis: Sequence[str]) -> list[bool]:
+        """
+        One EXISTS over the whole batch; only when it counts something, one
+        EXISTS per key, pipelined, to learn which.
+        """
+        cmd = self._cmd
+        if cmd is None:
+            raise RevocationUnavailable("Redis is down")
+        keys = [revoked_key(jti) for jti in jtis]
+        total = await cmd.exists(*keys).addTimeout(COMMAND_TIMEOUT, self._reactor)
+        if not total:
+            return [False] * len(keys)
+        each = gatherResults([cmd.exists(key) for key in keys], consumeErrors=True)
+        counts = await each.addTimeout(COMMAND_TIMEOUT, self._reactor)
+        return [bool(count) for count in counts]
+
+    # -- health ----------------------------------------------------------------
+
+    def _ping(self) -> None:
+        """PING both connections; drop one that does not answer so it is made again."""
+        for link in {id(x): x for x in (self._cmd, self._sub_conn) if x is not None}.values():
+            Deferred.fromCoroutine(self._ping_one(link))
+
+    async def _ping_one(self, link: _Link) -> None:
+        try:
+            await link.ping().addTimeout(PING_TIMEOUT, self._reactor)
+        except Exception as e:
+            if not self._stopping and link in (self._cmd, self._sub_conn):
+                log.warn("Redis did not answer PING ({error}); reconnecting", error=_reason(e))
+                link.abort()
+
+
+# ---------------------------------------------------------------------------
+# One-shot connections, for the command-line tool and tests.
+
+
+class RedisClient:
+    """One connection that does not reconnect: for short-lived tools."""
+
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+        self._proto = factory.pool[0]
+
+    def _call(self, *args: Any) -> Deferred[Any]:
+        try:
+            return cast(Deferred[Any], self._proto.execute_command(*args))
+        except Exception:
+            return fail()
+
+    def set(self, key: str, value: str, ttl: int | None = None) -> Deferred[Any]:
+        """SET, with EX C{ttl} seconds when given."""
+        return self._call("SET", key, value, *(("EX", ttl) if ttl else ()))
+
+    def publish(self, channel: str, message: str) -> Deferred[int]:
+        """PUBLISH; fires with how many subscribers received it."""
+        return self._call("PUBLISH", channel, message)
+
+    def exists(self, *keys: str) -> Deferred[int]:
+        return self._call("EXISTS", *keys)
+
+    def ttl(self, key: str) -> Deferred[int]:
+        return self._call("TTL", key)
+
+    def delete(self, *keys: str) -> Deferred[int]:
+        return self._call("DEL", *keys)
+
+    def close(self) -> Deferred[None]:
+        return cast(Deferred[None], self._factory.disconnect())
+
+
+async def connect_client(address: RedisAddress, reactor: Any = None, timeout: float = CONNECT_TIMEOUT) -> RedisClient:
+    """
+    Connect once (AUTH and SELECT included) within C{timeout} seconds.
+
+    @raise RedisUnavailable: with a one-line reason.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    factory = txredisapi.RedisFactory(
+        f"{address.host}:{address.port}", address.db, 1, isLazy=False, password=address.password, replyTimeout=timeout
+    )
+    factory.reconnect = False
+    factory.noisy = False
+    connected = cast(Deferred[Any], factory.deferred)
+    factory.startConnecting(_endpoint(reactor, address))
+    try:
+        await connected.addTimeout(timeout, reactor)
+    except Exception as e:
+        # txredisapi would otherwise fire this Deferred again on a late error.
+        factory.deferred = None
+        await factory.disconnect()
+        reason = "timed out" if isinstance(e, DeferredTimeout) else str(e).removeprefix("Redis error: ")
+        reason = reason.removeprefix("could not connect: ")
+        raise RedisUnavailable(f"cannot connect to Redis at {_describe(address)}: {reason}") from None
+    return RedisClient(factory)
