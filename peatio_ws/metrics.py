@@ -26,7 +26,10 @@ class Metrics:
         )
         self.members = Gauge("peatio_ws_members", "Distinct members with an authenticated connection", registry=r)
         self.auth = Counter(
-            "peatio_ws_authentications", "Authentication attempts by result and reason", ["result", "reason"], registry=r
+            "peatio_ws_authentications",
+            "Authentication attempts by result and reason",
+            ["result", "reason"],
+            registry=r,
         )
         self.closes = Counter("peatio_ws_closes", "Connections closed by the server, by reason", ["reason"], registry=r)
         self.rejected = Counter(
@@ -53,7 +56,9 @@ class Metrics:
             "peatio_ws_slow_consumer_closes", "Connections closed (4008) for not keeping up", registry=r
         )
         self.broker_up = Gauge("peatio_ws_rabbitmq_up", "1 when connected to RabbitMQ and consuming", registry=r)
-        self.broker_reconnects = Counter("peatio_ws_rabbitmq_connects", "Successful RabbitMQ (re)connections", registry=r)
+        self.broker_reconnects = Counter(
+            "peatio_ws_rabbitmq_connects", "Successful RabbitMQ (re)connections", registry=r
+        )
         self.bindings = Gauge("peatio_ws_rabbitmq_bindings", "Member bindings on this process's queue", registry=r)
         self.redis_up = Gauge("peatio_ws_redis_up", "1 when connected to Redis", registry=r)
         self.revocations = Counter(

@@ -1,0 +1,979 @@
+# -*- test-case-name: peatio_ws.test.test_amqp,peatio_ws.test.integration.test_amqp_broker -*-
+"""
+The RabbitMQ consumer: private events in, fan-out to the member's connections.
+
+Peatio publishes private events on a topic exchange with the routing key
+C{private.<uid>.<event>}. Each process owns one queue, bound with
+C{private.<uid>.*} while member C{<uid>} has a connection here, so a process
+only receives the events of its own members (SPEC §4).
+
+The hot path bypasses txAMQP's per-frame Deferred machinery, which costs
+about 450 µs per message: L{_ConsumerClient} parses the three frames of a
+C{basic.deliver} synchronously as they arrive, hands the message to
+L{EventConsumer}, and acknowledges everything handled in one read with a
+single C{basic.ack(multiple=True)}. Everything else (handshake, declares,
+binds, heartbeats, closes) goes through txAMQP's normal path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import socket
+import struct
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txamqp.client import Closed, TwistedDelegate
+from txamqp.endpoint import AMQEndpoint
+from txamqp.factory import AMQFactory
+from txamqp.message import Message
+from txamqp.protocol import AMQClient
+from zope.interface import implementer
+
+from peatio_ws import _txamqp_compat
+from peatio_ws.config import Settings
+from peatio_ws.metrics import Metrics
+from peatio_ws.registry import Registry
+
+__all__ = ["EventConsumer", "binding_key", "event_label", "parse_routing_key", "valid_json", "valid_uid"]
+
+log = Logger(namespace="peatio_ws.amqp")
+
+#: The channel everything of ours happens on (0 is the connection's own).
+CHANNEL = 1
+#: Seconds for TCP connect plus the AMQP handshake and login.
+CONNECT_TIMEOUT = 30.0
+#: Seconds for declaring, binding and starting to consume after login.
+SETUP_TIMEOUT = 30.0
+#: Seconds a clean close (cancel, delete, close) may take on stop before the
+#: connection is dropped; the same again for the TCP close itself.
+STOP_TIMEOUT = 5.0
+#: Binds/unbinds in flight at once (pipelined on the channel).
+BIND_BATCH = 1000
+#: "private." + uid + ".*" must fit an AMQP shortstr (255 bytes).
+MAX_UID_BYTES = 255 - len("private.") - len(".*")
+
+_EVENT_LABEL = re.compile(r"[a-z_]{1,32}\Z")
+_HEADER = struct.Struct("!BHI")
+_U64 = struct.Struct("!Q")
+_IDS = struct.Struct("!HH")
+
+
+# ---------------------------------------------------------------------------
+# Pure helpers (also used by the tests).
+
+
+def valid_uid(uid: str) -> bool:
+    """
+    Whether C{uid} can be bound: non-empty, none of the characters that are
+    special in topic routing keys, and short enough for a routing key.
+    """
+    if not uid or "." in uid or "*" in uid or "#" in uid:
+        return False
+    try:
+        return len(uid.encode("utf-8")) <= MAX_UID_BYTES
+    except UnicodeEncodeError:
+        return False
+
+
+def binding_key(uid: str) -> bytes:
+    """The binding of member C{uid}: C{private.<uid>.*}, as bytes."""
+    return b"private." + uid.encode("utf-8") + b".*"
+
+
+def parse_routing_key(key: bytes) -> tuple[str, str] | None:
+    """
+    C{(uid, event)} from C{private.<uid>.<event>}; None for any other shape
+    (public events, too few or too many parts, empty parts, not UTF-8).
+    """
+    parts = key.split(b".")
+    if len(parts) != 3 or parts[0] != b"private" or not parts[1] or not parts[2]:
+        return None
+    try:
+        return parts[1].decode("utf-8"), parts[2].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def event_label(event: str) -> str:
+    """The metrics label for C{event}: itself if it looks like an event name, else "other"."""
+    return event if _EVENT_LABEL.match(event) else "other"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# NaN/Infinity are not JSON: a browser's JSON.parse would reject the whole
+# message. Strict UTF-8 first: the payload is forwarded inside a text frame.
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def valid_json(body: bytes) -> bool:
+    """Whether C{body} is one JSON value in UTF-8 (what may go into a text frame)."""
+    try:
+        _JSON.decode(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _queue_name() -> str:
+    """
+    C{peatio-ws.<hostname>.<random hex>}: chosen once per process, so a
+    reconnect finds the same queue (and the events that arrived meanwhile).
+    """
+    host = re.sub(r"[^A-Za-z0-9_-]+", "-", socket.gethostname()).strip("-")[:64] or "host"
+    return f"peatio-ws.{host}.{secrets.token_hex(8)}"
+
+
+def _describe(reason: object) -> str:
+    """A short, one-line text for a connection or channel failure."""
+    if isinstance(reason, Failure):
+        reason = reason.value
+    if isinstance(reason, Closed) and reason.args:
+        reason = reason.args[0]
+    if isinstance(reason, Failure):
+        reason = reason.value
+    if isinstance(reason, DeferredTimeout):
+        return f"no answer within {reason.args[0] if reason.args else '?'} s"
+    if isinstance(reason, Message):
+        try:
+            return f"{reason.reply_code} {reason.reply_text}"
+        except (AttributeError, IndexError, KeyError):
+            return str(reason.method)
+    text = str(reason).strip().splitlines()
+    return text[0] if text and text[0] else type(reason).__name__
+
+
+class _FrameError(Exception):
+    """The broker sent a frame sequence AMQP does not allow."""
+
+
+# ---------------------------------------------------------------------------
+# The txAMQP protocol with the delivery fast path.
+
+
+class _Delegate(TwistedDelegate):
+    """txAMQP's delegate, but announcing client properties (a connection name)."""
+
+    def connection_start(self, ch: Any, msg: Any) -> None:
+        ch.connection_start_ok(
+            client_properties=self.client.client_properties,
+            mechanism=self.client.mechanism,
+            response=self.client.response,
+            locale=self.client.locale,
+        )
+
+
+DeliveryHandler = Callable[[bytes, bytes, float], None]
+
+
+class _ConsumerClient(AMQClient):
+    """
+    AMQClient whose C{dataReceived} takes the frames of C{basic.deliver} on
+    the consumer channel straight to a handler, synchronously: method,
+    content header, body frame(s) -> C{handler(routing_key, body, received)}.
+
+    Messages are acknowledged once per read (C{multiple=True} for the highest
+    delivery tag handled), after the handler returned; so an ack is never
+    left waiting while the connection is idle.
+    """
+
+    def __init__(
+        self,
+        delegate: Any,
+        vhost: str,
+        spec: Any,
+        heartbeat: int = 0,
+        clock: IReactorTime | None = None,
+        insist: bool = False,
+    ) -> None:
+        super().__init__(_Delegate(), vhost, spec, heartbeat=heartbeat, clock=clock, insist=insist)
+        #: Announced at login (strings only: txAMQP's table encoder knows nothing else).
+        self.client_properties: dict[str, str] = {"product": "peatio-ws"}
+        constants = spec.constants.bypyname
+        self._t_method: int = constants["frame_method"].id
+        self._t_header: int = constants["frame_header"].id
+        self._t_body: int = constants["frame_body"].id
+        self._frame_end: int = constants["frame_end"].id
+        basic = spec.classes.byname["basic"]
+        self._deliver_ids = _IDS.pack(basic.id, basic.methods.byname["deliver"].id)
+        self._ack_ids = _IDS.pack(basic.id, basic.methods.byname["ack"].id)
+        self._ack_prefix = b""
+        self._fast_channel = -1
+        self._handler: DeliveryHandler | None = None
+        # A delivery being assembled: 0 idle, 1 awaiting the header, 2 body.
+        self._d_state = 0
+        self._d_tag = 0
+        self._d_key = b""
+        self._d_left = 0
+        self._d_chunks: list[bytes] = []
+        # Bytes of an incomplete frame, and how many are needed to go on.
+        self._rx: list[bytes] = []
+        self._rx_len = 0
+        self._rx_need = 0
+        self.lost = False
+        #: Set by whoever watches this connection (the consumer).
+        self.lost_listener: Callable[[_ConsumerClient, Failure], None] | None = None
+        self.channel_listener: Callable[[_ConsumerClient, Any], None] | None = None
+        #: What the broker said when it closed the connection, if it did.
+        self.close_reason: object = None
+        self.guard: _Guard | None = None
+
+    def unwrap(self) -> _ConsumerClient:
+        """
+        This very object. ClientService hands out a proxy whose attributes
+        do not reach the client (TWISTED-NOTES §6); calling this through
+        the proxy gets the real one.
+        """
+        return self
+
+    def enable_fast_path(self, channel: int, handler: DeliveryHandler) -> None:
+        """Take C{basic.deliver} on C{channel} to C{handler} from now on."""
+        self._fast_channel = channel
+        self._handler = handler
+        self._ack_prefix = _HEADER.pack(self._t_method, channel, 13) + self._ack_ids
+
+    def abort(self) -> None:
+        """Drop the connection now (no AMQP close)."""
+        if self.transport is not None and not self.lost:
+            self.transport.abortConnection()
+
+    # -- receiving ---------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._rx:
+            self._rx.append(data)
+            self._rx_len += len(data)
+            if self._rx_len < self._rx_need:
+                return
+            buf = b"".join(self._rx)
+            self._rx = []
+        else:
+            buf = data
+        try:
+            off = self._frames(buf, perf_counter())
+        except Exception:
+            log.failure("Bad data from RabbitMQ; dropping the connection")
+            self._rx = []
+            self._d_state = 0
+            self.abort()
+            return
+        if off < len(buf):
+            rest = buf[off:]
+            self._rx = [rest]
+            self._rx_len = len(rest)
+
+    def _frames(self, buf: bytes, received: float) -> int:
+        """
+        Handle every complete frame in C{buf}; return the offset of the first
+        byte not consumed and set C{_rx_need} for the rest.
+        """
+        end = len(buf)
+        off = 0
+        header = _HEADER.unpack_from
+        u64 = _U64.unpack_from
+        fast_channel = self._fast_channel
+        t_method, t_header, t_body, frame_end = self._t_method, self._t_header, self._t_body, self._frame_end
+        deliver_ids = self._deliver_ids
+        state, tag, key, left, chunks = self._d_state, self._d_tag, self._d_key, self._d_left, self._d_chunks
+        ack = 0
+        fast = False
+        try:
+            while True:
+                if end - off < 8:
+                    self._rx_need = 8
+                    break
+                ftype, channel, size = header(buf, off)
+                start = off + 7
+                stop = start + size
+                if stop >= end:
+                    self._rx_need = size + 8
+                    break
+                if buf[stop] != frame_end:
+                    raise _FrameError(f"frame end byte is {buf[stop]:#x}")
+                if channel == fast_channel and (state or (ftype == t_method and buf[start : start + 4] == deliver_ids)):
+                    fast = True
+                    if state == 0:
+                        # basic.deliver: consumer-tag, delivery-tag, redelivered, exchange, routing-key
+                        p = start + 4
+                        p += 1 + buf[p]
+                        (tag,) = u64(buf, p)
+                        p += 9
+                        p += 1 + buf[p]
+                        n = buf[p]
+                        key = buf[p + 1 : p + 1 + n]
+                        state = 1
+                    elif state == 1:
+                        if ftype != t_header:
+                            raise _FrameError(f"expected a content header on channel {channel}, got type {ftype}")
+                        (left,) = u64(buf, start + 4)
+                        if left:
+                            state = 2
+                        else:
+                            state = 0
+                            self._deliver(key, b"", received)
+                            ack = tag
+                    else:
+                        if ftype != t_body:
+                            raise _FrameError(f"expected a content body on channel {channel}, got type {ftype}")
+                        if size > left:
+                            raise _FrameError("content body longer than its header said")
+                        left -= size
+                        if left == 0 and not chunks:
+                            state = 0
+                            self._deliver(key, buf[start:stop], received)
+                            ack = tag
+                        else:
+                            chunks.append(buf[start:stop])
+                            if left == 0:
+                                body = b"".join(chunks)
+                                chunks = []
+                                state = 0
+                                self._deliver(key, body, received)
+                                ack = tag
+                else:
+                    self.frame_received(self._unpack_frame(buf[off : stop + 1]))
+                    if self.transport is None or getattr(self.transport, "disconnecting", False):
+                        # Closing (e.g. the broker sent connection.close): ignore the rest.
+                        return end
+                off = stop + 1
+        finally:
+            self._d_state, self._d_tag, self._d_key, self._d_left, self._d_chunks = state, tag, key, left, chunks
+            if ack:
+                self._send_ack(ack)
+            if fast and self.heartbeatInterval > 0 and not self.closed:
+                # The fast path skips process_frame, which would note the traffic.
+                self.reschedule_check_heartbeat()
+        return off
+
+    def _deliver(self, key: bytes, body: bytes, received: float) -> None:
+        handler = self._handler
+        if handler is None:
+            return
+        try:
+            handler(key, body, received)
+        except Exception:
+            log.failure("Handling an event from RabbitMQ failed")
+
+    def _send_ack(self, tag: int) -> None:
+        if self.transport is not None and not self.closed and not self.lost:
+            self.transport.write(self._ack_prefix + _U64.pack(tag) + b"\x01\xce")
+
+    # -- lifecycle hooks ---------------------------------------------------
+
+    def do_close(self, reason: Any) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        super().do_close(reason)
+
+    def check_heartbeat(self) -> None:
+        if self.close_reason is None:
+            self.close_reason = f"no heartbeat from RabbitMQ for {self.heartbeatInterval * self.MAX_UNSEEN_HEARTBEAT} s"
+        super().check_heartbeat()
+
+    def channel_failed(self, channel: Any, reason: Any) -> None:
+        if self.channel_listener is not None:
+            self.channel_listener(self, reason)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = True
+        self._rx = []
+        try:
+            super().connectionLost(reason)
+        finally:
+            if self.lost_listener is not None:
+                self.lost_listener(self, reason)
+
+
+class _ConsumerFactory(AMQFactory):
+    """AMQFactory building L{_ConsumerClient}s, quietly."""
+
+    protocol = _ConsumerClient
+    noisy = False
+
+    def __init__(
+        self,
+        spec_path: str,
+        clock: IReactorTime,
+        client_properties: dict[str, str],
+        built: Callable[[_ConsumerClient], None],
+    ) -> None:
+        super().__init__(spec=spec_path, clock=clock)
+        self._client_properties = client_properties
+        self._built = built
+
+    def buildProtocol(self, addr: Any) -> _ConsumerClient:
+        client: _ConsumerClient = super().buildProtocol(addr)
+        client.client_properties = self._client_properties
+        self._built(client)
+        return client
+
+
+# ---------------------------------------------------------------------------
+# Connecting. ClientService keeps the connection; two small wrappers make a
+# failed attempt safe with it.
+
+
+class _Guard:
+    """
+    Sits between the transport and ClientService's protocol proxy.
+
+    ClientService (Twisted 26.10) leaves a connection open when
+    C{prepareConnection} fails, and raises C{NoTransition} when such a
+    connection (or one whose login failed) later closes. The guard tells
+    ClientService of the loss only once the connection was accepted (set-up
+    finished); before that, a failed attempt is simply dropped.
+    """
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+        self.client: _ConsumerClient = proxy.unwrap()
+        self.client.guard = self
+        self.accepted = False
+
+    def makeConnection(self, transport: Any) -> None:
+        self.proxy.makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.client.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.accepted:
+            self.proxy.connectionLost(reason)
+        else:
+            self.client.connectionLost(reason)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.proxy, name)
+
+
+class _GuardFactory:
+    """Wraps ClientService's factory for one attempt; remembers the guard."""
+
+    def __init__(self, factory: IProtocolFactory) -> None:
+        self._factory = factory
+        self.guard: _Guard | None = None
+
+    def buildProtocol(self, addr: Any) -> _Guard | None:
+        proxy = self._factory.buildProtocol(addr)
+        if proxy is None:
+            return None
+        self.guard = _Guard(proxy)
+        return self.guard
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._factory, name)
+
+
+@implementer(IStreamClientEndpoint)
+class _BrokerEndpoint:
+    """
+    AMQEndpoint (TCP, login) with a time limit on the whole handshake, and
+    a failed attempt's connection closed.
+    """
+
+    def __init__(
+        self,
+        endpoint: AMQEndpoint,
+        clock: IReactorTime,
+        attempting: Callable[[], None],
+        failed: Callable[[Failure], None],
+        description: str,
+    ) -> None:
+        self._description = description
+        self._endpoint = endpoint
+        self._clock = clock
+        self._attempting = attempting
+        self._failed = failed
+
+    def __repr__(self) -> str:
+        return f"<RabbitMQ {self._description}>"
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        self._attempting()
+        guarded = _GuardFactory(protocolFactory)
+        d: Deferred[Any] = self._endpoint.connect(guarded)
+        d.addTimeout(CONNECT_TIMEOUT, self._clock)
+
+        def connected(guard: _Guard) -> Any:
+            return guard.proxy
+
+        def failed(failure: Failure) -> Failure:
+            if guarded.guard is not None:
+                guarded.guard.client.abort()
+            self._failed(failure)
+            return failure
+
+        return d.addCallbacks(connected, failed)
+
+
+class _Session:
+    """One established connection: its client, channel and bind loop state."""
+
+    def __init__(self, client: _ConsumerClient, channel: Any) -> None:
+        self.client = client
+        self.channel = channel
+        self.syncing = False
+
+
+# ---------------------------------------------------------------------------
+
+
+class EventConsumer(Service):
+    """
+    Consume this process's queue and hand each private event to the
+    registry; keep the queue's bindings in step with the members connected.
+
+    C{reactor} must provide IReactorTCP as well as IReactorTime (a
+    MemoryReactorClock in tests); the global reactor when not given.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        metrics: Metrics,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        _txamqp_compat.install()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        assert reactor is not None
+        self._reactor: IReactorTime = reactor
+        self._settings = settings
+        self._registry = registry
+        self._metrics = metrics
+        # Fails start-up with one line naming AMQP_SPEC if the spec is unusable.
+        _txamqp_compat.load_spec(settings.amqp_spec)
+
+        self.queue_name = _queue_name()
+        self._queue = self.queue_name.encode("utf-8")
+        self._exchange = settings.rabbitmq_events_exchange.encode("utf-8")
+        self._consumer_tag = self._queue
+        self._expires_ms = max(1, min(int(settings.rabbitmq_queue_expires * 1000), 2**31 - 1))
+
+        self._wanted: set[str] = set()
+        self._bound: set[str] = set()
+        self._dirty: set[str] = set()
+        self._unbind_calls: dict[str, IDelayedCall] = {}
+
+        self._session: _Session | None = None
+        self._connection: _ConsumerClient | None = None
+        self._consuming = False
+        self._stopped = False
+        self._waiters: list[Deferred[None]] = []
+
+        self._counters: dict[str, tuple[Any, Any]] = {}
+        self._dropped_bad_key = metrics.events_dropped.labels(reason="bad_routing_key")
+        self._dropped_malformed = metrics.events_dropped.labels(reason="malformed")
+        self._dropped_no_connection = metrics.events_dropped.labels(reason="no_connection")
+        self._dropped_error = metrics.events_dropped.labels(reason="error")
+        self._malformed_logged_at = -1e9
+        self._malformed_unlogged = 0
+
+        self._backoff = backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=1.5)
+        factory = _ConsumerFactory(
+            settings.amqp_spec,
+            reactor,
+            {"product": "peatio-ws", "connection_name": self.queue_name},
+            self._built,
+        )
+        endpoint = AMQEndpoint(
+            reactor,
+            settings.rabbitmq_host,
+            settings.rabbitmq_port,
+            username=settings.rabbitmq_user,
+            password=settings.rabbitmq_password,
+            vhost=settings.rabbitmq_vhost,
+            heartbeat=settings.rabbitmq_heartbeat,
+            timeout=int(CONNECT_TIMEOUT),
+        )
+        self._service = ClientService(
+            _BrokerEndpoint(
+                endpoint,
+                reactor,
+                self._attempting,
+                self._attempt_failed,
+                f"{settings.rabbitmq_host}:{settings.rabbitmq_port}",
+            ),
+            factory,
+            retryPolicy=self._retry_delay,
+            clock=reactor,
+            prepareConnection=self._prepare_connection,
+        )
+        metrics.broker_up.set(0)
+        metrics.bindings.set(0)
+        registry.add_observer(self)
+
+    # -- public state --------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        """Connected to RabbitMQ and consuming (for /health)."""
+        return self._consuming
+
+    @property
+    def bound(self) -> frozenset[str]:
+        """The members whose binding is on the queue (as far as we know)."""
+        return frozenset(self._bound)
+
+    def when_consuming(self) -> Deferred[None]:
+        """
+        A Deferred that fires once the consumer is consuming (at once if it
+        is); it fails with CancelledError if the service stops first.
+        """
+        if self._consuming:
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._forget_waiter)
+        self._waiters.append(d)
+        return d
+
+    def _forget_waiter(self, d: Deferred[None]) -> None:
+        if d in self._waiters:
+            self._waiters.remove(d)
+
+    # -- service -----------------------------------------------------------
+
+    def startService(self) -> None:
+        """Start connecting (and reconnecting); returns at once."""
+        super().startService()
+        self._stopped = False
+        self._service.startService()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Cancel the consumer, delete the queue, close the channel and the
+        connection, and stop reconnecting; never takes much more than
+        2 x STOP_TIMEOUT.
+        """
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self._stopped = True
+        for call in self._unbind_calls.values():
+            if call.active():
+                call.cancel()
+        self._unbind_calls.clear()
+        session = self._session
+        if session is not None and self._consuming:
+            closing = Deferred.fromCoroutine(self._close(session))
+            closing.addTimeout(STOP_TIMEOUT, self._reactor)
+            try:
+                await closing
+            except Exception as e:
+                log.warn(
+                    "RabbitMQ: clean close did not finish ({reason}); dropping the connection", reason=_describe(e)
+                )
+        stopping = self._service.stopService()
+        connection = self._connection
+        fallback = self._reactor.callLater(STOP_TIMEOUT, connection.abort) if connection is not None else None
+        try:
+            await stopping
+        finally:
+            if fallback is not None and fallback.active():
+                fallback.cancel()
+            self._set_down()
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.errback(CancelledError("the RabbitMQ consumer stopped"))
+            log.info("RabbitMQ: consumer stopped")
+
+    async def _close(self, session: _Session) -> None:
+        """The clean way out: nothing more is delivered, nothing is left behind."""
+        channel = session.channel
+        await channel.basic_cancel(consumer_tag=self._consumer_tag)
+        self._consuming = False
+        self._metrics.broker_up.set(0)
+        # The process is going away; so are its members' connections. Without
+        # this the queue would collect their events until x-expires.
+        await channel.queue_delete(queue=self._queue)
+        self._bound.clear()
+        self._metrics.bindings.set(0)
+        await channel.channel_close(reply_code=200, reply_text="peatio-ws stopping")
+        connection = await session.client.channel(0)
+        await connection.connection_close(reply_code=200, reply_text="peatio-ws stopping")
+
+    # -- connecting ----------------------------------------------------------
+
+    def _built(self, client: _ConsumerClient) -> None:
+        client.lost_listener = self._connection_lost
+        client.channel_listener = self._channel_failed
+        self._connection = client
+
+    def _attempting(self) -> None:
+        s = self._settings
+        log.info(
+            "RabbitMQ: connecting to {host}:{port} (vhost {vhost})",
+            host=s.rabbitmq_host,
+            port=s.rabbitmq_port,
+            vhost=s.rabbitmq_vhost,
+        )
+
+    def _attempt_failed(self, failure: Failure) -> None:
+        if self._stopped:
+            return  # cancelled by stopService
+        log.warn("RabbitMQ: connection attempt failed: {reason}", reason=_describe(failure))
+
+    def _retry_delay(self, attempt: int) -> float:
+        delay = self._backoff(attempt)
+        if not self._stopped:
+            log.info("RabbitMQ: reconnect scheduled in {delay:.1f} s (attempt {attempt})", delay=delay, attempt=attempt)
+        return delay
+
+    def _prepare_connection(self, proxy: IProtocol) -> Deferred[None]:
+        client: _ConsumerClient = proxy.unwrap()  # type: ignore[attr-defined]
+        d = Deferred.fromCoroutine(self._set_up(client))
+        d.addTimeout(SETUP_TIMEOUT, self._reactor)
+        d.addErrback(self._set_up_failed, client)
+        return d
+
+    async def _set_up(self, client: _ConsumerClient) -> None:
+        """Declare, bind every member, consume: run on every (re)connection."""
+        s = self._settings
+        channel = await client.channel(CHANNEL)
+        await channel.channel_open()
+        # As Peatio declares it: a topic exchange, neither durable nor auto-deleted.
+        await channel.exchange_declare(exchange=self._exchange, type="topic", durable=False)
+        # Not exclusive, not auto-delete: it outlives a short disconnect, and
+        # x-expires removes it once no one has used it for a while.
+        await channel.queue_declare(
+            queue=self._queue,
+            durable=False,
+            exclusive=False,
+            auto_delete=False,
+            arguments={"x-expires": self._expires_ms},
+        )
+        await channel.basic_qos(prefetch_count=s.rabbitmq_prefetch)
+        session = _Session(client, channel)
+        self._session = session
+        # Every member connected now (some may have joined before we were
+        # the registry's observer) plus those within their unbind delay.
+        self._wanted.update(uid for uid in self._registry.members() if valid_uid(uid))
+        # The queue may be new (it expired): bind every member again; bindings
+        # of members who left while we were away are removed.
+        self._dirty |= self._wanted | self._bound
+        self._bound -= self._wanted
+        await self._sync(session)
+        client.enable_fast_path(CHANNEL, self._handle_delivery)
+        await channel.basic_consume(queue=self._queue, consumer_tag=self._consumer_tag, no_ack=False)
+        if self._session is not session:
+            raise Closed("connection lost while starting to consume")
+        assert client.guard is not None
+        client.guard.accepted = True
+        self._consuming = True
+        self._metrics.broker_up.set(1)
+        self._metrics.broker_reconnects.inc()
+        log.info(
+            "RabbitMQ: connected and consuming from {queue} ({bindings} bindings)",
+            queue=self.queue_name,
+            bindings=len(self._bound),
+        )
+        if self._dirty:
+            self._kick()
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _set_up_failed(self, failure: Failure, client: _ConsumerClient) -> Failure:
+        if self._session is not None and self._session.client is client:
+            self._session = None
+        client.abort()
+        if not self._stopped:
+            log.warn("RabbitMQ: set-up failed: {reason}", reason=_describe(failure))
+        return failure
+
+    def _connection_lost(self, client: _ConsumerClient, reason: Failure) -> None:
+        if self._connection is client:
+            self._connection = None
+        session = self._session
+        if session is None or session.client is not client:
+            return
+        self._session = None
+        was_up = self._consuming
+        self._set_down()
+        if not was_up:
+            return  # during set-up: _set_up_failed says why
+        if self._stopped:
+            log.info("RabbitMQ: connection closed")
+        else:
+            log.warn(
+                "RabbitMQ: connection lost: {reason}",
+                reason=_describe(client.close_reason if client.close_reason is not None else reason),
+            )
+
+    def _channel_failed(self, client: _ConsumerClient, reason: Any) -> None:
+        session = self._session
+        if self._consuming and session is not None and session.client is client:
+            log.warn("RabbitMQ closed our channel: {reason}; reconnecting", reason=_describe(reason))
+        # (During set-up the pending operation fails too, and says why.)
+        client.abort()
+
+    def _set_down(self) -> None:
+        self._consuming = False
+        self._metrics.broker_up.set(0)
+
+    # -- bindings -------------------------------------------------------------
+
+    def member_joined(self, uid: str) -> None:
+        """Bind C{private.<uid>.*} (now if connected), or keep the binding."""
+        if not valid_uid(uid):
+            log.warn("Not binding member {uid!r}: not usable in a routing key", uid=uid)
+            return
+        call = self._unbind_calls.pop(uid, None)
+        if call is not None and call.active():
+            call.cancel()
+        if uid in self._wanted:
+            return
+        self._wanted.add(uid)
+        self._dirty.add(uid)
+        self._kick()
+
+    def member_left(self, uid: str) -> None:
+        """Unbind after RABBITMQ_UNBIND_DELAY, unless the member comes back."""
+        if uid not in self._wanted or uid in self._unbind_calls:
+            return
+        if self._stopped:
+            self._wanted.discard(uid)
+            return
+        self._unbind_calls[uid] = self._reactor.callLater(self._settings.rabbitmq_unbind_delay, self._unbind_due, uid)
+
+    def _unbind_due(self, uid: str) -> None:
+        del self._unbind_calls[uid]
+        self._wanted.discard(uid)
+        self._dirty.add(uid)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Start bringing the queue's bindings in line, unless already doing so."""
+        session = self._session
+        if session is None or session.syncing or not self._dirty or self._stopped:
+            return
+        d = Deferred.fromCoroutine(self._sync(session))
+        d.addErrback(self._sync_failed, session)
+
+    def _sync_failed(self, failure: Failure, session: _Session) -> None:
+        if self._session is not session or self._stopped:
+            return  # that connection is gone (the next one binds everything), or we are stopping
+        log.warn("RabbitMQ: binding failed: {reason}; reconnecting", reason=_describe(failure))
+        session.client.abort()
+
+    async def _sync(self, session: _Session) -> None:
+        """
+        Bind or unbind every member marked dirty, a batch at a time (pipelined),
+        until nothing is left to do or the connection is gone.
+        """
+        if session.syncing:
+            return
+        session.syncing = True
+        try:
+            while self._dirty and self._session is session and not self._stopped:
+                batch = [self._dirty.pop() for _ in range(min(BIND_BATCH, len(self._dirty)))]
+                ops = []
+                for uid in batch:
+                    if uid in self._wanted and uid not in self._bound:
+                        d = session.channel.queue_bind(
+                            queue=self._queue, exchange=self._exchange, routing_key=binding_key(uid)
+                        )
+                        ops.append(
+                            d.addCallbacks(
+                                self._bind_done, self._op_failed, callbackArgs=(uid, True), errbackArgs=(uid,)
+                            )
+                        )
+                    elif uid not in self._wanted and uid in self._bound:
+                        d = session.channel.queue_unbind(
+                            queue=self._queue, exchange=self._exchange, routing_key=binding_key(uid)
+                        )
+                        ops.append(
+                            d.addCallbacks(
+                                self._bind_done, self._op_failed, callbackArgs=(uid, False), errbackArgs=(uid,)
+                            )
+                        )
+                if ops:
+                    await gatherResults(ops, consumeErrors=True)
+        finally:
+            session.syncing = False
+
+    def _bind_done(self, _: object, uid: str, bound: bool) -> None:
+        if bound:
+            self._bound.add(uid)
+        else:
+            self._bound.discard(uid)
+        self._metrics.bindings.set(len(self._bound))
+
+    def _op_failed(self, failure: Failure, uid: str) -> Failure:
+        self._dirty.add(uid)
+        return failure
+
+    # -- deliveries ---------------------------------------------------------
+
+    def _handle_delivery(self, routing_key: bytes, body: bytes, received: float) -> None:
+        """
+        One message from the queue, handed over synchronously (so a member's
+        events keep the broker's order). It is acked when this returns.
+        """
+        parsed = parse_routing_key(routing_key)
+        if parsed is None:
+            self._dropped_bad_key.inc()
+            return
+        uid, event = parsed
+        if not valid_json(body):
+            self._dropped_malformed.inc()
+            self._log_malformed(routing_key, body)
+            return
+        counters = self._counters.get(event)
+        if counters is None:
+            counters = self._event_counters(event)
+        counters[0].inc()
+        try:
+            sent = self._registry.deliver(uid, event, body)
+        except Exception:
+            log.failure("Delivering {event} to member {uid} failed", event=event, uid=uid)
+            self._dropped_error.inc()
+            return
+        if sent:
+            counters[1].inc(sent)
+            self._metrics.delivery_latency.observe(perf_counter() - received)
+        else:
+            self._dropped_no_connection.inc()
+
+    def _event_counters(self, event: str) -> tuple[Any, Any]:
+        label = event_label(event)
+        counters = (
+            self._metrics.events_received.labels(event=label),
+            self._metrics.events_delivered.labels(event=label),
+        )
+        if len(self._counters) < 1024:
+            self._counters[event] = counters
+        return counters
+
+    def _log_malformed(self, routing_key: bytes, body: bytes) -> None:
+        """At most one line a second: a broken producer must not flood the log."""
+        now = self._reactor.seconds()
+        if now - self._malformed_logged_at < 1.0:
+            self._malformed_unlogged += 1
+            return
+        log.warn(
+            "Dropped an event that is not JSON: routing key {routing_key}, {size} bytes, "
+            "starting {prefix!r} ({suppressed} more not logged)",
+            routing_key=routing_key.decode("utf-8", "replace"),
+            size=len(body),
+            prefix=body[:32],
+            suppressed=self._malformed_unlogged,
+        )
+        self._malformed_logged_at = now
+        self._malformed_unlogged = 0

@@ -1,0 +1,1189 @@
+"""
+Unit tests for L{peatio_ws.amqp} and L{peatio_ws._txamqp_compat}.
+
+No sockets and no real time: the consumer runs on a L{MemoryReactorClock};
+its connection attempts are answered by L{FakeBroker}, which speaks AMQP
+0-9-1 frames (encoded with txAMQP's own codec) into the real protocol's
+C{dataReceived}, so the delivery fast path is exercised byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import tempfile
+from typing import Any, cast
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from txamqp.client import TwistedDelegate
+from txamqp.connection import Body, Frame, Header, Method
+from txamqp.protocol import AMQClient, FrameReceiver
+from txamqp.spec import Method as SpecMethod
+from txamqp.spec import pythonize
+from txamqp.testing import AMQPump
+
+from peatio_ws import _txamqp_compat
+from peatio_ws.amqp import (
+    BIND_BATCH,
+    CONNECT_TIMEOUT,
+    MAX_UID_BYTES,
+    STOP_TIMEOUT,
+    EventConsumer,
+    binding_key,
+    event_label,
+    parse_routing_key,
+    valid_json,
+    valid_uid,
+)
+from peatio_ws.auth import Claims
+from peatio_ws.config import ConfigError, Settings
+from peatio_ws.metrics import Metrics
+from peatio_ws.registry import Registry
+
+SPEC_PATH = Settings().amqp_spec
+_txamqp_compat.install()
+SPEC = _txamqp_compat.load_spec(SPEC_PATH)
+
+
+# ---------------------------------------------------------------------------
+# Fakes
+
+
+class FakeConnection:
+    """A registry connection that records the frames it is sent."""
+
+    def __init__(self, conn_id: str, on_send: Any = None) -> None:
+        self.conn_id = conn_id
+        self.frames: list[bytes] = []
+        self.on_send = on_send
+
+    def send_frame(self, frame: bytes) -> bool:
+        if self.on_send is not None:
+            self.on_send(frame)
+        self.frames.append(frame)
+        return True
+
+    def revoke(self) -> None:
+        pass
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON messages sent, unframed."""
+        out = []
+        for frame in self.frames:
+            n = frame[1] & 0x7F
+            start = 2 if n < 126 else 4 if n == 126 else 10
+            out.append(json.loads(frame[start:].decode("utf-8")))
+        return out
+
+
+class _BrokerTransport(StringTransport):
+    def __init__(self, broker: FakeBroker) -> None:
+        super().__init__()
+        self.broker = broker
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.broker.received(data)
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.loseConnection()
+
+
+_REPLIES: dict[str, tuple[str, Any]] = {
+    "connection.open": ("connection.open-ok", lambda f: {}),
+    "channel.open": ("channel.open-ok", lambda f: {}),
+    "exchange.declare": ("exchange.declare-ok", lambda f: {}),
+    "queue.declare": ("queue.declare-ok", lambda f: {"queue": f["queue"]}),
+    "basic.qos": ("basic.qos-ok", lambda f: {}),
+    "queue.bind": ("queue.bind-ok", lambda f: {}),
+    "queue.unbind": ("queue.unbind-ok", lambda f: {}),
+    "basic.consume": ("basic.consume-ok", lambda f: {"consumer_tag": f["consumer_tag"]}),
+    "basic.cancel": ("basic.cancel-ok", lambda f: {"consumer_tag": f["consumer_tag"]}),
+    "queue.delete": ("queue.delete-ok", lambda f: {}),
+    "channel.close": ("channel.close-ok", lambda f: {}),
+    "connection.close": ("connection.close-ok", lambda f: {}),
+}
+
+
+class FakeBroker:
+    """
+    The broker's side of one connection. What the client writes is decoded
+    and answered; what the broker sends waits in C{outbox} until L{pump}
+    feeds it to the client (in one piece, or in C{chunk}-byte pieces).
+    """
+
+    def __init__(self, protocol: Any, frame_max: int = 131072, chunk: int | None = None) -> None:
+        self.codec = FrameReceiver(SPEC)
+        self.protocol = protocol
+        self.frame_max = frame_max
+        self.chunk = chunk
+        self.transport = _BrokerTransport(self)
+        self.inbox = b""
+        self.initialized = False
+        self.outbox: list[bytes] = []
+        self.methods: list[tuple[str, dict[str, Any]]] = []
+        self.acks: list[tuple[int, bool]] = []
+        self.hold: set[str] = set()
+        self.held: list[tuple[int, str, dict[str, Any]]] = []
+        self.fail: dict[str, tuple[int, str]] = {}
+        self.silent = False
+        self.lost = False
+        self.next_tag = 1
+        self.consumer_tag = ""
+        self.exchange = ""
+        protocol.makeConnection(self.transport)
+
+    # -- from the client ---------------------------------------------------
+
+    def received(self, data: bytes) -> None:
+        self.inbox += data
+        if not self.initialized:
+            if len(self.inbox) < 8:
+                return
+            assert self.inbox[:4] == b"AMQP", self.inbox[:8]
+            self.inbox = self.inbox[8:]
+            self.initialized = True
+            if not self.silent:
+                self.send(
+                    0,
+                    "connection.start",
+                    version_major=0,
+                    version_minor=9,
+                    server_properties={"product": "fake"},
+                    mechanisms="AMQPLAIN PLAIN",
+                    locales="en_US",
+                )
+        while len(self.inbox) >= 8:
+            (size,) = struct.unpack_from("!I", self.inbox, 3)
+            if len(self.inbox) < size + 8:
+                return
+            packet, self.inbox = self.inbox[: size + 8], self.inbox[size + 8 :]
+            frame = self.codec._unpack_frame(packet)
+            if isinstance(frame.payload, Method):
+                method = frame.payload.method
+                name = f"{method.klass.name}.{method.name}"
+                fields = {pythonize(f.name): a for f, a in zip(method.fields, frame.payload.args, strict=True)}
+                self.methods.append((name, fields))
+                self.answer(frame.channel, name, fields)
+
+    def answer(self, channel: int, name: str, fields: dict[str, Any]) -> None:
+        if name == "basic.ack":
+            self.acks.append((fields["delivery_tag"], fields["multiple"]))
+            return
+        if name == "connection.start-ok":
+            self.send(0, "connection.tune", channel_max=0, frame_max=self.frame_max, heartbeat=0)
+            return
+        if name in ("connection.tune-ok", "connection.close-ok", "channel.close-ok") or self.silent:
+            return
+        if name in self.hold or any(held[0] == channel for held in self.held):
+            # A broker answers a channel's methods in order: hold what follows too.
+            self.held.append((channel, name, fields))
+            return
+        if name in self.fail:
+            code, text = self.fail[name]
+            klass = name.partition(".")[0]
+            ids = {"class_id": SPEC.classes.byname[klass].id, "method_id": 0}
+            if klass == "connection":
+                self.send(0, "connection.close", reply_code=code, reply_text=text, **ids)
+            else:
+                self.send(channel, "channel.close", reply_code=code, reply_text=text, **ids)
+            return
+        if name == "basic.consume":
+            self.consumer_tag = fields["consumer_tag"]
+        if name == "exchange.declare":
+            self.exchange = fields["exchange"]
+        reply, make = _REPLIES[name]
+        self.send(channel, reply, **make(fields))
+
+    def release(self) -> None:
+        """Answer everything held back."""
+        held, self.held = self.held, []
+        for channel, name, fields in held:
+            self.hold.discard(name)
+            self.answer(channel, name, fields)
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        """The fields of every C{name} method the client sent."""
+        return [f for n, f in self.methods if n == name]
+
+    def names(self) -> list[str]:
+        return [n for n, _ in self.methods]
+
+    # -- to the client -----------------------------------------------------
+
+    def frame(self, channel: int, payload: Any) -> bytes:
+        return bytes(self.codec._pack_frame(Frame(channel, payload)))
+
+    def method(self, channel: int, name: str, **fields: Any) -> bytes:
+        klass_name, _, method_name = name.partition(".")
+        method = SPEC.classes.byname[klass_name].methods.byname[method_name]
+        args = [fields.get(pythonize(f.name), SpecMethod.DEFAULTS[f.type]) for f in method.fields]
+        return self.frame(channel, Method(method, *args))
+
+    def send(self, channel: int, name: str, **fields: Any) -> None:
+        self.outbox.append(self.method(channel, name, **fields))
+
+    def delivery(self, routing_key: bytes, body: bytes, channel: int = 1) -> bytes:
+        """The frames of one basic.deliver, the body split at frame_max."""
+        tag = self.next_tag
+        self.next_tag += 1
+        data = self.method(
+            channel,
+            "basic.deliver",
+            consumer_tag=self.consumer_tag,
+            delivery_tag=tag,
+            redelivered=False,
+            exchange=self.exchange,
+            routing_key=routing_key,
+        )
+        data += self.frame(channel, Header(SPEC.classes.byname["basic"], 0, len(body)))
+        step = self.frame_max - 8
+        for i in range(0, len(body), step):
+            data += self.frame(channel, Body(body[i : i + step]))
+        return data
+
+    def deliver(self, routing_key: bytes | str, body: bytes | str, channel: int = 1) -> int:
+        """Queue one delivery; returns its delivery tag."""
+        key = routing_key.encode() if isinstance(routing_key, str) else routing_key
+        data = body.encode() if isinstance(body, str) else body
+        self.outbox.append(self.delivery(key, data, channel))
+        return self.next_tag - 1
+
+    def pump(self) -> None:
+        """Feed the client until neither side has anything more to say."""
+        while True:
+            if self.lost:
+                self.outbox = []
+                return
+            if self.transport.disconnecting:
+                self.outbox = []
+                self.lost = True
+                reason = ConnectionLost() if self.transport.aborted else ConnectionDone()
+                self.protocol.connectionLost(Failure(reason))
+                return
+            if not self.outbox:
+                return
+            data = b"".join(self.outbox)
+            self.outbox = []
+            step = self.chunk or len(data)
+            for i in range(0, len(data), step):
+                if self.transport.disconnecting:
+                    break
+                self.protocol.dataReceived(data[i : i + step])
+
+    def drop(self) -> None:
+        """The TCP connection breaks."""
+        self.lost = True
+        self.protocol.connectionLost(Failure(ConnectionLost("gone")))
+
+
+# ---------------------------------------------------------------------------
+
+
+class Harness:
+    """An EventConsumer on a memory reactor, with its real registry and metrics."""
+
+    def __init__(self, test: SynchronousTestCase, **settings: Any) -> None:
+        defaults: dict[str, Any] = {"rabbitmq_heartbeat": 0, "rabbitmq_events_exchange": "peatio.events.test"}
+        defaults.update(settings)
+        self.test = test
+        self.settings = Settings(**defaults)
+        self.reactor = MemoryReactorClock()
+        self.metrics = Metrics()
+        self.registry = Registry(self.metrics)
+        self.consumer = EventConsumer(self.settings, self.registry, self.metrics, reactor=self.reactor)
+        self.attempts = 0
+        self.events: list[LogEvent] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        test.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.conns: dict[str, FakeConnection] = {}
+
+    def start(self) -> None:
+        self.consumer.startService()
+
+    def accept(self, **kwargs: Any) -> FakeBroker:
+        """Accept the consumer's latest connection attempt (a fake broker, not pumped yet)."""
+        self.test.assertEqual(len(self.reactor.tcpClients), self.attempts + 1, "no connection attempt pending")
+        host, port, factory, _, _ = self.reactor.tcpClients[self.attempts]
+        self.attempts += 1
+        return FakeBroker(factory.buildProtocol(IPv4Address("TCP", host, port)), **kwargs)
+
+    def connect(self, **kwargs: Any) -> FakeBroker:
+        """Answer the consumer's latest connection attempt with a fake broker, all the way."""
+        broker = self.accept(**kwargs)
+        broker.pump()
+        return broker
+
+    def refuse(self) -> None:
+        """Refuse the latest connection attempt."""
+        factory = self.reactor.tcpClients[self.attempts][2]
+        self.attempts += 1
+        factory.clientConnectionFailed(self.reactor.connectors[-1], Failure(ConnectionRefusedError()))
+
+    def consuming(self, **kwargs: Any) -> FakeBroker:
+        self.start()
+        broker = self.connect(**kwargs)
+        self.test.assertTrue(self.consumer.up)
+        return broker
+
+    def join(self, uid: str, conn_id: str | None = None) -> FakeConnection:
+        conn = FakeConnection(conn_id or f"{uid}-{len(self.conns)}")
+        self.conns[conn.conn_id] = conn
+        self.registry.authenticate(conn, Claims(uid=uid, jti=f"jti-{conn.conn_id}", expires_at=None))
+        return conn
+
+    def leave(self, conn: FakeConnection) -> None:
+        self.registry.deauthenticate(conn)
+
+    def value(self, name: str, **labels: str) -> float:
+        v = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if v is None else v
+
+    def dropped(self, reason: str) -> float:
+        return self.value("peatio_ws_events_dropped_total", reason=reason)
+
+    def logged(self, text: str) -> list[LogEvent]:
+        return [e for e in self.events if text in formatEvent(e)]
+
+
+def bind_keys(broker: FakeBroker, name: str = "queue.bind") -> list[bytes]:
+    """The routing keys of every bind (or unbind) the client sent, as bytes."""
+    keys = [f["routing_key"] for f in broker.named(name)]
+    return [k if isinstance(k, bytes) else k.encode() for k in keys]
+
+
+# ---------------------------------------------------------------------------
+
+
+class HelperTests(SynchronousTestCase):
+    """The pure helpers: uids, routing keys, labels, JSON."""
+
+    def test_valid_uid(self) -> None:
+        """Only uids that make a literal topic routing key are bindable."""
+        good = ["ID1A2B3C4D5E", "u", "user-1_x", "Ü", "x" * MAX_UID_BYTES]
+        bad = ["", ".", "a.b", "ID*", "*", "#", "a#b", "x" * (MAX_UID_BYTES + 1), "é" * 200, "\ud800"]
+        for uid in good:
+            self.assertTrue(valid_uid(uid), uid)
+        for uid in bad:
+            self.assertFalse(valid_uid(uid), uid)
+
+    def test_binding_key(self) -> None:
+        """The binding is private.<uid>.*, as UTF-8 bytes."""
+        self.assertEqual(binding_key("ID1"), b"private.ID1.*")
+        self.assertEqual(binding_key("币"), "private.币.*".encode())
+
+    def test_parse_routing_key(self) -> None:
+        """Exactly private.<uid>.<event> with both parts non-empty, else None."""
+        table: list[tuple[bytes, tuple[str, str] | None]] = [
+            (b"private.ID1.order", ("ID1", "order")),
+            (b"private.ID1.trade", ("ID1", "trade")),
+            (b"private.ID1.deposit_address", ("ID1", "deposit_address")),
+            ("private.币.order".encode(), ("币", "order")),
+            (b"public.btcusd.trades", None),
+            (b"public.ID1.order", None),
+            (b"Private.ID1.order", None),
+            (b"private.ID1", None),
+            (b"private", None),
+            (b"", None),
+            (b"private.ID1.order.extra", None),
+            (b"private..order", None),
+            (b"private.ID1.", None),
+            (b".ID1.order", None),
+            (b"private.\xff.order", None),
+            (b"private.ID1.\xfe", None),
+        ]
+        for key, expected in table:
+            self.assertEqual(parse_routing_key(key), expected, key)
+
+    def test_event_label(self) -> None:
+        """Event names are labels only when they look like one; else "other"."""
+        self.assertEqual(event_label("order"), "order")
+        self.assertEqual(event_label("deposit_address"), "deposit_address")
+        self.assertEqual(event_label("x" * 32), "x" * 32)
+        for weird in ["Order", "x" * 33, "order1", "or-der", "", "ордер", "order\n"]:
+            self.assertEqual(event_label(weird), "other", weird)
+
+    def test_valid_json(self) -> None:
+        """Any single JSON value in UTF-8; nothing a browser would reject."""
+        for body in [b"{}", b'{"a":1}', b"[1,2]", b'"s"', b"1", b"null", b' {"a": "\xe5\xb8\x81"} \n']:
+            self.assertTrue(valid_json(body), body)
+        bad = [
+            b"",
+            b"not json",
+            b"{",
+            b'{"a":1}x',
+            b'{"a":NaN}',
+            b"Infinity",
+            b"\xef\xbb\xbf{}",
+            b'{"a":"\xff"}',
+            '{"a":1}'.encode("utf-16"),
+            b"[" * 100000 + b"]" * 100000,
+        ]
+        for body in bad:
+            self.assertFalse(valid_json(body), body[:20])
+
+
+class CompatTests(SynchronousTestCase):
+    """The txAMQP work-arounds."""
+
+    def test_installed(self) -> None:
+        """install() is idempotent and leaves txAMQP's body decoder replaced."""
+        _txamqp_compat.install()
+        _txamqp_compat.install()
+        self.assertTrue(_txamqp_compat.installed())
+
+    def test_body_decode_returns_bytes(self) -> None:
+        """Every body frame decodes to the exact bytes: ASCII, non-ASCII UTF-8, binary, empty."""
+        codec = FrameReceiver(SPEC)
+        for body in [b'{"a":1}', '{"market":"比特币/人民币"}'.encode(), b"\xff\xfe\x00\x80", b""]:
+            frame = codec._unpack_frame(codec._pack_frame(Frame(1, Body(body))))
+            self.assertIsInstance(frame.payload.content, bytes)
+            self.assertEqual(frame.payload.content, body)
+
+    def test_stock_read_path_non_ascii(self) -> None:
+        """
+        txAMQP's own (slow) delivery path completes a multi-frame non-ASCII
+        body, which without the shim never completes.
+        """
+        client = AMQClient(TwistedDelegate(), "/", SPEC, clock=Clock())
+        pump = AMQPump()
+        pump.connect(client)
+        body = '{"market":"比特币"}'.encode() * 3
+        pump.pumpMethod(1, "basic", "deliver", consumer_tag="t", delivery_tag=1, redelivered=False, exchange="x",
+                        routing_key="k")
+        pump.pumpHeader(1, "basic", 0, len(body))
+        pump.pumpBody(1, body[:7])
+        pump.pumpBody(1, body[7:])
+        queue = self.successResultOf(client.queue("t"))
+        message = self.successResultOf(queue.get())
+        self.assertEqual(message.content.body, body)
+
+    def test_load_spec_missing(self) -> None:
+        """A missing spec file is one ConfigError naming AMQP_SPEC."""
+        with self.assertRaises(ConfigError) as e:
+            _txamqp_compat.load_spec("/nonexistent/amqp0-9-1.stripped.xml")
+        self.assertEqual(e.exception.key, "AMQP_SPEC")
+        self.assertIn("cannot read", str(e.exception))
+
+    def test_load_spec_not_a_spec(self) -> None:
+        """A file that is not a spec is a ConfigError too, not a traceback."""
+        with tempfile.NamedTemporaryFile(suffix=".xml") as f:
+            f.write(b"this is not xml")
+            f.flush()
+            with self.assertRaises(ConfigError) as e:
+                _txamqp_compat.load_spec(f.name)
+        self.assertEqual(e.exception.key, "AMQP_SPEC")
+
+    def test_load_spec_wrong_version(self) -> None:
+        """The 0-8 spec is refused: the consumer speaks 0-9-1."""
+        with self.assertRaises(ConfigError) as e:
+            _txamqp_compat.load_spec("/usr/share/amqp/specs/0-8/amqp0-8.stripped.xml")
+        self.assertIn("0-9-1", str(e.exception))
+
+    def test_consumer_refuses_missing_spec(self) -> None:
+        """Building the consumer with an unreadable AMQP_SPEC fails at once, naming the key."""
+        settings = Settings(amqp_spec="/nonexistent/spec.xml")
+        with self.assertRaises(ConfigError) as e:
+            EventConsumer(settings, Registry(), Metrics(), reactor=MemoryReactorClock())
+        self.assertEqual(e.exception.key, "AMQP_SPEC")
+
+
+class ConnectTests(SynchronousTestCase):
+    """Connecting, declaring and starting to consume."""
+
+    def test_connects_with_settings(self) -> None:
+        """The endpoint is built from the separate RABBITMQ_* keys."""
+        h = Harness(
+            self,
+            rabbitmq_host="broker.example",
+            rabbitmq_port=5673,
+            rabbitmq_user="peatio",
+            rabbitmq_password="s3cret",
+            rabbitmq_vhost="exchange",
+            rabbitmq_heartbeat=15,
+        )
+        h.start()
+        host, port, *_ = h.reactor.tcpClients[0]
+        self.assertEqual((host, port), ("broker.example", 5673))
+        broker = h.connect()
+        start_ok = broker.named("connection.start-ok")[0]
+        response = start_ok["response"]
+        raw = response if isinstance(response, bytes) else response.encode()
+        self.assertIn(b"LOGIN", raw)
+        self.assertIn(b"peatio", raw)
+        self.assertIn(b"s3cret", raw)
+        self.assertEqual(start_ok["client_properties"]["connection_name"], h.consumer.queue_name)
+        self.assertEqual(broker.named("connection.tune-ok")[0]["heartbeat"], 15)
+        self.assertEqual(broker.named("connection.open")[0]["virtual_host"], "exchange")
+        self.assertTrue(h.consumer.up)
+        d = h.consumer.stopService()
+        broker.pump()
+        self.successResultOf(d)
+
+    def test_declares_and_consumes(self) -> None:
+        """
+        A non-durable topic exchange as Peatio declares it; a queue that
+        outlives a disconnect (not exclusive, not auto-delete, x-expires in
+        ms); the prefetch; a consumer with manual acks.
+        """
+        h = Harness(self, rabbitmq_prefetch=321, rabbitmq_queue_expires=42.5)
+        broker = h.consuming()
+        exchange = broker.named("exchange.declare")[0]
+        self.assertEqual(
+            (exchange["exchange"], exchange["type"], exchange["durable"], exchange["passive"]),
+            ("peatio.events.test", "topic", False, False),
+        )
+        # reserved-2 is RabbitMQ's auto-delete bit.
+        self.assertFalse(exchange["reserved_2"])
+        queue = broker.named("queue.declare")[0]
+        self.assertEqual(queue["queue"], h.consumer.queue_name)
+        self.assertRegex(queue["queue"], r"^peatio-ws\.[A-Za-z0-9_-]+\.[0-9a-f]{16}$")
+        self.assertEqual(
+            (queue["durable"], queue["exclusive"], queue["auto_delete"], queue["passive"]), (False, False, False, False)
+        )
+        self.assertEqual(queue["arguments"], {"x-expires": 42500})
+        self.assertEqual(broker.named("basic.qos")[0]["prefetch_count"], 321)
+        consume = broker.named("basic.consume")[0]
+        self.assertEqual((consume["queue"], consume["no_ack"]), (h.consumer.queue_name, False))
+        self.assertEqual(h.value("peatio_ws_rabbitmq_up"), 1)
+        self.assertEqual(h.value("peatio_ws_rabbitmq_connects_total"), 1)
+
+    def test_binds_members_before_consuming(self) -> None:
+        """Members already connected are bound before the consumer starts."""
+        h = Harness(self)
+        h.join("ID1")
+        h.join("ID2")
+        broker = h.consuming()
+        names = broker.names()
+        self.assertEqual(sorted(bind_keys(broker)), [b"private.ID1.*", b"private.ID2.*"])
+        self.assertLess(max(i for i, n in enumerate(names) if n == "queue.bind"), names.index("basic.consume"))
+        for fields in broker.named("queue.bind"):
+            self.assertEqual((fields["queue"], fields["exchange"]), (h.consumer.queue_name, "peatio.events.test"))
+        self.assertEqual(h.value("peatio_ws_rabbitmq_bindings"), 2)
+        self.assertEqual(h.consumer.bound, {"ID1", "ID2"})
+
+    def test_binds_members_joined_before_construction(self) -> None:
+        """Members the registry had before the consumer observed it are bound too (registry.members())."""
+        h = Harness(self)
+        registry = Registry(h.metrics)
+        registry.authenticate(FakeConnection("early"), Claims(uid="EARLY", jti="j", expires_at=None))
+        registry.authenticate(FakeConnection("bad"), Claims(uid="BAD.UID", jti="k", expires_at=None))
+        h.consumer = EventConsumer(h.settings, registry, h.metrics, reactor=h.reactor)
+        broker = h.consuming()
+        self.assertEqual(bind_keys(broker), [b"private.EARLY.*"])
+
+    def test_when_consuming(self) -> None:
+        """when_consuming() fires once consuming, and at once after that."""
+        h = Harness(self)
+        d = h.consumer.when_consuming()
+        h.start()
+        self.assertNoResult(d)
+        self.assertFalse(h.consumer.up)
+        h.connect()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertIsNone(self.successResultOf(h.consumer.when_consuming()))
+
+    def test_log_lines(self) -> None:
+        """One line for connecting, and one for consuming naming the queue and the binding count."""
+        h = Harness(self)
+        h.join("ID1")
+        h.consuming()
+        self.assertEqual(len(h.logged("connecting to localhost:5672")), 1)
+        [line] = h.logged("connected and consuming")
+        self.assertEqual(line["queue"], h.consumer.queue_name)
+        self.assertEqual(line["bindings"], 1)
+
+    def test_queue_name_per_consumer(self) -> None:
+        """Every consumer (process) has its own queue name."""
+        self.assertNotEqual(Harness(self).consumer.queue_name, Harness(self).consumer.queue_name)
+
+
+class BindingTests(SynchronousTestCase):
+    """Bindings follow the members, with a grace period before unbinding."""
+
+    def test_bind_on_join(self) -> None:
+        """A member's first connection binds private.<uid>.* at once; more connections change nothing."""
+        h = Harness(self)
+        broker = h.consuming()
+        h.join("ID1")
+        broker.pump()
+        h.join("ID1")
+        h.consumer.member_joined("ID1")
+        broker.pump()
+        self.assertEqual(bind_keys(broker), [b"private.ID1.*"])
+        self.assertEqual(h.value("peatio_ws_rabbitmq_bindings"), 1)
+
+    def test_join_while_disconnected(self) -> None:
+        """A member joining before the connection is bound once connected."""
+        h = Harness(self)
+        h.start()
+        h.join("ID1")
+        self.assertEqual(h.consumer.bound, set())
+        broker = h.connect()
+        self.assertEqual(bind_keys(broker), [b"private.ID1.*"])
+
+    def test_unbind_after_delay(self) -> None:
+        """The binding goes RABBITMQ_UNBIND_DELAY seconds after the last connection left."""
+        h = Harness(self, rabbitmq_unbind_delay=5)
+        broker = h.consuming()
+        a, b = h.join("ID1"), h.join("ID1")
+        broker.pump()
+        h.leave(a)
+        h.reactor.advance(10)
+        broker.pump()
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [])
+        h.leave(b)
+        h.reactor.advance(4.9)
+        broker.pump()
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [])
+        h.reactor.advance(0.1)
+        broker.pump()
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.ID1.*"])
+        self.assertEqual(h.value("peatio_ws_rabbitmq_bindings"), 0)
+        self.assertEqual(h.consumer.bound, set())
+
+    def test_comes_back_within_delay(self) -> None:
+        """A member back within the delay keeps its binding: no unbind, no second bind."""
+        h = Harness(self, rabbitmq_unbind_delay=5)
+        broker = h.consuming()
+        conn = h.join("ID1")
+        broker.pump()
+        h.leave(conn)
+        h.reactor.advance(3)
+        h.join("ID1")
+        h.reactor.advance(10)
+        broker.pump()
+        self.assertEqual(bind_keys(broker), [b"private.ID1.*"])
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [])
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_zero_delay(self) -> None:
+        """With no delay the unbind happens on the next turn of the reactor."""
+        h = Harness(self, rabbitmq_unbind_delay=0)
+        broker = h.consuming()
+        conn = h.join("ID1")
+        broker.pump()
+        h.leave(conn)
+        h.reactor.advance(0)
+        broker.pump()
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.ID1.*"])
+
+    def test_invalid_uids_never_bound(self) -> None:
+        """uids that are empty or carry '.', '*' or '#' are logged and skipped."""
+        h = Harness(self)
+        broker = h.consuming()
+        for uid in ["", "a.b", "ID*", "#", "x" * (MAX_UID_BYTES + 1)]:
+            h.consumer.member_joined(uid)
+            h.consumer.member_left(uid)
+        h.reactor.advance(100)
+        broker.pump()
+        self.assertEqual(bind_keys(broker), [])
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [])
+        self.assertEqual(len(h.logged("Not binding member")), 5)
+
+    def test_leave_while_bind_in_flight(self) -> None:
+        """A member leaving while its bind is in flight ends unbound."""
+        h = Harness(self, rabbitmq_unbind_delay=0)
+        broker = h.consuming()
+        broker.hold.add("queue.bind")
+        conn = h.join("ID1")
+        broker.pump()
+        h.leave(conn)
+        h.reactor.advance(0)
+        broker.pump()
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [])
+        broker.release()
+        broker.pump()
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.ID1.*"])
+        self.assertEqual(h.consumer.bound, set())
+
+    def test_many_members_pipelined(self) -> None:
+        """Binds go out in pipelined batches, not one round trip each."""
+        h = Harness(self)
+        for i in range(BIND_BATCH + 5):
+            h.consumer.member_joined(f"U{i}")
+        h.start()
+        broker = h.accept()
+        broker.hold.add("queue.bind")
+        broker.pump()
+        self.assertEqual(len(broker.held), BIND_BATCH)
+        broker.hold.discard("queue.bind")
+        broker.release()
+        broker.pump()
+        self.assertEqual(len(bind_keys(broker)), BIND_BATCH + 5)
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(h.value("peatio_ws_rabbitmq_bindings"), BIND_BATCH + 5)
+
+    def test_reconnect_restores_bindings(self) -> None:
+        """
+        After a reconnect every current member is bound again (the queue may
+        have expired), and members who left meanwhile are unbound.
+        """
+        h = Harness(self, rabbitmq_unbind_delay=1)
+        broker = h.consuming()
+        h.join("ID1")
+        b = h.join("ID2")
+        broker.pump()
+        broker.drop()
+        self.assertFalse(h.consumer.up)
+        h.leave(b)
+        h.join("ID3")
+        h.reactor.advance(60)
+        broker2 = h.connect()
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(sorted(bind_keys(broker2)), [b"private.ID1.*", b"private.ID3.*"])
+        self.assertEqual(bind_keys(broker2, "queue.unbind"), [b"private.ID2.*"])
+        self.assertEqual(h.consumer.bound, {"ID1", "ID3"})
+        self.assertEqual(broker2.named("queue.declare")[0]["queue"], h.consumer.queue_name)
+        self.assertEqual(h.value("peatio_ws_rabbitmq_connects_total"), 2)
+
+
+class DeliveryTests(SynchronousTestCase):
+    """What happens to each message."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.a1, self.a2 = self.h.join("ID1"), self.h.join("ID1")
+        self.b1 = self.h.join("ID2")
+        self.broker = self.h.consuming()
+
+    def test_delivered_to_member(self) -> None:
+        """An event reaches every connection of its member, and only them; it is counted and acked."""
+        tag = self.broker.deliver("private.ID1.order", '{"id":1,"market":"btcusd"}')
+        self.broker.pump()
+        for conn in (self.a1, self.a2):
+            self.assertEqual(conn.events(), [{"order": {"id": 1, "market": "btcusd"}}])
+        self.assertEqual(self.b1.frames, [])
+        self.assertEqual(self.h.value("peatio_ws_events_received_total", event="order"), 1)
+        self.assertEqual(self.h.value("peatio_ws_events_delivered_total", event="order"), 2)
+        self.assertEqual(self.h.value("peatio_ws_delivery_latency_seconds_count"), 1)
+        self.assertEqual(self.broker.acks, [(tag, True)])
+
+    def test_payload_forwarded_as_published(self) -> None:
+        """The payload bytes are forwarded untouched (not re-encoded), non-ASCII included."""
+        body = '{"market":"比特币/人民币", "price" : 1.50}'.encode()
+        self.broker.deliver("private.ID2.trade", body)
+        self.broker.pump()
+        self.assertEqual(self.b1.frames, [bytes([0x81, len(body) + 10]) + b'{"trade":' + body + b"}"])
+
+    def test_no_connection(self) -> None:
+        """An event for a member not connected here is counted as dropped, and acked."""
+        tag = self.broker.deliver("private.NOBODY.order", "{}")
+        self.broker.pump()
+        self.assertEqual(self.h.dropped("no_connection"), 1)
+        self.assertEqual(self.h.value("peatio_ws_events_received_total", event="order"), 1)
+        self.assertEqual(self.broker.acks, [(tag, True)])
+
+    def test_bad_routing_keys(self) -> None:
+        """Keys of any other shape are counted, acked and never delivered."""
+        keys = [
+            b"public.btcusd.trades",
+            b"private.ID1",
+            b"private.ID1.order.x",
+            b"private..order",
+            b"private.ID1.",
+            b"private",
+            b"",
+            b"private.\xff.order",
+        ]
+        for key in keys:
+            self.broker.deliver(key, "{}")
+        self.broker.pump()
+        self.assertEqual(self.h.dropped("bad_routing_key"), len(keys))
+        self.assertEqual(self.a1.frames + self.b1.frames, [])
+        self.assertEqual(self.broker.acks, [(len(keys), True)])
+
+    def test_malformed_bodies(self) -> None:
+        """
+        A body that is not JSON is counted, acked, never delivered, and logged
+        with a short prefix only; the consumer goes on.
+        """
+        secret = b"x" * 40 + b"SECRET-TAIL"
+        bodies = [b"not json", b"", b"\xff\xfe", b'{"a":NaN}', b"{" + secret]
+        for body in bodies:
+            self.broker.deliver("private.ID1.order", body)
+        self.h.reactor.advance(2)
+        self.broker.deliver("private.ID1.order", b"{" + secret)
+        tag = self.broker.deliver("private.ID1.order", b'{"ok":true}')
+        self.broker.pump()
+        self.assertEqual(self.h.dropped("malformed"), len(bodies) + 1)
+        self.assertEqual(self.a1.events(), [{"order": {"ok": True}}])
+        self.assertEqual(self.broker.acks, [(tag, True)])
+        lines = self.h.logged("not JSON")
+        self.assertEqual(len(lines), 1)  # at most one line a second
+        text = formatEvent(lines[0])
+        self.assertIn("private.ID1.order", text)
+        self.assertNotIn("SECRET", text)
+        self.h.reactor.advance(2)
+        self.broker.deliver("private.ID1.order", b"{" + secret)
+        self.broker.pump()
+        lines = self.h.logged("not JSON")
+        self.assertEqual(len(lines), 2)
+        self.assertEqual(lines[1]["suppressed"], len(bodies))
+        self.assertNotIn("SECRET", formatEvent(lines[1]))
+
+    def test_event_labels_bounded(self) -> None:
+        """An odd event name is delivered under its own name but counted as "other"."""
+        self.broker.deliver("private.ID1.Weird-Name", "{}")
+        self.broker.pump()
+        self.assertEqual(self.a1.events(), [{"Weird-Name": {}}])
+        self.assertEqual(self.h.value("peatio_ws_events_received_total", event="other"), 1)
+        self.assertEqual(self.h.value("peatio_ws_events_received_total", event="Weird-Name"), 0)
+
+    def test_order_kept(self) -> None:
+        """A member's events arrive in the broker's order, across reads."""
+        for i in range(300):
+            self.broker.deliver("private.ID1.order" if i % 3 else "private.ID1.trade", json.dumps({"i": i}))
+        self.broker.chunk = 1000
+        self.broker.pump()
+        seen = [next(iter(e.values()))["i"] for e in self.a1.events()]
+        self.assertEqual(seen, list(range(300)))
+
+    def test_registry_failure(self) -> None:
+        """An unexpected error while delivering is logged and counted; the message is still acked."""
+
+        def explode(uid: str, event: str, payload: bytes) -> int:
+            raise RuntimeError("boom")
+
+        self.h.registry.deliver = explode  # type: ignore[method-assign]
+        tag = self.broker.deliver("private.ID1.order", "{}")
+        self.broker.pump()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.h.dropped("error"), 1)
+        self.assertEqual(self.broker.acks, [(tag, True)])
+        self.assertTrue(self.h.consumer.up)
+
+
+class FastPathTests(SynchronousTestCase):
+    """Frame assembly and acknowledgement in L{_ConsumerClient}."""
+
+    def consuming(self, **kwargs: Any) -> tuple[Harness, FakeBroker, FakeConnection]:
+        h = Harness(self)
+        conn = h.join("ID1")
+        broker = h.consuming(**kwargs)
+        return h, broker, conn
+
+    def test_multi_frame_bodies(self) -> None:
+        """Bodies spanning several frames arrive whole, however the bytes are split."""
+        for chunk in [None, 1, 7, 4095, 4097, 10000]:
+            _, broker, conn = self.consuming(frame_max=4096, chunk=chunk)
+            body = json.dumps({"market": "币" * 5000, "chunk": chunk}).encode()
+            self.assertGreater(len(body), 3 * 4096)
+            broker.deliver("private.ID1.order", body)
+            broker.deliver("private.ID1.trade", b'{"small":1}')
+            broker.pump()
+            self.assertEqual(
+                conn.frames,
+                [
+                    struct.pack("!BBH", 0x81, 126, len(body) + 10) + b'{"order":' + body + b"}",
+                    b"\x81\x15" + b'{"trade":{"small":1}}',
+                ],
+                chunk,
+            )
+
+    def test_large_body(self) -> None:
+        """A 1 MB body over 128 KB frames, fed in 64 KB reads."""
+        _, broker, conn = self.consuming(chunk=65536)
+        body = json.dumps({"blob": "a" * (1024 * 1024)}).encode()
+        broker.deliver("private.ID1.order", body)
+        broker.pump()
+        self.assertEqual(len(conn.frames), 1)
+        self.assertTrue(conn.frames[0].endswith(body + b"}"))
+
+    def test_empty_body(self) -> None:
+        """A zero-length body (header, no body frame) completes: malformed, acked."""
+        h, broker, _ = self.consuming()
+        tag = broker.deliver("private.ID1.order", b"")
+        broker.pump()
+        self.assertEqual(h.dropped("malformed"), 1)
+        self.assertEqual(broker.acks, [(tag, True)])
+
+    def test_heartbeat_between_frames(self) -> None:
+        """A heartbeat (channel 0) between a delivery's frames goes its own way."""
+        _, broker, conn = self.consuming(frame_max=4096)
+        body = b'{"a":"' + b"x" * 5000 + b'"}'
+        data = broker.delivery(b"private.ID1.order", body)
+        heartbeat = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+        cut = data.index(b"\xce", 40) + 1  # after the method frame
+        broker.outbox.append(data[:cut] + heartbeat + data[cut:])
+        broker.pump()
+        self.assertEqual(conn.events(), [{"order": {"a": "x" * 5000}}])
+
+    def test_unexpected_frame_drops_connection(self) -> None:
+        """A method frame where a content header must come is a protocol error: the connection is dropped."""
+        h, broker, _ = self.consuming()
+        data = broker.delivery(b"private.ID1.order", b"{}")
+        method_end = data.index(b"\xce") + 1
+        broker.outbox.append(data[:method_end] + data)
+        broker.pump()
+        self.assertTrue(broker.transport.aborted)
+        self.assertFalse(h.consumer.up)
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
+
+    def test_one_ack_per_read(self) -> None:
+        """All messages of one read are acked by one basic.ack(multiple) for the highest tag."""
+        _, broker, _ = self.consuming()
+        for i in range(100):
+            broker.deliver("private.ID1.order", json.dumps({"i": i}))
+        broker.pump()
+        self.assertEqual(broker.acks, [(100, True)])
+        for i in range(3):
+            broker.deliver("private.ID1.order", json.dumps({"i": i}))
+            broker.pump()
+        self.assertEqual(broker.acks, [(100, True), (101, True), (102, True), (103, True)])
+
+    def test_ack_after_handing_over(self) -> None:
+        """A message is acked only after the connections were given it; a half-read one is not acked yet."""
+        acks_seen: list[int] = []
+        h = Harness(self)
+        broker_box: list[FakeBroker] = []
+        conn = FakeConnection("c", on_send=lambda frame: acks_seen.append(len(broker_box[0].acks)))
+        h.registry.authenticate(conn, Claims(uid="ID1", jti="j", expires_at=None))
+        broker_box.append(h.consuming())
+        broker = broker_box[0]
+        data = broker.delivery(b"private.ID1.order", b'{"i":1}') + broker.delivery(b"private.ID1.order", b'{"i":2}')
+        broker.outbox.append(data[:-3])
+        broker.pump()
+        self.assertEqual(acks_seen, [0])
+        self.assertEqual(broker.acks, [(1, True)])
+        broker.outbox.append(data[-3:])
+        broker.pump()
+        self.assertEqual(acks_seen, [0, 1])
+        self.assertEqual(broker.acks, [(1, True), (2, True)])
+
+    def test_heartbeat_timeout(self) -> None:
+        """Deliveries count as traffic for the heartbeat check; silence drops the connection."""
+        h = Harness(self, rabbitmq_heartbeat=10)
+        h.join("ID1")
+        broker = h.consuming()
+        for _ in range(10):
+            h.reactor.advance(20)
+            broker.deliver("private.ID1.order", "{}")
+            broker.pump()
+        self.assertFalse(broker.transport.disconnecting)
+        h.reactor.advance(31)
+        broker.pump()
+        self.assertTrue(broker.transport.aborted)
+        self.assertFalse(h.consumer.up)
+
+
+class LifecycleTests(SynchronousTestCase):
+    """Losing, regaining and closing the connection."""
+
+    def test_lost_and_reconnect(self) -> None:
+        """A lost connection is logged, shows as down, and is replaced after a back-off."""
+        h = Harness(self)
+        broker = h.consuming()
+        broker.drop()
+        self.assertFalse(h.consumer.up)
+        self.assertEqual(h.value("peatio_ws_rabbitmq_up"), 0)
+        self.assertEqual(len(h.logged("connection lost")), 1)
+        self.assertEqual(len(h.logged("reconnect scheduled")), 1)
+        self.assertEqual(len(h.reactor.tcpClients), 1)
+        h.reactor.advance(2)
+        self.assertEqual(len(h.reactor.tcpClients), 2)
+        h.connect()
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(h.value("peatio_ws_rabbitmq_connects_total"), 2)
+
+    def test_broker_closes_connection(self) -> None:
+        """The broker's reason for closing the connection is in the log line."""
+        h = Harness(self)
+        broker = h.consuming()
+        broker.send(0, "connection.close", reply_code=320, reply_text="CONNECTION_FORCED - test", class_id=0,
+                    method_id=0)
+        broker.pump()
+        self.assertFalse(h.consumer.up)
+        self.assertIn("connection.close-ok", broker.names())
+        [line] = h.logged("connection lost")
+        self.assertIn("320 CONNECTION_FORCED - test", formatEvent(line))
+
+    def test_channel_closed_by_broker(self) -> None:
+        """The broker closing the consumer channel drops the connection, so everything is set up again."""
+        h = Harness(self)
+        h.join("ID1")
+        broker = h.consuming()
+        broker.send(1, "channel.close", reply_code=404, reply_text="NOT_FOUND - no queue", class_id=0, method_id=0)
+        broker.pump()
+        self.assertTrue(broker.transport.aborted)
+        self.assertFalse(h.consumer.up)
+        h.reactor.advance(2)
+        broker2 = h.connect()
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(bind_keys(broker2), [b"private.ID1.*"])
+
+    def test_declare_refused(self) -> None:
+        """A declare the broker refuses fails the attempt cleanly; the next one may succeed."""
+        h = Harness(self)
+        h.start()
+        broker = h.accept()
+        broker.fail["exchange.declare"] = (406, "PRECONDITION_FAILED - inequivalent arg 'durable'")
+        broker.pump()
+        self.assertTrue(broker.lost)
+        self.assertFalse(h.consumer.up)
+        [line] = h.logged("set-up failed")
+        self.assertIn("406 PRECONDITION_FAILED", formatEvent(line))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        h.reactor.advance(2)
+        h.connect()
+        self.assertTrue(h.consumer.up)
+
+    def test_login_refused(self) -> None:
+        """The broker closing the connection during login fails the attempt cleanly and retries."""
+        h = Harness(self)
+        h.start()
+        broker = h.accept()
+        broker.fail["connection.open"] = (530, "NOT_ALLOWED - access to vhost refused")
+        broker.pump()
+        self.assertTrue(broker.lost)
+        self.assertEqual(len(h.logged("connection attempt failed")), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        h.reactor.advance(2)
+        h.connect()
+        self.assertTrue(h.consumer.up)
+
+    def test_refused(self) -> None:
+        """A refused TCP connection is logged and retried, with a growing delay."""
+        h = Harness(self)
+        h.start()
+        h.refuse()
+        self.assertEqual(len(h.logged("connection attempt failed")), 1)
+        delays = [h.reactor.getDelayedCalls()[0].getTime() - h.reactor.seconds()]
+        for _ in range(6):
+            h.reactor.advance(delays[-1])
+            h.refuse()
+            delays.append(h.reactor.getDelayedCalls()[0].getTime() - h.reactor.seconds())
+        self.assertGreater(delays[-1], delays[0] + 1)
+        self.assertLessEqual(delays[-1], 11)
+
+    def test_handshake_timeout(self) -> None:
+        """A broker that accepts TCP but never speaks is given up on after CONNECT_TIMEOUT."""
+        h = Harness(self)
+        h.start()
+        broker = h.accept()
+        broker.silent = True
+        broker.pump()
+        h.reactor.advance(CONNECT_TIMEOUT)
+        broker.pump()
+        self.assertTrue(broker.transport.aborted)
+        self.assertEqual(len(h.logged("connection attempt failed")), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_stop_cleanly(self) -> None:
+        """
+        stopService cancels the consumer, deletes the queue, closes the
+        channel and the connection, and fires once the connection is closed.
+        """
+        h = Harness(self, rabbitmq_unbind_delay=5)
+        conn = h.join("ID1")
+        broker = h.consuming()
+        h.leave(conn)
+        d = h.consumer.stopService()
+        broker.pump()
+        self.assertEqual(
+            broker.names()[-4:], ["basic.cancel", "queue.delete", "channel.close", "connection.close"]
+        )
+        self.assertEqual(broker.named("queue.delete")[0]["queue"], h.consumer.queue_name)
+        self.assertTrue(broker.transport.disconnecting)
+        self.assertTrue(broker.lost)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertFalse(h.consumer.up)
+        self.assertEqual(h.value("peatio_ws_rabbitmq_up"), 0)
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+        self.assertEqual(h.logged("connection lost"), [])
+        self.assertEqual(h.logged("reconnect scheduled"), [])
+
+    def test_stop_unresponsive_broker(self) -> None:
+        """A broker that does not answer cannot hold the stop up for long."""
+        h = Harness(self)
+        broker = h.consuming()
+        broker.hold.add("basic.cancel")
+        d = h.consumer.stopService()
+        broker.pump()
+        self.assertNoResult(d)
+        h.reactor.advance(STOP_TIMEOUT)
+        self.assertTrue(broker.transport.disconnecting)
+        self.assertNoResult(d)
+        h.reactor.advance(STOP_TIMEOUT)
+        self.assertTrue(broker.transport.aborted)
+        broker.pump()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_stop_with_bind_in_flight(self) -> None:
+        """A bind still in flight when the stop starts neither fails the stop nor causes a reconnect."""
+        h = Harness(self)
+        broker = h.consuming()
+        broker.hold.add("queue.bind")
+        h.join("ID1")
+        broker.pump()
+        d = h.consumer.stopService()
+        broker.pump()
+        self.assertNoResult(d)
+        broker.release()
+        broker.pump()
+        self.successResultOf(d)
+        self.assertEqual(broker.names()[-4:], ["basic.cancel", "queue.delete", "channel.close", "connection.close"])
+        self.assertEqual(h.logged("binding failed"), [])
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_stop_while_connecting(self) -> None:
+        """Stopping before the broker answered ends the attempt and fails when_consuming waiters."""
+        h = Harness(self)
+        waiter = h.consumer.when_consuming()
+        h.start()
+        self.successResultOf(h.consumer.stopService())
+        self.failureResultOf(waiter, CancelledError)
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_stop_during_set_up(self) -> None:
+        """Stopping while declaring drops the half-made connection quietly."""
+        h = Harness(self)
+        h.start()
+        broker = h.accept()
+        broker.hold.add("queue.declare")
+        broker.pump()
+        d = h.consumer.stopService()
+        broker.pump()
+        self.assertTrue(broker.lost)
+        self.successResultOf(d)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(h.logged("set-up failed"), [])
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_stop_while_waiting_to_retry(self) -> None:
+        """Stopping between attempts cancels the retry."""
+        h = Harness(self)
+        h.start()
+        h.refuse()
+        self.successResultOf(h.consumer.stopService())
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_members_after_stop(self) -> None:
+        """Members leaving after the stop schedule nothing."""
+        h = Harness(self)
+        conn = h.join("ID1")
+        broker = h.consuming()
+        d = h.consumer.stopService()
+        broker.pump()
+        self.successResultOf(d)
+        h.leave(conn)
+        h.join("ID2")
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_settings_replace(self) -> None:
+        """Settings built with dataclasses.replace work as well (what the integration tests do)."""
+        settings = dataclasses.replace(Settings(), rabbitmq_events_exchange="x.y")
+        consumer = EventConsumer(settings, Registry(), Metrics(), reactor=MemoryReactorClock())
+        self.assertFalse(consumer.up)
