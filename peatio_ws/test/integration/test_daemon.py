@@ -1,0 +1,140 @@
+"""
+End-to-end: the real daemon process (``twistd -n peatio-ws``) with the real
+RabbitMQ and Redis, driven by the ``websockets`` library (not Autobahn), as a
+client that only knows Peatio's published WebSocket API would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from peatio_ws.test.integration.daemon import DaemonProcess, run_cli
+from peatio_ws.testing import make_token
+
+AUTHENTICATED = {"success": {"message": "Authenticated."}}
+
+
+class DaemonTestCase(SynchronousTestCase):
+    daemon: DaemonProcess
+
+    def start_daemon(self, **env: str) -> DaemonProcess:
+        daemon = DaemonProcess(env=env)
+        self.addCleanup(daemon.cleanup)
+        daemon.start()
+        self.daemon = daemon
+        return daemon
+
+    def client(self) -> ClientConnection:
+        ws = connect(self.daemon.url, open_timeout=10, close_timeout=10)
+        self.addCleanup(ws.close)
+        return ws
+
+    def recv(self, ws: ClientConnection, timeout: float = 10.0) -> Any:
+        message = ws.recv(timeout=timeout)
+        try:
+            return json.loads(message)
+        except ValueError:
+            return message
+
+    def login(self, ws: ClientConnection, uid: str, **claims: Any) -> None:
+        self.assertIn("challenge", self.recv(ws))
+        ws.send(json.dumps({"jwt": "Bearer " + make_token(uid=uid, **claims)}))
+        self.assertEqual(self.recv(ws), AUTHENTICATED)
+
+    def publish(self, uid: str, event: str, payload: dict[str, Any]) -> None:
+        result = run_cli(
+            "publish", "--uid", uid, "--event", event, "--json", json.dumps(payload),
+            env={"RABBITMQ_EVENTS_EXCHANGE": self.daemon.exchange},
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+    def close_code(self, ws: ClientConnection, timeout: float = 15.0) -> int | None:
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+        except ConnectionClosed as e:
+            return e.rcvd.code if e.rcvd is not None else None
+        except TimeoutError:
+            return None
+        return None
+
+
+class EndToEndTests(DaemonTestCase):
+    def setUp(self) -> None:
+        self.start_daemon()
+
+    def test_protocol(self) -> None:
+        """Challenge, the exact replies, and events of the member only, through the real broker."""
+        alice, bob = f"ID{uuid.uuid4().hex[:10].upper()}", f"ID{uuid.uuid4().hex[:10].upper()}"
+        a1, a2, b = self.client(), self.client(), self.client()
+        challenge = self.recv(a1)["challenge"]
+        self.assertRegex(challenge, r"^[A-Za-z0-9_-]{54}$")
+        a1.send(json.dumps({"jwt": "Token abc"}))
+        self.assertEqual(self.recv(a1), {"error": {"message": "Token type is not provided or invalid."}})
+        a1.send(json.dumps({"jwt": "Bearer abc"}))
+        self.assertEqual(self.recv(a1), {"error": {"message": "Authentication failed."}})
+        a1.send("not json")
+        self.assertEqual(self.recv(a1), {"error": {"message": "Error while handling message."}})
+        a1.send("ping")
+        self.assertEqual(a1.recv(timeout=10), "pong")
+        a1.send(json.dumps({"jwt": "Bearer " + make_token(uid=alice)}))
+        self.assertEqual(self.recv(a1), AUTHENTICATED)
+        self.login(a2, alice)
+        self.login(b, bob)
+
+        order = {"id": 1, "side": "buy", "ord_type": "limit", "price": "100.5", "market": "btcusd",
+                 "state": "wait", "created_at": "2026-11-24T00:00:00Z", "note": "比特币"}
+        self.publish(alice, "order", order)
+        self.assertEqual(self.recv(a1), {"order": order})
+        self.assertEqual(self.recv(a2), {"order": order})
+        trade = {"id": 9, "price": "100.5", "amount": "1", "total": "100.5", "market": "btcusd", "side": "buy"}
+        self.publish(bob, "trade", trade)
+        self.assertEqual(self.recv(b), {"trade": trade})
+        # Nothing of Bob's reached Alice: her next message is her own.
+        self.publish(alice, "balance", {"currency": "btc", "balance": "1.0"})
+        self.assertEqual(self.recv(a1), {"balance": {"currency": "btc", "balance": "1.0"}})
+
+    def test_health_and_metrics(self) -> None:
+        """/health names every component as up; /metrics exposes the daemon's figures."""
+        status, body = self.daemon.health()
+        self.assertEqual(status, 200)
+        self.assertEqual(body["components"], {"listener": "up", "rabbitmq": "up", "redis": "up"})
+        ws = self.client()
+        self.login(ws, "IDMETRICS0001")
+        text = self.daemon.metrics()
+        self.assertIn("peatio_ws_connections 1.0", text)
+        self.assertIn('peatio_ws_authentications_total{reason="ok",result="success"} 1.0', text)
+        self.assertIn("peatio_ws_rabbitmq_up 1.0", text)
+
+    def test_expiry_closes(self) -> None:
+        """A token that expires while connected gets Token expired. and close 4001."""
+        ws = self.client()
+        self.login(ws, "IDEXPIRY0001", exp=int(time.time()) + 2)
+        self.assertEqual(self.recv(ws, timeout=15), {"error": {"message": "Token expired."}})
+        self.assertEqual(self.close_code(ws), 4001)
+
+    def test_too_big(self) -> None:
+        """A message over WEBSOCKET_MAX_MESSAGE_SIZE closes with 1009, received by the client."""
+        ws = self.client()
+        self.recv(ws)
+        ws.send("x" * 20000)
+        self.assertEqual(self.close_code(ws), 1009)
+
+    def test_shutdown_1001(self) -> None:
+        """SIGTERM closes every client with 1001 and the daemon exits."""
+        clients = [self.client() for _ in range(3)]
+        self.login(clients[0], "IDSHUTDOWN01")
+        for ws in clients[1:]:
+            self.recv(ws)
+        self.daemon.stop()
+        for ws in clients:
+            self.assertEqual(self.close_code(ws), 1001)
+        self.assertIn("shutdown complete", self.daemon.log_text())
