@@ -14,8 +14,9 @@ run: prepare
 
 ## Install what is missing, then lint, type-check and run the whole trial suite
 ## (integration tests against the real RabbitMQ and Redis included).
-test: prepare
-	$(PY) -m ruff check peatio_ws twisted bench setup.py
+test:
+	@PREPARE_EXTRA_PACKAGES="chromium" scripts/prepare.sh
+	$(PY) -m ruff check peatio_ws twisted bench demo setup.py
 	$(PY) -m mypy
 	$(PY) -m twisted.trial --temp-directory=.state/_trial_temp peatio_ws
 	scripts/check-install.sh
@@ -24,7 +25,7 @@ prepare:
 	@scripts/prepare.sh
 
 lint: prepare
-	$(PY) -m ruff check peatio_ws twisted bench setup.py
+	$(PY) -m ruff check peatio_ws twisted bench demo setup.py
 	$(PY) -m mypy
 
 unit: prepare
@@ -36,7 +37,7 @@ check-install: prepare
 ## A development key pair in .dev/ (used by `make run` when JWT_PUBLIC_KEY is unset).
 dev-key: prepare
 	@mkdir -p .dev
-	$(PY) -m peatio_ws.cli keygen --out .dev/jwt-private.pem > .dev/jwt.env
+	$(PY) -m peatio_ws.cli keygen --reuse --out .dev/jwt-private.pem > .dev/jwt.env.new && mv .dev/jwt.env.new .dev/jwt.env
 	@echo "wrote .dev/jwt-private.pem and .dev/jwt.env (JWT_PUBLIC_KEY=...)"
 
 bench: prepare
@@ -45,3 +46,9 @@ bench: prepare
 clean:
 	rm -rf build dist *.egg-info .state _trial_temp .mypy_cache .ruff_cache
 	find . -name dropin.cache -delete
+
+## Try it in five minutes: the daemon, a development key pair (.dev/, reused), the demo page on
+## http://127.0.0.1:8090/ with a dev-only token endpoint, and sample orders and trades every second.
+## Ctrl-C stops everything. Options: make demo ARGS="--http-port 8091 --interval 0.5" (see --help).
+demo: prepare
+	@exec $(PY) demo/run.py $(ARGS)

@@ -1,0 +1,418 @@
+// peatio-ws live demo: a plain WebSocket client for the private stream.
+// No build step, no dependencies. The protocol (SPEC section 3, docs/protocol.md):
+//   server: {"challenge":"..."}            on open
+//   client: {"jwt":"Bearer <JWT>"}         to authenticate (again after every reconnect)
+//   server: {"success":{"message":"Authenticated."}} or {"error":{"message":"..."}}
+//   server: {"order":{...}}, {"trade":{...}}, ... the member's own events
+//   client: ping (text) -> server: pong (text). Protocol-level pings are answered by the browser.
+'use strict';
+
+(function () {
+  const MAX_ROWS = 50;          // rows kept per table
+  const MAX_LOG = 200;          // messages kept in the log
+  const BACKOFF_BASE_MS = 500;  // first reconnect delay (before jitter)
+  const BACKOFF_CAP_MS = 30000; // longest reconnect delay
+  const CLOSE_MEANINGS = {
+    1000: 'normal closure', 1001: 'server going away', 1006: 'connection lost',
+    1009: 'message too big', 1011: 'server error',
+    4001: 'token expired', 4002: 'authentication timeout', 4003: 'session revoked',
+    4008: 'client too slow', 4029: 'too many authentication attempts',
+  };
+  // Reconnecting with the same token cannot help after these: ask the user instead.
+  const NO_RECONNECT = new Set([4001, 4002, 4003, 4029, 1009]);
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    status: $('status'), wsUrl: $('ws-url'), connect: $('connect'), disconnect: $('disconnect'),
+    ping: $('ping'), challenge: $('challenge'), reconnects: $('reconnects'), uid: $('uid'),
+    members: $('members'), generate: $('generate'), devNote: $('dev-note'), token: $('token'),
+    log: $('log'), orders: $('orders').tBodies[0], trades: $('trades').tBodies[0],
+    ordersCount: $('orders-count'), tradesCount: $('trades-count'),
+    ordersEmpty: $('orders-empty'), tradesEmpty: $('trades-empty'),
+  };
+
+  const s = {
+    ws: null,            // the current WebSocket
+    wanted: false,       // the user wants to be connected (reconnect when it drops)
+    token: '',           // the last token sent: sent again after every reconnect
+    authenticated: false,
+    attempt: 0,          // reconnect attempts since the last success
+    timer: null,         // pending reconnect
+    reconnects: 0,
+    pingAt: 0,
+    counts: { order: 0, trade: 0 },
+    orderRows: new Map(), // order id -> <tr>
+  };
+
+  // -- status and log --------------------------------------------------------------
+
+  function setStatus(state, text) {
+    el.status.dataset.state = state;
+    el.status.textContent = text;
+    const open = s.ws !== null && s.ws.readyState === WebSocket.OPEN;
+    el.connect.disabled = s.ws !== null;
+    el.disconnect.disabled = !s.wanted && !s.ws;
+    el.ping.disabled = !open;
+  }
+
+  function log(direction, text, kind) {
+    const item = document.createElement('li');
+    item.className = kind || '';
+    const time = document.createElement('time');
+    time.textContent = new Date().toLocaleTimeString();
+    const dir = document.createElement('span');
+    dir.textContent = direction;
+    dir.setAttribute('aria-hidden', 'true');
+    const body = document.createElement('code');
+    const spoken = document.createElement('span');
+    spoken.className = 'sr-only';
+    spoken.textContent = ({ '←': 'received: ', '→': 'sent: ' })[direction] || 'note: ';
+    body.append(spoken, text);
+    item.append(time, dir, body);
+    el.log.prepend(item);
+    while (el.log.children.length > MAX_LOG) el.log.lastElementChild.remove();
+  }
+
+  // The uid and expiry a token claims (display only: the server is what verifies it).
+  function claimsOf(token) {
+    try {
+      const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      return JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), '=')));
+    } catch (e) {
+      return {};
+    }
+  }
+
+  // -- the connection ----------------------------------------------------------------
+
+  function connect() {
+    s.wanted = true;
+    s.attempt = 0;
+    clearTimeout(s.timer);
+    s.timer = null;
+    if (s.ws) return;
+    open();
+  }
+
+  function open() {
+    s.timer = null;
+    const url = el.wsUrl.value.trim();
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (e) {
+      s.wanted = false;
+      log('•', 'Cannot connect to ' + JSON.stringify(url) + ': ' + e.message, 'error');
+      setStatus('disconnected', 'Disconnected: invalid WebSocket URL');
+      return;
+    }
+    s.ws = ws;
+    s.authenticated = false;
+    setStatus('connecting', 'Connecting to ' + url + ' …');
+    log('•', 'connecting to ' + url);
+    ws.onopen = () => {
+      setStatus('connected', s.token ? 'Connected, authenticating…' : 'Connected: waiting for a token');
+      if (!s.token) s.attempt = 0;
+    };
+    ws.onmessage = (event) => receive(ws, event);
+    ws.onerror = () => log('•', 'WebSocket error (the close code follows)', 'error');
+    ws.onclose = (event) => closed(ws, event);
+  }
+
+  function receive(ws, event) {
+    if (ws !== s.ws) return;
+    if (typeof event.data !== 'string') {
+      log('←', '(binary message, ' + (event.data.size || event.data.byteLength) + ' bytes)');
+      return;
+    }
+    if (event.data === 'pong') {
+      const ms = s.pingAt ? Math.round(performance.now() - s.pingAt) : null;
+      log('←', 'pong' + (ms !== null ? '  (' + ms + ' ms)' : ''), 'pong');
+      s.pingAt = 0;
+      return;
+    }
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch (e) {
+      log('←', event.data);
+      return;
+    }
+    const type = message && typeof message === 'object' ? Object.keys(message)[0] : undefined;
+    const payload = type !== undefined ? message[type] : undefined;
+    log('←', event.data, type === 'error' ? 'error' : type === 'success' ? 'success' : '');
+    if (type === 'challenge') {
+      el.challenge.textContent = String(payload);
+      if (s.token) sendToken(s.token);
+    } else if (type === 'success') {
+      s.authenticated = true;
+      s.attempt = 0;
+      const claims = claimsOf(s.token);
+      const until = claims.exp ? ' until ' + new Date(claims.exp * 1000).toLocaleTimeString() : '';
+      setStatus('authenticated', 'Authenticated as ' + (claims.uid || 'member') + until);
+    } else if (type === 'error') {
+      s.authenticated = false;
+      const text = payload && payload.message ? payload.message : 'error';
+      setStatus('connected', 'Connected, not authenticated: ' + text);
+    } else if (type === 'order') {
+      showOrder(payload);
+    } else if (type === 'trade') {
+      showTrade(payload);
+    }
+  }
+
+  function closed(ws, event) {
+    if (ws !== s.ws) return;
+    s.ws = null;
+    s.authenticated = false;
+    const meaning = CLOSE_MEANINGS[event.code] || 'unknown';
+    log('•', 'closed: code ' + event.code + ' (' + meaning + ')' + (event.reason ? ' “' + event.reason + '”' : ''),
+      event.code === 1000 ? '' : 'error');
+    if (!s.wanted) {
+      setStatus('disconnected', 'Disconnected');
+    } else if (NO_RECONNECT.has(event.code)) {
+      s.wanted = false;
+      const advice = event.code === 4002 ? 'Authenticate to connect again.'
+        : event.code === 1009 ? 'Check the token, then Authenticate.' : 'Get a new token, then Authenticate.';
+      setStatus('disconnected', 'Disconnected: ' + meaning + '. ' + advice);
+    } else {
+      scheduleReconnect(event.code + ' ' + meaning);
+    }
+  }
+
+  // Exponential backoff with jitter: half the delay fixed, half random, so that
+  // many clients dropped at once by a restart do not all come back together.
+  function scheduleReconnect(why) {
+    const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** s.attempt);
+    const delay = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
+    s.attempt += 1;
+    s.reconnects += 1;
+    el.reconnects.textContent = String(s.reconnects);
+    setStatus('reconnecting', 'Reconnecting in ' + (delay / 1000).toFixed(1) + ' s (attempt ' + s.attempt +
+      ', closed with ' + why + ')');
+    s.timer = setTimeout(open, delay);
+  }
+
+  function disconnect() {
+    s.wanted = false;
+    clearTimeout(s.timer);
+    s.timer = null;
+    if (s.ws) {
+      s.ws.close(1000, 'bye');
+      setStatus('closing', 'Closing…');
+    } else {
+      setStatus('disconnected', 'Disconnected');
+    }
+  }
+
+  function send(text, shown) {
+    s.ws.send(text);
+    log('→', shown || text);
+  }
+
+  function sendToken(token) {
+    const message = JSON.stringify({ jwt: 'Bearer ' + token });
+    const short = token.length > 24 ? token.slice(0, 16) + '…' + token.slice(-6) : token;
+    setStatus('authenticating', 'Authenticating…');
+    send(message, JSON.stringify({ jwt: 'Bearer ' + short }));
+  }
+
+  function authenticate() {
+    const token = el.token.value.trim().replace(/^Bearer\s+/i, '');
+    if (!token) {
+      log('•', 'Paste a token or generate a development token first.', 'error');
+      el.token.focus();
+      return;
+    }
+    s.token = token;
+    if (s.ws && s.ws.readyState === WebSocket.OPEN) {
+      sendToken(token);
+    } else {
+      connect(); // the token goes out when the challenge arrives
+    }
+  }
+
+  function ping() {
+    if (!s.ws || s.ws.readyState !== WebSocket.OPEN) return;
+    s.pingAt = performance.now();
+    send('ping');
+  }
+
+  // -- the development token -----------------------------------------------------------
+
+  async function generateToken() {
+    const uid = el.uid.value.trim();
+    if (!el.uid.checkValidity() || !uid) {
+      log('•', 'A uid is 1 to 64 letters, digits, "_" or "-".', 'error');
+      el.uid.focus();
+      return false;
+    }
+    el.generate.disabled = true;
+    try {
+      const response = await fetch('dev/token', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ uid }),
+      });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok || !body.token) {
+        throw new Error(body.error || 'HTTP ' + response.status);
+      }
+      el.token.value = body.token;
+      log('•', 'development token for ' + uid + ' (valid until ' +
+        new Date(body.exp * 1000).toLocaleTimeString() + ')');
+      return true;
+    } catch (e) {
+      log('•', 'No development token: ' + e.message +
+        '. The endpoint exists only under the demo runner (make demo); paste a token instead.', 'error');
+      return false;
+    } finally {
+      el.generate.disabled = false;
+    }
+  }
+
+  // -- events ------------------------------------------------------------------------------
+
+  function cell(row, value, className) {
+    const td = document.createElement('td');
+    td.textContent = value === null || value === undefined || value === '' ? '—' : String(value);
+    if (className) td.className = className;
+    row.append(td);
+    return td;
+  }
+
+  function timeCell(row, iso) {
+    const td = document.createElement('td');
+    const date = iso ? new Date(iso) : null;
+    if (date && !isNaN(date)) {
+      const time = document.createElement('time');
+      time.dateTime = iso;
+      time.title = iso;
+      time.textContent = date.toLocaleTimeString();
+      td.append(time);
+    } else {
+      td.textContent = iso ? String(iso) : '—';
+    }
+    row.append(td);
+  }
+
+  function sideCell(row, side) {
+    cell(row, side, side === 'buy' ? 'buy' : side === 'sell' ? 'sell' : '');
+  }
+
+  function flash(row) {
+    row.classList.remove('fresh');
+    void row.offsetWidth; // restart the animation
+    row.classList.add('fresh');
+  }
+
+  function trim(tbody, onRemove) {
+    while (tbody.rows.length > MAX_ROWS) {
+      const last = tbody.rows[tbody.rows.length - 1];
+      if (onRemove) onRemove(last);
+      last.remove();
+    }
+  }
+
+  // One row per order, showing its latest state; an update moves it to the top.
+  function showOrder(o) {
+    if (!o || typeof o !== 'object') return;
+    s.counts.order += 1;
+    el.ordersCount.textContent = s.counts.order + (s.counts.order === 1 ? ' event' : ' events');
+    el.ordersEmpty.hidden = true;
+    const id = String(o.id);
+    const row = document.createElement('tr');
+    row.dataset.id = id;
+    row.dataset.state = String(o.state);
+    timeCell(row, o.created_at);
+    cell(row, o.id, 'id');
+    cell(row, o.market !== undefined ? o.market : o.market_id);
+    sideCell(row, o.side);
+    cell(row, o.ord_type);
+    cell(row, o.price, 'num');
+    cell(row, o.avg_price, 'num');
+    cell(row, o.origin_volume, 'num');
+    cell(row, o.executed_volume, 'num');
+    cell(row, o.remaining_volume, 'num');
+    cell(row, o.trades_count, 'num');
+    const state = cell(row, o.state, 'state');
+    state.dataset.state = String(o.state);
+    const old = s.orderRows.get(id);
+    if (old) old.remove();
+    s.orderRows.set(id, row);
+    el.orders.prepend(row);
+    flash(row);
+    trim(el.orders, (r) => s.orderRows.delete(r.dataset.id));
+  }
+
+  function showTrade(t) {
+    if (!t || typeof t !== 'object') return;
+    s.counts.trade += 1;
+    el.tradesCount.textContent = s.counts.trade + (s.counts.trade === 1 ? ' event' : ' events');
+    el.tradesEmpty.hidden = true;
+    const row = document.createElement('tr');
+    row.dataset.id = String(t.id);
+    timeCell(row, t.created_at);
+    cell(row, t.id, 'id');
+    const orderId = t.order_id !== undefined ? t.order_id
+      : t.side === 'sell' && t.ask ? t.ask.id : t.bid ? t.bid.id : t.ask ? t.ask.id : undefined;
+    cell(row, orderId, 'id');
+    cell(row, t.market !== undefined ? t.market : t.market_id);
+    sideCell(row, t.side);
+    cell(row, t.price, 'num');
+    cell(row, t.amount !== undefined ? t.amount : t.volume, 'num');
+    cell(row, t.total !== undefined ? t.total : t.funds, 'num');
+    el.trades.prepend(row);
+    flash(row);
+    trim(el.trades);
+  }
+
+  // -- start-up --------------------------------------------------------------------------------
+
+  async function loadConfig() {
+    try {
+      const response = await fetch('config.json', { cache: 'no-store' });
+      if (response.ok) return await response.json();
+    } catch (e) {
+      // Served by something else than the demo runner: defaults below.
+    }
+    return null;
+  }
+
+  async function start() {
+    const params = new URLSearchParams(location.search);
+    const config = await loadConfig();
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const host = location.hostname || '127.0.0.1';
+    const port = (config && config.wsPort) || 8080;
+    el.wsUrl.value = params.get('ws') || (config && config.wsUrl) ||
+      scheme + '//' + (host.includes(':') ? '[' + host + ']' : host) + ':' + port + '/';
+    const members = (config && config.members) || ['ID1A2B3C4D5E', 'IDF6E5D4C3B2'];
+    for (const uid of members) {
+      const option = document.createElement('option');
+      option.value = uid;
+      el.members.append(option);
+    }
+    if (params.get('uid')) el.uid.value = params.get('uid');
+    else if (members.length) el.uid.value = members[0];
+    if (!config || !config.devTokens) {
+      el.generate.disabled = true;
+      el.devNote.textContent = 'No development token endpoint here (it comes with make demo): paste a token.';
+    }
+
+    $('connect-form').addEventListener('submit', (e) => { e.preventDefault(); connect(); });
+    $('auth-form').addEventListener('submit', (e) => { e.preventDefault(); authenticate(); });
+    el.disconnect.addEventListener('click', disconnect);
+    el.ping.addEventListener('click', ping);
+    el.generate.addEventListener('click', generateToken);
+    document.body.dataset.ready = 'true';
+    setStatus('disconnected', 'Disconnected');
+
+    // ?uid=ID...&autoconnect=1: generate a development token, connect and authenticate.
+    if (params.get('autoconnect') === '1' && config && config.devTokens) {
+      if (await generateToken()) authenticate();
+    }
+  }
+
+  start();
+})();
