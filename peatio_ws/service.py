@@ -5,68 +5,124 @@ The daemon's service tree and its ordered, graceful shutdown.
 Children start in the order they are added (monitoring, Redis, RabbitMQ, then
 the WebSocket listener last, so nobody connects before the parts behind it are
 starting). L{MultiService} would stop them all at once; L{Daemon.stopService}
-instead stops them in order: stop accepting, close every client with 1001,
-stop consuming, close Redis, and last the monitoring port.
+instead stops them in order, each step bounded in time: tell systemd
+(C{STOPPING=1}), stop accepting, close every client with 1001, stop
+consuming, close Redis, and last the monitoring port, so /health reports the
+listener down while clients drain.
+
+A port that cannot be bound stops start-up with one log line naming the
+setting (L{StartupError}), instead of a traceback or a daemon serving nothing.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import quoteStringArgument
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.server import Site
+from twisted.python.failure import Failure
 
+from peatio_ws import logs
 from peatio_ws.auth import TokenVerifier
 from peatio_ws.config import Settings
-from peatio_ws.http import monitoring_root
+from peatio_ws.http import monitoring_site
+from peatio_ws.listen import bound_port, listen_description, listener_service
 from peatio_ws.metrics import Metrics
 from peatio_ws.protocol import StreamFactory
 from peatio_ws.registry import Registry
+from peatio_ws.sdnotify import Notifier
 
-__all__ = ["Daemon", "listen_description"]
+__all__ = ["STOP_STEP_TIMEOUT", "Daemon", "StartupError", "listen_description"]
 
 log = Logger()
 
-
-def listen_description(settings: Settings) -> str:
-    """The WebSocket listener as a Twisted endpoint description (tcp or ssl)."""
-    host = quoteStringArgument(settings.websocket_host)
-    if settings.tls:
-        key = quoteStringArgument(settings.websocket_ssl_key or "")
-        cert = quoteStringArgument(settings.websocket_ssl_cert or "")
-        return f"ssl:port={settings.websocket_port}:interface={host}:privateKey={key}:certKey={cert}"
-    return f"tcp:port={settings.websocket_port}:interface={host}"
+#: Seconds each shutdown step other than closing clients may take before it
+#: is abandoned (closing clients takes WEBSOCKET_CLOSE_TIMEOUT + 1 at most).
+#: With the defaults the whole stop stays well under the unit's TimeoutStopSec.
+STOP_STEP_TIMEOUT = 3.0
 
 
-class _QuietSite(Site):
-    """No access-log line for every health probe and metrics scrape."""
+def _factory_url(settings: Settings) -> str:
+    """
+    The URL Autobahn's factory wants (it only takes the scheme from it): an
+    IPv6 host in brackets, no port 0, either of which its parser rejects.
+    """
+    host = settings.websocket_host
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{settings.websocket_port}" if settings.websocket_port else ""
+    return f"{'wss' if settings.tls else 'ws'}://{host}{port}"
 
-    def log(self, request: Any) -> None:
-        pass
+
+def _port_number(service: IService, configured: int) -> int:
+    """The port C{service} really listens on (port 0 picks one), else C{configured}."""
+    port = bound_port(service)
+    address = port.getHost() if port is not None else None
+    number = getattr(address, "port", None)
+    return number if isinstance(number, int) else configured
+
+
+class StartupError(SystemExit):
+    """
+    Start-up cannot go on (a port cannot be bound). A L{SystemExit} with
+    status 1, so twistd exits without a traceback; the reason has already
+    been logged as one line, and is in C{message}.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1)
+        self.message = message
 
 
 class Daemon(MultiService):
-    """Everything one peatio-ws process runs, wired together."""
+    """
+    Everything one peatio-ws process runs, wired together.
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    C{Daemon(settings, reactor)} builds the real parts. Tests may pass their
+    own C{consumer}, C{revocation}, C{listener}, C{monitoring}, C{notifier}
+    and C{metrics}; a C{listener} may also be a callable taking the
+    L{StreamFactory}, for a real port with a fake broker.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any,
+        *,
+        consumer: IService | None = None,
+        revocation: IService | None = None,
+        listener: IService | Callable[[StreamFactory], IService] | None = None,
+        monitoring: IService | None = None,
+        notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         super().__init__()
-        # Imported here: txredisapi installs the global reactor on import, so
-        # it must never be imported by the plugin module.
-        from peatio_ws.amqp import EventConsumer
-        from peatio_ws.redis import RevocationService
-
         self.settings = settings
         self.reactor = reactor
-        self.metrics = Metrics()
+        self.metrics = metrics if metrics is not None else Metrics()
         self.registry = Registry(self.metrics)
         self.verifier = TokenVerifier(settings, reactor)
-        self.revocation = RevocationService(settings, self.registry, self.metrics, reactor)
-        self.consumer = EventConsumer(settings, self.registry, self.metrics, reactor)
-        scheme = "wss" if settings.tls else "ws"
+        self.notifier = notifier if notifier is not None else Notifier()
+        if revocation is None:
+            # Imported here: txredisapi installs the global reactor on import,
+            # so it must never be imported by the plugin module.
+            from peatio_ws.redis import RevocationService
+
+            revocation = RevocationService(settings, self.registry, self.metrics, reactor)
+        if consumer is None:
+            from peatio_ws.amqp import EventConsumer
+
+            consumer = EventConsumer(settings, self.registry, self.metrics, reactor)
+        # Any: the real classes or test doubles with the same surface.
+        self.revocation: Any = cast(Any, revocation)
+        self.consumer: Any = cast(Any, consumer)
+        self.scheme = "wss" if settings.tls else "ws"
         self.factory = StreamFactory(
             settings,
             self.registry,
@@ -74,66 +130,168 @@ class Daemon(MultiService):
             self.metrics,
             reactor,
             self.revocation,
-            url=f"{scheme}://{settings.websocket_host}:{settings.websocket_port}",
+            url=_factory_url(settings),
         )
         self.listening = False
-        self.monitoring: IService = strports.service(
-            f"tcp:port={settings.metrics_port}:interface={quoteStringArgument(settings.metrics_host)}",
-            _QuietSite(monitoring_root(self.metrics, self.health_checks())),
-            reactor=reactor,
+        self._bound = False
+        self._watchdog: LoopingCall | None = None
+        self.monitoring: IService = (
+            monitoring
+            if monitoring is not None
+            else strports.service(
+                f"tcp:port={settings.metrics_port}:interface={quoteStringArgument(settings.metrics_host)}",
+                monitoring_site(self.metrics, self.health_checks(), reactor),
+                reactor=reactor,
+            )
         )
-        self.listener: IService = strports.service(listen_description(settings), self.factory, reactor=reactor)
+        if listener is None:
+            self.listener: IService = listener_service(settings, self.factory, reactor)
+        elif IService.providedBy(listener):
+            self.listener = listener
+        else:
+            self.listener = listener(self.factory)
         for child in (self.monitoring, self.revocation, self.consumer, self.listener):
             child.setServiceParent(self)
 
-    def health_checks(self) -> dict[str, Any]:
+    def health_checks(self) -> dict[str, Callable[[], bool]]:
         """What /health reports, each a callable returning True when up."""
         return {
             "listener": lambda: self.listening,
-            "rabbitmq": lambda: self.consumer.up,
-            "redis": lambda: self.revocation.up,
+            "rabbitmq": lambda: bool(self.consumer.up),
+            "redis": lambda: bool(self.revocation.up),
         }
 
+    # -- start-up ------------------------------------------------------------------
+
+    def setServiceParent(self, parent: Any) -> None:
+        """
+        Joining twistd's Application: with LOG_FORMAT=json, give it the JSON
+        log observer now, because twistd starts logging right after
+        C{makeService} and reads the observer from the Application.
+        """
+        if self.settings.log_format == "json" and logs.install(parent):
+            log.info("log format: JSON lines (LOG_FORMAT=json)")
+        super().setServiceParent(parent)
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind the ports (monitoring first, the WebSocket port last). A port
+        that cannot be bound closes what was bound and raises L{StartupError}
+        after logging one line naming the settings to fix.
+        """
+        Service.privilegedStartService(self)
+        self._bound = True
+        bound: list[IService] = []
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except CannotListenError as e:
+                self._bound = False
+                self._abort_start(bound)
+                raise self._startup_error(child, e) from None
+            if child is self.monitoring or child is self.listener:
+                bound.append(child)
+
     def startService(self) -> None:
+        if not self._bound:
+            # Started without twistd (tests, tools): bind first, the same way.
+            self.privilegedStartService()
         super().startService()
-        # strports services bind synchronously and raise on failure, so the
-        # port is listening once this line is reached.
         self.listening = True
         self.metrics.listener_up.set(1)
         self.factory.start_pinging()
+        port = _port_number(self.listener, self.settings.websocket_port)
+        where = f"{self.scheme}://{self.settings.websocket_host}:{port}"
         log.info(
-            "peatio-ws listening on {scheme}://{host}:{port}; health and metrics on {mhost}:{mport}",
-            scheme="wss" if self.settings.tls else "ws",
-            host=self.settings.websocket_host,
-            port=self.settings.websocket_port,
+            "peatio-ws listening on {url}{reuse}; health and metrics on {mhost}:{mport}",
+            url=where,
+            reuse=" (SO_REUSEPORT)" if self.settings.websocket_reuse_port else "",
             mhost=self.settings.metrics_host,
-            mport=self.settings.metrics_port,
+            mport=_port_number(self.monitoring, self.settings.metrics_port),
         )
+        self.notifier.ready(f"Listening on {where}")
+        interval = self.notifier.watchdog_interval
+        if interval:
+            self._watchdog = LoopingCall(self.notifier.watchdog)
+            self._watchdog.clock = self.reactor
+            self._watchdog.start(interval, now=True)
+
+    def _startup_error(self, child: IService, error: CannotListenError) -> StartupError:
+        keys = "METRICS_HOST/METRICS_PORT" if child is self.monitoring else "WEBSOCKET_HOST/WEBSOCKET_PORT"
+        reason = error.socketError
+        text = getattr(reason, "strerror", None) or str(reason)
+        message = f"cannot listen on {error.interface or '*'}:{error.port} ({keys}): {text}"
+        log.critical("peatio-ws: {error}", error=message)
+        return StartupError(message)
+
+    def _abort_start(self, bound: list[IService]) -> None:
+        for child in reversed(bound):
+            try:
+                maybeDeferred(child.stopService).addErrback(lambda f: None)
+            except Exception:
+                log.failure("closing {service} after a failed start", service=type(child).__name__)
+
+    # -- shutdown ------------------------------------------------------------------
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        log.info("shutting down: closing {count} connections", count=len(self.factory.connections))
-        await self._stop_child(self.listener)
+        count = len(self.factory.connections)
+        self.notifier.stopping(f"Shutting down: closing {count} connections")
+        log.info("shutting down: closing {count} connections", count=count)
+        await self._stop_child(self.listener, "listener")
         self.listening = False
         self.metrics.listener_up.set(0)
-        closing = self.factory.close_all()
-        closing.addTimeout(self.settings.websocket_close_timeout + 1, self.reactor)
-        try:
-            await closing
-        except TimeoutError:
-            for proto in self.factory.live():
+        # Autobahn drops a peer that does not answer the close within
+        # WEBSOCKET_CLOSE_TIMEOUT; one second later whoever is left is cut.
+        if not await self._at_most(self.factory.close_all(), self.settings.websocket_close_timeout + 1):
+            # Closed ones may still be listed until their TCP close completes.
+            left = [proto for proto in self.factory.live() if not proto.is_closed.called]
+            log.warn("{count} connections did not close in time; dropping them", count=len(left))
+            for proto in left:
                 proto.dropConnection(abort=True)
-        await self._stop_child(self.consumer)
-        await self._stop_child(self.revocation)
-        await self._stop_child(self.monitoring)
+        await self._stop_child(self.consumer, "rabbitmq")
+        await self._stop_child(self.revocation, "redis")
+        await self._stop_child(self.monitoring, "monitoring")
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
+        self._watchdog = None
         log.info("shutdown complete")
 
-    async def _stop_child(self, child: IService) -> None:
-        try:
-            await maybeDeferred(child.stopService)
-        except Exception:
-            log.failure("stopping {service}", service=type(child).__name__)
+    async def _stop_child(self, child: IService, name: str) -> None:
+        """Stop one child, going on (logged) after L{STOP_STEP_TIMEOUT}."""
+        stopping = maybeDeferred(child.stopService)
 
+        def failed(failure: Failure) -> None:
+            log.failure("stopping {service}", failure, service=name)
+
+        stopping.addErrback(failed)
+        if not await self._at_most(stopping, STOP_STEP_TIMEOUT):
+            log.warn(
+                "stopping {service} took longer than {timeout}s; going on", service=name, timeout=STOP_STEP_TIMEOUT
+            )
+
+    async def _at_most(self, waiting: Deferred[Any], seconds: float) -> bool:
+        """
+        Wait for C{waiting}, but no longer than C{seconds}; True if it fired
+        in time. C{waiting} is not cancelled: what it waits for may still
+        finish, and cancelling other code's Deferreds has surprised before.
+        """
+        done: Deferred[bool] = Deferred()
+
+        def finish(in_time: bool) -> None:
+            if not done.called:
+                done.callback(in_time)
+
+        def fired(result: object) -> object:
+            finish(True)
+            return result
+
+        timer = self.reactor.callLater(seconds, finish, False)
+        waiting.addBoth(fired)
+        in_time = await done
+        if timer.active():
+            timer.cancel()
+        return in_time

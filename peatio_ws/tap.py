@@ -10,7 +10,7 @@ and never twistd's whole usage text for a bad value in a file.
 from __future__ import annotations
 
 import sys
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -44,10 +44,20 @@ class Options(usage.Options):
             overrides["WEBSOCKET_PORT"] = self["port"]
         try:
             self.settings = load_settings(self["config"], overrides=overrides)
+            if self.settings.tls:
+                # Load the key and certificate now: a bad pair is a
+                # configuration error, not a failure on the first connection.
+                from peatio_ws.listen import tls_options
+
+                tls_options(self.settings)
         except ConfigError as e:
-            # One line, then exit: SystemExit passes through twistd untouched.
-            sys.stderr.write(f"peatio-ws: configuration error: {e}\n")
-            raise SystemExit(2) from None
+            _config_error(e)
+
+
+def _config_error(error: ConfigError) -> NoReturn:
+    """One line on stderr, then exit 2: SystemExit passes through twistd untouched."""
+    sys.stderr.write(f"peatio-ws: configuration error: {error}\n")
+    raise SystemExit(2) from None
 
 
 def makeService(options: Options) -> IService:
@@ -56,4 +66,7 @@ def makeService(options: Options) -> IService:
 
     from peatio_ws.service import Daemon
 
-    return Daemon(options.settings, reactor)
+    try:
+        return Daemon(options.settings, reactor)
+    except ConfigError as e:
+        _config_error(e)

@@ -1,0 +1,266 @@
+# -*- test-case-name: peatio_ws.test.test_listen -*-
+"""
+The WebSocket listening port: plain TCP or TLS, with or without SO_REUSEPORT.
+
+Two ways to listen, one behaviour:
+
+ - WEBSOCKET_REUSE_PORT off: C{strports.service("tcp:…")}, whose
+   C{privilegedStartService} raises at once when the port cannot be bound.
+ - WEBSOCKET_REUSE_PORT on: L{ReusePortService} makes the socket itself with
+   C{SO_REUSEADDR} and C{SO_REUSEPORT}, binds and listens, and hands it to
+   the reactor with C{adoptStreamPort}; several processes (each with its own
+   broker queue) then share one port and the kernel spreads new connections
+   across them. It raises on a bind failure exactly as strports does.
+
+TLS (both WEBSOCKET_SSL_KEY and WEBSOCKET_SSL_CERT set) is layered the same
+way in both cases, by wrapping the WebSocket factory in a
+L{TLSMemoryBIOFactory}; the certificate file may hold the whole chain (leaf
+first, then intermediates, as C{fullchain.pem} does), which Twisted's C{ssl:}
+endpoint string would silently cut down to the leaf.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from twisted.application import strports
+from twisted.application.service import IService, Service
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import quoteStringArgument
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorSocket
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from peatio_ws.config import ConfigError, Settings
+
+__all__ = [
+    "BACKLOG",
+    "ReusePortService",
+    "bind_reuse_port",
+    "bound_port",
+    "listen_description",
+    "listener_service",
+    "tls_options",
+]
+
+log = Logger()
+
+#: Pending connections the kernel may queue (capped by net.core.somaxconn).
+#: Twisted's default of 50 overflows when thousands of clients reconnect at
+#: once after a restart.
+BACKLOG = 1024
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def listen_description(settings: Settings, backlog: int = BACKLOG) -> str:
+    """
+    The WebSocket port as a Twisted C{tcp:} endpoint description. TLS is not
+    part of it: L{listener_service} layers TLS on the factory instead.
+    """
+    host = quoteStringArgument(settings.websocket_host)
+    return f"tcp:port={settings.websocket_port}:interface={host}:backlog={backlog}"
+
+
+def _read(key: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path!r}: {e.strerror or e}") from None
+
+
+def tls_options(settings: Settings, announce: bool = False) -> CertificateOptions:
+    """
+    TLS server options from the PEM files of WEBSOCKET_SSL_KEY and
+    WEBSOCKET_SSL_CERT (certificate first, then any chain certificates).
+
+    The OpenSSL context is built here, not on the first connection, so a key
+    that does not match the certificate stops start-up. With C{announce},
+    log the certificate's subject and expiry (and warn when it has expired).
+
+    @raise ConfigError: a file is unreadable, holds no usable PEM, the key is
+        encrypted, or the key does not match the certificate.
+    """
+    key_path = settings.websocket_ssl_key or ""
+    cert_path = settings.websocket_ssl_cert or ""
+    key_pem = _read("WEBSOCKET_SSL_KEY", key_path)
+    cert_pem = _read("WEBSOCKET_SSL_CERT", cert_path)
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise ConfigError(
+            "WEBSOCKET_SSL_KEY", f"{key_path!r} is encrypted; a key without a passphrase is needed"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise ConfigError("WEBSOCKET_SSL_KEY", f"{key_path!r} is not a PEM private key ({_first_line(e)})") from None
+    blocks = _PEM_CERTIFICATE.findall(cert_pem)
+    if not blocks:
+        raise ConfigError("WEBSOCKET_SSL_CERT", f"{cert_path!r} holds no PEM certificate")
+    try:
+        certificates = [x509.load_pem_x509_certificate(block) for block in blocks]
+    except ValueError as e:
+        raise ConfigError("WEBSOCKET_SSL_CERT", f"{cert_path!r} holds a bad certificate ({_first_line(e)})") from None
+    leaf, chain = certificates[0], certificates[1:]
+    # pyOpenSSL takes cryptography objects (its own X509/PKey are deprecated);
+    # Twisted's annotations still name the old types.
+    options = CertificateOptions(
+        privateKey=cast(Any, key),
+        certificate=cast(Any, leaf),
+        extraCertChain=cast(Any, chain),
+    )
+    try:
+        options.getContext()
+    except SSL.Error as e:
+        raise ConfigError(
+            "WEBSOCKET_SSL_KEY", f"{key_path!r} does not match the certificate in {cert_path!r} ({_first_line(e)})"
+        ) from None
+    except MemoryError:
+        # pyOpenSSL's callbacks need writable+executable memory, which
+        # systemd's MemoryDenyWriteExecute=yes forbids.
+        raise ConfigError(
+            "WEBSOCKET_SSL_CERT",
+            "TLS cannot be set up: no write+execute memory for OpenSSL callbacks "
+            "(MemoryDenyWriteExecute=yes?); terminate TLS at the load balancer or drop that setting",
+        ) from None
+    if announce:
+        _announce(leaf, len(chain))
+    return options
+
+
+def _announce(leaf: x509.Certificate, chain: int) -> None:
+    expires = leaf.not_valid_after_utc
+    log.info(
+        "TLS certificate {subject} (+{chain} chain certificates) valid until {expires}",
+        subject=leaf.subject.rfc4514_string(),
+        chain=chain,
+        expires=expires.isoformat(),
+    )
+    if expires <= datetime.now(UTC):
+        log.warn("TLS certificate {subject} has expired", subject=leaf.subject.rfc4514_string())
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def bind_reuse_port(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
+    """
+    A listening, non-blocking socket on C{host}:C{port} with SO_REUSEADDR and
+    SO_REUSEPORT set, so other processes doing the same share the port.
+
+    @raise CannotListenError: the address cannot be bound (in use by a socket
+        without SO_REUSEPORT or of another user, bad address, no permission).
+    """
+    reuse_port = getattr(socket, "SO_REUSEPORT", None)
+    if reuse_port is None:
+        raise CannotListenError(host, port, OSError("SO_REUSEPORT is not supported on this platform"))
+    # Same choice of family as Twisted's tcp: endpoint.
+    family = socket.AF_INET6 if isIPv6Address(host) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise CannotListenError(host, port, e) from None
+    return sock
+
+
+class ReusePortService(Service):
+    """
+    Listens on a port shared with other processes (SO_REUSEPORT).
+
+    Binds in C{privilegedStartService} and raises L{CannotListenError} there,
+    synchronously, as C{strports.service} does: a daemon that cannot listen
+    must not start.
+    """
+
+    def __init__(
+        self, host: str, port: int, factory: IProtocolFactory, reactor: Any, backlog: int = BACKLOG
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.factory = factory
+        self.reactor = reactor
+        self.backlog = backlog
+        self.listening_port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.listening_port is None:
+            self.listening_port = self._listen()
+
+    def startService(self) -> None:
+        self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.listening_port = self.listening_port, None
+        if port is None:
+            return succeed(None)
+        stopped = port.stopListening()
+        return stopped if isinstance(stopped, Deferred) else succeed(None)
+
+    def _listen(self) -> IListeningPort:
+        if not IReactorSocket.providedBy(self.reactor):
+            raise CannotListenError(self.host, self.port, OSError("this reactor cannot adopt sockets"))
+        sock = bind_reuse_port(self.host, self.port, self.backlog)
+        try:
+            # adoptStreamPort duplicates the descriptor; ours is closed below.
+            port: IListeningPort = self.reactor.adoptStreamPort(sock.fileno(), sock.family, cast(Any, self.factory))
+        except OSError as e:
+            raise CannotListenError(self.host, self.port, e) from None
+        finally:
+            sock.close()
+        return port
+
+
+def bound_port(service: IService) -> IListeningPort | None:
+    """
+    The listening port of a service made by L{listener_service} once it has
+    bound (to learn the real port number after asking for port 0), or None.
+    """
+    if isinstance(service, ReusePortService):
+        return service.listening_port
+    # strports' StreamServerEndpointService keeps it in a fired Deferred.
+    waiting = getattr(service, "_waitingForPort", None)
+    found: list[IListeningPort] = []
+    if isinstance(waiting, Deferred):
+
+        def keep(port: IListeningPort) -> IListeningPort:
+            found.append(port)
+            return port
+
+        waiting.addCallback(keep)
+    return found[0] if found else None
+
+
+def listener_service(settings: Settings, factory: IProtocolFactory, reactor: Any) -> IService:
+    """
+    The WebSocket port as a service: TLS when configured, shared with
+    SO_REUSEPORT when WEBSOCKET_REUSE_PORT is on.
+
+    @raise ConfigError: the TLS key or certificate is unusable.
+    """
+    served: IProtocolFactory = factory
+    if settings.tls:
+        served = TLSMemoryBIOFactory(tls_options(settings, announce=True), False, factory, clock=reactor)
+    if settings.websocket_reuse_port:
+        return ReusePortService(settings.websocket_host, settings.websocket_port, served, reactor)
+    return strports.service(listen_description(settings), served, reactor=reactor)

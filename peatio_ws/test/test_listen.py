@@ -1,0 +1,407 @@
+"""
+Tests for L{peatio_ws.listen}: SO_REUSEPORT sharing, bind failures that stop
+start-up, and wss:// with a certificate made in the test.
+
+The port tests bind real sockets on 127.0.0.1 (port 0, then that port again)
+and run on the real reactor with bounded waits; the TLS tests connect a real
+client (the C{websockets} library, run in a thread) to a real L{StreamFactory}.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from peatio_ws.auth import TokenVerifier
+from peatio_ws.config import ConfigError
+from peatio_ws.listen import (
+    ReusePortService,
+    bind_reuse_port,
+    bound_port,
+    listen_description,
+    listener_service,
+    tls_options,
+)
+from peatio_ws.metrics import Metrics
+from peatio_ws.protocol import StreamFactory
+from peatio_ws.registry import Registry
+from peatio_ws.testing import settings_for_tests
+
+reactor: Any = _reactor
+
+#: Upper bound for any wait on the network in these tests.
+WAIT = 10.0
+
+
+# -- certificates -----------------------------------------------------------------
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _certificate(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key: ec.EllipticCurvePrivateKey, ca: bool
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(*certificates: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey, password: bytes | None = None) -> bytes:
+    encryption = (
+        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+@dataclass
+class Pki:
+    """A root CA, an intermediate, and a server certificate for localhost/127.0.0.1."""
+
+    directory: Path
+    key: Path  # server key
+    cert: Path  # server certificate, then the intermediate (a "fullchain.pem")
+    root: Path  # what clients trust
+    other_key: Path  # a key that matches nothing
+
+
+def make_pki(directory: str | os.PathLike[str]) -> Pki:
+    """Write a small PKI into C{directory}; the server cert is signed by an intermediate."""
+    base = Path(directory)
+    base.mkdir(parents=True, exist_ok=True)
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = _certificate("peatio-ws test root", root_key, "peatio-ws test root", root_key, ca=True)
+    mid_key = ec.generate_private_key(ec.SECP256R1())
+    mid = _certificate("peatio-ws test intermediate", mid_key, "peatio-ws test root", root_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = _certificate("localhost", key, "peatio-ws test intermediate", mid_key, ca=False)
+    pki = Pki(base, base / "server.key", base / "fullchain.pem", base / "root.pem", base / "other.key")
+    pki.key.write_bytes(_key_pem(key))
+    pki.cert.write_bytes(_pem(leaf, mid))
+    pki.root.write_bytes(_pem(root))
+    pki.other_key.write_bytes(_key_pem(ec.generate_private_key(ec.SECP256R1())))
+    return pki
+
+
+def port_number(service: IService) -> int:
+    """The port number a started listener service is bound to."""
+    port = bound_port(service)
+    assert port is not None
+    address: Any = port.getHost()
+    return int(address.port)
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (for tests that expect to bind it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- unit tests -------------------------------------------------------------------
+
+
+class DescriptionTests(SynchronousTestCase):
+    def test_tcp_description(self) -> None:
+        """The listener is a tcp: endpoint with a large backlog; the interface is quoted."""
+        settings = settings_for_tests(websocket_host="127.0.0.1", websocket_port=8080)
+        self.assertEqual(listen_description(settings), "tcp:port=8080:interface=127.0.0.1:backlog=1024")
+        settings = settings_for_tests(websocket_host="::1", websocket_port=8080)
+        self.assertEqual(listen_description(settings), r"tcp:port=8080:interface=\:\:1:backlog=1024")
+
+    def test_service_kinds(self) -> None:
+        """Reuse-port on: L{ReusePortService}; off: a strports service. Neither binds yet."""
+        factory = Factory.forProtocol(Protocol)
+        on = listener_service(settings_for_tests(websocket_reuse_port=True), factory, reactor)
+        self.assertIsInstance(on, ReusePortService)
+        self.assertIsNone(bound_port(on))
+        off = listener_service(settings_for_tests(), factory, reactor)
+        self.assertIsInstance(off, StreamServerEndpointService)
+        self.assertIsNone(bound_port(off))
+
+    def test_tls_wraps_factory(self) -> None:
+        """With a key and certificate the factory is wrapped in TLS, in both modes."""
+        pki = make_pki(self.mktemp())
+        factory = Factory.forProtocol(Protocol)
+        for reuse in (True, False):
+            settings = settings_for_tests(
+                websocket_reuse_port=reuse, websocket_ssl_key=str(pki.key), websocket_ssl_cert=str(pki.cert)
+            )
+            service: Any = listener_service(settings, factory, reactor)
+            served = service.factory
+            self.assertIsInstance(served, TLSMemoryBIOFactory)
+            self.assertIs(served.wrappedFactory, factory)
+
+
+class TLSOptionsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.pki = make_pki(self.mktemp())
+
+    def settings(self, key: Path | str, cert: Path | str) -> Any:
+        return settings_for_tests(websocket_ssl_key=str(key), websocket_ssl_cert=str(cert))
+
+    def assertConfigError(self, key: str, settings: Any) -> str:
+        error = self.assertRaises(ConfigError, tls_options, settings)
+        self.assertEqual(error.key, key)
+        self.assertNotIn("\n", str(error))
+        return str(error)
+
+    def test_chain_loaded(self) -> None:
+        """Every certificate after the first is sent as the chain."""
+        options = tls_options(self.settings(self.pki.key, self.pki.cert))
+        self.assertEqual(len(options.extraCertChain), 1)
+
+    def test_mismatched_key(self) -> None:
+        """A key that is not the certificate's: one line naming WEBSOCKET_SSL_KEY."""
+        message = self.assertConfigError("WEBSOCKET_SSL_KEY", self.settings(self.pki.other_key, self.pki.cert))
+        self.assertIn("does not match", message)
+
+    def test_not_a_certificate(self) -> None:
+        """A certificate file without a certificate names WEBSOCKET_SSL_CERT."""
+        self.assertConfigError("WEBSOCKET_SSL_CERT", self.settings(self.pki.key, self.pki.key))
+
+    def test_bad_certificate(self) -> None:
+        """A PEM block that does not decode names WEBSOCKET_SSL_CERT."""
+        broken = self.pki.directory / "broken.pem"
+        broken.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        self.assertConfigError("WEBSOCKET_SSL_CERT", self.settings(self.pki.key, broken))
+
+    def test_not_a_key(self) -> None:
+        """A key file without a key names WEBSOCKET_SSL_KEY."""
+        self.assertConfigError("WEBSOCKET_SSL_KEY", self.settings(self.pki.cert, self.pki.cert))
+
+    def test_encrypted_key(self) -> None:
+        """A key with a passphrase cannot be used unattended: say so."""
+        encrypted = self.pki.directory / "encrypted.key"
+        encrypted.write_bytes(_key_pem(ec.generate_private_key(ec.SECP256R1()), b"secret"))
+        message = self.assertConfigError("WEBSOCKET_SSL_KEY", self.settings(encrypted, self.pki.cert))
+        self.assertIn("encrypted", message)
+        self.assertNotIn("secret", message)
+
+    def test_unreadable(self) -> None:
+        """A file that vanished after the configuration was checked names its key."""
+        self.assertConfigError("WEBSOCKET_SSL_CERT", self.settings(self.pki.key, self.pki.directory / "gone.pem"))
+
+
+# -- real sockets -----------------------------------------------------------------
+
+
+class ReusePortTests(TestCase):
+    """Real listening sockets on 127.0.0.1."""
+
+    def start(self, service: IService) -> int:
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        return port_number(service)
+
+    def settings(self, port: int, reuse: bool) -> Any:
+        return settings_for_tests(websocket_host="127.0.0.1", websocket_port=port, websocket_reuse_port=reuse)
+
+    async def test_two_listeners_share_a_port(self) -> None:
+        """With reuse on, a second listener binds the port the first one holds, and both accept."""
+        accepted: list[str] = []
+
+        class Tag(Protocol):
+            def connectionMade(self) -> None:
+                factory: Any = self.factory
+                accepted.append(factory.tag)
+                assert self.transport is not None
+                self.transport.loseConnection()
+
+        factories = []
+        for tag in ("a", "b"):
+            factory = Factory.forProtocol(Tag)
+            factory.tag = tag  # type: ignore[attr-defined]
+            factories.append(factory)
+        port = self.start(listener_service(self.settings(0, True), factories[0], reactor))
+        second = self.start(listener_service(self.settings(port, True), factories[1], reactor))
+        self.assertEqual(second, port)
+        # The kernel spreads connections over both sockets by a hash of the
+        # client address and port: with 32 connections, the chance that one
+        # listener gets none is 2**-31.
+        for _ in range(32):
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT):
+                pass
+        await _until(lambda: len(accepted) == 32)
+        self.assertEqual(set(accepted), {"a", "b"})
+
+    def test_conflict_without_reuse_fails_loudly(self) -> None:
+        """Without reuse a taken port raises CannotListenError at once, from privilegedStartService."""
+        port = self.start(listener_service(self.settings(0, False), Factory.forProtocol(Protocol), reactor))
+        second = listener_service(self.settings(port, False), Factory.forProtocol(Protocol), reactor)
+        error = self.assertRaises(CannotListenError, second.privilegedStartService)
+        self.assertEqual(error.port, port)
+        self.assertIn("in use", str(error))
+
+    def test_reuse_cannot_join_a_plain_listener(self) -> None:
+        """With reuse on, a port held by a socket without SO_REUSEPORT still fails loudly."""
+        port = self.start(listener_service(self.settings(0, False), Factory.forProtocol(Protocol), reactor))
+        shared = listener_service(self.settings(port, True), Factory.forProtocol(Protocol), reactor)
+        self.assertRaises(CannotListenError, shared.privilegedStartService)
+        self.assertRaises(CannotListenError, shared.startService)
+        self.assertIsNone(bound_port(shared))
+
+    def test_plain_cannot_join_reuse_listeners(self) -> None:
+        """And a plain listener cannot join a reuse-port group."""
+        port = self.start(listener_service(self.settings(0, True), Factory.forProtocol(Protocol), reactor))
+        plain = listener_service(self.settings(port, False), Factory.forProtocol(Protocol), reactor)
+        self.assertRaises(CannotListenError, plain.privilegedStartService)
+
+    def test_bad_address(self) -> None:
+        """An address that is not ours is a CannotListenError, not a crash later."""
+        self.assertRaises(CannotListenError, bind_reuse_port, "192.0.2.1", free_port())
+
+    def test_socket_options(self) -> None:
+        """The shared socket has SO_REUSEADDR and SO_REUSEPORT set and is non-blocking."""
+        sock = bind_reuse_port("127.0.0.1", 0)
+        self.addCleanup(sock.close)
+        self.assertTrue(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
+        self.assertTrue(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+        self.assertFalse(sock.getblocking())
+
+    async def test_stop_releases_port(self) -> None:
+        """After stopService the port is free for a plain listener again."""
+        service = listener_service(self.settings(0, True), Factory.forProtocol(Protocol), reactor)
+        service.privilegedStartService()
+        service.startService()
+        number = port_number(service)
+        await service.stopService()
+        self.assertIsNone(bound_port(service))
+        self.start(listener_service(self.settings(number, False), Factory.forProtocol(Protocol), reactor))
+
+
+async def _until(condition: Any, timeout: float = WAIT) -> None:
+    """Let the reactor run until C{condition()} holds; fail after C{timeout}."""
+    from twisted.internet.task import deferLater
+
+    waited = 0.0
+    while not condition():
+        if waited >= timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await deferLater(reactor, 0.01)
+        waited += 0.01
+
+
+def _wss_challenge(url: str, cafile: str) -> dict[str, Any]:
+    """Runs in a thread: connect over TLS (verifying the chain), read the first message, close."""
+    from websockets.sync.client import connect
+
+    context = ssl.create_default_context(cafile=cafile)
+    with connect(url, ssl=context, open_timeout=WAIT, close_timeout=WAIT) as ws:
+        message = ws.recv(timeout=WAIT)
+    decoded: dict[str, Any] = json.loads(message)
+    return decoded
+
+
+class TLSEndToEndTests(TestCase):
+    """wss:// against a real StreamFactory on 127.0.0.1, in both listening modes."""
+
+    timeout = 4 * WAIT
+
+    def setUp(self) -> None:
+        self.pki = make_pki(self.mktemp())
+
+    async def serve_and_connect(self, reuse: bool, host: str) -> dict[str, Any]:
+        settings = settings_for_tests(
+            websocket_host="127.0.0.1",
+            websocket_port=0,
+            websocket_reuse_port=reuse,
+            websocket_ssl_key=str(self.pki.key),
+            websocket_ssl_cert=str(self.pki.cert),
+        )
+        metrics = Metrics()
+        factory = StreamFactory(
+            settings, Registry(metrics), TokenVerifier(settings, reactor), metrics, reactor, None
+        )
+        service = listener_service(settings, factory, reactor)
+        service.privilegedStartService()
+        service.startService()
+        url = f"wss://{host}:{port_number(service)}/api/v2/ranger/private"
+        try:
+            received: dict[str, Any] = await deferToThread(_wss_challenge, url, str(self.pki.root))
+            closing: Deferred[Any] = factory.close_all()
+            closing.addTimeout(WAIT, reactor)
+            await closing
+            # is_closed fires when the close handshake is done; the TCP (and
+            # TLS) close that removes the connection follows.
+            await _until(lambda: not factory.connections)
+        finally:
+            await service.stopService()
+        return received
+
+    async def test_wss_challenge(self) -> None:
+        """A TLS client that trusts only the root CA gets the challenge (so the chain is served)."""
+        message = await self.serve_and_connect(reuse=False, host="localhost")
+        self.assertEqual(list(message), ["challenge"])
+        self.assertEqual(len(message["challenge"]), 54)
+
+    async def test_wss_challenge_reuse_port(self) -> None:
+        """The same over a SO_REUSEPORT listener, by IP address."""
+        message = await self.serve_and_connect(reuse=True, host="127.0.0.1")
+        self.assertEqual(list(message), ["challenge"])
+
+    async def test_plain_client_refused(self) -> None:
+        """A client that does not trust the certificate fails the handshake: no cleartext fallback."""
+        other = make_pki(self.mktemp())
+        settings = settings_for_tests(
+            websocket_host="127.0.0.1",
+            websocket_port=0,
+            websocket_ssl_key=str(self.pki.key),
+            websocket_ssl_cert=str(self.pki.cert),
+        )
+        metrics = Metrics()
+        factory = StreamFactory(settings, Registry(metrics), TokenVerifier(settings, reactor), metrics, reactor, None)
+        service = listener_service(settings, factory, reactor)
+        service.startService()
+        url = f"wss://localhost:{port_number(service)}/"
+        try:
+            with self.assertRaises(ssl.SSLCertVerificationError):
+                await deferToThread(_wss_challenge, url, str(other.root))
+            await _until(lambda: not factory.connections)
+        finally:
+            await service.stopService()
