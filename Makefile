@@ -16,7 +16,7 @@ run: prepare
 ## (integration tests against the real RabbitMQ and Redis included).
 test:
 	@PREPARE_EXTRA_PACKAGES="chromium" scripts/prepare.sh
-	$(PY) -m ruff check peatio_ws twisted bench demo setup.py
+	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m twisted.trial --temp-directory=.state/_trial_temp peatio_ws
 	scripts/check-install.sh
@@ -25,7 +25,7 @@ prepare:
 	@scripts/prepare.sh
 
 lint: prepare
-	$(PY) -m ruff check peatio_ws twisted bench demo setup.py
+	$(PY) -m ruff check .
 	$(PY) -m mypy
 
 unit: prepare
