@@ -8,7 +8,7 @@ tests can build as many daemons as they like and read each one's figures.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 __all__ = ["Metrics"]
 
@@ -59,9 +59,18 @@ class Metrics:
         self.broker_reconnects = Counter(
             "peatio_ws_rabbitmq_connects", "Successful RabbitMQ (re)connections", registry=r
         )
+        self.queue_lost = Counter(
+            "peatio_ws_rabbitmq_queue_lost",
+            "Reconnects that found this process's queue gone (expired, or the broker restarted): "
+            "events routed to it meanwhile were lost",
+            registry=r,
+        )
         self.bindings = Gauge("peatio_ws_rabbitmq_bindings", "Member bindings on this process's queue", registry=r)
         self.redis_up = Gauge("peatio_ws_redis_up", "1 when connected to Redis", registry=r)
         self.revocations = Counter(
             "peatio_ws_revocations", "Live sessions ended by revocation, by what named them", ["by"], registry=r
         )
         self.listener_up = Gauge("peatio_ws_listener_up", "1 while the WebSocket port is listening", registry=r)
+        # Memory, CPU and open files against LimitNOFILE: what an operator
+        # sizing a host for tens of thousands of sockets watches.
+        ProcessCollector(registry=r)
