@@ -34,7 +34,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=find_packages(include=["peatio_ws", "peatio_ws.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["peatio_ws", "peatio_ws.*"]), "twisted.plugins"],
     package_data={"peatio_ws": ["py.typed", "static/*"]},
     cmdclass={"build_py": BuildWithDefaults},
     install_requires=[

@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# pip warns about every missing local index directory configured on some hosts; not ours to fix.
+quiet_pip() { grep -v "^WARNING: Location '.*' is ignored" || true; }
 log() { printf 'prepare: %s\n' "$*" >&2; }
 die() { printf 'prepare: ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -63,7 +65,7 @@ stamp="$VENV/.installed-$(cat setup.py | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
     log "installing Python dependencies into $VENV"
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel 2> >(quiet_pip >&2)
     # Dependencies only; the code itself runs from this checkout.
     deps=$("$VENV/bin/python" - <<'PY'
 import ast, pathlib
@@ -76,7 +78,7 @@ for node in ast.walk(tree):
 PY
 )
     mapfile -t deplist <<<"$deps"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${deplist[@]}"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${deplist[@]}" 2> >(quiet_pip >&2)
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi
