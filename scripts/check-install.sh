@@ -16,8 +16,11 @@ python3 -m venv "$work/venv"
 cd /
 unset PYTHONPATH
 [ -f "$work"/venv/lib/python3*/site-packages/twisted/plugins/peatio_ws_plugin.py ] || fail "plugin not installed"
-"$work/venv/bin/twistd" --help | grep -q "peatio-ws" || fail "twistd --help does not list peatio-ws"
-"$work/venv/bin/twistd" peatio-ws --help | grep -q -- "--config" || fail "twistd peatio-ws --help"
+# Capture first: grep -q exiting early would give twistd a broken pipe under pipefail.
+help=$("$work/venv/bin/twistd" --help) || fail "twistd --help failed"
+grep -q "peatio-ws" <<<"$help" || fail "twistd --help does not list peatio-ws"
+help=$("$work/venv/bin/twistd" peatio-ws --help) || fail "twistd peatio-ws --help failed"
+grep -q -- "--config" <<<"$help" || fail "twistd peatio-ws --help does not show --config"
 "$work/venv/bin/peatio-ws" --help >/dev/null || fail "peatio-ws console script"
 
 set +e
