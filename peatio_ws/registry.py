@@ -32,6 +32,9 @@ class Connection(Protocol):
     def send_frame(self, frame: bytes) -> bool:
         """Write a ready WebSocket frame; False if the connection could not take it."""
 
+    # A connection may also have send_frames(frames: list[bytes]) -> bool, writing
+    # several frames at once, in order; the registry uses it when present.
+
     def revoke(self) -> None:
         """End the session: its token was revoked."""
 
@@ -56,6 +59,8 @@ class Registry:
         self._by_jti: dict[str, set[Connection]] = {}
         self._claims: dict[Connection, Claims] = {}
         self._observers: list[MembershipObserver] = []
+        #: Frames held per connection while a batch is open (L{begin_batch}).
+        self._batch: dict[Connection, list[bytes]] | None = None
 
     def add_observer(self, observer: MembershipObserver) -> None:
         """Tell C{observer} of members joining and leaving from now on."""
@@ -140,12 +145,22 @@ class Registry:
     def deliver(self, uid: str, event: str, payload: bytes) -> int:
         """
         Send C{{"<event>": payload}} to every authenticated connection of
-        C{uid}; the frame is built once. Returns how many connections took it.
+        C{uid}; the frame is built once. Returns how many connections took it
+        (in a batch: how many it is held for).
         """
         members = self._by_uid.get(uid)
         if not members:
             return 0
         frame = text_frame(event_message(event, payload))
+        batch = self._batch
+        if batch is not None:
+            for conn in members:
+                held = batch.get(conn)
+                if held is None:
+                    batch[conn] = [frame]
+                else:
+                    held.append(frame)
+            return len(members)
         sent = 0
         # A copy: a write may close a slow connection, which leaves the set.
         for conn in tuple(members):
@@ -155,6 +170,33 @@ class Registry:
             except Exception:
                 log.failure("delivering {event} to {conn_id}", event=event, conn_id=conn.conn_id)
         return sent
+
+    def begin_batch(self) -> None:
+        """
+        Hold the frames of the events delivered from now on until
+        L{end_batch}, which gives each connection all of its frames in one
+        write. The broker consumer brackets each read from RabbitMQ (often
+        hundreds of events) this way: one write, and one system call, per
+        connection and read instead of one per event.
+        """
+        if self._batch is None:
+            self._batch = {}
+
+    def end_batch(self) -> None:
+        """Write what the batch holds, each connection's frames in order; never raises."""
+        batch, self._batch = self._batch, None
+        if not batch:
+            return
+        for conn, frames in batch.items():
+            try:
+                send_frames = getattr(conn, "send_frames", None)
+                if send_frames is not None:
+                    send_frames(frames)
+                else:
+                    for frame in frames:
+                        conn.send_frame(frame)
+            except Exception:
+                log.failure("delivering {count} events to {conn_id}", count=len(frames), conn_id=conn.conn_id)
 
     def revoke(self, uid: str | None = None, jti: str | None = None) -> int:
         """End the live sessions of member C{uid} or of token C{jti}; returns how many."""
