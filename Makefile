@@ -41,7 +41,24 @@ dev-key: prepare
 	@echo "wrote .dev/jwt-private.pem and .dev/jwt.env (JWT_PUBLIC_KEY=...)"
 
 bench: prepare
-	$(PY) -m bench
+	@set -o pipefail; stamp=$(VENV)/.bench-$$(sha1sum bench/requirements.txt | cut -c1-12); \
+	if [ ! -f "$$stamp" ]; then \
+		echo "bench: installing bench/requirements.txt into $(VENV) (for the benchmark only)"; \
+		$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt 2>&1 \
+			| { grep -v "^WARNING: Location '.*' is ignored" || true; } \
+		&& rm -f $(VENV)/.bench-* && touch "$$stamp"; \
+	fi
+	$(PY) -m bench $(ARGS)
+
+## The fault-injection suite, long version (PEATIO_WS_CHAOS=full; `make test` runs the quick one):
+## broker, Redis and client faults and hostile input against the real servers. Prints the figures
+## (also on failure), kept in .state/_trial_chaos/chaos-figures.txt; docs/reliability.md explains them.
+chaos: prepare
+	@status=0; PEATIO_WS_CHAOS=full $(PY) -m twisted.trial --temp-directory=.state/_trial_chaos \
+		peatio_ws.test.test_fuzz peatio_ws.test.integration.test_chaos peatio_ws.test.integration.test_chaos_redis \
+		peatio_ws.test.integration.test_chaos_clients peatio_ws.test.integration.test_chaos_hostile || status=$$?; \
+	echo; echo "== chaos figures =="; \
+	$(PY) -m peatio_ws.test.integration.chaos_helpers .state/_trial_chaos/chaos-figures.txt; exit $$status
 
 clean:
 	rm -rf build dist *.egg-info .state _trial_temp .mypy_cache .ruff_cache

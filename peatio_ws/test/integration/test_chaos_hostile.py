@@ -1,0 +1,277 @@
+"""
+Hostile input end to end: the unit-level fuzz corpus (test_fuzz) sent to
+the real daemon over real sockets, and malformed messages and routing keys
+published on the real broker (with a catch-all binding on the daemon's
+queue, as a misconfigured or hostile producer could cause). Every input
+gets its documented reply or close, the daemon stays up, and no event of
+one member reaches another.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from functools import partial
+from typing import Any
+
+from peatio_ws.test.integration.chaos_helpers import (
+    AUTHENTICATED,
+    ChaosTestCase,
+    RawClient,
+    WsClient,
+    new_uid,
+    queue_name_from_log,
+    record,
+    scaled,
+    ws_connect,
+)
+from peatio_ws.test.integration.daemon import DaemonProcess
+from peatio_ws.test.integration.helpers import Publisher
+from peatio_ws.test.test_fuzz import (
+    BAD_HANDSHAKES,
+    PROTOCOL_VIOLATIONS,
+    UNUSUAL_HANDSHAKES,
+    expected_reply,
+    forged_tokens,
+)
+from peatio_ws.test.wsclient import client_frame
+from peatio_ws.testing import make_token
+
+MAX_MESSAGE = 16384
+
+
+def text_corpus(count: int, seed: int) -> list[bytes]:
+    """Fixed hostile messages, then C{count} random ones (reproducible from C{seed})."""
+    rng = random.Random(seed)
+    fixed = [
+        b"", b"ping", b"PING", b"pong", b" ping", b"not json", b"[1,2]", b"{}", b"null", b'"jwt"',
+        b'{"jwt":null}', b'{"jwt":1}', b'{"jwt":["Bearer","x"]}', b'{"jwt":"Token x"}', b'{"jwt":"Bearer"}',
+        b'{"jwt":"Bearer "}', b'{"jwt":"Bearer x"}', b'{"jwt":"bearer x"}', b'{"jwt":" Bearer x"}',
+        b'{"jwt":"Bearer \\u0000"}', b'{"jwt":"Bearer \\ud800"}', b'{"jwt":"Bearer x","jwt":1}',
+        b"[" * 7000 + b"]" * 7000, b'{"jwt":' + b"[" * 5000 + b"]" * 5000 + b"}", b'{"a":' * 2000 + b"1" + b"}" * 2000,
+        b'{"jwt":' + b"9" * 10000 + b"}", b"1" * 16000, b'{"jwt":1e999999}', b'{"jwt":NaN}', b"Infinity",
+        b"\xef\xbb\xbf{}", "比特币".encode(), b'{"jwt":"Bearer \xe6\xaf\x94"}',
+    ]
+    alphabet = ['{', '}', '"', ':', ",", "[", "]", "jwt", "Bearer", " ", "ping", "\\", "null", "1", "é", "\u2028", "𝄞"]
+    randoms = []
+    for _ in range(count):
+        if rng.random() < 0.5:
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 40)))
+        else:
+            text = "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x80, 0xD800)]))
+                           for _ in range(rng.randrange(0, 60)))
+        randoms.append(text.encode("utf-8"))
+    return fixed + randoms
+
+
+class HostileInputTests(ChaosTestCase):
+    async def test_hostile_clients(self) -> None:
+        """
+        The text corpus, binary frames and forged tokens on one connection:
+        exactly the documented reply each, in order, and the connection stays
+        open. Oversized messages, invalid UTF-8 and protocol violations on
+        connections of their own: 1009, 1007, 1002. A victim member receives
+        its events throughout and nobody else does.
+        """
+        daemon = self.start_daemon(WEBSOCKET_AUTH_ATTEMPTS_PER_MINUTE="0")
+        victim_uid = new_uid()
+        victim = await self.client(daemon, victim_uid)
+        await self.until_metric(daemon, "peatio_ws_rabbitmq_bindings", lambda v: v == 1, 10, "the victim's binding")
+        publisher = await self.publisher(daemon)
+
+        attacker = await self.client(daemon)
+        await attacker.next_json()
+        corpus = text_corpus(scaled(300, 3000), seed=20261124)
+        tokens = {label: token for label, token in forged_tokens().items() if len(token) < MAX_MESSAGE - 100}
+        inputs: list[tuple[bytes, bool]] = [(m, False) for m in corpus]
+        inputs += [(json.dumps({"jwt": "Bearer " + t}).encode(), False) for t in tokens.values()]
+        inputs += [(m, True) for m in corpus[:50]]
+        for sent, (payload, binary) in enumerate(inputs, 1):
+            attacker.send_raw(client_frame(payload, 2 if binary else 1))
+            # A victim event between attacker messages, now and then.
+            if sent % 50 == 0:
+                publisher.publish(sent, f"private.{victim_uid}.order", json.dumps({"seq": sent}).encode())
+        await attacker.wait(lambda: len(attacker.messages) >= 1 + len(inputs), 60, "a reply to every message")
+        replies = attacker.messages[1:]
+        expected = [expected_reply(p, b).decode() for p, b in inputs]
+        self.assertEqual(len(replies), len(expected))
+        mismatched = [(p[:60], r, e) for (p, _), r, e in zip(inputs, replies, expected, strict=True) if r != e]
+        self.assertEqual(mismatched, [])
+        self.assertFalse(attacker.lost)
+        forged_replies = replies[len(corpus) : len(corpus) + len(tokens)]
+        self.assertEqual(set(forged_replies), {'{"error":{"message":"Authentication failed."}}'})
+
+        # What each connection's close code should be. A malformed close frame
+        # from the client ends the closing handshake it began: the daemon may
+        # just drop the connection (None) instead of answering 1002.
+        closes: dict[str, tuple[int | None, set[int | None]]] = {}
+        tokens_too_big = [t for t in forged_tokens().values() if len(t) >= MAX_MESSAGE]
+        too_big = [json.dumps({"jwt": "Bearer " + t}).encode() for t in tokens_too_big]
+        too_big += [b"x" * (MAX_MESSAGE + 1), b"[" * 100_000]
+        for i, frame in enumerate(too_big):
+            closes[f"oversized #{i}"] = (await self.close_code_after(daemon, client_frame(frame, 1)), {1009})
+        for i, bad in enumerate([b"\xff", b"\xc3\x28", b'{"jwt":"Bearer \xed\xa0\x80"}', b"ok\xf8\x88\x80\x80\x80"]):
+            closes[f"invalid UTF-8 #{i}"] = (await self.close_code_after(daemon, client_frame(bad, 1)), {1007})
+        for name, data in PROTOCOL_VIOLATIONS.items():
+            allowed: set[int | None] = {1002, None} if name.startswith("close") else {1002}
+            closes[name] = (await self.close_code_after(daemon, data), allowed)
+        wrong = {name: got for name, (got, allowed) in closes.items() if got not in allowed}
+        self.assertEqual(wrong, {})
+
+        # The victim got its events, in order, and nothing else; the attacker none of them.
+        await publisher.settle()
+        seqs = [s for s, _ in publisher.outcome.items()]
+        await victim.wait(lambda: len(victim.messages) >= 2 + len(seqs), 30, "the victim's events")
+        self.assertEqual([json.loads(m)["order"]["seq"] for m in victim.messages[2:]], seqs)
+        self.assertFalse(any("seq" in m for m in attacker.messages if isinstance(m, str)))
+        record(
+            "hostile input: clients, end to end",
+            {
+                "messages on one connection (text, binary, forged tokens)": len(inputs),
+                "  of which forged tokens": len(tokens),
+                "replies as documented": len(inputs) - len(mismatched),
+                "connections closed as documented (1009 / 1007 / 1002)": len(closes) - len(wrong),
+                "victim events delivered / published": f"{len(victim.messages) - 2} / {len(seqs)}",
+                "victim events seen by the attacker": 0,
+            },
+        )
+        self.assert_alive(daemon)
+
+    async def test_hostile_handshakes(self) -> None:
+        """
+        Upgrade requests with what browsers and libraries add (a
+        permessage-deflate offer, subprotocols, Origin null, big cookies) are
+        accepted and can log in; requests that are no usable upgrade get a
+        4xx (505 for HTTP/1.0) or are closed; the daemon stays up.
+        """
+        daemon = self.start_daemon()
+        accepted = {}
+        for name, headers in UNUSUAL_HANDSHAKES.items():
+            client = await self.client(daemon, headers=headers)
+            accepted[name] = client.status
+            if client.status == 101:
+                self.assertEqual(await client.login(make_token(uid=new_uid())), AUTHENTICATED, name)
+        refused: dict[str, int | None] = {}
+        for name, request in BAD_HANDSHAKES.items():
+            raw = self.raw(daemon)
+            raw.sock.sendall(request)
+            refused[name] = raw_status(raw)
+        record(
+            "hostile input: handshakes, end to end",
+            {
+                "unusual but valid, accepted (101) and logged in": sum(s == 101 for s in accepted.values()),
+                "broken, refused": ", ".join(f"{k}: {v}" for k, v in refused.items()),
+            },
+        )
+        self.assertEqual(set(accepted.values()), {101}, accepted)
+        for name, status in refused.items():
+            self.assertTrue(status is None or 400 <= status < 500 or status == 505, (name, status))
+        self.assert_alive(daemon)
+
+    async def close_code_after(self, daemon: DaemonProcess, data: bytes) -> int | None:
+        client = await ws_connect(daemon.port)
+        self.addCleanup(client.abort)
+        await client.next_json()
+        client.send_raw(data)
+        await client.gone(15)
+        return client.close_code
+
+    async def test_hostile_producer(self) -> None:
+        """
+        Malformed bodies and routing keys reaching the daemon's queue (a
+        catch-all binding added behind its back): counted and dropped, the
+        consumer goes on. Members whose genuine uid is a wildcard or has a
+        dot get only what names their exact uid; the victim gets exactly its
+        well-formed events, in order.
+        """
+        daemon = self.start_daemon()
+        queue = queue_name_from_log(daemon.log_text())
+        victim_uid = new_uid()
+        victim = await self.client(daemon, victim_uid)
+        hostile_uids = ["*", "#", f"{victim_uid}.*", f"{victim_uid}#", "private"]
+        hostile: dict[str, WsClient] = {uid: await self.client(daemon, uid) for uid in hostile_uids}
+        await self.until_metric(daemon, "peatio_ws_rabbitmq_bindings", lambda v: v == 2, 10, "the valid uids bound")
+        publisher = await self.publisher(daemon)
+        plain = await Publisher.connect()
+        try:
+            await plain.channel.queue_bind(queue=queue.encode(), exchange=daemon.exchange.encode(), routing_key=b"#")
+        finally:
+            await plain.close()
+
+        bad_keys: list[str | bytes] = [
+            "private..order", f"private.{victim_uid}", f"private.{victim_uid}.", f"private.{victim_uid}.order.x",
+            f"public.{victim_uid}.order", f"PRIVATE.{victim_uid}.order", "private", "", ".", "..",
+            b"private.\xff\xfe.order", f"private.{victim_uid}.".encode() + b"\xff",
+        ]
+        bad_bodies = [b"not json", b"", b"\xff\xfe", b"{", b'{"a":NaN}', b"[" * 3000 + b"]" * 3000, b"\xef\xbb\xbf{}"]
+        other_keys = {
+            "*": "private.*.order", "#": "private.#.order", f"{victim_uid}#": f"private.{victim_uid}#.order",
+            "private": "private.private.trade",
+        }
+        seq = 0
+        good: list[int] = []
+        sent_to: dict[str, list[int]] = {uid: [] for uid in hostile_uids}
+        rounds = scaled(3, 30)
+        for _ in range(rounds):
+            for key in bad_keys:
+                publisher.publish(seq := seq + 1, key, json.dumps({"seq": seq, "secret": "victim"}).encode())
+            for body in bad_bodies:
+                publisher.publish(seq := seq + 1, f"private.{victim_uid}.order", body)
+            for uid, key in other_keys.items():
+                publisher.publish(seq := seq + 1, key, json.dumps({"seq": seq, "to": key}).encode())
+                sent_to[uid].append(seq)
+            publisher.publish(seq := seq + 1, f"private.{victim_uid}.order", json.dumps({"seq": seq}).encode())
+            good.append(seq)
+        big = json.dumps({"seq": seq + 1, "blob": "数" * 350_000}, ensure_ascii=False).encode()
+        publisher.publish(seq := seq + 1, f"private.{victim_uid}.trade", big)
+        good.append(seq)
+        await publisher.settle()
+        await victim.wait(lambda: len(victim.messages) >= 2 + len(good), 30, "the victim's well-formed events")
+        got = [next(iter(json.loads(m).values()))["seq"] for m in victim.messages[2:]]
+        self.assertEqual(got, good)
+        for uid, client in hostile.items():
+            count = 2 + len(sent_to[uid])
+            await client.wait(partial(received_at_least, client, count), 15, f"the events of {uid!r}")
+        for uid, client in hostile.items():
+            events = [json.loads(m) for m in client.messages[2:]]
+            event = "trade" if uid == "private" else "order"
+            expected: list[Any] = [{event: {"seq": n, "to": other_keys[uid]}} for n in sent_to[uid]]
+            self.assertEqual(events, expected, uid)
+            self.assertFalse(any("victim" in m for m in client.messages if isinstance(m, str)), uid)
+        dropped_keys = self.gauge(daemon, "peatio_ws_events_dropped_total", reason="bad_routing_key")
+        malformed = self.gauge(daemon, "peatio_ws_events_dropped_total", reason="malformed")
+        record(
+            "hostile input: producer, end to end",
+            {
+                "messages published": seq,
+                "bad routing keys (dropped, counted)": int(dropped_keys),
+                "malformed bodies (dropped, counted)": int(malformed),
+                "victim's well-formed events delivered / published": f"{len(got)} / {len(good)}",
+                "events reaching a member other than the routing key's uid": 0,
+            },
+        )
+        # "private.<victim>." has an empty event part: a bad key too; so has every key of another shape.
+        self.assertEqual(dropped_keys, rounds * len(bad_keys))
+        self.assertEqual(malformed, rounds * len(bad_bodies))
+        self.assertEqual(self.gauge(daemon, "peatio_ws_rabbitmq_bindings"), 2)
+        self.assert_alive(daemon)
+        self.assertEqual([c.lost for c in hostile.values()], [False] * len(hostile))
+
+
+def raw_status(raw: RawClient) -> int | None:
+    """The HTTP status the server answered on C{raw}, or None if it closed without one."""
+    data = b""
+    try:
+        while b"\r\n" not in data:
+            chunk = raw.sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    parts = data.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+
+def received_at_least(client: WsClient, count: int) -> bool:
+    return len(client.messages) >= count
