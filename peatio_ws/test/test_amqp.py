@@ -977,6 +977,23 @@ class FastPathTests(SynchronousTestCase):
         self.assertTrue(broker.transport.aborted)
         self.assertFalse(h.consumer.up)
 
+    def test_heartbeat_check_moved_not_recreated(self) -> None:
+        """Each read moves the pending heartbeat check: no new timer (and garbage) per read."""
+        h = Harness(self, rabbitmq_heartbeat=10)
+        h.join("ID1")
+        broker = h.consuming()
+        client = h.consumer._connection
+        assert client is not None
+        check = client.checkHB
+        calls = len(h.reactor.getDelayedCalls())
+        for _ in range(5):
+            h.reactor.advance(1)
+            broker.deliver("private.ID1.order", "{}")
+            broker.pump()
+        self.assertIs(client.checkHB, check)
+        self.assertTrue(check.active())
+        self.assertEqual(len(h.reactor.getDelayedCalls()), calls)
+
 
 class LifecycleTests(SynchronousTestCase):
     """Losing, regaining and closing the connection."""

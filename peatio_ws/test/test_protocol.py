@@ -14,7 +14,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.auth import TokenVerifier
 from peatio_ws.metrics import Metrics
-from peatio_ws.protocol import CloseCode, StreamFactory, new_challenge, normalize_origin
+from peatio_ws.protocol import (
+    PING_SLICE,
+    PING_SLICE_GAP,
+    CloseCode,
+    StreamFactory,
+    new_challenge,
+    normalize_origin,
+)
 from peatio_ws.registry import Registry
 from peatio_ws.test.wsclient import Client
 from peatio_ws.testing import OMIT, generate_rsa_key, make_token, settings_for_tests
@@ -329,6 +336,25 @@ class EventTests(ProtocolTestCase):
         [frame] = client.received()
         self.assertEqual(frame.json, {"balance": {"blob": "x" * 200_000}})
 
+    def test_batch_in_one_write(self) -> None:
+        """The frames of a batch reach a connection in one write, in order."""
+        client = self.connect()
+        self.authenticate(client, uid="A")
+        writes: list[bytes] = []
+        original = client.transport.write
+
+        def write(data: bytes) -> None:
+            writes.append(data)
+            original(data)
+
+        client.transport.write = write  # type: ignore[method-assign]
+        self.registry.begin_batch()
+        self.publish("A", "order", b'{"id":1}')
+        self.publish("A", "trade", b'{"id":2}')
+        self.registry.end_batch()
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(client.messages(), [{"order": {"id": 1}}, {"trade": {"id": 2}}])
+
     def test_order_kept(self) -> None:
         """Events of one member arrive in the order they were delivered."""
         client = self.connect()
@@ -415,6 +441,25 @@ class TimerTests(ProtocolTestCase):
         self.assertEqual([f.opcode for f in alive.received()], [9])
         self.assertFalse(alive.transport.disconnecting)
         self.assertTrue(dead.transport.disconnecting)
+
+    def test_ping_sweep_in_slices(self) -> None:
+        """Many connections are pinged PING_SLICE at a time, PING_SLICE_GAP apart; all within the sweep."""
+        clients = [self.connect() for _ in range(2 * PING_SLICE + 1)]
+        self.factory.start_pinging()
+        self.addCleanup(self.factory.stop_pinging)
+        self.clock.advance(10)
+        pinged = [c for c in clients if [f.opcode for f in c.received()] == [9]]
+        self.assertEqual(len(pinged), PING_SLICE)
+        self.clock.advance(PING_SLICE_GAP)
+        self.clock.advance(PING_SLICE_GAP)
+        pinged += [c for c in clients if [f.opcode for f in c.received()] == [9]]
+        self.assertEqual(len({id(c) for c in pinged}), len(clients))
+        for c in clients:
+            c.send(b"", opcode=10)
+        self.clock.advance(10)
+        self.clock.advance(PING_SLICE_GAP)
+        self.clock.advance(PING_SLICE_GAP)
+        self.assertFalse(any(c.transport.disconnecting for c in clients))
 
     def test_no_timers_left(self) -> None:
         """Closing a connection cancels its timers."""

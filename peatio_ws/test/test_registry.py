@@ -135,6 +135,65 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(self.registry.revoke(uid="nobody"), 0)
 
 
+class BatchTests(SynchronousTestCase):
+    """Registry.begin_batch/end_batch: one write per connection for a whole read."""
+
+    def setUp(self) -> None:
+        self.registry = Registry(Metrics())
+
+    def test_frames_held_until_the_batch_ends(self) -> None:
+        """Nothing is written during the batch; at its end each connection gets its frames, in order."""
+        many = ManyFramesConnection("m")
+        one = FakeConnection("o")
+        self.registry.authenticate(many, claims("U"))
+        self.registry.authenticate(one, claims("V"))
+        self.registry.begin_batch()
+        self.assertEqual(self.registry.deliver("U", "order", b'{"id":1}'), 1)
+        self.assertEqual(self.registry.deliver("V", "trade", b'{"id":2}'), 1)
+        self.assertEqual(self.registry.deliver("U", "order", b'{"id":3}'), 1)
+        self.assertEqual((many.writes, one.frames), ([], []))
+        self.registry.end_batch()
+        [write] = many.writes
+        frames, rest = parse_frames(write)
+        self.assertEqual(([f.json for f in frames], rest), ([{"order": {"id": 1}}, {"order": {"id": 3}}], b""))
+        self.assertEqual([parse_frames(f)[0][0].json for f in one.frames], [{"trade": {"id": 2}}])
+
+    def test_after_the_batch_writes_are_immediate(self) -> None:
+        """end_batch closes the batch; ending one that was never begun does nothing."""
+        conn = FakeConnection("a")
+        self.registry.authenticate(conn, claims("U"))
+        self.registry.end_batch()
+        self.registry.begin_batch()
+        self.registry.begin_batch()
+        self.registry.deliver("U", "order", b"{}")
+        self.registry.end_batch()
+        self.registry.deliver("U", "order", b"[]")
+        self.assertEqual(len(conn.frames), 2)
+
+    def test_one_failing_connection(self) -> None:
+        """A connection that raises at the end of the batch does not stop the others."""
+        good, bad = FakeConnection("good"), Broken("bad")
+        self.registry.authenticate(bad, claims("U"))
+        self.registry.authenticate(good, claims("U"))
+        self.registry.begin_batch()
+        self.registry.deliver("U", "order", b"{}")
+        self.registry.end_batch()
+        self.assertEqual(len(good.frames), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class ManyFramesConnection(FakeConnection):
+    """A connection that takes several frames in one write, as StreamProtocol does."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.writes: list[bytes] = []
+
+    def send_frames(self, frames: list[bytes]) -> bool:
+        self.writes.append(b"".join(frames))
+        return True
+
+
 class FramingTests(SynchronousTestCase):
     def test_lengths(self) -> None:
         """Frames use the 7-bit, 16-bit and 64-bit length forms at their boundaries."""
