@@ -1,0 +1,133 @@
+"""
+In-process microbenchmarks of the daemon's two hot paths, free of the
+kernel, the broker and the noise of other processes: the Python CPU each
+costs, for comparing one code change with the next.
+
+ - delivery: AMQP bytes as RabbitMQ sends them (C{basic.deliver} + header +
+   body, 64 KiB per read as Twisted reads) through the real consumer,
+   registry and L{StreamProtocol}s (on in-memory transports) to the
+   written frame: microseconds per event;
+ - connect: the WebSocket handshake, challenge and RS256 authentication of
+   one connection through the real factory and protocol: microseconds per
+   connection, and the memory each connection keeps (tracemalloc).
+
+C{python -m bench hotpath}.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import tracemalloc
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+
+from bench import events
+from peatio_ws.amqp import EventConsumer
+from peatio_ws.auth import TokenVerifier
+from peatio_ws.config import Settings
+from peatio_ws.metrics import Metrics
+from peatio_ws.protocol import StreamFactory
+from peatio_ws.registry import Registry
+from peatio_ws.test.test_amqp import FakeBroker
+from peatio_ws.test.wsclient import Client, client_frame
+from peatio_ws.testing import make_token, rsa_key, settings_for_tests
+
+
+def _factory(settings: Settings, registry: Registry, metrics: Metrics, clock: Clock) -> StreamFactory:
+    return StreamFactory(
+        settings, registry, TokenVerifier(settings, clock), metrics, clock, None, handshake_timeouts=False
+    )
+
+
+def _connect(factory: StreamFactory, token: str) -> Client:
+    client = Client.connect(factory)
+    client.messages()
+    client.send_json({"jwt": "Bearer " + token})
+    reply = client.messages()
+    assert reply == [{"success": {"message": "Authenticated."}}], reply
+    client.transport.clear()
+    return client
+
+
+def delivery(members: int = 1000, n: int = 100_000, read_size: int = 65536) -> dict[str, float]:
+    """Python CPU per event from AMQP bytes to written WebSocket frames (members x 1 connection)."""
+    clock = Clock()
+    clock.advance(time.time())
+    settings = settings_for_tests(
+        websocket_auth_timeout=0.0, rabbitmq_heartbeat=0, rabbitmq_events_exchange="peatio.events.bench"
+    )
+    metrics = Metrics()
+    registry = Registry(metrics)
+    reactor = MemoryReactorClock()
+    consumer = EventConsumer(settings, registry, metrics, reactor=reactor)
+    consumer.startService()
+    host, port, amqp_factory, _, _ = reactor.tcpClients[0]
+    broker = FakeBroker(amqp_factory.buildProtocol(IPv4Address("TCP", host, port)))
+    broker.pump()
+    assert consumer.up
+    factory = _factory(settings, registry, metrics, clock)
+    uids = [f"HP{i:05d}" for i in range(members)]
+    clients = [_connect(factory, make_token(now=clock.seconds(), uid=uid, exp=None)) for uid in uids]
+    broker.pump()  # the binds
+    keys = [f"private.{uid}.{events.EVENT}".encode() for uid in uids]
+    wire = b"".join(broker.delivery(keys[i % members], events.body(i // members + 1, i)) for i in range(n))
+    chunks = [wire[i : i + read_size] for i in range(0, len(wire), read_size)]
+    protocol: Any = broker.protocol
+    gc.collect()
+    t0 = time.process_time()
+    for chunk in chunks:
+        protocol.dataReceived(chunk)
+    cpu = time.process_time() - t0
+    written = sum(len(c.transport.value()) for c in clients)
+    expected = sum(len(events.text_frame(events.message(events.body(i // members + 1, i)))) for i in range(n))
+    assert written == expected, (written, expected)
+    consumer.stopService()
+    return {"events": n, "us_per_event": 1e6 * cpu / n}
+
+
+def connect(n: int = 3000) -> dict[str, float]:
+    """Python CPU per handshake + authentication, and tracemalloc bytes kept per connection."""
+    clock = Clock()
+    clock.advance(time.time())
+    settings = settings_for_tests(websocket_auth_timeout=0.0)
+    metrics = Metrics()
+    registry = Registry(metrics)
+    factory = _factory(settings, registry, metrics, clock)
+    rsa_key()
+    tokens = [make_token(now=clock.seconds(), uid=f"HC{i:05d}", exp=None) for i in range(200)]
+    keep = [_connect(factory, tokens[i % 200]) for i in range(100)]  # warm-up
+    # What the test client itself spends masking the token (subtracted).
+    t0 = time.process_time()
+    for i in range(n):
+        client_frame(b'{"jwt":"Bearer ' + tokens[i % 200].encode() + b'"}')
+    own = time.process_time() - t0
+    gc.collect()
+    t0 = time.process_time()
+    keep += [_connect(factory, tokens[i % 200]) for i in range(n)]
+    cpu = time.process_time() - t0 - own
+    del keep
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    kept = [_connect(factory, tokens[i % 200]) for i in range(n)]
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    # The test client's own objects (transport, frames list) are counted too: an upper bound.
+    per = (after - before) / len(kept)
+    return {"connections": n, "us_per_connection": 1e6 * cpu / n, "kib_per_connection": per / 1024}
+
+
+def main() -> int:
+    d = delivery()
+    print(f"delivery (in-process, 1,000 members x 1 connection): {d['us_per_event']:.1f} µs Python CPU per event")
+    c = connect()
+    print(
+        f"connect + auth (in-process): {c['us_per_connection']:.0f} µs Python CPU per connection; "
+        f"{c['kib_per_connection']:.2f} KiB kept per connection (tracemalloc, incl. the test client's objects)"
+    )
+    return 0
