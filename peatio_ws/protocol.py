@@ -81,6 +81,40 @@ class CloseCode:
 #: Messages that may wait behind an authentication still checking Redis.
 _MAX_QUEUED_MESSAGES = 16
 
+#: Deepest JSON nesting a client message may have. Python's decoder recurses
+#: per level, so without a fixed bound whether a deep message parses would
+#: depend on how deep the call stack happens to be.
+MAX_JSON_DEPTH = 256
+
+
+def json_too_deep(payload: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """
+    Whether C{payload} nests arrays/objects more than C{limit} deep (outside
+    strings). Cheap for ordinary messages: the scan only runs when there are
+    more brackets than the limit at all.
+    """
+    if payload.count(b"[") + payload.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for byte in payload:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
 #: Connections pinged at a time. Pinging 15,000 connections at once took 70
 #: to 135 ms just to write the pings, then their sends and the 15,000 pongs
 #: coming back at once: events waited up to 0.4 s behind them (p99 0.3 s at
@@ -313,6 +347,9 @@ class StreamProtocol(WebSocketServerProtocol):
             return None
         if payload == b"ping":
             self._reply(b"pong")
+            return None
+        if json_too_deep(payload):
+            self._reply(Reply.HANDLING_ERROR)
             return None
         try:
             message = json.loads(payload)

@@ -39,7 +39,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from peatio_ws.amqp import parse_routing_key
 from peatio_ws.auth import AuthError, TokenVerifier
 from peatio_ws.metrics import Metrics
-from peatio_ws.protocol import Reply, StreamFactory
+from peatio_ws.protocol import Reply, StreamFactory, json_too_deep
 from peatio_ws.registry import Registry
 from peatio_ws.test.test_amqp import FakeBroker, Harness
 from peatio_ws.test.wsclient import Client, Frame, client_frame
@@ -89,6 +89,8 @@ def expected_reply(payload: bytes, binary: bool) -> bytes:
         return Reply.HANDLING_ERROR
     if payload == b"ping":
         return b"pong"
+    if json_too_deep(payload):
+        return Reply.HANDLING_ERROR
     try:
         message = json.loads(payload)
     except (ValueError, RecursionError):

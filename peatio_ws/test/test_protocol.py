@@ -15,10 +15,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from peatio_ws.auth import TokenVerifier
 from peatio_ws.metrics import Metrics
 from peatio_ws.protocol import (
+    MAX_JSON_DEPTH,
     PING_SLICE,
     PING_SLICE_GAP,
     CloseCode,
     StreamFactory,
+    json_too_deep,
     new_challenge,
     normalize_origin,
 )
@@ -183,6 +185,21 @@ class AuthenticationTests(ProtocolTestCase):
         self.assertEqual(client.messages(), [HANDLING])
         self.assertIsNone(client.close_code())
         self.authenticate(client)
+
+    def test_json_depth_bound(self) -> None:
+        """Nesting past MAX_JSON_DEPTH is refused the same way whatever the call stack's depth."""
+        client = self.connect()
+        deep = b'{"jwt":' + b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH + b"}"
+        client.send(deep)
+        self.assertEqual(client.messages(), [HANDLING])
+        within = b'{"jwt":' + b"[" * (MAX_JSON_DEPTH - 2) + b"]" * (MAX_JSON_DEPTH - 2) + b"}"
+        client.send(within)
+        self.assertEqual(client.messages(), [TOKEN_TYPE])
+        brackets_in_string = json.dumps({"jwt": "Bearer " + "[{" * 2000}).encode()
+        client.send(brackets_in_string)
+        self.assertEqual(client.messages(), [AUTH_FAILED])
+        self.assertTrue(json_too_deep(b'["\\\\"' + b"[" * 300 + b"]"))
+        self.assertFalse(json_too_deep(b'["\\"' + b"[" * 300 + b'"]'))
 
     def test_internal_failure(self) -> None:
         """An unexpected failure inside the server is reported as Error while handling message."""
