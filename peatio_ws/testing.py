@@ -24,6 +24,7 @@ from peatio_ws.config import Settings
 
 __all__ = [
     "OMIT",
+    "MembershipRecorder",
     "PrivateKey",
     "algorithm_for",
     "b64url",
@@ -200,3 +201,16 @@ def settings_for_tests(**overrides: Any) -> Settings:
     """
     settings = Settings(jwt_public_key=rsa_key().public_key())
     return replace(settings, **overrides) if overrides else settings
+
+
+class MembershipRecorder:
+    """A registry observer that records members joining and leaving, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def member_joined(self, uid: str) -> None:
+        self.events.append(("joined", uid))
+
+    def member_left(self, uid: str) -> None:
+        self.events.append(("left", uid))

@@ -26,7 +26,7 @@ from peatio_ws.protocol import (
 )
 from peatio_ws.registry import Registry
 from peatio_ws.test.wsclient import Client
-from peatio_ws.testing import OMIT, generate_rsa_key, make_token, settings_for_tests
+from peatio_ws.testing import OMIT, MembershipRecorder, generate_rsa_key, make_token, settings_for_tests
 
 AUTHENTICATED = {"success": {"message": "Authenticated."}}
 TOKEN_TYPE = {"error": {"message": "Token type is not provided or invalid."}}
@@ -54,17 +54,6 @@ class FakeRevocation:
         return succeed(jti in self.revoked)
 
 
-class Observer:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def member_joined(self, uid: str) -> None:
-        self.events.append(("joined", uid))
-
-    def member_left(self, uid: str) -> None:
-        self.events.append(("left", uid))
-
-
 class ProtocolTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.build()
@@ -75,7 +64,7 @@ class ProtocolTestCase(SynchronousTestCase):
         self.settings = settings_for_tests(**overrides)
         self.metrics = Metrics()
         self.registry = Registry(self.metrics)
-        self.observer = Observer()
+        self.observer = MembershipRecorder()
         self.registry.add_observer(self.observer)
         self.revocation = FakeRevocation()
         self.factory = StreamFactory(

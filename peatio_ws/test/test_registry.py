@@ -15,6 +15,7 @@ from peatio_ws.framing import event_message, text_frame
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.test.wsclient import parse_frames
+from peatio_ws.testing import MembershipRecorder
 
 
 class FakeConnection:
@@ -38,17 +39,6 @@ class Broken(FakeConnection):
         raise RuntimeError("boom")
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def member_joined(self, uid: str) -> None:
-        self.events.append(("joined", uid))
-
-    def member_left(self, uid: str) -> None:
-        self.events.append(("left", uid))
-
-
 def claims(uid: str, jti: str = "j") -> Claims:
     return Claims(uid=uid, jti=jti, expires_at=None)
 
@@ -57,7 +47,7 @@ class RegistryTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.metrics = Metrics()
         self.registry = Registry(self.metrics)
-        self.recorder = Recorder()
+        self.recorder = MembershipRecorder()
         self.registry.add_observer(self.recorder)
 
     def test_membership_events(self) -> None:
