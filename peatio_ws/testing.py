@@ -24,6 +24,7 @@ from peatio_ws.config import Settings
 
 __all__ = [
     "OMIT",
+    "FakeConnection",
     "MembershipRecorder",
     "PrivateKey",
     "algorithm_for",
@@ -214,3 +215,28 @@ class MembershipRecorder:
 
     def member_left(self, uid: str) -> None:
         self.events.append(("left", uid))
+
+
+class FakeConnection:
+    """
+    A connection as the registry sees it: records the frames it is sent and
+    how often it was revoked. C{accept=False} refuses frames (a closing or
+    slow connection); C{on_send} is called with each frame before it is kept.
+    """
+
+    def __init__(self, conn_id: str, accept: bool = True, on_send: Any = None) -> None:
+        self.conn_id = conn_id
+        self.frames: list[bytes] = []
+        self.revoked = 0
+        self.accept = accept
+        self.on_send = on_send
+
+    def send_frame(self, frame: bytes) -> bool:
+        if self.on_send is not None:
+            self.on_send(frame)
+        if self.accept:
+            self.frames.append(frame)
+        return self.accept
+
+    def revoke(self) -> None:
+        self.revoked += 1

@@ -30,7 +30,7 @@ from txamqp.spec import Method as SpecMethod
 from txamqp.spec import pythonize
 from txamqp.testing import AMQPump
 
-from peatio_ws import _txamqp_compat
+from peatio_ws import _txamqp_compat, testing
 from peatio_ws.amqp import (
     BIND_BATCH,
     CONNECT_TIMEOUT,
@@ -57,22 +57,8 @@ SPEC = _txamqp_compat.load_spec(SPEC_PATH)
 # Fakes
 
 
-class FakeConnection:
+class FakeConnection(testing.FakeConnection):
     """A registry connection that records the frames it is sent."""
-
-    def __init__(self, conn_id: str, on_send: Any = None) -> None:
-        self.conn_id = conn_id
-        self.frames: list[bytes] = []
-        self.on_send = on_send
-
-    def send_frame(self, frame: bytes) -> bool:
-        if self.on_send is not None:
-            self.on_send(frame)
-        self.frames.append(frame)
-        return True
-
-    def revoke(self) -> None:
-        pass
 
     def events(self) -> list[dict[str, Any]]:
         """The JSON messages sent, unframed."""

@@ -38,6 +38,7 @@ from peatio_ws.redis import (
     revoked_key,
 )
 from peatio_ws.registry import Registry
+from peatio_ws.testing import FakeConnection
 
 
 class FakeLink:
@@ -74,20 +75,6 @@ class FakeLink:
 
     def abort(self) -> None:
         self.aborted = True
-
-
-class FakeConnection:
-    """What the registry needs of a WebSocket connection."""
-
-    def __init__(self, conn_id: str) -> None:
-        self.conn_id = conn_id
-        self.revoked = 0
-
-    def send_frame(self, frame: bytes) -> bool:
-        return True
-
-    def revoke(self) -> None:
-        self.revoked += 1
 
 
 class OfflineRevocationService(RevocationService):

@@ -15,23 +15,7 @@ from peatio_ws.framing import event_message, text_frame
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.test.wsclient import parse_frames
-from peatio_ws.testing import MembershipRecorder
-
-
-class FakeConnection:
-    def __init__(self, name: str, accept: bool = True) -> None:
-        self.conn_id = name
-        self.frames: list[bytes] = []
-        self.revoked = False
-        self.accept = accept
-
-    def send_frame(self, frame: bytes) -> bool:
-        if self.accept:
-            self.frames.append(frame)
-        return self.accept
-
-    def revoke(self) -> None:
-        self.revoked = True
+from peatio_ws.testing import FakeConnection, MembershipRecorder
 
 
 class Broken(FakeConnection):

@@ -32,20 +32,7 @@ from peatio_ws.redis import (
 )
 from peatio_ws.registry import Registry
 from peatio_ws.test.integration import redis_helpers as rh
-
-
-class FakeConnection:
-    """A WebSocket connection as the registry sees it; records revocations."""
-
-    def __init__(self, conn_id: str) -> None:
-        self.conn_id = conn_id
-        self.revoked = 0
-
-    def send_frame(self, frame: bytes) -> bool:
-        return True
-
-    def revoke(self) -> None:
-        self.revoked += 1
+from peatio_ws.testing import FakeConnection
 
 
 def revocations(metrics: Metrics, by: str) -> float:
