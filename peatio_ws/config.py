@@ -240,6 +240,10 @@ class Settings:
     websocket_reuse_port: bool = False
     websocket_max_connections_per_ip: int = 0
     websocket_auth_attempts_per_minute: int = 30
+    websocket_handshake_timeout: float = 5.0
+    websocket_max_handshakes: int = 1000
+    websocket_inbound_frames_per_second: int = 50
+    websocket_inbound_bytes_per_second: int = 65536
 
     jwt_public_key: Any = None
     jwt_algorithm: tuple[str, ...] = ("RS256",)
@@ -267,6 +271,8 @@ class Settings:
 
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8082
+    health_probe_interval: float = 2.0
+    health_probe_timeout: float = 5.0
     log_format: str = "text"
 
     @property
@@ -304,6 +310,10 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "WEBSOCKET_REUSE_PORT": _flag,
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP": _integer(0),
     "WEBSOCKET_AUTH_ATTEMPTS_PER_MINUTE": _integer(0),
+    "WEBSOCKET_HANDSHAKE_TIMEOUT": _positive_seconds,
+    "WEBSOCKET_MAX_HANDSHAKES": _integer(0),
+    "WEBSOCKET_INBOUND_FRAMES_PER_SECOND": _integer(0),
+    "WEBSOCKET_INBOUND_BYTES_PER_SECOND": _integer(0),
     "JWT_PUBLIC_KEY": _public_key,
     "JWT_ALGORITHM": _algorithms,
     "JWT_ISSUER": _optional,
@@ -327,6 +337,8 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "REDIS_REVOCATION_WHEN_DOWN": _choice("allow", "deny"),
     "METRICS_HOST": _required,
     "METRICS_PORT": _integer(0, 65535),
+    "HEALTH_PROBE_INTERVAL": _positive_seconds,
+    "HEALTH_PROBE_TIMEOUT": _positive_seconds,
     "LOG_FORMAT": _choice("text", "json"),
 }
 
