@@ -52,6 +52,16 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
+        self.inbound_limited = Counter(
+            "peatio_ws_inbound_limited",
+            "Connections closed for what they sent: over the frame or byte rate (1008), too many frames "
+            "in one message (1008), a request head too large (431), a handshake not finished in time",
+            ["limit"],
+            registry=r,
+        )
+        self.handshakes = Gauge(
+            "peatio_ws_handshakes", "Sockets accepted whose WebSocket upgrade request is not complete yet", registry=r
+        )
         self.slow_consumer_closes = Counter(
             "peatio_ws_slow_consumer_closes", "Connections closed (4008) for not keeping up", registry=r
         )
