@@ -20,6 +20,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from peatio_ws.uids import valid_uid
+
 if TYPE_CHECKING:
     from peatio_ws.config import Settings
 
@@ -246,6 +248,11 @@ class TokenVerifier:
             if not self._audience.intersection(a for a in given if isinstance(a, str)):
                 raise AuthError("audience")
         uid = _nonblank(claims, "uid")
+        if not valid_uid(uid):
+            # Refused rather than "Authenticated." and then silence: such a
+            # member could never be bound on the broker (".", "*", "#", too
+            # long, no UTF-8), and control characters have no place in an id.
+            raise AuthError("bad_uid")
         return Claims(
             uid=uid,
             jti=jti,

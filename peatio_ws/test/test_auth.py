@@ -9,7 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -40,6 +40,7 @@ from peatio_ws.testing import (
     rsa_key,
     settings_for_tests,
 )
+from peatio_ws.uids import MAX_UID_BYTES, valid_uid
 
 #: A fixed "now" for every verifier: late 2023, well away from 0.
 NOW = 1_700_000_000.0
@@ -638,3 +639,106 @@ class BadTokenTests(VerifierMixin, SynchronousTestCase):
         verifier = TokenVerifier(settings, clock)
         verifier.verify(make_token(now=NOW, exp=NOW - 20))
         self.assertIsInstance(settings, Settings)
+
+
+def _uid_of_bytes(size: int, tail: str = "") -> str:
+    """A uid of exactly C{size} UTF-8 bytes: ASCII padding, then C{tail}."""
+    return "x" * (size - len(tail.encode("utf-8"))) + tail
+
+
+class UidTests(VerifierMixin, SynchronousTestCase):
+    """
+    The uid must be usable as C{private.<uid>.*} and free of control
+    characters; otherwise the token fails with reason C{bad_uid}, instead of
+    "Authenticated." followed by silence.
+    """
+
+    #: (description, uid) pairs that verify.
+    GOOD: ClassVar[list[tuple[str, str]]] = [
+        ("Barong uid", "ID1A2B3C4D5E"),
+        ("one character", "u"),
+        ("dash and underscore", "user-1_x"),
+        ("inner space", "a b"),
+        ("printable non-ASCII", "Ünïcødé-比特币"),
+        ("exactly MAX_UID_BYTES, ASCII", _uid_of_bytes(MAX_UID_BYTES)),
+        ("exactly MAX_UID_BYTES, ends in 2-byte", _uid_of_bytes(MAX_UID_BYTES, "é")),
+        ("exactly MAX_UID_BYTES, ends in 3-byte", _uid_of_bytes(MAX_UID_BYTES, "中")),
+        ("exactly MAX_UID_BYTES, ends in 4-byte", _uid_of_bytes(MAX_UID_BYTES, "😀")),
+        ("exactly MAX_UID_BYTES of 3-byte plus 2 ASCII", "中" * 81 + "xx"),
+    ]
+
+    #: (description, uid) pairs refused with bad_uid.
+    BAD: ClassVar[list[tuple[str, str]]] = [
+        ("dot", "a.b"),
+        ("dot alone", "."),
+        ("star", "a*"),
+        ("star alone", "*"),
+        ("hash", "#"),
+        ("hash inside", "a#b"),
+        ("one byte over, ASCII", _uid_of_bytes(MAX_UID_BYTES + 1)),
+        ("one byte over, ends in 2-byte", _uid_of_bytes(MAX_UID_BYTES + 1, "é")),
+        ("one byte over, ends in 3-byte", _uid_of_bytes(MAX_UID_BYTES + 1, "中")),
+        ("one byte over, ends in 4-byte", _uid_of_bytes(MAX_UID_BYTES + 1, "😀")),
+        ("fewer characters than bytes allow, too many bytes", "中" * 82),
+        ("250 bytes", "x" * 250),
+        ("lone high surrogate", "ID\ud800"),
+        ("lone low surrogate", "\udfffID"),
+        ("NUL", "ID\x00"),
+        ("newline forging a log line", "bob\nINFO forged"),
+        ("carriage return", "ID\r"),
+        ("tab", "I\tD"),
+        ("escape", "ID\x1b[31m"),
+        ("DEL", "ID\x7f"),
+        ("C1 NEL", "ID\x85"),
+        ("C1 CSI", "ID\x9b"),
+    ]
+
+    def test_boundary_sizes(self) -> None:
+        """The table's boundary rows are the sizes they claim: MAX_UID_BYTES and one more."""
+        self.assertEqual(MAX_UID_BYTES, 255 - len("private.") - len(".*"))
+        for description, uid in self.GOOD:
+            if "exactly" in description:
+                self.assertEqual(len(uid.encode("utf-8")), MAX_UID_BYTES, description)
+        for description, uid in self.BAD:
+            if "one byte over" in description:
+                self.assertEqual(len(uid.encode("utf-8")), MAX_UID_BYTES + 1, description)
+
+    def test_good(self) -> None:
+        """Each usable uid verifies and comes back unchanged."""
+        verifier = self.verifier()
+        for description, uid in self.GOOD:
+            self.assertEqual(verifier.verify(self.token(uid=uid)).uid, uid, description)
+            self.assertTrue(valid_uid(uid), description)
+
+    def test_bad(self) -> None:
+        """Each unusable uid fails with AuthError reason bad_uid, never anything else."""
+        verifier = self.verifier()
+        problems: list[str] = []
+        for description, uid in self.BAD:
+            self.assertFalse(valid_uid(uid), description)
+            try:
+                verifier.verify(self.token(uid=uid))
+            except AuthError as e:
+                if e.reason != "bad_uid":
+                    problems.append(f"{description}: reason {e.reason!r}")
+            except Exception as e:
+                problems.append(f"{description}: raised {type(e).__name__}: {e}")
+            else:
+                problems.append(f"{description}: token verified")
+        self.assertEqual(problems, [])
+
+    def test_raw_json_surrogate(self) -> None:
+        """A payload spelling a lone surrogate as the JSON escape \\ud800 fails with bad_uid."""
+        token = signed_raw('{"sub":"session","jti":"j","uid":"ID\\ud800","aud":"peatio"}')
+        self.assertEqual(self.assertRaises(AuthError, self.verifier().verify, token).reason, "bad_uid")
+
+    def test_blank_keeps_its_reason(self) -> None:
+        """Missing, empty and whitespace-only uids still fail with no_uid, not bad_uid."""
+        verifier = self.verifier()
+        for uid in (OMIT, "", "   ", "\n", 42):
+            self.assertEqual(self.assertRaises(AuthError, verifier.verify, self.token(uid=uid)).reason, "no_uid", uid)
+
+    def test_checked_after_signature(self) -> None:
+        """A bad uid in a token signed by someone else is a signature failure: claims are read only once trusted."""
+        token = make_token(other_rsa_key(), now=NOW, uid="a.b")
+        self.assertEqual(self.assertRaises(AuthError, self.verifier().verify, token).reason, "signature")
