@@ -7,14 +7,25 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from peatio_ws.http import monitoring_site
+from peatio_ws.http import (
+    ABORT_TIMEOUT,
+    HEAD_TIMEOUT,
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    MonitoringChannel,
+    _BodilessRequest,
+    monitoring_site,
+)
 from peatio_ws.metrics import Metrics
 
 
@@ -163,3 +174,203 @@ class MonitoringTests(SynchronousTestCase):
         self.request("GET", "/metrics")
         self.request("GET", "/nope")
         self.assertEqual(events, [])
+
+
+class HostileInputTests(SynchronousTestCase):
+    """
+    The monitoring port refuses bodies and other methods from the request
+    head alone, bounds the head, and gives each head a deadline; driven
+    byte for byte through the real L{MonitoringChannel} on a
+    L{StringTransport}, with time on a L{MemoryReactorClock}.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.metrics = Metrics()
+        self.site = monitoring_site(self.metrics, {"redis": lambda: True}, self.reactor)
+        self.site.doStart()
+        self.addCleanup(self.site.doStop)
+        self.events: list[dict] = []
+        observer: Any = self.events.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def connect(self) -> tuple[MonitoringChannel, StringTransport]:
+        channel = self.site.buildProtocol(None)
+        assert isinstance(channel, MonitoringChannel)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        return channel, transport
+
+    def refused(self, head: bytes, body: bytes = b"") -> tuple[Response, MonitoringChannel, StringTransport]:
+        """Send C{head} and C{body} in one read; the response, the channel and its transport."""
+        channel, transport = self.connect()
+        channel.dataReceived(head + body)
+        return parse_response(transport.value()), channel, transport
+
+    def assertRefusedUnread(self, channel: MonitoringChannel, transport: StringTransport) -> None:
+        """Closed, nothing made to hold a body, and later bytes are ignored."""
+        self.assertTrue(transport.disconnecting)
+        [request] = channel.requests
+        self.assertIsNone(request.content)
+        written = transport.value()
+        channel.dataReceived(b"x" * 65536)
+        self.assertEqual(transport.value(), written)
+        self.assertIsNone(request.content)
+
+    def test_post_huge_length_405_unread(self) -> None:
+        """POST announcing 10 GiB: 405 at once, connection closed, the body bytes never read into anything."""
+        response, channel, transport = self.refused(
+            b"POST /health HTTP/1.1\r\nHost: m\r\nContent-Length: 10737418240\r\n\r\n", b"A" * 65536
+        )
+        self.assertEqual(response.code, 405)
+        self.assertEqual(response.headers["allow"], "GET, HEAD")
+        self.assertEqual(response.headers["connection"], "close")
+        self.assertEqual(response.body, b"Method not allowed\n")
+        self.assertEqual(int(response.headers["content-length"]), len(response.body))
+        self.assertRefusedUnread(channel, transport)
+
+    def test_other_methods_refused_without_body(self) -> None:
+        """Any method but GET/HEAD is refused from the head, on any path, even without a body."""
+        for method in (b"POST", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PATCH", b"CONNECT"):
+            response, _, transport = self.refused(method + b" /nope HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            self.assertEqual(response.code, 405, method)
+            self.assertTrue(transport.disconnecting, method)
+            # Refused before the request was processed: one response only.
+            self.assertEqual(transport.value().count(b"HTTP/1.1 "), 1, method)
+
+    def test_get_with_body_413(self) -> None:
+        """GET or HEAD announcing a body: 413, closed, body unread."""
+        for method in (b"GET", b"HEAD"):
+            response, channel, transport = self.refused(
+                method + b" /health HTTP/1.1\r\nContent-Length: 5\r\n\r\n", b"hello"
+            )
+            self.assertEqual(response.code, 413, method)
+            self.assertEqual(response.headers["connection"], "close")
+            self.assertRefusedUnread(channel, transport)
+
+    def test_chunked_refused(self) -> None:
+        """A chunked body (no length at all) is refused too: 413 for GET, 405 for POST."""
+        for method, code in ((b"GET", 413), (b"POST", 405)):
+            response, channel, transport = self.refused(
+                method + b" /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhello\r\n"
+            )
+            self.assertEqual(response.code, code, method)
+            self.assertRefusedUnread(channel, transport)
+
+    def test_expect_continue_not_invited(self) -> None:
+        """A refused request with Expect: 100-continue is not told to send its body."""
+        response, _, transport = self.refused(
+            b"PUT /health HTTP/1.1\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        self.assertEqual(response.code, 405)
+        self.assertNotIn(b"100 Continue", transport.value())
+
+    def test_get_and_head_still_served(self) -> None:
+        """GET and HEAD (Content-Length: 0 allowed), keep-alive included, are served as before."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /health HTTP/1.1\r\nHost: m\r\n\r\n")
+        self.assertEqual(parse_response(transport.value()).code, 200)
+        self.assertFalse(transport.disconnecting)
+        transport.clear()
+        channel.dataReceived(b"HEAD /health HTTP/1.1\r\nHost: m\r\nContent-Length: 0\r\n\r\n")
+        head = parse_response(transport.value())
+        self.assertEqual((head.code, head.body), (200, b""))
+        transport.clear()
+        channel.dataReceived(b"GET /metrics HTTP/1.0\r\n\r\n")
+        self.assertEqual(parse_response(transport.value()).code, 200)
+
+    def test_pipelined_body_after_good_request(self) -> None:
+        """A POST pipelined behind a GET: the GET is answered, the POST refused, and the connection closed."""
+        channel, transport = self.connect()
+        channel.dataReceived(
+            b"GET /health HTTP/1.1\r\nHost: m\r\n\r\n"
+            b"POST /health HTTP/1.1\r\nHost: m\r\nContent-Length: 999999999\r\n\r\n" + b"B" * 1000
+        )
+        raw = transport.value()
+        self.assertEqual(raw.count(b"HTTP/1.1 200 "), 1)
+        self.assertEqual(raw.count(b"HTTP/1.1 405 "), 1)
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(channel.requests[-1].content)
+
+    def test_long_line_dropped(self) -> None:
+        """A line longer than MAX_HEAD_BYTES, even unfinished, drops the connection."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /health HTTP/1.1\r\nX-Long: " + b"a" * MAX_HEAD_BYTES)
+        self.assertTrue(transport.disconnecting)
+
+    def test_head_too_big_400(self) -> None:
+        """More than MAX_HEAD_BYTES of headers in all: 400 and closed."""
+        channel, transport = self.connect()
+        line = b"X-Pad: " + b"p" * 1000 + b"\r\n"
+        channel.dataReceived(b"GET /health HTTP/1.1\r\n" + line * (MAX_HEAD_BYTES // len(line) + 1))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertTrue(transport.disconnecting)
+
+    def test_too_many_headers_400(self) -> None:
+        """More than MAX_HEADERS header lines: 400 and closed."""
+        channel, transport = self.connect()
+        # (Twisted takes in a header line once the next line starts.)
+        channel.dataReceived(b"GET /health HTTP/1.1\r\n" + b"X: y\r\n" * (MAX_HEADERS + 2))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertTrue(transport.disconnecting)
+
+    def test_slow_loris(self) -> None:
+        """
+        A head trickling in, a byte at a time within the idle limit, is cut
+        HEAD_TIMEOUT after the connection opened; aborted ABORT_TIMEOUT
+        later if still there; no log line.
+        """
+        channel, transport = self.connect()
+        head = b"GET /health HTTP/1.1\r\nX-Slow: " + b"z" * 100
+        step = HEAD_TIMEOUT / 20
+        for byte in head[:19]:
+            channel.dataReceived(bytes([byte]))
+            self.reactor.advance(step)
+        self.assertFalse(transport.disconnecting)
+        channel.dataReceived(head[19:20])
+        self.reactor.advance(step)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected)
+        self.assertEqual(transport.value(), b"")
+        self.reactor.advance(ABORT_TIMEOUT)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.events, [])
+
+    def test_idle_keep_alive_closed(self) -> None:
+        """A kept-alive connection gets HEAD_TIMEOUT for its next head, counted from the last response."""
+        channel, transport = self.connect()
+        self.reactor.advance(HEAD_TIMEOUT - 1)
+        channel.dataReceived(b"GET /health HTTP/1.1\r\nHost: m\r\n\r\n")
+        self.assertEqual(parse_response(transport.value()).code, 200)
+        self.reactor.advance(HEAD_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_closed_before_timeout_leaves_no_timer(self) -> None:
+        """A connection that goes away cancels its deadline and abort timers."""
+        channel, _ = self.connect()
+        self.reactor.advance(HEAD_TIMEOUT)
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 2)  # the abort, and Site's log-date timer
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+
+    def test_no_temp_file_for_any_length(self) -> None:
+        """Even if a body-bearing request got through, its content would be in memory, never a temp file."""
+        request = _BodilessRequest(self.connect()[0])
+        request.gotLength(10 * 2**30)
+        self.assertIsInstance(request.content, BytesIO)
+
+    def test_health_state_words(self) -> None:
+        """A check may name its state; any word but "up" is down (503), and is shown as given."""
+        site = monitoring_site(self.metrics, {"redis": lambda: "stalled", "rabbitmq": lambda: "up"}, self.reactor)
+        channel = site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+        response = parse_response(transport.value())
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.json["components"], {"redis": "stalled", "rabbitmq": "up"})
+        self.assertEqual(response.json["down"], ["redis"])
