@@ -1,11 +1,26 @@
-# -*- test-case-name: peatio_ws.test.test_service -*-
+# -*- test-case-name: peatio_ws.test.test_logs,peatio_ws.test.test_service -*-
 """
-JSON-lines logging for log shippers (LOG_FORMAT=json).
+Logging that a client cannot forge or break, and JSON lines for log
+shippers (LOG_FORMAT=json).
+
+Escaping. Uids and other client- or token-supplied strings end up in log
+fields. A field ending in a newline would forge a genuine-looking line in the
+text log, NUL bytes would go through, and a lone surrogate makes the
+observer's UTF-8 write raise, so the line vanishes. Every module therefore
+logs through L{logger}, whose events have every non-printable character of
+their string fields replaced by a visible escape (L{escape}: C{\\n},
+C{\\x00}, C{\\ud800}, ...) before any observer sees them, whatever the
+observer. Under twistd, L{protect_process_logging} (called by
+L{peatio_ws.tap.makeService}) does the same for every other logger
+(Autobahn, Twisted, txAMQP, ...) and makes stdout write what still cannot be
+encoded as a backslash escape instead of raising.
 
 One JSON object per line on stdout: C{time} (ISO 8601, UTC), C{level},
 C{namespace}, C{message} (the event's format string filled in) and the
 event's own named fields (C{conn_id}, C{uid}, …) as top-level keys, plus
-C{failure} with the traceback for C{log.failure}. Twisted's own
+C{failure} with the traceback for C{log.failure}. Every string in the line is
+escaped as above (the traceback keeps its line breaks, which JSON encodes), so
+each event is exactly one line that parses, whoever logged it. Twisted's own
 C{jsonFileLogObserver} is not used: it writes RFC 7464 record separators and
 nests the level as an object, which line-based shippers do not expect.
 
@@ -23,17 +38,27 @@ line of defence: the code never logs them in the first place.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from twisted.logger import ILogObserver, formatEvent
+from twisted.logger import ILogObserver, Logger, LogPublisher, formatEvent, globalLogPublisher
 from twisted.python.components import Componentized
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
-__all__ = ["JSONLinesObserver", "install", "json_observer"]
+__all__ = [
+    "EscapingObserver",
+    "JSONLinesObserver",
+    "escape",
+    "escape_fields",
+    "install",
+    "json_observer",
+    "logger",
+    "protect_process_logging",
+]
 
 _SECRET_NAME = re.compile(r"token|jwt|password|passwd|secret|authorization|private", re.IGNORECASE)
 _REDACTED = "[redacted]"
@@ -66,26 +91,150 @@ _SKIP = frozenset(
 )
 
 
+# ---------------------------------------------------------------------------
+# Escaping
+
+
+def escape(text: str, keep: str = "") -> str:
+    """
+    C{text} with every character that is not printable (C{str.isprintable}:
+    control characters, lone surrogates, U+2028/U+2029, format characters;
+    a plain space is printable) replaced by its Python escape, e.g. C{\\n},
+    C{\\x00}, C{\\ud800}; characters in C{keep} are left as they are.
+
+    Printable text, all of it in practice, is returned as it is after one
+    C{isprintable} scan, so the common case costs almost nothing. A
+    backslash is not escaped: the point is one visible line per event, not a
+    reversible encoding.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
+def _escape_items(value: tuple[Any, ...] | list[Any]) -> tuple[Any, ...] | list[Any]:
+    """C{value} itself if none of its str items needs escaping, else an escaped copy (never mutated)."""
+    if all(type(x) is not str or x.isprintable() for x in value):
+        return value
+    items = [escape(x) if type(x) is str else x for x in value]
+    return items if type(value) is list else tuple(items)
+
+
+@provider(ILogObserver)
+def escape_fields(event: dict[str, Any]) -> None:
+    """
+    Escape, in place, every str field value of C{event} and every str item
+    of its tuple and list fields (L{escape}). Keys starting with C{log_}
+    (Twisted's bookkeeping: the format string, namespace, ...) are written
+    by code, not clients, and are left alone. Only exact str, tuple and list
+    are looked at (C{type() is}, cheaper than C{isinstance} on every value of
+    every event); other objects, str subclasses included, format themselves.
+
+    Also an observer: put first on a publisher, it cleans the event for every
+    observer after it (a publisher hands them all the same dict).
+    """
+    # The fast path, nearly every event: one pass over the values, no change.
+    for value in event.values():
+        kind = type(value)
+        if kind is str:
+            if not value.isprintable():
+                break
+        elif kind is tuple or kind is list:
+            break
+    else:
+        return
+    changes: dict[str, Any] = {}
+    for key, value in event.items():
+        kind = type(value)
+        if key.startswith("log_") or (kind is not str and kind is not tuple and kind is not list):
+            continue
+        new = escape(value) if kind is str else _escape_items(value)
+        if new is not value:
+            changes[key] = new
+    event.update(changes)
+
+
+@implementer(ILogObserver)
+class EscapingObserver:
+    """Escapes each event's fields (L{escape_fields}), then hands it on to C{observer}."""
+
+    __slots__ = ("_observer",)
+
+    def __init__(self, observer: ILogObserver) -> None:
+        self._observer = observer
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        escape_fields(event)
+        self._observer(event)
+
+
+def logger(namespace: str, observer: ILogObserver | None = None) -> Logger:
+    """
+    The project's logger: a L{Logger} for C{namespace} whose events are
+    escaped (L{escape_fields}) before they reach C{observer} (default: the
+    global log publisher, i.e. whatever observers the runner installed).
+
+    Use it instead of C{Logger(...)}: a client-supplied uid in a field then
+    can neither forge a log line nor make an observer fail, whatever the
+    observer. (Being a plain L{Logger}, it also works as a class attribute.)
+    """
+    target = globalLogPublisher if observer is None else observer
+    return Logger(namespace=namespace, observer=EscapingObserver(target))
+
+
+def protect_process_logging(publisher: LogPublisher | None = None, stream: TextIO | None = None) -> None:
+    """
+    Make the process's log output safe from what other libraries log, for
+    twistd's own observers (text to stdout or a file, syslog) as for ours:
+
+     - L{escape_fields} becomes an observer of C{publisher} (default: the
+       global one). Called before twistd starts logging, it precedes the
+       observers twistd then adds, and since a publisher hands every observer
+       the same event, each of them sees the fields escaped.
+     - C{stream} (default: C{sys.stdout}, where C{twistd -n} writes) writes
+       what it cannot encode as a backslash escape instead of raising: a
+       lone surrogate in text that is not a field (a traceback, a legacy
+       message) no longer makes the observer fail and the line vanish.
+
+    Idempotent. Not for tests or libraries: it changes process-wide state.
+    """
+    (globalLogPublisher if publisher is None else publisher).addObserver(escape_fields)
+    out = sys.stdout if stream is None else stream
+    if isinstance(out, io.TextIOWrapper) and out.errors != "backslashreplace":
+        out.reconfigure(errors="backslashreplace")
+
+
+# ---------------------------------------------------------------------------
+# JSON lines
+
+
 def _plain(value: Any) -> Any:
-    """C{value} if JSON can carry it as is, else its C{str}."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    """C{value} if JSON can carry it as is (strings escaped), else its escaped C{str}."""
+    if isinstance(value, str):
+        return escape(value)
+    if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, (list, tuple)) and all(
         x is None or isinstance(x, (bool, int, float, str)) for x in value
     ):
-        return list(value)
+        return [escape(x) if isinstance(x, str) else x for x in value]
     try:
-        return str(value)
+        return escape(str(value))
     except Exception:
         return f"<unprintable {type(value).__name__}>"
 
 
 def event_as_dict(event: dict[str, Any]) -> dict[str, Any]:
-    """The flat, JSON-ready form of one twisted.logger event."""
+    """
+    The flat, JSON-ready form of one twisted.logger event, every string in
+    it escaped (L{escape}); the traceback keeps its line breaks.
+    """
     safe = {
         key: (_REDACTED if not key.startswith("log_") and _SECRET_NAME.search(key) else value)
         for key, value in event.items()
     }
+    # Events of other libraries' loggers were not escaped at the source.
+    escape_fields(safe)
     level = event.get("log_level")
     when = event.get("log_time")
     line: dict[str, Any] = {
@@ -93,11 +242,13 @@ def event_as_dict(event: dict[str, Any]) -> dict[str, Any]:
         if isinstance(when, (int, float))
         else None,
         "level": getattr(level, "name", "info"),
-        "namespace": event.get("log_namespace") or event.get("log_system") or "-",
-        "message": formatEvent(safe) if ("log_format" in event or "message" in event) else "",
+        "namespace": escape(str(event.get("log_namespace") or event.get("log_system") or "-")),
+        # The message too: the format string, a legacy log_text or a
+        # redirected print (log_io) may hold anything.
+        "message": escape(formatEvent(safe)) if ("log_format" in event or "message" in event) else "",
     }
     if event.get("log_io") is not None and not line["message"]:
-        line["message"] = str(event["log_io"])
+        line["message"] = escape(str(event["log_io"]))
     for key, value in safe.items():
         if key in _SKIP or key in line or key.startswith("log_"):
             continue
@@ -105,10 +256,13 @@ def event_as_dict(event: dict[str, Any]) -> dict[str, Any]:
     failure = event.get("log_failure")
     if failure is not None:
         try:
-            line["failure"] = failure.getTraceback()
+            line["failure"] = escape(failure.getTraceback(), keep="\n")
         except Exception:
-            line["failure"] = repr(failure)
-        line.setdefault("error", failure.getErrorMessage())
+            line["failure"] = escape(repr(failure))
+        try:
+            line.setdefault("error", escape(failure.getErrorMessage()))
+        except Exception:
+            line.setdefault("error", "<unprintable error>")
     return line
 
 
@@ -121,7 +275,12 @@ class JSONLinesObserver:
 
     def __call__(self, event: dict[str, Any]) -> None:
         try:
-            text = json.dumps(event_as_dict(event), ensure_ascii=False, separators=(",", ":"), default=str)
+            line = event_as_dict(event)
+            text = json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str)
+            if not text.isprintable():
+                # Something escaping missed (a field name, say): pure ASCII
+                # JSON can always be written and is still one line.
+                text = json.dumps(line, separators=(",", ":"), default=str)
         except Exception as e:
             text = json.dumps({"level": "error", "namespace": "peatio_ws.logs", "message": f"unloggable event: {e}"})
         self._out.write(text + "\n")
