@@ -38,10 +38,10 @@ from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorSocket
 from twisted.internet.ssl import CertificateOptions
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from peatio_ws.config import ConfigError, Settings
+from peatio_ws.logs import logger
 
 __all__ = [
     "BACKLOG",
@@ -53,7 +53,7 @@ __all__ = [
     "tls_options",
 ]
 
-log = Logger()
+log = logger("peatio_ws.listen")
 
 #: Pending connections the kernel may queue (capped by net.core.somaxconn).
 #: Twisted's default of 50 overflows when thousands of clients reconnect at

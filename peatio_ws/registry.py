@@ -13,15 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from twisted.logger import Logger
-
 from peatio_ws.auth import Claims
 from peatio_ws.framing import event_message, text_frame
+from peatio_ws.logs import logger
 from peatio_ws.metrics import Metrics
 
 __all__ = ["Connection", "MembershipObserver", "Registry"]
 
-log = Logger(namespace="peatio_ws.registry")
+log = logger("peatio_ws.registry")
 
 
 class Connection(Protocol):

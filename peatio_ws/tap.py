@@ -64,8 +64,13 @@ def makeService(options: Options) -> IService:
     """Build the daemon's service tree (not started: twistd starts it)."""
     from twisted.internet import reactor
 
+    from peatio_ws import logs
     from peatio_ws.service import Daemon
 
+    if options.parent is not None:
+        # Run by twistd (or twist), which adds its log observers once this
+        # returns: put the escaping first, for what other libraries log.
+        logs.protect_process_logging()
     try:
         return Daemon(options.settings, reactor)
     except ConfigError as e:
