@@ -29,8 +29,19 @@ say so, and the outage is logged once when it starts and once when it ends.
     L{RevocationUnavailable}; the connection is told "Authentication
     failed." Sessions that are already authenticated are left alone.
 
+Redis that is connected but silent (the server stalled, frozen, or a
+half-open link) is noticed within seconds: every HEALTH_PROBE_INTERVAL the
+command connection is sent a PING unless one is still unanswered (so
+at most one is ever outstanding), and once a PING has been unanswered for
+HEALTH_PROBE_TIMEOUT, Redis counts as down ("stalled" in C{/health}, the
+gauge at 0) and L{RevocationService.is_revoked} answers by the policy at
+once instead of waiting out each check; when the answer arrives it is up
+again. The connection is not dropped for this (the PING every PING_INTERVAL
+on both connections does that, after PING_TIMEOUT), so a server that
+resumes is up again at once.
+
 Either way, every time both connections are back (and after every
-reconnect), the C{jti} of every live session is checked again against the
+reconnect, or stall), the C{jti} of every live session is checked again against the
 revoked keys, one round trip per batch, and sessions whose token was revoked
 meanwhile are ended like a live revocation. A check that failed or timed out
 while connected schedules the same re-check a few seconds later. What cannot
@@ -368,6 +379,15 @@ class RevocationService(Service):
         self._ready_waiters: list[Deferred[None]] = []
         self._pinger: LoopingCall | None = None
 
+        self._probe_interval = settings.health_probe_interval
+        self._probe_timeout = settings.health_probe_timeout
+        self._prober: LoopingCall | None = None
+        #: The command connection the one outstanding probe PING was sent on.
+        self._probe_link: _Link | None = None
+        self._probe_late_call: _DelayedCall | None = None
+        #: The command connection left a probe unanswered for the probe timeout.
+        self._stalled = False
+
         self._recheck_running = False
         self._recheck_waiting: list[Deferred[int]] = []
         self._recheck_retry: _DelayedCall | None = None
@@ -376,8 +396,18 @@ class RevocationService(Service):
 
     @property
     def up(self) -> bool:
-        """True while both connections are usable and the channel is subscribed."""
+        """
+        True while both connections are usable, the channel is subscribed,
+        and Redis answers (no probe unanswered for the probe timeout).
+        """
         return self._up
+
+    @property
+    def health(self) -> str:
+        """For /health: "up", "stalled" (connected but not answering) or "down"."""
+        if self._up:
+            return "up"
+        return "stalled" if self._stalled and self._cmd is not None else "down"
 
     def when_connected(self) -> Deferred[None]:
         """
@@ -399,6 +429,9 @@ class RevocationService(Service):
         cmd = self._cmd
         if cmd is None:
             return self._unanswered("Redis is down", connected=False)
+        if self._stalled:
+            # Known not to answer: do not make every login wait out COMMAND_TIMEOUT.
+            return self._unanswered(f"Redis has not answered PING for {self._probe_timeout:g} s", connected=True)
         return Deferred.fromCoroutine(self._check(cmd, jti))
 
     def recheck(self) -> Deferred[int]:
@@ -424,6 +457,9 @@ class RevocationService(Service):
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = self._reactor
         self._pinger.start(PING_INTERVAL, now=False)
+        self._prober = LoopingCall(self._probe)
+        self._prober.clock = self._reactor
+        self._prober.start(self._probe_interval, now=False)
 
     def _connect(self) -> None:
         """Open both connections; each reconnects by itself (the seam unit tests replace)."""
@@ -459,6 +495,11 @@ class RevocationService(Service):
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
         self._pinger = None
+        if self._prober is not None and self._prober.running:
+            self._prober.stop()
+        self._prober = None
+        self._forget_probe()
+        self._stalled = False
         if self._recheck_retry is not None and self._recheck_retry.active():
             self._recheck_retry.cancel()
         self._recheck_retry = None
@@ -485,11 +526,16 @@ class RevocationService(Service):
 
     def _command_ready(self, link: _Link) -> None:
         self._cmd = link
+        # A new connection has just answered (AUTH/SELECT): not stalled.
+        self._forget_probe()
+        self._stalled = False
         self._update_state()
 
     def _command_lost(self, link: _Link) -> None:
         if self._cmd is link:
             self._cmd = None
+            self._forget_probe()
+            self._stalled = False
             self._update_state("the command connection was lost")
 
     def _subscriber_ready(self, link: _Link) -> None:
@@ -527,7 +573,7 @@ class RevocationService(Service):
         self._note_outage(why)
 
     def _update_state(self, reason: str = "") -> None:
-        up = self.running and self._cmd is not None and self._sub is not None
+        up = self.running and self._cmd is not None and self._sub is not None and not self._stalled
         if up == self._up:
             return
         if up:
@@ -562,7 +608,7 @@ class RevocationService(Service):
             return
         self._outage_since = self._clock.seconds()
         log.warn(
-            "Redis at {address} is unavailable ({reason}); reconnecting in the background. "
+            "Redis at {address} is unavailable ({reason}); retrying in the background. "
             "Until it is back, revocation checks {policy}",
             address=_describe(self._address),
             reason=reason or "not connected",
@@ -633,7 +679,8 @@ class RevocationService(Service):
 
         def due() -> None:
             self._recheck_retry = None
-            if self._cmd is not None:
+            # While stalled, the end of the stall starts the re-check.
+            if self._cmd is not None and not self._stalled:
                 self._start_recheck()
 
         self._recheck_retry = self._clock.callLater(RECHECK_RETRY, due)
@@ -691,6 +738,48 @@ class RevocationService(Service):
         return [bool(count) for count in counts]
 
     # -- health ----------------------------------------------------------------
+
+    def _probe(self) -> None:
+        """Every HEALTH_PROBE_INTERVAL: PING the command connection, unless a PING is still out."""
+        link = self._cmd
+        if link is None or self._probe_link is not None or self._stopping:
+            return
+        self._probe_link = link
+        self._probe_late_call = self._clock.callLater(self._probe_timeout, self._probe_late, link)
+        link.ping().addBoth(self._probe_answered, link)
+
+    def _probe_answered(self, result: object, link: _Link) -> None:
+        # An error reply is an answer too (Redis is there); a lost connection
+        # is dealt with by _command_lost, which already forgot this probe.
+        if self._probe_link is not link:
+            return
+        self._forget_probe()
+        if self._stalled:
+            self._stalled = False
+            self._update_state()  # logs "is back after" when this ends the outage
+
+    def _probe_late(self, link: _Link) -> None:
+        # A reactor turn runs due timers before it reads sockets: when this
+        # process itself was paused (SIGSTOP, a VM migration), the answer may
+        # be waiting unread. Decide after the next read.
+        self._probe_late_call = None
+        if self._probe_link is link:
+            self._probe_late_call = self._clock.callLater(0, self._probe_overdue, link)
+
+    def _probe_overdue(self, link: _Link) -> None:
+        self._probe_late_call = None
+        if self._probe_link is not link or self._cmd is not link or self._stopping:
+            return
+        self._stalled = True
+        # Logs the outage (once) when this starts it.
+        self._update_state(f"connected, but no answer to PING for {self._probe_timeout:g} s (HEALTH_PROBE_TIMEOUT)")
+
+    def _forget_probe(self) -> None:
+        """Drop the outstanding probe (its connection changed or the service stops)."""
+        self._probe_link = None
+        if self._probe_late_call is not None and self._probe_late_call.active():
+            self._probe_late_call.cancel()
+        self._probe_late_call = None
 
     def _ping(self) -> None:
         """PING both connections; drop one that does not answer so it is made again."""

@@ -390,8 +390,10 @@ class StateTests(SynchronousTestCase):
         h = Harness(self)
         cmd, sub = h.connect()
         h.clock.advance(PING_INTERVAL)
-        self.assertEqual((len(cmd.pings), len(sub.pings)), (1, 1))
-        cmd.pings[0].callback("PONG")
+        self.assertEqual(len(sub.pings), 1)
+        # The command connection also carries the health probes (ProbeTests).
+        for ping in cmd.pings:
+            ping.callback("PONG")
         h.clock.advance(PING_TIMEOUT)
         self.assertFalse(cmd.aborted)
         self.assertTrue(sub.aborted)
@@ -428,6 +430,133 @@ class StateTests(SynchronousTestCase):
         self.failureResultOf(waiting, CancelledError)
         h.connect()
         self.assertEqual(h.service._ready_waiters, [])
+
+
+class ProbeTests(SynchronousTestCase):
+    """
+    The health probe: one PING at a time on the command connection every
+    HEALTH_PROBE_INTERVAL; unanswered for HEALTH_PROBE_TIMEOUT means down
+    ("stalled"), and the answer means up again.
+    """
+
+    def setUp(self) -> None:
+        self.h = Harness(self, "deny")
+        self.interval = self.h.settings.health_probe_interval
+        self.timeout = self.h.settings.health_probe_timeout
+        self.cmd, self.sub = self.h.connect()
+        self.assertLess(self.interval + self.timeout, PING_INTERVAL)  # the other PINGs stay out of the way
+
+    def stall(self) -> None:
+        """Let the first probe go unanswered for the whole timeout."""
+        # Two steps: Clock.advance moves time first, then runs what is due.
+        self.h.clock.advance(self.interval)
+        self.h.clock.advance(self.timeout)
+
+    def test_outstanding_within_timeout_is_up(self) -> None:
+        """A probe unanswered for less than the timeout changes nothing."""
+        self.h.clock.advance(self.interval)
+        self.assertEqual(len(self.cmd.pings), 1)
+        self.assertEqual(self.sub.pings, [])
+        self.h.clock.advance(self.timeout - 0.001)
+        self.assertTrue(self.h.service.up)
+        self.assertEqual(self.h.service.health, "up")
+        self.assertEqual(redis_up(self.h.metrics), 1)
+
+    def test_overdue_is_down(self) -> None:
+        """Unanswered for the timeout: down, named "stalled", gauge 0, the outage logged once."""
+        self.stall()
+        self.assertFalse(self.h.service.up)
+        self.assertEqual(self.h.service.health, "stalled")
+        self.assertEqual(redis_up(self.h.metrics), 0)
+        [warning] = self.h.logged("is unavailable", "warn")
+        self.assertIn("no answer to PING for 5 s", warning["reason"])
+        # Not dropped for this: the answer may still come.
+        self.assertFalse(self.cmd.aborted)
+
+    def test_answer_is_up_again(self) -> None:
+        """The late answer ends the outage: up, gauge 1, logged, live sessions re-checked."""
+        conn = self.h.session("c1", "U1", "j1")
+        self.stall()
+        self.cmd.revoked.add(revoked_key("j1"))
+        self.cmd.pings[0].callback("PONG")
+        self.assertTrue(self.h.service.up)
+        self.assertEqual(self.h.service.health, "up")
+        self.assertEqual(redis_up(self.h.metrics), 1)
+        self.assertEqual(len(self.h.logged("is back after", "info")), 1)
+        self.assertEqual(conn.revoked, 1)
+
+    def test_answer_read_after_a_pause_counts(self) -> None:
+        """
+        An answer read in the reactor turn after the deadline (this process
+        was paused; timers run before reads) still counts: no outage.
+        """
+        self.h.clock.advance(self.interval)
+        self.h.service._probe_late(self.cmd)
+        self.cmd.pings[0].callback("PONG")
+        self.h.clock.advance(0)
+        self.assertTrue(self.h.service.up)
+        self.assertEqual(self.h.logged("is unavailable"), [])
+
+    def test_error_reply_is_an_answer(self) -> None:
+        """An error reply (LOADING, ...) shows Redis is there: not stalled."""
+        self.stall()
+        self.cmd.pings[0].errback(RuntimeError("LOADING"))
+        self.assertTrue(self.h.service.up)
+
+    def test_one_outstanding_at_most(self) -> None:
+        """No PING piles up behind an unanswered one; the next goes out a tick after the answer."""
+        for _ in range(6):
+            self.h.clock.advance(self.interval)
+        self.assertEqual(len(self.cmd.pings), 1)
+        self.cmd.pings[0].callback("PONG")
+        self.assertEqual(len(self.cmd.pings), 1)
+        self.h.clock.advance(self.interval)
+        self.assertEqual(len(self.cmd.pings), 2)
+
+    def test_deny_fails_fast_while_stalled(self) -> None:
+        """Stalled, deny: a check fails at once, without sending EXISTS to the silent server."""
+        self.stall()
+        calls = len(self.cmd.exists_calls)
+        self.failureResultOf(self.h.service.is_revoked("x"), RevocationUnavailable)
+        self.assertEqual(len(self.cmd.exists_calls), calls)
+
+    def test_allow_answers_while_stalled(self) -> None:
+        """
+        Stalled, allow: logins go on (False at once); no re-check is sent to
+        the silent server, and the session accepted unchecked is checked when
+        it answers.
+        """
+        h = Harness(self, "allow")
+        cmd, _ = h.connect()
+        h.clock.advance(self.interval)
+        h.clock.advance(self.timeout)
+        self.assertIs(self.successResultOf(h.service.is_revoked("late")), False)
+        conn = h.session("c2", "U2", "late")
+        h.clock.advance(RECHECK_RETRY)
+        self.assertEqual(cmd.exists_calls, [])
+        cmd.revoked.add(revoked_key("late"))
+        cmd.pings[0].callback("PONG")
+        self.assertEqual(conn.revoked, 1)
+
+    def test_new_connection_clears_stall(self) -> None:
+        """A lost stalled connection is plain "down"; a new one (it answered AUTH/SELECT) is up."""
+        self.stall()
+        self.h.service._command_lost(self.cmd)
+        self.assertEqual(self.h.service.health, "down")
+        fresh = FakeLink()
+        self.h.service._command_ready(fresh)
+        self.assertTrue(self.h.service.up)
+        # A late answer on the old connection changes nothing.
+        self.cmd.pings[0].callback("PONG")
+        self.assertTrue(self.h.service.up)
+        self.h.clock.advance(self.interval)
+        self.assertEqual(len(fresh.pings), 1)
+
+    def test_stop_forgets_probe(self) -> None:
+        """Stopping with a probe out leaves no timer behind."""
+        self.h.clock.advance(self.interval)
+        self.successResultOf(self.h.service.stopService())
+        self.assertEqual(self.h.clock.getDelayedCalls(), [])
 
 
 class MessageTests(SynchronousTestCase):
