@@ -13,6 +13,15 @@ C{basic.deliver} synchronously as they arrive, hands the message to
 L{EventConsumer}, and acknowledges everything handled in one read with a
 single C{basic.ack(multiple=True)}. Everything else (handshake, declares,
 binds, heartbeats, closes) goes through txAMQP's normal path.
+
+A broker link that is up but silent (a half-open TCP connection, a frozen
+broker) would only be noticed by the heartbeat check, after up to three
+heartbeats. So every HEALTH_PROBE_INTERVAL, unless one is still out, the
+consumer makes one cheap round trip on the connection: a passive
+C{queue.declare} of its own queue, on a channel of its own (the broker only
+looks the queue up; consumption is not touched). Unanswered for
+HEALTH_PROBE_TIMEOUT, the connection is reported down and dropped at once,
+so the reconnect starts then rather than a minute later.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import Closed, TwistedDelegate
@@ -59,6 +69,9 @@ CHANNEL = 1
 #: A channel for checking, on reconnect, whether the queue survived: the
 #: broker closes it (404) when the queue is gone, which must not count as a failure.
 PROBE_CHANNEL = 2
+#: The channel of the health probe (a passive declare of our queue every
+#: HEALTH_PROBE_INTERVAL), opened on the first probe of each connection.
+HEALTH_CHANNEL = 3
 #: Seconds for TCP connect plus the AMQP handshake and login.
 CONNECT_TIMEOUT = 30.0
 #: Seconds for declaring, binding and starting to consume after login.
@@ -571,6 +584,8 @@ class _Session:
         self.client = client
         self.channel = channel
         self.syncing = False
+        #: The health probe's channel, once opened.
+        self.health_channel: Any = None
 
 
 # ---------------------------------------------------------------------------
@@ -634,6 +649,13 @@ class EventConsumer(Service):
         self._dropped_error = metrics.events_dropped.labels(reason="error")
         self._malformed_logged_at = -1e9
         self._malformed_unlogged = 0
+
+        self._probe_timeout = settings.health_probe_timeout
+        self._prober = LoopingCall(self._probe)
+        self._prober.clock = reactor
+        #: The session the one outstanding probe was sent on.
+        self._probe_session: _Session | None = None
+        self._probe_late_call: IDelayedCall | None = None
 
         self._backoff = backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=1.5)
         factory = _ConsumerFactory(
@@ -703,6 +725,7 @@ class EventConsumer(Service):
         super().startService()
         self._stopped = False
         self._service.startService()
+        self._prober.start(self._settings.health_probe_interval, now=False)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -715,6 +738,9 @@ class EventConsumer(Service):
 
     async def _stop(self) -> None:
         self._stopped = True
+        if self._prober.running:
+            self._prober.stop()
+        self._forget_probe()
         for call in self._unbind_calls.values():
             if call.active():
                 call.cancel()
@@ -877,6 +903,8 @@ class EventConsumer(Service):
         if session is None or session.client is not client:
             return
         self._session = None
+        if self._probe_session is session:
+            self._forget_probe()
         was_up = self._consuming
         self._set_down()
         if not was_up:
@@ -899,6 +927,68 @@ class EventConsumer(Service):
     def _set_down(self) -> None:
         self._consuming = False
         self._metrics.broker_up.set(0)
+
+    # -- health probe --------------------------------------------------------
+
+    def _probe(self) -> None:
+        """Every HEALTH_PROBE_INTERVAL: one round trip to the broker, unless one is still out."""
+        session = self._session
+        if session is None or not self._consuming or self._stopped or self._probe_session is not None:
+            return
+        self._probe_session = session
+        self._probe_late_call = self._reactor.callLater(self._probe_timeout, self._probe_late, session)
+        d = Deferred.fromCoroutine(self._round_trip(session))
+        d.addBoth(self._probe_answered, session)
+
+    async def _round_trip(self, session: _Session) -> None:
+        channel = session.health_channel
+        if channel is None:
+            channel = await session.client.channel(HEALTH_CHANNEL)
+            await channel.channel_open()
+            session.health_channel = channel
+        # Cheap for the broker (a lookup), and it cannot disturb the consumer
+        # on CHANNEL; should the queue be gone (404), the broker closes this
+        # channel and _channel_failed reconnects, which declares it again.
+        await channel.queue_declare(queue=self._queue, passive=True)
+
+    def _probe_answered(self, result: object, session: _Session) -> None:
+        # A failure means the channel or the connection failed: the
+        # channel/connection listeners deal with that, and say why.
+        if self._probe_session is session:
+            self._forget_probe()
+
+    def _probe_late(self, session: _Session) -> None:
+        # A reactor turn runs due timers before it reads sockets: when this
+        # process itself was paused (SIGSTOP, a VM migration), the answer may
+        # be waiting unread. Decide after the next read.
+        self._probe_late_call = None
+        if self._probe_session is session:
+            self._probe_late_call = self._reactor.callLater(0, self._probe_overdue, session)
+
+    def _probe_overdue(self, session: _Session) -> None:
+        self._probe_late_call = None
+        if self._probe_session is not session:
+            return
+        self._probe_session = None
+        if self._session is not session or self._stopped:
+            return
+        log.warn(
+            "RabbitMQ did not answer a health probe within {timeout:g} s (HEALTH_PROBE_TIMEOUT); "
+            "dropping the connection and reconnecting",
+            timeout=self._probe_timeout,
+        )
+        client = session.client
+        if client.close_reason is None:
+            client.close_reason = f"no answer to a health probe for {self._probe_timeout:g} s"
+        # Down now (not when the abort completes), and no second "connection lost" line.
+        self._set_down()
+        client.abort()
+
+    def _forget_probe(self) -> None:
+        self._probe_session = None
+        if self._probe_late_call is not None and self._probe_late_call.active():
+            self._probe_late_call.cancel()
+        self._probe_late_call = None
 
     # -- bindings -------------------------------------------------------------
 

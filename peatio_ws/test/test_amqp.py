@@ -280,7 +280,14 @@ class Harness:
     """An EventConsumer on a memory reactor, with its real registry and metrics."""
 
     def __init__(self, test: SynchronousTestCase, **settings: Any) -> None:
-        defaults: dict[str, Any] = {"rabbitmq_heartbeat": 0, "rabbitmq_events_exchange": "peatio.events.test"}
+        defaults: dict[str, Any] = {
+            "rabbitmq_heartbeat": 0,
+            "rabbitmq_events_exchange": "peatio.events.test",
+            # Most tests let time pass without pumping the fake broker, which
+            # the health probe would (rightly) take for a silent broker:
+            # ProbeTests set a real interval.
+            "health_probe_interval": 3600.0,
+        }
         defaults.update(settings)
         self.test = test
         self.settings = Settings(**defaults)
@@ -652,7 +659,8 @@ class BindingTests(SynchronousTestCase):
         broker.pump()
         self.assertEqual(bind_keys(broker), [b"private.ID1.*"])
         self.assertEqual(bind_keys(broker, "queue.unbind"), [])
-        self.assertEqual(h.reactor.getDelayedCalls(), [])
+        # Nothing pending but the health probe's next tick.
+        self.assertEqual(h.reactor.getDelayedCalls(), [h.consumer._prober.call])
 
     def test_zero_delay(self) -> None:
         """With no delay the unbind happens on the next turn of the reactor."""
@@ -733,6 +741,146 @@ class BindingTests(SynchronousTestCase):
         self.assertEqual(h.consumer.bound, {"ID1", "ID3"})
         self.assertEqual(broker2.named("queue.declare")[0]["queue"], h.consumer.queue_name)
         self.assertEqual(h.value("peatio_ws_rabbitmq_connects_total"), 2)
+
+
+class ProbeTests(SynchronousTestCase):
+    """
+    The health probe: a passive declare of our queue on HEALTH_CHANNEL
+    every HEALTH_PROBE_INTERVAL, one at a time; unanswered for
+    HEALTH_PROBE_TIMEOUT, the connection is reported down and dropped.
+    """
+
+    def setUp(self) -> None:
+        self.h = Harness(self, health_probe_interval=2.0, health_probe_timeout=5.0)
+        self.h.join("ID1")
+        self.broker = self.consuming()
+
+    def consuming(self) -> FakeBroker:
+        """Answer the next connection attempt (starting the consumer first if needed); record channels."""
+        if not self.h.consumer.running:
+            self.h.start()
+        broker = self.h.connect()
+        #: (channel, method) of everything the client sends from now on.
+        self.channels: list[tuple[int, str]] = []
+        answer = broker.answer
+
+        def recording(channel: int, name: str, fields: dict[str, Any]) -> None:
+            self.channels.append((channel, name))
+            answer(channel, name, fields)
+
+        broker.answer = recording  # type: ignore[method-assign]
+        self.assertTrue(self.h.consumer.up)
+        return broker
+
+    def tick(self, seconds: float = 2.0) -> None:
+        """Let C{seconds} pass with the broker answering what it is not told to hold."""
+        self.h.reactor.advance(seconds)
+        self.broker.pump()
+
+    def probes(self) -> list[dict[str, Any]]:
+        return [f for f in self.broker.named("queue.declare") if f["passive"]]
+
+    def test_round_trip(self) -> None:
+        """A passive declare of our own queue, on a channel of its own opened once per connection."""
+        for _ in range(3):
+            self.tick()
+        self.assertEqual([p["queue"] for p in self.probes()], [self.h.consumer.queue_name] * 3)
+        self.assertEqual(self.channels.count((3, "channel.open")), 1)
+        self.assertEqual({c for c, n in self.channels if n in ("queue.declare", "channel.open")}, {3})
+        self.assertTrue(self.h.consumer.up)
+        self.assertEqual(self.h.value("peatio_ws_rabbitmq_up"), 1)
+
+    def test_outstanding_within_timeout_is_up(self) -> None:
+        """A probe out for less than the timeout changes nothing, and events keep flowing meanwhile."""
+        self.broker.hold.add("queue.declare")
+        self.tick()
+        self.assertEqual(len(self.probes()), 1)
+        self.h.reactor.advance(5.0 - 0.001)
+        tag = self.broker.deliver("private.ID1.order", "{}")
+        self.broker.pump()
+        self.assertEqual(self.broker.acks[-1], (tag, True))
+        self.assertTrue(self.h.consumer.up)
+        self.assertFalse(self.broker.transport.disconnecting)
+
+    def test_one_outstanding_at_most(self) -> None:
+        """No probe piles up behind an unanswered one; the next goes out a tick after the answer."""
+        self.broker.hold.add("queue.declare")
+        self.tick()
+        self.tick()
+        self.tick(0.9)
+        self.assertEqual(len(self.probes()), 1)
+        self.broker.release()
+        self.broker.pump()
+        self.tick()
+        self.assertEqual(len(self.probes()), 2)
+        self.assertTrue(self.h.consumer.up)
+
+    def test_overdue_drops_and_reconnects(self) -> None:
+        """
+        Unanswered for the timeout: down at once (gauge 0), one warning, the
+        connection aborted; the reconnect starts and brings it up again.
+        """
+        self.broker.hold.add("queue.declare")
+        self.tick()
+        self.h.reactor.advance(5.0)
+        self.assertFalse(self.h.consumer.up)
+        self.assertEqual(self.h.value("peatio_ws_rabbitmq_up"), 0)
+        self.assertTrue(self.broker.transport.aborted)
+        self.broker.pump()
+        self.assertEqual(len(self.h.logged("did not answer a health probe within 5 s")), 1)
+        self.assertEqual(self.h.logged("connection lost"), [])
+        self.h.reactor.advance(2)
+        self.broker = self.consuming()
+        self.assertEqual(self.h.value("peatio_ws_rabbitmq_up"), 1)
+        self.assertEqual(self.h.value("peatio_ws_rabbitmq_connects_total"), 2)
+        # The new connection is probed afresh (its own channel).
+        self.tick()
+        self.assertEqual(self.channels, [(3, "channel.open"), (3, "queue.declare")])
+
+    def test_answer_read_after_a_pause_counts(self) -> None:
+        """
+        An answer read in the reactor turn after the deadline (this process
+        was paused; timers run before reads) still counts: no reconnect.
+        """
+        self.broker.hold.add("queue.declare")
+        self.tick()
+        session = self.h.consumer._session
+        assert session is not None
+        self.h.consumer._probe_late(session)
+        self.broker.release()
+        self.broker.pump()
+        self.h.reactor.advance(0)
+        self.assertTrue(self.h.consumer.up)
+        self.assertFalse(self.broker.transport.disconnecting)
+
+    def test_not_while_down(self) -> None:
+        """No probe is sent while not consuming; a probe out when the connection drops is forgotten."""
+        self.broker.hold.add("queue.declare")
+        self.tick()
+        self.broker.drop()
+        self.assertFalse(self.h.consumer.up)
+        self.assertEqual(len(self.h.logged("connection lost")), 1)
+        self.h.reactor.advance(5.0)
+        self.assertEqual(self.h.logged("did not answer a health probe"), [])
+
+    def test_queue_gone_reconnects(self) -> None:
+        """Our queue gone (the broker closes the probe channel with 404): reconnect, which declares it."""
+        self.broker.fail["queue.declare"] = (404, "NOT_FOUND - no queue")
+        self.tick()
+        self.assertTrue(self.broker.transport.aborted)
+        self.assertFalse(self.h.consumer.up)
+        self.assertEqual(len(self.h.logged("closed our channel")), 1)
+
+    def test_stop_with_probe_out(self) -> None:
+        """Stopping with a probe out ends cleanly and leaves no timer behind."""
+        self.broker.hold.add("queue.declare")
+        self.tick()
+        d = self.h.consumer.stopService()
+        self.broker.release()
+        self.broker.pump()
+        self.successResultOf(d)
+        self.assertEqual(self.h.reactor.getDelayedCalls(), [])
+        self.assertEqual(self.h.logged("did not answer a health probe"), [])
 
 
 class DeliveryTests(SynchronousTestCase):
