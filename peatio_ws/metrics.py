@@ -65,7 +65,12 @@ class Metrics:
         self.slow_consumer_closes = Counter(
             "peatio_ws_slow_consumer_closes", "Connections closed (4008) for not keeping up", registry=r
         )
-        self.broker_up = Gauge("peatio_ws_rabbitmq_up", "1 when connected to RabbitMQ and consuming", registry=r)
+        self.broker_up = Gauge(
+            "peatio_ws_rabbitmq_up",
+            "1 when connected to RabbitMQ, consuming, and answering (a probe unanswered for HEALTH_PROBE_TIMEOUT "
+            "drops the connection)",
+            registry=r,
+        )
         self.broker_reconnects = Counter(
             "peatio_ws_rabbitmq_connects", "Successful RabbitMQ (re)connections", registry=r
         )
@@ -76,7 +81,11 @@ class Metrics:
             registry=r,
         )
         self.bindings = Gauge("peatio_ws_rabbitmq_bindings", "Member bindings on this process's queue", registry=r)
-        self.redis_up = Gauge("peatio_ws_redis_up", "1 when connected to Redis", registry=r)
+        self.redis_up = Gauge(
+            "peatio_ws_redis_up",
+            "1 when connected to Redis and answering (0 once a PING is unanswered for HEALTH_PROBE_TIMEOUT)",
+            registry=r,
+        )
         self.revocations = Counter(
             "peatio_ws_revocations", "Live sessions ended by revocation, by what named them", ["by"], registry=r
         )

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from peatio_ws import logs
 from peatio_ws.auth import TokenVerifier
 from peatio_ws.config import Settings
-from peatio_ws.http import monitoring_site
+from peatio_ws.http import HealthCheck, monitoring_site
 from peatio_ws.listen import bound_port, listen_description, listener_service
 from peatio_ws.metrics import Metrics
 from peatio_ws.protocol import StreamFactory
@@ -66,6 +66,20 @@ def _port_number(service: IService, configured: int) -> int:
     address = port.getHost() if port is not None else None
     number = getattr(address, "port", None)
     return number if isinstance(number, int) else configured
+
+
+def _state(component: Callable[[], Any]) -> HealthCheck:
+    """
+    A component's C{health} word ("up", "stalled", ...) when it has one,
+    so /health can say more than "down"; else its C{up} (test doubles).
+    """
+
+    def check() -> bool | str:
+        part = component()
+        health = getattr(part, "health", None)
+        return health if isinstance(health, str) else bool(part.up)
+
+    return check
 
 
 class StartupError(SystemExit):
@@ -153,12 +167,12 @@ class Daemon(MultiService):
         for child in (self.monitoring, self.revocation, self.consumer, self.listener):
             child.setServiceParent(self)
 
-    def health_checks(self) -> dict[str, Callable[[], bool]]:
-        """What /health reports, each a callable returning True when up."""
+    def health_checks(self) -> dict[str, HealthCheck]:
+        """What /health reports, each a callable returning True when up (or a word, see L{_state})."""
         return {
             "listener": lambda: self.listening,
-            "rabbitmq": lambda: bool(self.consumer.up),
-            "redis": lambda: bool(self.revocation.up),
+            "rabbitmq": _state(lambda: self.consumer),
+            "redis": _state(lambda: self.revocation),
         }
 
     # -- start-up ------------------------------------------------------------------

@@ -214,6 +214,15 @@ class StartTests(DaemonTestCase):
         self.children["redis"].up = False
         self.assertEqual(health.states(), {"listener": "up", "rabbitmq": "up", "redis": "down"})
 
+    def test_health_checks_name_state(self) -> None:
+        """A component with a C{health} word (Redis: "stalled") is reported by it."""
+        health = HealthResource(self.daemon.health_checks())
+        self.start()
+        self.children["redis"].health = "stalled"  # type: ignore[attr-defined]
+        self.assertEqual(health.states(), {"listener": "up", "rabbitmq": "up", "redis": "stalled"})
+        self.children["redis"].health = "up"  # type: ignore[attr-defined]
+        self.assertEqual(health.states()["redis"], "up")
+
     def test_watchdog(self) -> None:
         """With WATCHDOG_USEC, WATCHDOG=1 goes out every half period from the reactor, until stopped."""
         self.notifier.watchdog_interval = 15.0
