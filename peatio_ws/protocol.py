@@ -4,10 +4,12 @@ The client-facing WebSocket protocol (SPEC §3).
 
 One L{StreamProtocol} per connection: challenge on open, C{{"jwt": "Bearer …"}}
 authentication with exactly the documented replies, token expiry, the auth
-timeout, C{ping}/C{pong}, and back-pressure on event delivery. Events are not
-sent through Autobahn's C{sendMessage}: the registry frames each event once and
-L{StreamProtocol.send_frame} writes the ready frame, which also keeps the
-inbound message limit from applying to outbound events.
+timeout, C{ping}/C{pong}, back-pressure on event delivery, and the bounds on
+what a client may send (request head, handshake time, frames per message, an
+inbound rate budget). Nothing is sent through Autobahn's C{sendMessage}: the
+registry frames each event once and L{StreamProtocol.send_frame} writes the
+ready frame; the challenge and replies are framed the same way. That also
+keeps the inbound message limit from applying to what the server sends.
 
 Time comes from the factory's injected clock, so every timer is testable with
 L{twisted.internet.task.Clock}.
@@ -18,12 +20,14 @@ from __future__ import annotations
 import base64
 import fnmatch
 import json
+import math
 import os
 from collections.abc import Iterable
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
+import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -36,13 +40,14 @@ from zope.interface import implementer
 
 from peatio_ws.auth import AuthError, Claims, TokenVerifier
 from peatio_ws.config import Settings
+from peatio_ws.framing import text_frame
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 
 if TYPE_CHECKING:
     from peatio_ws.redis import RevocationService
 
-__all__ = ["CloseCode", "Reply", "StreamFactory", "StreamProtocol", "normalize_origin"]
+__all__ = ["CloseCode", "Reply", "StreamFactory", "StreamProtocol", "normalize_origin", "parse_client_json"]
 
 # Not "log": Autobahn's protocol has its own self.log, and replacing it floods
 # the log with per-frame debug lines.
@@ -70,6 +75,7 @@ class CloseCode:
     """Close codes the server sends (SPEC §3.4)."""
 
     GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     TOKEN_EXPIRED = 4001
     AUTH_TIMEOUT = 4002
@@ -81,39 +87,34 @@ class CloseCode:
 #: Messages that may wait behind an authentication still checking Redis.
 _MAX_QUEUED_MESSAGES = 16
 
-#: Deepest JSON nesting a client message may have. Python's decoder recurses
-#: per level, so without a fixed bound whether a deep message parses would
-#: depend on how deep the call stack happens to be.
-MAX_JSON_DEPTH = 256
+#: Deepest JSON nesting a client message may have: orjson's own fixed bound.
+#: Client messages are parsed in C without recursion, so no Python-level depth
+#: scan is needed and whether a deep message parses never depends on the stack.
+MAX_JSON_DEPTH = 1024
 
 
-def json_too_deep(payload: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+def parse_client_json(payload: bytes) -> Any:
     """
-    Whether C{payload} nests arrays/objects more than C{limit} deep (outside
-    strings). Cheap for ordinary messages: the scan only runs when there are
-    more brackets than the limit at all.
+    A client message as strict JSON (RFC 8259: no NaN or Infinity, no number
+    that overflows a double, no lone surrogate, at most L{MAX_JSON_DEPTH}
+    levels), or raise C{ValueError}.
     """
-    if payload.count(b"[") + payload.count(b"{") <= limit:
-        return False
-    depth = 0
-    in_string = escaped = False
-    for byte in payload:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > limit:
-                return True
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return False
+    return orjson.loads(payload)
+
+
+#: Largest upgrade request head (request line and headers) a client may send.
+#: Browsers send well under 2 KiB; nginx's default limit is 8 KiB per line.
+#: Larger: HTTP 431 and closed.
+MAX_REQUEST_HEAD = 16384
+#: Frames one client message may be split into, and how many of them may be
+#: empty and not final. Every frame costs a buffer entry and a Python call
+#: whatever its length, so the byte limit alone does not bound a message made
+#: of many small or empty frames. Browsers send each message in one frame.
+MAX_FRAMES_PER_MESSAGE = 64
+MAX_EMPTY_FRAGMENTS = 4
+#: A frame header is at most 14 bytes: the bytes budget's burst allows two
+#: of the largest messages with their headers on top of a request head.
+_FRAME_OVERHEAD = 14
 
 #: Connections pinged at a time. Pinging 15,000 connections at once took 70
 #: to 135 ms just to write the pings, then their sends and the 15,000 pongs
@@ -162,6 +163,20 @@ class StreamProtocol(WebSocketServerProtocol):
     conn_id = "-"
     claims: Claims | None = None
     _socket: Any = None
+    # Class-level defaults, written per connection only when they change:
+    # each instance attribute costs memory on every idle connection.
+    #: How far the upgrade request has been searched for its end.
+    _head_scanned = 0
+    #: Frames (and empty non-final frames) of the message being received.
+    _message_frames = 0
+    _empty_fragments = 0
+    #: Token buckets of the inbound budget: tokens left and when last filled.
+    _frame_tokens = math.inf
+    _frames_at = 0.0
+    _byte_tokens = math.inf
+    _bytes_at = 0.0
+    #: Set once the server refused what the client sent: read no more.
+    _muted = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -189,20 +204,142 @@ class StreamProtocol(WebSocketServerProtocol):
         self.transport.registerProducer(self, True)
         # Plain TCP (not TLS): events may go straight to the socket (send_frame).
         self._socket = self.transport.socket if isinstance(self.transport, tcp.Connection) else None
+        # Admitted from the first byte, not once the upgrade request is read:
+        # sockets still in their handshake count against the per-address and
+        # the global limits, and the handshake deadline starts now.
+        refusal = self.factory.admit(self)
+        if refusal is None:
+            self._counted = True
+        else:
+            self.refuse(503, "Service Unavailable", refusal)
+
+    def refuse(self, code: int, text: str, reason: str) -> None:
+        """Answer the upgrade request with HTTP C{code} and close; read nothing more."""
+        self.factory.metrics.rejected.labels(reason=reason).inc()
+        _log.info("refused {peer}: {reason}", peer=self.peer, reason=reason)
+        self._mute()
+        self.failHandshake(text, code)
+
+    def _mute(self) -> None:
+        """Stop reading from this client: nothing it sends from now on is looked at."""
+        self._muted = True
+        self.data = b""
+        transport = self.transport
+        if transport is not None and not transport.disconnecting:
+            transport.pauseProducing()
 
     def onConnect(self, request: ConnectionRequest) -> None:
-        """Check the Origin and the per-address limit before the upgrade."""
+        """Check the Origin before the upgrade."""
         factory = self.factory
         origin = request.headers.get("origin")
         if factory.allowed_origins and origin is not None and not factory.origin_allowed(origin):
             factory.metrics.rejected.labels(reason="origin").inc()
             _log.info("refused {peer}: origin {origin!r} not allowed", peer=self.peer, origin=origin[:200])
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
-        if not factory.admit(self._client_ip):
-            factory.metrics.rejected.labels(reason="per_ip_limit").inc()
-            _log.info("refused {peer}: too many connections from {ip}", peer=self.peer, ip=self._client_ip)
-            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "Too many connections from this address")
-        self._counted = True
+
+    # -- what the client sends, bounded before Autobahn buffers or parses it ----------
+
+    def _dataReceived(self, data: bytes) -> None:
+        if self._muted:
+            return
+        if not self._spend_bytes(len(data)):
+            return
+        super()._dataReceived(data)
+
+    def processHandshake(self) -> None:
+        """
+        Look for the end of the upgrade request in the bytes not searched
+        yet only, and refuse a request head over L{MAX_REQUEST_HEAD}.
+        """
+        data = self.data
+        scanned = self._head_scanned
+        end = data.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
+        if end < 0:
+            if len(data) > MAX_REQUEST_HEAD:
+                self.factory.metrics.inbound_limited.labels(limit="request_head").inc()
+                self.refuse(431, "Request Header Fields Too Large", "request_head_too_large")
+            else:
+                self._head_scanned = len(data)
+            return
+        if end + 4 > MAX_REQUEST_HEAD:
+            self.factory.metrics.inbound_limited.labels(limit="request_head").inc()
+            self.refuse(431, "Request Header Fields Too Large", "request_head_too_large")
+            return
+        super().processHandshake()
+
+    def onFrameBegin(self) -> None:
+        # Autobahn's frame state is set up first either way, so that the rest
+        # of a refused frame is skipped the usual way (failedByMe).
+        super().onFrameBegin()
+        if not self.failedByMe:
+            self._spend_frame()
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._message_frames = self._empty_fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)
+        if self.failedByMe:
+            return
+        self._message_frames += 1
+        if length == 0 and not self.current_frame.fin:
+            self._empty_fragments += 1
+        if self._message_frames > MAX_FRAMES_PER_MESSAGE or self._empty_fragments > MAX_EMPTY_FRAGMENTS:
+            self._over_budget("message_frames", "Too many frames in one message")
+
+    def _spend_frame(self) -> bool:
+        """Take one frame from the frame budget; False (and closing 1008) when it is spent."""
+        rate = self.factory.settings.websocket_inbound_frames_per_second
+        if rate <= 0:
+            return True
+        now = self.factory.clock.seconds()
+        tokens = min(2.0 * rate, self._frame_tokens + (now - self._frames_at) * rate) - 1
+        self._frame_tokens = tokens
+        self._frames_at = now
+        if tokens < 0:
+            self._over_budget("frames", "Too many messages")
+            return False
+        return True
+
+    def _spend_bytes(self, size: int) -> bool:
+        """Take C{size} bytes from the byte budget; False (and closing 1008) when it is spent."""
+        factory = self.factory
+        rate = factory.settings.websocket_inbound_bytes_per_second
+        if rate <= 0:
+            return True
+        now = factory.clock.seconds()
+        tokens = min(factory.byte_burst, self._byte_tokens + (now - self._bytes_at) * rate) - size
+        self._byte_tokens = tokens
+        self._bytes_at = now
+        if tokens < 0:
+            self._over_budget("bytes", "Too much data")
+            return False
+        return True
+
+    def _over_budget(self, limit: str, reason: str) -> None:
+        """Close 1008 for what the client sent, and stop reading from it."""
+        factory = self.factory
+        factory.metrics.inbound_limited.labels(limit=limit).inc()
+        claims = self.claims
+        _log.info(
+            "connection {conn_id} from {peer}{uid}: {reason}; closing",
+            conn_id=self.conn_id,
+            peer=self.peer,
+            uid=f" of {claims.uid}" if claims is not None else "",
+            reason=reason,
+        )
+        if self.state == _STATE_OPEN:
+            self._close_reason = f"{CloseCode.POLICY_VIOLATION} {reason}"
+            factory.metrics.closes.labels(reason=str(CloseCode.POLICY_VIOLATION)).inc()
+            self._stop_events()
+            self._fail_connection(CloseCode.POLICY_VIOLATION, reason)
+            self._mute()
+        elif self.state == WebSocketProtocol.STATE_CONNECTING:
+            self._mute()
+            self.dropConnection(abort=True)
+        else:
+            self._mute()
 
     def onOpen(self) -> None:
         factory = self.factory
@@ -212,9 +349,10 @@ class StreamProtocol(WebSocketServerProtocol):
         self.http_request_data = b""
         self.http_response_data = ""
         self.http_headers = {}
+        factory.handshake_done(self)
         factory.connection_opened(self)
         self.challenge = new_challenge()
-        self.sendMessage(json.dumps({"challenge": self.challenge}).encode("ascii"))
+        self._write(text_frame(json.dumps({"challenge": self.challenge}).encode("ascii")))
         self._start_auth_timer()
         _log.info("connection {conn_id} opened from {peer}", conn_id=self.conn_id, peer=self.peer)
 
@@ -234,6 +372,7 @@ class StreamProtocol(WebSocketServerProtocol):
         self._auth_timer = self._expiry_timer = None
         self._queued.clear()
         factory = self.factory
+        factory.handshake_done(self)
         if self.claims is not None:
             factory.registry.deauthenticate(self)
             self.claims = None
@@ -259,7 +398,7 @@ class StreamProtocol(WebSocketServerProtocol):
         self._close_reason = f"{code} {reason}"
         self.factory.metrics.closes.labels(reason=str(code)).inc()
         if reply is not None:
-            self.sendMessage(reply)
+            self._write(text_frame(reply))
         self._stop_events()
         self.sendClose(code, reason)
 
@@ -333,7 +472,9 @@ class StreamProtocol(WebSocketServerProtocol):
         # A reply is unsent data like an event: a client that sends but never
         # reads must not make the server buffer replies without bound.
         if self.state == _STATE_OPEN and self._room_for(len(message) + 4):
-            self.sendMessage(message)
+            # Framed here, not by sendMessage: Autobahn applies the inbound
+            # message limit to what it sends too.
+            self._write(text_frame(message))
 
     def onPing(self, payload: bytes) -> None:
         # Autobahn answers every client ping with a pong: held like any other write.
@@ -348,12 +489,9 @@ class StreamProtocol(WebSocketServerProtocol):
         if payload == b"ping":
             self._reply(b"pong")
             return None
-        if json_too_deep(payload):
-            self._reply(Reply.HANDLING_ERROR)
-            return None
         try:
-            message = json.loads(payload)
-        except (ValueError, RecursionError):
+            message = parse_client_json(payload)
+        except ValueError:
             self._reply(Reply.HANDLING_ERROR)
             return None
         if not isinstance(message, dict) or "jwt" not in message:
@@ -482,6 +620,11 @@ class StreamProtocol(WebSocketServerProtocol):
                 self.close_with(CloseCode.SLOW_CONSUMER, "Too slow")
                 return False
             self._written_while_paused += len(frame)
+        self._write(frame)
+        return True
+
+    def _write(self, frame: bytes) -> None:
+        """Write a ready frame: straight to the socket when Twisted holds nothing for it."""
         transport = self.transport
         sock = self._socket
         if (
@@ -502,10 +645,9 @@ class StreamProtocol(WebSocketServerProtocol):
             except OSError:
                 sent = 0  # would block, or broken: transport.write finds out and closes
             if sent == len(frame):
-                return True
+                return
             frame = frame[sent:]
         transport.write(frame)
-        return True
 
     def send_frames(self, frames: list[bytes]) -> bool:
         """Write several ready event frames, in order, in one write (see L{Registry.end_batch})."""
@@ -591,6 +733,17 @@ class StreamFactory(WebSocketServerFactory):
         self.allowed_origins = tuple(p for p in patterns if p)
         self.connections: set[StreamProtocol] = set()
         self._per_ip: dict[str, int] = {}
+        #: Sockets whose upgrade request is not complete, with their deadlines, oldest first.
+        self._handshaking: dict[StreamProtocol, float] = {}
+        self._handshake_call: IDelayedCall | None = None
+        #: The inbound byte budget's burst: two seconds' worth, and at least a
+        #: request head and two of the largest messages.
+        self.byte_burst = float(
+            max(
+                2 * settings.websocket_inbound_bytes_per_second,
+                MAX_REQUEST_HEAD + 2 * (settings.websocket_max_message_size + _FRAME_OVERHEAD),
+            )
+        )
         self._next_id = 0
         self._ping_call: IDelayedCall | None = None
         # One call: setProtocolOptions resets options it is not given.
@@ -603,7 +756,9 @@ class StreamFactory(WebSocketServerFactory):
             failByDrop=False,
             # Autobahn's timer rounds down: 1 s often drops the close frame.
             closeHandshakeTimeout=settings.websocket_close_timeout if handshake_timeouts else 0,
-            openHandshakeTimeout=10 if handshake_timeouts else 0,
+            # The handshake deadline is ours (WEBSOCKET_HANDSHAKE_TIMEOUT, on
+            # the injected clock, one timer for all sockets).
+            openHandshakeTimeout=0,
             autoPingInterval=0,
             tcpNoDelay=True,
             allowedOrigins=["*"],
@@ -653,14 +808,27 @@ class StreamFactory(WebSocketServerFactory):
             return False
         return any(fnmatch.fnmatchcase(normalized, pattern) for pattern in self.allowed_origins)
 
-    def admit(self, ip: str) -> bool:
-        """Count a connection from C{ip}; False when over the per-address limit."""
-        limit = self.settings.websocket_max_connections_per_ip
+    def admit(self, proto: StreamProtocol) -> str | None:
+        """
+        Count a new socket against the limits: None when admitted (it is
+        counted for its address and its handshake deadline runs), else the
+        reason it is refused.
+        """
+        settings = self.settings
+        cap = settings.websocket_max_handshakes
+        if cap > 0 and len(self._handshaking) >= cap:
+            return "handshake_limit"
+        ip = proto._client_ip
+        limit = settings.websocket_max_connections_per_ip
         count = self._per_ip.get(ip, 0)
         if limit > 0 and count >= limit:
-            return False
+            return "per_ip_limit"
         self._per_ip[ip] = count + 1
-        return True
+        self._handshaking[proto] = self.clock.seconds() + settings.websocket_handshake_timeout
+        self.metrics.handshakes.set(len(self._handshaking))
+        if self._handshake_call is None:
+            self._handshake_call = self.clock.callLater(settings.websocket_handshake_timeout, self._handshake_sweep)
+        return None
 
     def release(self, ip: str) -> None:
         count = self._per_ip.get(ip, 0) - 1
@@ -668,6 +836,42 @@ class StreamFactory(WebSocketServerFactory):
             self._per_ip[ip] = count
         else:
             self._per_ip.pop(ip, None)
+
+    def handshake_done(self, proto: StreamProtocol) -> None:
+        """C{proto} finished its handshake, or is gone: its deadline no longer applies."""
+        handshaking = self._handshaking
+        if handshaking.pop(proto, None) is not None:
+            self.metrics.handshakes.set(len(handshaking))
+            call = self._handshake_call
+            if not handshaking and call is not None:
+                # No socket left to watch: no timer either.
+                call.cancel()
+                self._handshake_call = None
+
+    def _handshake_sweep(self) -> None:
+        """
+        Drop the sockets past their handshake deadline. Deadlines are made in
+        order with one timeout, so the oldest come first and the sweep stops
+        at the first one still in time.
+        """
+        self._handshake_call = None
+        now = self.clock.seconds()
+        expired = []
+        next_deadline = None
+        for proto, deadline in self._handshaking.items():
+            if deadline > now:
+                next_deadline = deadline
+                break
+            expired.append(proto)
+        for proto in expired:
+            self._handshaking.pop(proto, None)
+            self.metrics.inbound_limited.labels(limit="handshake_timeout").inc()
+            _log.info("connection from {peer} did not finish its handshake in time; dropping", peer=proto.peer)
+            proto._mute()
+            proto.dropConnection(abort=True)
+        self.metrics.handshakes.set(len(self._handshaking))
+        if next_deadline is not None:
+            self._handshake_call = self.clock.callLater(next_deadline - now, self._handshake_sweep)
 
     def connection_opened(self, proto: StreamProtocol) -> None:
         self.connections.add(proto)
@@ -726,6 +930,12 @@ class StreamFactory(WebSocketServerFactory):
         the close handshake timeout, after which Autobahn drops them).
         """
         self.stop_pinging()
+        if self._handshake_call is not None and self._handshake_call.active():
+            self._handshake_call.cancel()
+        self._handshake_call = None
+        for proto in tuple(self._handshaking):
+            self.handshake_done(proto)
+            proto.dropConnection(abort=True)
         waiting: list[Deferred[Any]] = []
         for proto in tuple(self.connections):
             waiting.append(proto.is_closed)

@@ -21,9 +21,11 @@ import hashlib
 import hmac
 import itertools
 import json
+import math
 import os
+import re
 import struct
-from typing import Any
+from typing import Any, ClassVar
 
 import jwt
 from cryptography.hazmat.primitives import hashes, serialization
@@ -39,7 +41,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from peatio_ws.amqp import parse_routing_key
 from peatio_ws.auth import AuthError, TokenVerifier
 from peatio_ws.metrics import Metrics
-from peatio_ws.protocol import Reply, StreamFactory, json_too_deep
+from peatio_ws.protocol import Reply, StreamFactory
 from peatio_ws.registry import Registry
 from peatio_ws.test.test_amqp import FakeBroker, Harness
 from peatio_ws.test.wsclient import Client, Frame, client_frame
@@ -88,16 +90,77 @@ MAX_MESSAGE = 16384
 VICTIM = "IDVICTIM0001"
 
 
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def _nesting(payload: bytes) -> int:
+    """How deep arrays and objects nest in C{payload}, strings taken out first (a reference, not the server's code)."""
+    depth = deepest = 0
+    for char in _STRING.sub(b'""', payload):
+        if char in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in b"]}":
+            depth -= 1
+    return deepest
+
+
+def _number(text: str) -> float | int:
+    """A JSON number as a strict parser must take it: integers past 64 bits become doubles; no infinity."""
+    value: float | int
+    if "." in text or "e" in text or "E" in text or not -(2**63) <= int(text) < 2**64:
+        value = float(text)
+    else:
+        value = int(text)
+    if isinstance(value, float) and math.isinf(value):
+        raise ValueError("number overflows a double")
+    return value
+
+
+def _no_lone_surrogates(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if any(0xD800 <= ord(c) <= 0xDFFF for c in item):
+                raise ValueError("lone surrogate")
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def strict_json(payload: bytes) -> Any:
+    """
+    The reference model of what the server accepts as a client message:
+    RFC 8259 JSON with no NaN/Infinity, no number overflowing a double, no
+    lone surrogate, at most 1024 levels deep, no byte order mark.
+    """
+    if _nesting(payload) > 1024 or payload.startswith(b"\xef\xbb\xbf"):
+        raise ValueError("too deep, or a byte order mark")
+
+    def constant(name: str) -> Any:
+        raise ValueError(name)
+
+    value = json.loads(
+        payload.decode("utf-8"),
+        parse_constant=constant,
+        parse_int=_number,
+        parse_float=_number,
+    )
+    _no_lone_surrogates(value)
+    return value
+
+
 def expected_reply(payload: bytes, binary: bool) -> bytes:
     """SPEC §3.2's reply for one client message, when it carries no valid token."""
     if binary:
         return Reply.HANDLING_ERROR
     if payload == b"ping":
         return b"pong"
-    if json_too_deep(payload):
-        return Reply.HANDLING_ERROR
     try:
-        message = json.loads(payload)
+        message = strict_json(payload)
     except (ValueError, RecursionError):
         return Reply.HANDLING_ERROR
     if not isinstance(message, dict) or "jwt" not in message:
@@ -381,8 +444,15 @@ class RequestFloodTests(_FuzzCase):
     bought about 40 bytes of server memory for a reply nobody reads.
     """
 
+    #: The inbound rate budget would close these floods with 1008 first; here
+    #: it is off, to see the bound on what is written for a client.
+    UNMETERED: ClassVar[dict[str, Any]] = {
+        "websocket_inbound_frames_per_second": 0,
+        "websocket_inbound_bytes_per_second": 0,
+    }
+
     def flood(self, frame: bytes, **overrides: Any) -> tuple[int, Client, _Room]:
-        room = _Room(self, websocket_max_buffer=65536, **overrides)
+        room = _Room(self, websocket_max_buffer=65536, **self.UNMETERED, **overrides)
         client = room.connect()
         # What the TCP transport does when its write buffer is full.
         client.protocol.pauseProducing()
@@ -413,7 +483,7 @@ class RequestFloodTests(_FuzzCase):
     def test_resumed_in_time(self) -> None:
         """A client that reads again before the limit (the transport resumes us) is not cut off."""
         self.count()
-        room = _Room(self, websocket_max_buffer=65536)
+        room = _Room(self, websocket_max_buffer=65536, **self.UNMETERED)
         client = room.connect()
         for _ in range(10):
             client.protocol.pauseProducing()
@@ -662,7 +732,10 @@ class TokenFuzzTests(_FuzzCase):
         self.count()
         room = _Room(self)
         client = room.connect()
-        client.send_json({"jwt": "Bearer " + "A" * 1_000_000})
+        frame = client_frame(json.dumps({"jwt": "Bearer " + "A" * 1_000_000}).encode())
+        # As TCP hands it over: at most 64 KiB per read.
+        for start in range(0, len(frame), 65536):
+            client.protocol.dataReceived(frame[start : start + 65536])
         self.assertEqual(close_codes(client.received()), [1009])
         self.assertEqual(
             room.metrics.registry.get_sample_value("peatio_ws_authentications_total", {"result": "failure",
@@ -748,8 +821,9 @@ class HostileUidTests(_FuzzCase):
 
     def test_wildcard_uids_get_nothing_of_others(self) -> None:
         """
-        Each hostile uid authenticates (the token is genuine) but receives
-        only events published for that exact uid.
+        A hostile uid that cannot be a routing key (wildcards, dots) fails to
+        authenticate although the token is genuine (bad_uid); the others
+        authenticate and receive only events published for that exact uid.
         """
         self.count()
         harness = Harness(self, rabbitmq_unbind_delay=0.0)
@@ -760,11 +834,19 @@ class HostileUidTests(_FuzzCase):
         for uid in self.UIDS:
             client = room.connect()
             client.send_json({"jwt": "Bearer " + make_token(uid=uid, now=NOW)})
-            self.assertEqual(text_payloads(client.received()), [Reply.AUTHENTICATED], uid)
+            # The reference rule: a routing-key word has none of . * #
+            bindable = not any(c in uid for c in ".*#")
+            expected = Reply.AUTHENTICATED if bindable else Reply.AUTH_FAILED
+            self.assertEqual(text_payloads(client.received()), [expected], uid)
             hostile[uid] = client
+        self.assertEqual(
+            room.metrics.registry.get_sample_value(
+                "peatio_ws_authentications_total", {"result": "failure", "reason": "bad_uid"}
+            ),
+            7,
+        )
         broker.pump()
         bound = {k.decode() for k in _bind_keys(broker)}
-        # Only routing-key-safe uids are bound (wildcards and dots never are).
         self.assertEqual(bound, {f"private.{VICTIM}.*", "private.private.*", f"private.{VICTIM.lower()}.*",
                                  f"private.{VICTIM} .*"})
         # Whatever reaches the queue (a catch-all binding, a hostile producer), events go to their exact uid only.
@@ -773,10 +855,7 @@ class HostileUidTests(_FuzzCase):
             broker.deliver(key.encode(), b'{"secret":"' + key.encode() + b'"}')
         broker.pump()
         got = {uid: [f.payload for f in c.received() if f.opcode == 1] for uid, c in hostile.items()}
-        self.assertEqual(got["*"], [b'{"order":{"secret":"private.*.order"}}'])
-        self.assertEqual(got["#"], [b'{"order":{"secret":"private.#.order"}}'])
-        self.assertEqual(got["ID*"], [b'{"order":{"secret":"private.ID*.order"}}'])
-        for uid in self.UIDS[3:]:
+        for uid in self.UIDS:
             self.assertEqual(got[uid], [], uid)
         # The victim gets its own, including an event literally named "*" by a producer.
         self.assertEqual(

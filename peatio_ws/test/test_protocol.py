@@ -6,26 +6,32 @@ transport with a fake clock.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.auth import TokenVerifier
 from peatio_ws.metrics import Metrics
 from peatio_ws.protocol import (
+    MAX_EMPTY_FRAGMENTS,
+    MAX_FRAMES_PER_MESSAGE,
     MAX_JSON_DEPTH,
+    MAX_REQUEST_HEAD,
     PING_SLICE,
     PING_SLICE_GAP,
     CloseCode,
     StreamFactory,
-    json_too_deep,
     new_challenge,
     normalize_origin,
 )
 from peatio_ws.registry import Registry
-from peatio_ws.test.wsclient import Client
+from peatio_ws.test.wsclient import Client, client_frame
 from peatio_ws.testing import OMIT, MembershipRecorder, generate_rsa_key, make_token, settings_for_tests
 
 AUTHENTICATED = {"success": {"message": "Authenticated."}}
@@ -176,19 +182,33 @@ class AuthenticationTests(ProtocolTestCase):
         self.authenticate(client)
 
     def test_json_depth_bound(self) -> None:
-        """Nesting past MAX_JSON_DEPTH is refused the same way whatever the call stack's depth."""
+        """
+        Nesting past MAX_JSON_DEPTH (1024, the parser's own bound) is refused
+        the same way whatever the call stack's depth; brackets inside strings
+        do not count.
+        """
+        self.assertEqual(MAX_JSON_DEPTH, 1024)
         client = self.connect()
+        # '{"jwt":' is one level: MAX_JSON_DEPTH levels in all is the deepest accepted.
         deep = b'{"jwt":' + b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH + b"}"
         client.send(deep)
         self.assertEqual(client.messages(), [HANDLING])
-        within = b'{"jwt":' + b"[" * (MAX_JSON_DEPTH - 2) + b"]" * (MAX_JSON_DEPTH - 2) + b"}"
-        client.send(within)
+        at_limit = b'{"jwt":' + b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1) + b"}"
+        client.send(at_limit)
         self.assertEqual(client.messages(), [TOKEN_TYPE])
         brackets_in_string = json.dumps({"jwt": "Bearer " + "[{" * 2000}).encode()
         client.send(brackets_in_string)
         self.assertEqual(client.messages(), [AUTH_FAILED])
-        self.assertTrue(json_too_deep(b'["\\\\"' + b"[" * 300 + b"]"))
-        self.assertFalse(json_too_deep(b'["\\"' + b"[" * 300 + b'"]'))
+
+    def test_strict_json(self) -> None:
+        """What is not strict JSON (RFC 8259) is Error while handling message, even beside a jwt."""
+        client = self.connect()
+        for payload in (b'{"jwt":"Bearer x","n":NaN}', b'{"jwt":"Bearer x","n":Infinity}',
+                        b'{"jwt":"Bearer x","n":1e999}', b'{"jwt":"Bearer \\ud800"}', b'{"jwt":"Bearer x"} x'):
+            client.send(payload)
+            self.assertEqual(client.messages(), [HANDLING], payload)
+        client.send(b'{"jwt":"Bearer x","n":1e308}')
+        self.assertEqual(client.messages(), [AUTH_FAILED])
 
     def test_internal_failure(self) -> None:
         """An unexpected failure inside the server is reported as Error while handling message."""
@@ -601,3 +621,235 @@ class LifecycleTests(ProtocolTestCase):
         joined = sum(1 for e in self.observer.events if e[0] == "joined")
         left = sum(1 for e in self.observer.events if e[0] == "left")
         self.assertEqual(joined, left)
+
+
+UPGRADE_HEAD = (
+    b"GET / HTTP/1.1\r\nHost: localhost:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+def raw_connect(factory: StreamFactory, host: str = "127.0.0.1") -> tuple[Any, StringTransport]:
+    """A socket accepted by the server that has sent nothing yet."""
+    address = IPv4Address("TCP", host, 50000)
+    protocol = factory.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def fragment(payload: bytes, opcode: int, fin: bool) -> bytes:
+    """One masked client frame, final or not (opcode 0: continuation)."""
+    frame = client_frame(payload, opcode)
+    return bytes([(0x80 if fin else 0) | opcode]) + frame[1:]
+
+
+def status(transport: StringTransport) -> int:
+    return int(transport.value().split(b" ", 2)[1])
+
+
+class HostileInputTests(ProtocolTestCase):
+    """What one client can make the server hold or burn is bounded (issue 12)."""
+
+    def rejected(self, reason: str) -> float | None:
+        return self.metrics.registry.get_sample_value("peatio_ws_connections_rejected_total", {"reason": reason})
+
+    def limited(self, limit: str) -> float | None:
+        return self.metrics.registry.get_sample_value("peatio_ws_inbound_limited_total", {"limit": limit})
+
+    def test_request_head_at_limit(self) -> None:
+        """An upgrade request head of exactly MAX_REQUEST_HEAD bytes is accepted."""
+        protocol, transport = raw_connect(self.factory)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        padding = MAX_REQUEST_HEAD - len(UPGRADE_HEAD) - len(b"X-Pad: \r\n\r\n")
+        head = UPGRADE_HEAD + b"X-Pad: " + b"a" * padding + b"\r\n\r\n"
+        self.assertEqual(len(head), MAX_REQUEST_HEAD)
+        protocol.dataReceived(head)
+        self.assertEqual(status(transport), 101)
+
+    def test_request_head_over_limit(self) -> None:
+        """One byte more is answered 431 and closed, whether or not its end has arrived."""
+        for complete in (True, False):
+            protocol, transport = raw_connect(self.factory)
+            self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+            padding = MAX_REQUEST_HEAD + 1 - len(UPGRADE_HEAD) - len(b"X-Pad: \r\n\r\n")
+            head = UPGRADE_HEAD + b"X-Pad: " + b"a" * padding + b"\r\n\r\n"
+            self.assertEqual(len(head), MAX_REQUEST_HEAD + 1)
+            protocol.dataReceived(head if complete else head[:-4] + b"a" * 4)
+            self.assertEqual(status(transport), 431, complete)
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(self.rejected("request_head_too_large"), 2)
+        self.assertEqual(self.limited("request_head"), 2)
+
+    def test_request_head_never_ending(self) -> None:
+        """A head sent a byte at a time is searched as it comes, its end found across reads, and capped."""
+        protocol, transport = raw_connect(self.factory)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        for byte in UPGRADE_HEAD + b"\r\n":
+            protocol.dataReceived(bytes([byte]))
+        self.assertEqual(status(transport), 101)
+        protocol, transport = raw_connect(self.factory)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        protocol.dataReceived(UPGRADE_HEAD)
+        while not transport.disconnecting:
+            protocol.dataReceived(b"X-More: " + b"b" * 1000 + b"\r\n")
+        self.assertEqual(status(transport), 431)
+        self.assertLessEqual(len(protocol.data), MAX_REQUEST_HEAD + 1100)
+
+    def test_handshake_timeout(self) -> None:
+        """A socket that does not finish its upgrade request within WEBSOCKET_HANDSHAKE_TIMEOUT is dropped."""
+        self.build(websocket_handshake_timeout=3.0)
+        slow, slow_transport = raw_connect(self.factory)
+        self.addCleanup(slow.connectionLost, Failure(ConnectionDone()))
+        slow.dataReceived(UPGRADE_HEAD)
+        self.clock.advance(1.0)
+        late, late_transport = raw_connect(self.factory)
+        self.addCleanup(late.connectionLost, Failure(ConnectionDone()))
+        done = self.connect()
+        self.clock.advance(1.999)
+        self.assertFalse(slow_transport.disconnecting)
+        self.clock.advance(0.001)
+        self.assertTrue(slow_transport.disconnecting)
+        self.assertFalse(late_transport.disconnecting)
+        self.clock.advance(1.0)
+        self.assertTrue(late_transport.disconnecting)
+        self.assertFalse(done.transport.disconnecting)
+        self.assertEqual(self.limited("handshake_timeout"), 2)
+        self.assertEqual(self.metrics.registry.get_sample_value("peatio_ws_handshakes"), 0)
+        # No sweep left behind: only the open connection's auth timer.
+        self.assertEqual([cast(Any, call).func.__name__ for call in self.clock.getDelayedCalls()], ["_auth_timed_out"])
+
+    def test_handshaking_sockets_count_per_address(self) -> None:
+        """Sockets that have sent nothing yet count against WEBSOCKET_MAX_CONNECTIONS_PER_IP: the next gets 503."""
+        self.build(websocket_max_connections_per_ip=2)
+        for _ in range(2):
+            protocol, _transport = raw_connect(self.factory, "10.0.0.1")
+            self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        refused, transport = raw_connect(self.factory, "10.0.0.1")
+        self.addCleanup(refused.connectionLost, Failure(ConnectionDone()))
+        self.assertEqual(status(transport), 503)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.rejected("per_ip_limit"), 1)
+        other, other_transport = raw_connect(self.factory, "10.0.0.2")
+        self.addCleanup(other.connectionLost, Failure(ConnectionDone()))
+        self.assertEqual(other_transport.value(), b"")
+
+    def test_global_handshake_cap(self) -> None:
+        """Past WEBSOCKET_MAX_HANDSHAKES sockets in their handshake, the next gets 503; a finished one frees a place."""
+        self.build(websocket_max_handshakes=2)
+        first, _ = raw_connect(self.factory, "10.0.0.1")
+        self.addCleanup(first.connectionLost, Failure(ConnectionDone()))
+        second, _ = raw_connect(self.factory, "10.0.0.2")
+        self.addCleanup(second.connectionLost, Failure(ConnectionDone()))
+        refused, transport = raw_connect(self.factory, "10.0.0.3")
+        self.addCleanup(refused.connectionLost, Failure(ConnectionDone()))
+        self.assertEqual(status(transport), 503)
+        self.assertEqual(self.rejected("handshake_limit"), 1)
+        first.dataReceived(UPGRADE_HEAD + b"\r\n")
+        admitted, transport = raw_connect(self.factory, "10.0.0.3")
+        self.addCleanup(admitted.connectionLost, Failure(ConnectionDone()))
+        self.assertEqual(transport.value(), b"")
+
+    def test_frames_per_message(self) -> None:
+        """A message may come in MAX_FRAMES_PER_MESSAGE frames; one more closes 1008."""
+        for frames, code in ((MAX_FRAMES_PER_MESSAGE, None), (MAX_FRAMES_PER_MESSAGE + 1, CloseCode.POLICY_VIOLATION)):
+            self.build(websocket_inbound_frames_per_second=0)
+            client = self.connect()
+            client.protocol.dataReceived(fragment(b"{", 1, False))
+            for _ in range(frames - 2):
+                client.protocol.dataReceived(fragment(b" ", 0, False))
+            client.protocol.dataReceived(fragment(b"}", 0, True))
+            if code is None:
+                self.assertEqual(client.messages(), [HANDLING])
+            self.assertEqual(client.close_code(), code, frames)
+        self.assertEqual(self.limited("message_frames"), 1)
+
+    def test_empty_fragments(self) -> None:
+        """At most MAX_EMPTY_FRAGMENTS empty non-final frames in a message; one more closes 1008."""
+        for empties, code in ((MAX_EMPTY_FRAGMENTS, None), (MAX_EMPTY_FRAGMENTS + 1, CloseCode.POLICY_VIOLATION)):
+            client = self.connect()
+            client.protocol.dataReceived(fragment(b"pi", 1, False))
+            for _ in range(empties):
+                client.protocol.dataReceived(fragment(b"", 0, False))
+            client.protocol.dataReceived(fragment(b"ng", 0, True))
+            if code is None:
+                self.assertEqual(client.messages(), ["pong"])
+            self.assertEqual(client.close_code(), code, empties)
+
+    def test_endless_empty_continuations(self) -> None:
+        """Endless empty continuation frames are cut off at once and nothing more is read or stored."""
+        self.build(websocket_inbound_frames_per_second=0)
+        client = self.connect()
+        client.protocol.dataReceived(fragment(b"x", 1, False))
+        empty = fragment(b"", 0, False)
+        client.protocol.dataReceived(empty * 10_000)
+        self.assertEqual(client.close_code(), CloseCode.POLICY_VIOLATION)
+        self.assertEqual(client.transport.producerState, "paused")
+        client.protocol.dataReceived(empty * 10_000)
+        self.assertLessEqual(len(client.protocol.message_data or ()), MAX_EMPTY_FRAGMENTS + 1)
+        self.assertEqual(client.protocol.data, b"")
+
+    def test_frame_rate(self) -> None:
+        """Bursts of twice WEBSOCKET_INBOUND_FRAMES_PER_SECOND pass; one frame more closes 1008 and stops reading."""
+        self.build(websocket_inbound_frames_per_second=10)
+        client = self.connect()
+        for _ in range(20):
+            client.send(b"ping")
+        self.assertEqual(client.messages(), ["pong"] * 20)
+        self.clock.advance(1.0)
+        for _ in range(10):
+            client.send(b"ping")
+        self.assertEqual(client.messages(), ["pong"] * 10)
+        self.assertIsNone(client.close_code())
+        client.send(b"ping")
+        self.assertEqual(client.messages(), [])
+        self.assertEqual(client.close_code(), CloseCode.POLICY_VIOLATION)
+        self.assertEqual(client.transport.producerState, "paused")
+        self.assertEqual(self.limited("frames"), 1)
+        self.assertEqual(
+            self.metrics.registry.get_sample_value("peatio_ws_closes_total", {"reason": "1008"}), 1
+        )
+
+    def test_pongs_count_as_frames(self) -> None:
+        """Unsolicited pongs and pings are frames like any other."""
+        self.build(websocket_inbound_frames_per_second=10)
+        client = self.connect()
+        for _ in range(20):
+            client.send(b"", opcode=10)
+        self.assertIsNone(client.close_code())
+        client.send(b"", opcode=10)
+        self.assertEqual(client.close_code(), CloseCode.POLICY_VIOLATION)
+
+    def test_byte_rate(self) -> None:
+        """The byte budget: its burst passes to the byte, one byte more closes 1008; it refills at its rate."""
+        self.build(
+            websocket_inbound_bytes_per_second=1000,
+            websocket_inbound_frames_per_second=0,
+            websocket_max_message_size=64,
+        )
+        burst = self.factory.byte_burst
+        self.assertEqual(burst, MAX_REQUEST_HEAD + 2 * (64 + 14))
+        client = self.connect()
+        left = int(burst) - len(UPGRADE_HEAD) - 2
+        ping = client_frame(b"ping")
+        while left - len(ping) >= 6 + 50:
+            client.protocol.dataReceived(ping)
+            left -= len(ping)
+        client.protocol.dataReceived(client_frame(b" " * (left - 6)))
+        self.assertIsNone(client.close_code())
+        self.clock.advance(0.0105)  # ten and a half bytes' worth
+        client.protocol.dataReceived(ping)
+        self.assertIsNone(client.close_code())
+        client.protocol.dataReceived(b"\x81")
+        self.assertEqual(client.close_code(), CloseCode.POLICY_VIOLATION)
+        self.assertEqual(self.limited("bytes"), 1)
+
+    def test_budget_off(self) -> None:
+        """0 turns each budget off."""
+        self.build(websocket_inbound_frames_per_second=0, websocket_inbound_bytes_per_second=0)
+        client = self.connect()
+        for _ in range(1000):
+            client.send(b"ping")
+        self.assertEqual(len(client.messages()), 1000)
+        self.assertIsNone(client.close_code())
