@@ -823,6 +823,7 @@ def delivery_figures(received: list[int], publisher: ConfirmingPublisher) -> dic
 # The test case base.
 
 AUTHENTICATED = {"success": {"message": "Authenticated."}}
+AUTH_FAILED = {"error": {"message": "Authentication failed."}}
 
 
 def new_uid(prefix: str = "ID") -> str:

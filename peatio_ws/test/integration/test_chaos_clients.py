@@ -137,7 +137,13 @@ class SlowConsumerTests(ChaosTestCase):
         closed with 4008 like slow consumers; the daemon does not buffer the
         replies without bound (its resident memory stays put).
         """
-        daemon = self.start_daemon(WEBSOCKET_MAX_BUFFER=str(MIN_BUFFER))
+        # The inbound rate budget would cut these floods first (1008, tested in
+        # test_chaos_hostile); here it is off, to see the bound on replies.
+        daemon = self.start_daemon(
+            WEBSOCKET_MAX_BUFFER=str(MIN_BUFFER),
+            WEBSOCKET_INBOUND_FRAMES_PER_SECOND="0",
+            WEBSOCKET_INBOUND_BYTES_PER_SECOND="0",
+        )
         assert daemon.process is not None
         rss_before = rss_kib(daemon.process.pid)
         frames = {

@@ -9,12 +9,16 @@ one member reaches another.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from peatio_ws.test.integration.chaos_helpers import (
+    AUTH_FAILED,
     AUTHENTICATED,
     ChaosTestCase,
     RawClient,
@@ -22,6 +26,7 @@ from peatio_ws.test.integration.chaos_helpers import (
     new_uid,
     queue_name_from_log,
     record,
+    rss_kib,
     scaled,
     ws_connect,
 )
@@ -73,7 +78,13 @@ class HostileInputTests(ChaosTestCase):
         connections of their own: 1009, 1007, 1002. A victim member receives
         its events throughout and nobody else does.
         """
-        daemon = self.start_daemon(WEBSOCKET_AUTH_ATTEMPTS_PER_MINUTE="0")
+        # Thousands of messages on one connection as fast as possible: the
+        # inbound rate budget is off here (its own test is test_rate_budget).
+        daemon = self.start_daemon(
+            WEBSOCKET_AUTH_ATTEMPTS_PER_MINUTE="0",
+            WEBSOCKET_INBOUND_FRAMES_PER_SECOND="0",
+            WEBSOCKET_INBOUND_BYTES_PER_SECOND="0",
+        )
         victim_uid = new_uid()
         victim = await self.client(daemon, victim_uid)
         await self.until_metric(daemon, "peatio_ws_rabbitmq_bindings", lambda v: v == 1, 10, "the victim's binding")
@@ -181,14 +192,21 @@ class HostileInputTests(ChaosTestCase):
         Malformed bodies and routing keys reaching the daemon's queue (a
         catch-all binding added behind its back): counted and dropped, the
         consumer goes on. Members whose genuine uid is a wildcard or has a
-        dot get only what names their exact uid; the victim gets exactly its
-        well-formed events, in order.
+        dot cannot log in (bad_uid); the others get only what names their
+        exact uid; the victim gets exactly its well-formed events, in order.
         """
         daemon = self.start_daemon()
         queue = queue_name_from_log(daemon.log_text())
         victim_uid = new_uid()
         victim = await self.client(daemon, victim_uid)
-        hostile_uids = ["*", "#", f"{victim_uid}.*", f"{victim_uid}#", "private"]
+        unbindable = ["*", "#", f"{victim_uid}.*", f"{victim_uid}#"]
+        for uid in unbindable:
+            client = await self.client(daemon)
+            self.assertEqual(await client.login(make_token(uid=uid)), AUTH_FAILED, uid)
+        self.assertEqual(
+            self.gauge(daemon, "peatio_ws_authentications_total", result="failure", reason="bad_uid"), len(unbindable)
+        )
+        hostile_uids = ["private"]
         hostile: dict[str, WsClient] = {uid: await self.client(daemon, uid) for uid in hostile_uids}
         await self.until_metric(daemon, "peatio_ws_rabbitmq_bindings", lambda v: v == 2, 10, "the valid uids bound")
         publisher = await self.publisher(daemon)
@@ -204,10 +222,9 @@ class HostileInputTests(ChaosTestCase):
             b"private.\xff\xfe.order", f"private.{victim_uid}.".encode() + b"\xff",
         ]
         bad_bodies = [b"not json", b"", b"\xff\xfe", b"{", b'{"a":NaN}', b"[" * 3000 + b"]" * 3000, b"\xef\xbb\xbf{}"]
-        other_keys = {
-            "*": "private.*.order", "#": "private.#.order", f"{victim_uid}#": f"private.{victim_uid}#.order",
-            "private": "private.private.trade",
-        }
+        other_keys = {"private": "private.private.trade"}
+        # Keys naming the uids that could not log in: well formed, routed to no one.
+        orphan_keys = ["private.*.order", "private.#.order", f"private.{victim_uid}#.order"]
         seq = 0
         good: list[int] = []
         sent_to: dict[str, list[int]] = {uid: [] for uid in hostile_uids}
@@ -217,6 +234,8 @@ class HostileInputTests(ChaosTestCase):
                 publisher.publish(seq := seq + 1, key, json.dumps({"seq": seq, "secret": "victim"}).encode())
             for body in bad_bodies:
                 publisher.publish(seq := seq + 1, f"private.{victim_uid}.order", body)
+            for key in orphan_keys:
+                publisher.publish(seq := seq + 1, key, json.dumps({"seq": seq, "to": key}).encode())
             for uid, key in other_keys.items():
                 publisher.publish(seq := seq + 1, key, json.dumps({"seq": seq, "to": key}).encode())
                 sent_to[uid].append(seq)
@@ -252,6 +271,9 @@ class HostileInputTests(ChaosTestCase):
         )
         # "private.<victim>." has an empty event part: a bad key too; so has every key of another shape.
         self.assertEqual(dropped_keys, rounds * len(bad_keys))
+        self.assertEqual(
+            self.gauge(daemon, "peatio_ws_events_dropped_total", reason="no_connection"), rounds * len(orphan_keys)
+        )
         self.assertEqual(malformed, rounds * len(bad_bodies))
         self.assertEqual(self.gauge(daemon, "peatio_ws_rabbitmq_bindings"), 2)
         self.assert_alive(daemon)
@@ -275,3 +297,170 @@ def raw_status(raw: RawClient) -> int | None:
 
 def received_at_least(client: WsClient, count: int) -> bool:
     return len(client.messages) >= count
+
+
+def daemon_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process C{pid} so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def close_code_of(raw: RawClient) -> int | None:
+    """Read what the server sends until its close frame: its code, or None if it just closed."""
+    return raw.drain(limit=16 * 1024 * 1024, timeout=15)[1]
+
+
+def fragment(payload: bytes, opcode: int, fin: bool) -> bytes:
+    frame = client_frame(payload, opcode)
+    return bytes([(0x80 if fin else 0) | opcode]) + frame[1:]
+
+
+class InboundBoundsTests(ChaosTestCase):
+    """
+    What one hostile socket can make the real daemon hold or burn is bounded
+    (issue 12): the upgrade request head, sockets in their handshake, frames
+    per message, and the inbound rate budget.
+    """
+
+    async def test_request_head_never_ends(self) -> None:
+        """
+        Sockets whose upgrade request never ends are answered 431 once past
+        16 KiB and closed: the daemon's memory and CPU stay put.
+        """
+        daemon = self.start_daemon()
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        rss_before, cpu_before = rss_kib(pid), daemon_cpu_seconds(pid)
+        sockets = 16
+        statuses = []
+        sent_total = 0
+        for _ in range(sockets):
+            raw = self.raw(daemon, timeout=5)
+            raw.sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+            sent = 0
+            with contextlib.suppress(OSError):
+                while sent < 8 * 1024 * 1024:
+                    raw.sock.sendall(b"X-Junk: " + b"j" * 4096 + b"\r\n")
+                    sent += 4106
+            sent_total += sent
+            statuses.append(raw_status(raw))
+        rss_after, cpu_after = rss_kib(pid), daemon_cpu_seconds(pid)
+        refused = self.gauge(daemon, "peatio_ws_connections_rejected_total", reason="request_head_too_large")
+        record(
+            "hostile input: upgrade requests that never end",
+            {
+                "sockets": sockets,
+                "bytes sent before the daemon closed (all sockets)": sent_total,
+                "answered 431": statuses.count(431),
+                "daemon RSS growth (KiB)": rss_after - rss_before,
+                "daemon CPU (ms)": round((cpu_after - cpu_before) * 1000),
+            },
+        )
+        self.assertEqual(refused, sockets)
+        # 431 when the daemon's answer arrived before the reset of what it left unread.
+        self.assertTrue(all(s in (431, None) for s in statuses), statuses)
+        self.assertIn(431, statuses)
+        self.assertLess(rss_after - rss_before, 16 * 1024)
+        self.assert_alive(daemon)
+
+    async def test_sockets_in_handshake_are_limited(self) -> None:
+        """
+        Sockets that never send their upgrade request count against the
+        per-address limit: past it, 503 at once; the others are dropped at
+        WEBSOCKET_HANDSHAKE_TIMEOUT; then a normal client gets in.
+        """
+        daemon = self.start_daemon(WEBSOCKET_MAX_CONNECTIONS_PER_IP="20", WEBSOCKET_HANDSHAKE_TIMEOUT="2")
+        silent = [self.raw(daemon, timeout=15) for _ in range(50)]
+        statuses = [raw_status(raw) for raw in silent[20:]]
+        await self.until_metric(
+            daemon, "peatio_ws_inbound_limited_total", lambda v: v == 20, 20, "the silent sockets dropped",
+            limit="handshake_timeout",
+        )
+        dropped = [raw_status(raw) for raw in silent[:20]]
+        record(
+            "hostile input: sockets that never send a request (limit 20 per address)",
+            {
+                "sockets opened": len(silent),
+                "answered 503 at once": statuses.count(503),
+                "dropped at the handshake timeout (2 s)": dropped.count(None),
+            },
+        )
+        self.assertEqual(statuses, [503] * 30)
+        self.assertEqual(dropped, [None] * 20)
+        self.assertEqual(self.gauge(daemon, "peatio_ws_connections_rejected_total", reason="per_ip_limit"), 30)
+        self.assertEqual(self.gauge(daemon, "peatio_ws_handshakes"), 0)
+        client = await self.client(daemon, new_uid())
+        self.assertFalse(client.lost)
+        self.assert_alive(daemon)
+
+    async def test_endless_empty_continuations(self) -> None:
+        """
+        A fragmented message continued with empty frames, with and without
+        a token: closed 1008 within MAX_EMPTY_FRAGMENTS frames; memory stays put.
+        """
+        daemon = self.start_daemon()
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        rss_before = rss_kib(daemon.process.pid)
+        codes = {}
+        for logged_in in (False, True):
+            raw = self.raw(daemon)
+            self.assertEqual(raw.handshake(), 101)
+            if logged_in:
+                self.assertEqual(raw.login(make_token(uid=new_uid())), AUTHENTICATED)
+            raw.sock.sendall(fragment(b'{"jwt":', 1, False))
+            empty = fragment(b"", 0, False) * 4096
+            with contextlib.suppress(OSError):
+                for _ in range(100):
+                    raw.sock.sendall(empty)
+            codes[logged_in] = close_code_of(raw)
+        record(
+            "hostile input: endless empty continuation frames",
+            {
+                "close code without / with a token": f"{codes[False]} / {codes[True]}",
+                "daemon RSS growth (KiB)": rss_kib(pid) - rss_before,
+            },
+        )
+        self.assertEqual(codes, {False: 1008, True: 1008})
+        self.assertEqual(self.gauge(daemon, "peatio_ws_inbound_limited_total", limit="message_frames"), 2)
+        self.assert_alive(daemon)
+
+    async def test_rate_budget(self) -> None:
+        """
+        A client sending pings, pongs or big messages as fast as it can is
+        closed 1008 once its budget is spent, while a member on the same
+        daemon keeps getting its events.
+        """
+        daemon = self.start_daemon()
+        uid = new_uid()
+        member = await self.client(daemon, uid)
+        publisher = await self.publisher(daemon)
+        floods = {
+            "frames": client_frame(b"ping", 1) * 64,
+            "pongs": client_frame(b"", 10) * 64,
+            "bytes": client_frame(b" " * 16000, 1),
+        }
+        codes = {}
+        for name, chunk in floods.items():
+            raw = self.raw(daemon)
+            self.assertEqual(raw.handshake(), 101)
+            with contextlib.suppress(OSError):
+                for _ in range(200):
+                    raw.sock.sendall(chunk)
+            codes[name] = close_code_of(raw)
+        for seq in range(1, 11):
+            publisher.publish(seq, f"private.{uid}.order", json.dumps({"seq": seq}).encode())
+        await publisher.settle()
+        await member.wait(lambda: len(member.messages) >= 12, 15, "the member's events")
+        record(
+            "hostile input: inbound rate budget (50 frames/s, 64 KiB/s)",
+            {
+                "close codes (frames, pongs, bytes)": ", ".join(f"{k}: {v}" for k, v in codes.items()),
+                "member events delivered meanwhile": len(member.messages) - 2,
+            },
+        )
+        self.assertEqual(codes, {"frames": 1008, "pongs": 1008, "bytes": 1008})
+        self.assertEqual(self.gauge(daemon, "peatio_ws_inbound_limited_total", limit="frames"), 2)
+        self.assertEqual(self.gauge(daemon, "peatio_ws_inbound_limited_total", limit="bytes"), 1)
+        self.assertFalse(member.lost)
+        self.assert_alive(daemon)
