@@ -853,3 +853,19 @@ class HostileInputTests(ProtocolTestCase):
             client.send(b"ping")
         self.assertEqual(len(client.messages()), 1000)
         self.assertIsNone(client.close_code())
+
+    def test_compression_declined(self) -> None:
+        """A permessage-deflate offer is declined (no extension in the 101); a frame with RSV1 set is 1002."""
+        protocol, transport = raw_connect(self.factory)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        protocol.dataReceived(
+            UPGRADE_HEAD + b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        )
+        head = transport.value().partition(b"\r\n\r\n")[0].lower()
+        self.assertTrue(head.startswith(b"http/1.1 101"), head)
+        self.assertNotIn(b"sec-websocket-extensions", head)
+        client = Client(protocol, transport)
+        client.messages()
+        compressed = client_frame(b"ping")
+        protocol.dataReceived(bytes([compressed[0] | 0x40]) + compressed[1:])
+        self.assertEqual(client.close_code(), 1002)
