@@ -41,7 +41,6 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults, succ
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import Closed, TwistedDelegate
 from txamqp.endpoint import AMQEndpoint
@@ -52,8 +51,11 @@ from zope.interface import implementer
 
 from peatio_ws import _txamqp_compat
 from peatio_ws.config import Settings
+from peatio_ws.logs import logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
+from peatio_ws.uids import MAX_UID_BYTES as MAX_UID_BYTES
+from peatio_ws.uids import valid_uid
 
 try:
     import orjson as _orjson
@@ -62,7 +64,7 @@ except ImportError:  # optional: the standard library's decoder does the same, s
 
 __all__ = ["EventConsumer", "binding_key", "event_label", "parse_routing_key", "valid_json", "valid_uid"]
 
-log = Logger(namespace="peatio_ws.amqp")
+log = logger("peatio_ws.amqp")
 
 #: The channel everything of ours happens on (0 is the connection's own).
 CHANNEL = 1
@@ -81,8 +83,6 @@ SETUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 #: Binds/unbinds in flight at once (pipelined on the channel).
 BIND_BATCH = 1000
-#: "private." + uid + ".*" must fit an AMQP shortstr (255 bytes).
-MAX_UID_BYTES = 255 - len("private.") - len(".*")
 
 _EVENT_LABEL = re.compile(r"[a-z_]{1,32}\Z")
 _HEADER = struct.Struct("!BHI")
@@ -92,19 +92,6 @@ _IDS = struct.Struct("!HH")
 
 # ---------------------------------------------------------------------------
 # Pure helpers (also used by the tests).
-
-
-def valid_uid(uid: str) -> bool:
-    """
-    Whether C{uid} can be bound: non-empty, none of the characters that are
-    special in topic routing keys, and short enough for a routing key.
-    """
-    if not uid or "." in uid or "*" in uid or "#" in uid:
-        return False
-    try:
-        return len(uid.encode("utf-8")) <= MAX_UID_BYTES
-    except UnicodeEncodeError:
-        return False
 
 
 def binding_key(uid: str) -> bytes:
@@ -995,7 +982,7 @@ class EventConsumer(Service):
     def member_joined(self, uid: str) -> None:
         """Bind C{private.<uid>.*} (now if connected), or keep the binding."""
         if not valid_uid(uid):
-            log.warn("Not binding member {uid!r}: not usable in a routing key", uid=uid)
+            log.warn("Not binding member {uid}: not usable in a routing key", uid=uid)
             return
         call = self._unbind_calls.pop(uid, None)
         if call is not None and call.active():

@@ -32,12 +32,12 @@ from typing import Any
 from prometheus_client.exposition import choose_encoder
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from peatio_ws.logs import logger
 from peatio_ws.metrics import Metrics
 
 __all__ = [
@@ -52,7 +52,7 @@ __all__ = [
     "monitoring_site",
 ]
 
-log = Logger()
+log = logger("peatio_ws.http")
 
 #: A component's state: True ("up") or False ("down"), or a word for /health
 #: ("up", or anything else, such as "stalled", which counts as down).

@@ -34,13 +34,13 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from peatio_ws.auth import AuthError, Claims, TokenVerifier
 from peatio_ws.config import Settings
 from peatio_ws.framing import text_frame
+from peatio_ws.logs import logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 
@@ -51,7 +51,7 @@ __all__ = ["CloseCode", "Reply", "StreamFactory", "StreamProtocol", "normalize_o
 
 # Not "log": Autobahn's protocol has its own self.log, and replacing it floods
 # the log with per-frame debug lines.
-_log = Logger(namespace="peatio_ws.protocol")
+_log = logger("peatio_ws.protocol")
 
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
 

@@ -64,10 +64,10 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from peatio_ws.config import RedisAddress, Settings
+from peatio_ws.logs import logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 
@@ -84,7 +84,7 @@ __all__ = [
     "revoked_key",
 ]
 
-log = Logger(namespace="peatio_ws.redis")
+log = logger("peatio_ws.redis")
 
 REVOKED_KEY_PREFIX = "peatio-ws:revoked:"
 REVOCATIONS_CHANNEL = "peatio-ws:revocations"

@@ -20,11 +20,11 @@ import os
 import socket
 from collections.abc import Mapping
 
-from twisted.logger import Logger
+from peatio_ws.logs import logger
 
 __all__ = ["Notifier"]
 
-log = Logger()
+log = logger("peatio_ws.sdnotify")
 
 
 def _socket_address(value: str) -> str | None:

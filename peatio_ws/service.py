@@ -25,7 +25,6 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from peatio_ws import logs
@@ -40,7 +39,7 @@ from peatio_ws.sdnotify import Notifier
 
 __all__ = ["STOP_STEP_TIMEOUT", "Daemon", "StartupError", "listen_description"]
 
-log = Logger()
+log = logs.logger("peatio_ws.service")
 
 #: Seconds each shutdown step other than closing clients may take before it
 #: is abandoned (closing clients takes WEBSOCKET_CLOSE_TIMEOUT + 1 at most).
