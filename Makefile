@@ -18,7 +18,7 @@ test:
 	@PREPARE_EXTRA_PACKAGES="chromium" scripts/prepare.sh
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m twisted.trial --temp-directory=.state/_trial_temp peatio_ws
+	$(PY) -m twisted.trial --temp-directory=.state/_trial_temp tests
 	scripts/check-install.sh
 
 prepare:
@@ -29,7 +29,7 @@ lint: prepare
 	$(PY) -m mypy
 
 unit: prepare
-	$(PY) -m twisted.trial --temp-directory=.state/_trial_temp peatio_ws.test
+	$(PY) -m twisted.trial --temp-directory=.state/_trial_temp tests.unit
 
 check-install: prepare
 	scripts/check-install.sh
@@ -55,10 +55,10 @@ bench: prepare
 ## (also on failure), kept in .state/_trial_chaos/chaos-figures.txt; docs/reliability.md explains them.
 chaos: prepare
 	@status=0; PEATIO_WS_CHAOS=full $(PY) -m twisted.trial --temp-directory=.state/_trial_chaos \
-		peatio_ws.test.test_fuzz peatio_ws.test.integration.test_chaos peatio_ws.test.integration.test_chaos_redis \
-		peatio_ws.test.integration.test_chaos_clients peatio_ws.test.integration.test_chaos_hostile || status=$$?; \
+		tests.unit.test_fuzz tests.chaos.test_chaos tests.chaos.test_chaos_redis \
+		tests.chaos.test_chaos_clients tests.chaos.test_chaos_hostile || status=$$?; \
 	echo; echo "== chaos figures =="; \
-	$(PY) -m peatio_ws.test.integration.chaos_helpers .state/_trial_chaos/chaos-figures.txt; exit $$status
+	$(PY) -m tests.support.chaos_helpers .state/_trial_chaos/chaos-figures.txt; exit $$status
 
 clean:
 	rm -rf build dist *.egg-info .state _trial_temp .mypy_cache .ruff_cache

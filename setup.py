@@ -35,7 +35,7 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=[*find_packages(include=["peatio_ws", "peatio_ws.*"]), "twisted.plugins"],
-    package_data={"peatio_ws": ["py.typed", "static/*"]},
+    package_data={"peatio_ws": ["py.typed"]},
     cmdclass={"build_py": BuildWithDefaults},
     install_requires=[
         "twisted[tls]>=24.7,<27",

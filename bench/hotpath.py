@@ -32,9 +32,9 @@ from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.protocol import StreamFactory
 from peatio_ws.registry import Registry
-from peatio_ws.test.test_amqp import FakeBroker
-from peatio_ws.test.wsclient import Client, client_frame
 from peatio_ws.testing import make_token, rsa_key, settings_for_tests
+from tests.support.wsclient import Client, client_frame
+from tests.unit.test_amqp import FakeBroker
 
 
 def _factory(settings: Settings, registry: Registry, metrics: Metrics, clock: Clock) -> StreamFactory:

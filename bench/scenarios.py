@@ -27,8 +27,8 @@ from bench import events
 from bench.profile import Profiler, format_summary, summarize
 from bench.sysinfo import CpuMeter, busy_now, rabbitmq_pids, rss_kib
 from bench.workers import Worker, call_all, client_main, floor_main, hotpath_main, publisher_main, sink_main
-from peatio_ws.test.integration.daemon import REPO, DaemonProcess, free_port
 from peatio_ws.testing import generate_rsa_key, private_key_pem, public_key_b64
+from tests.support.daemon import REPO, DaemonProcess, free_port
 
 RESULTS = REPO / "bench" / "results"
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_amqp -*-
+# -*- test-case-name: tests.unit.test_amqp -*-
 """
 Work-arounds for txAMQP 0.8.2 (unmaintained since 2018, pinned exactly).
 

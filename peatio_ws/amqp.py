@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_amqp,peatio_ws.test.integration.test_amqp_broker -*-
+# -*- test-case-name: tests.unit.test_amqp,tests.integration.test_amqp_broker -*-
 """
 The RabbitMQ consumer: private events in, fan-out to the member's connections.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_auth -*-
+# -*- test-case-name: tests.unit.test_auth -*-
 """
 Verify Barong session JWTs.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_cli,peatio_ws.test.integration.test_redis_server -*-
+# -*- test-case-name: tests.unit.test_cli,tests.integration.test_redis_server -*-
 """
 C{peatio-ws}: the command-line tool for operators and developers.
 

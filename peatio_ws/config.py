@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_config -*-
+# -*- test-case-name: tests.unit.test_config -*-
 """
 Load and validate the daemon's configuration.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_registry -*-
+# -*- test-case-name: tests.unit.test_registry -*-
 """
 WebSocket frames built once and written to many connections.
 

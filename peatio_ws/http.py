@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_http -*-
+# -*- test-case-name: tests.unit.test_http -*-
 """
 The monitoring HTTP side: C{/health} and C{/metrics} (SPEC §6).
 

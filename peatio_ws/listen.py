@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_listen -*-
+# -*- test-case-name: tests.unit.test_listen -*-
 """
 The WebSocket listening port: plain TCP or TLS, with or without SO_REUSEPORT.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_logs,peatio_ws.test.test_service -*-
+# -*- test-case-name: tests.unit.test_logs,tests.unit.test_service -*-
 """
 Logging that a client cannot forge or break, and JSON lines for log
 shippers (LOG_FORMAT=json).

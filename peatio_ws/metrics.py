@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_http -*-
+# -*- test-case-name: tests.unit.test_http -*-
 """
 The daemon's Prometheus metrics.
 

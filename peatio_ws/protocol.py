@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_protocol -*-
+# -*- test-case-name: tests.unit.test_protocol -*-
 """
 The client-facing WebSocket protocol (SPEC §3).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_redis,peatio_ws.test.integration.test_redis_server -*-
+# -*- test-case-name: tests.unit.test_redis,tests.integration.test_redis_server -*-
 """
 Token revocation through Redis.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_registry -*-
+# -*- test-case-name: tests.unit.test_registry -*-
 """
 The member-keyed registry: uid -> the live authenticated connections of that
 member on this process, and the fan-out of events to them.

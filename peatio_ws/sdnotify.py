@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_sdnotify -*-
+# -*- test-case-name: tests.unit.test_sdnotify -*-
 """
 The systemd notification protocol (C{sd_notify(3)}), written by hand.
 

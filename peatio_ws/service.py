@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_service -*-
+# -*- test-case-name: tests.unit.test_service -*-
 """
 The daemon's service tree and its ordered, graceful shutdown.
 

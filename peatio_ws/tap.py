@@ -1,4 +1,4 @@
-# -*- test-case-name: peatio_ws.test.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap -*-
 """
 C{twistd peatio-ws}: command-line options and L{makeService}.
 

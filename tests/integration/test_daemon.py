@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from peatio_ws.test.integration.daemon import DaemonProcess, run_cli
 from peatio_ws.testing import make_token
+from tests.support.daemon import DaemonProcess, run_cli
 
 AUTHENTICATED = {"success": {"message": "Authenticated."}}
 

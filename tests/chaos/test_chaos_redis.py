@@ -11,8 +11,9 @@ import json
 from functools import partial
 
 from peatio_ws.redis import REVOCATIONS_CHANNEL
-from peatio_ws.test.integration import redis_helpers as rh
-from peatio_ws.test.integration.chaos_helpers import (
+from peatio_ws.testing import make_token
+from tests.support import redis_helpers as rh
+from tests.support.chaos_helpers import (
     AUTHENTICATED,
     ChaosTestCase,
     SeqTracker,
@@ -24,8 +25,7 @@ from peatio_ws.test.integration.chaos_helpers import (
     scaled,
     until,
 )
-from peatio_ws.test.integration.daemon import DaemonProcess
-from peatio_ws.testing import make_token
+from tests.support.daemon import DaemonProcess
 
 AUTH_FAILED = {"error": {"message": "Authentication failed."}}
 

@@ -31,8 +31,8 @@ from peatio_ws.protocol import (
     normalize_origin,
 )
 from peatio_ws.registry import Registry
-from peatio_ws.test.wsclient import Client, client_frame
 from peatio_ws.testing import OMIT, MembershipRecorder, generate_rsa_key, make_token, settings_for_tests
+from tests.support.wsclient import Client, client_frame
 
 AUTHENTICATED = {"success": {"message": "Authenticated."}}
 TOKEN_TYPE = {"error": {"message": "Token type is not provided or invalid."}}

@@ -34,8 +34,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from websockets.sync.client import ClientConnection, connect
 
 from demo import run as demo_run
-from peatio_ws.test.integration.daemon import REPO, DaemonProcess, free_port, run_cli
 from peatio_ws.testing import private_key_pem, rsa_key
+from tests.support.daemon import REPO, DaemonProcess, free_port, run_cli
 
 #: Flags that matter: without the background-networking ones Chromium hangs on a closed network.
 CHROMIUM_FLAGS = [

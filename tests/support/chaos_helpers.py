@@ -39,10 +39,10 @@ from txamqp.factory import AMQFactory
 from txamqp.protocol import AMQClient
 
 from peatio_ws import _txamqp_compat
-from peatio_ws.test.integration.daemon import DaemonProcess
-from peatio_ws.test.integration.helpers import HOST, PASSWORD, PORT, USER, Publisher, rabbitmqctl, sleep, within
-from peatio_ws.test.wsclient import client_frame
 from peatio_ws.testing import make_token
+from tests.support.daemon import DaemonProcess
+from tests.support.helpers import HOST, PASSWORD, PORT, USER, Publisher, rabbitmqctl, sleep, within
+from tests.support.wsclient import client_frame
 
 #: "full" runs the long version of every fault test (``make chaos``); the
 #: default is the quick one ``make test`` runs, which still injects every kind.
@@ -905,7 +905,7 @@ class ChaosTestCase(TestCase):
 
 
 # ---------------------------------------------------------------------------
-# ``python -m peatio_ws.test.integration.chaos_helpers FILE``: the summary ``make chaos`` prints.
+# ``python -m tests.support.chaos_helpers FILE``: the summary ``make chaos`` prints.
 
 
 def summary(path: str) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from peatio_ws.test.integration.chaos_helpers import (
+from tests.support.chaos_helpers import (
     ACCEPTED,
     FULL,
     NACKED,
@@ -62,8 +62,8 @@ from peatio_ws.test.integration.chaos_helpers import (
     until,
     until_async,
 )
-from peatio_ws.test.integration.daemon import DaemonProcess
-from peatio_ws.test.integration.helpers import Publisher, close_connection_named, queue_counts, rabbitmqctl
+from tests.support.daemon import DaemonProcess
+from tests.support.helpers import Publisher, close_connection_named, queue_counts, rabbitmqctl
 
 CONNECTS = "peatio_ws_rabbitmq_connects_total"
 

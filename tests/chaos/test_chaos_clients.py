@@ -29,7 +29,8 @@ from peatio_ws.auth import TokenVerifier
 from peatio_ws.metrics import Metrics
 from peatio_ws.protocol import StreamFactory
 from peatio_ws.registry import Registry
-from peatio_ws.test.integration.chaos_helpers import (
+from peatio_ws.testing import make_token, settings_for_tests
+from tests.support.chaos_helpers import (
     AUTHENTICATED,
     FULL,
     ChaosTestCase,
@@ -47,10 +48,9 @@ from peatio_ws.test.integration.chaos_helpers import (
     until,
     ws_connect,
 )
-from peatio_ws.test.test_amqp import Harness
-from peatio_ws.test.wsclient import Client as WireClient
-from peatio_ws.test.wsclient import client_frame
-from peatio_ws.testing import make_token, settings_for_tests
+from tests.support.wsclient import Client as WireClient
+from tests.support.wsclient import client_frame
+from tests.unit.test_amqp import Harness
 
 AUTH_FAILED = {"error": {"message": "Authentication failed."}}
 TOO_MANY = {"error": {"message": "Too many authentication attempts."}}

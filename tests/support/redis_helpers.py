@@ -46,7 +46,7 @@ START_COMMAND = [
 ]  # fmt: skip
 
 #: The checkout this package runs from (PYTHONPATH for child processes).
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def unique(prefix: str) -> str:

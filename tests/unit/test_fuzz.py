@@ -43,8 +43,6 @@ from peatio_ws.auth import AuthError, TokenVerifier
 from peatio_ws.metrics import Metrics
 from peatio_ws.protocol import Reply, StreamFactory
 from peatio_ws.registry import Registry
-from peatio_ws.test.test_amqp import FakeBroker, Harness
-from peatio_ws.test.wsclient import Client, Frame, client_frame
 from peatio_ws.testing import (
     b64url,
     craft_token,
@@ -57,6 +55,8 @@ from peatio_ws.testing import (
     rsa_key,
     settings_for_tests,
 )
+from tests.support.wsclient import Client, Frame, client_frame
+from tests.unit.test_amqp import FakeBroker, Harness
 
 FULL = os.environ.get("PEATIO_WS_CHAOS", "").strip().lower() == "full"
 

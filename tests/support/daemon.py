@@ -24,7 +24,7 @@ from typing import Any
 
 from peatio_ws.testing import public_key_b64, rsa_key
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -17,7 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from peatio_ws.test.integration.chaos_helpers import (
+from peatio_ws.testing import make_token
+from tests.support.chaos_helpers import (
     AUTH_FAILED,
     AUTHENTICATED,
     ChaosTestCase,
@@ -30,17 +31,16 @@ from peatio_ws.test.integration.chaos_helpers import (
     scaled,
     ws_connect,
 )
-from peatio_ws.test.integration.daemon import DaemonProcess
-from peatio_ws.test.integration.helpers import Publisher
-from peatio_ws.test.test_fuzz import (
+from tests.support.daemon import DaemonProcess
+from tests.support.helpers import Publisher
+from tests.support.wsclient import client_frame
+from tests.unit.test_fuzz import (
     BAD_HANDSHAKES,
     PROTOCOL_VIOLATIONS,
     UNUSUAL_HANDSHAKES,
     expected_reply,
     forged_tokens,
 )
-from peatio_ws.test.wsclient import client_frame
-from peatio_ws.testing import make_token
 
 MAX_MESSAGE = 16384
 

@@ -31,8 +31,8 @@ from peatio_ws.redis import (
     revoked_key,
 )
 from peatio_ws.registry import Registry
-from peatio_ws.test.integration import redis_helpers as rh
 from peatio_ws.testing import FakeConnection
+from tests.support import redis_helpers as rh
 
 
 def revocations(metrics: Metrics, by: str) -> float:

@@ -28,11 +28,11 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from peatio_ws.test.integration.chaos_helpers import new_uid, record, until, ws_connect
-from peatio_ws.test.integration.daemon import DaemonProcess, free_port
-from peatio_ws.test.integration.helpers import PORT as BROKER_PORT
-from peatio_ws.test.integration.helpers import Publisher, sleep
 from peatio_ws.testing import make_token
+from tests.support.chaos_helpers import new_uid, record, until, ws_connect
+from tests.support.daemon import DaemonProcess, free_port
+from tests.support.helpers import PORT as BROKER_PORT
+from tests.support.helpers import Publisher, sleep
 
 #: The global reactor, untyped (its zope interfaces are opaque to mypy here).
 reactor: Any = _reactor

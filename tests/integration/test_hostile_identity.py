@@ -12,8 +12,8 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection
 
-from peatio_ws.test.integration.test_daemon import AUTHENTICATED, DaemonTestCase
 from peatio_ws.testing import make_token
+from tests.integration.test_daemon import AUTHENTICATED, DaemonTestCase
 
 AUTH_FAILED = {"error": {"message": "Authentication failed."}}
 FORGED = "INFO forged"

@@ -23,7 +23,7 @@ from peatio_ws.auth import Claims
 from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
-from peatio_ws.test.integration.helpers import (
+from tests.support.helpers import (
     HOST,
     PASSWORD,
     PORT,
