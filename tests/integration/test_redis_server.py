@@ -16,7 +16,6 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
-from peatio_ws import redis as redis_module
 from peatio_ws.auth import Claims
 from peatio_ws.config import RedisAddress, Settings
 from peatio_ws.metrics import Metrics
@@ -30,6 +29,7 @@ from peatio_ws.redis import (
     revocation_message,
     revoked_key,
 )
+from peatio_ws.redis import service as redis_module
 from peatio_ws.registry import Registry
 from peatio_ws.testing import FakeConnection
 from tests.support import redis_helpers as rh

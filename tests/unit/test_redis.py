@@ -20,16 +20,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from peatio_ws import redis as redis_module
 from peatio_ws.auth import Claims
 from peatio_ws.config import RedisAddress, Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.redis import (
-    COMMAND_TIMEOUT,
-    PING_INTERVAL,
-    PING_TIMEOUT,
-    RECHECK_BATCH,
-    RECHECK_RETRY,
     REVOCATIONS_CHANNEL,
     RevocationService,
     RevocationUnavailable,
@@ -37,6 +31,8 @@ from peatio_ws.redis import (
     revocation_message,
     revoked_key,
 )
+from peatio_ws.redis import service as redis_module
+from peatio_ws.redis.service import COMMAND_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, RECHECK_BATCH, RECHECK_RETRY
 from peatio_ws.registry import Registry
 from peatio_ws.testing import FakeConnection
 

@@ -1,0 +1,33 @@
+# -*- test-case-name: tests.unit.test_redis,tests.integration.test_redis_server -*-
+"""
+Token revocation through Redis (SPEC section 5).
+
+The daemon's part is L{RevocationService}; C{peatio-ws revoke} uses
+L{connect_client}. Existing code imports these names from here.
+"""
+
+from peatio_ws.redis.service import (
+    REVOCATIONS_CHANNEL,
+    REVOKED_KEY_PREFIX,
+    RedisClient,
+    RedisUnavailable,
+    RevocationService,
+    RevocationUnavailable,
+    connect_client,
+    parse_revocation,
+    revocation_message,
+    revoked_key,
+)
+
+__all__ = [
+    "REVOCATIONS_CHANNEL",
+    "REVOKED_KEY_PREFIX",
+    "RedisClient",
+    "RedisUnavailable",
+    "RevocationService",
+    "RevocationUnavailable",
+    "connect_client",
+    "parse_revocation",
+    "revocation_message",
+    "revoked_key",
+]
