@@ -6,17 +6,19 @@ The daemon's part is L{RevocationService}; C{peatio-ws revoke} uses
 L{connect_client}. Existing code imports these names from here.
 """
 
-from peatio_ws.redis.service import (
+from peatio_ws.redis.keys import (
     REVOCATIONS_CHANNEL,
     REVOKED_KEY_PREFIX,
+    parse_revocation,
+    revocation_message,
+    revoked_key,
+)
+from peatio_ws.redis.service import (
     RedisClient,
     RedisUnavailable,
     RevocationService,
     RevocationUnavailable,
     connect_client,
-    parse_revocation,
-    revocation_message,
-    revoked_key,
 )
 
 __all__ = [

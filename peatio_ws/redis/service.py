@@ -1,13 +1,7 @@
 # -*- test-case-name: tests.unit.test_redis,tests.integration.test_redis_server -*-
 """
-Token revocation through Redis.
-
-Two things live in Redis (SPEC section 5):
-
-  - a key C{peatio-ws:revoked:<jti>} (any type, any value, usually with a TTL)
-    makes a token with that C{jti} fail to authenticate;
-  - a message on channel C{peatio-ws:revocations}, C{{"jti": "..."}} or
-    C{{"uid": "..."}}, ends the matching live sessions on every node now.
+Token revocation through Redis: the key and the channel described in
+L{peatio_ws.redis.keys}.
 
 L{RevocationService} keeps two connections (txredisapi 1.6, which reconnects
 with backoff through C{ClientService}): one for commands and one subscribed
@@ -53,7 +47,6 @@ must not survive an outage.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
@@ -69,25 +62,12 @@ from twisted.python.failure import Failure
 from peatio_ws.config import RedisAddress, Settings
 from peatio_ws.logs import logger
 from peatio_ws.metrics import Metrics
+from peatio_ws.redis.keys import REVOCATIONS_CHANNEL, parse_revocation, revoked_key
 from peatio_ws.registry import Registry
 
-__all__ = [
-    "REVOCATIONS_CHANNEL",
-    "REVOKED_KEY_PREFIX",
-    "RedisClient",
-    "RedisUnavailable",
-    "RevocationService",
-    "RevocationUnavailable",
-    "connect_client",
-    "parse_revocation",
-    "revocation_message",
-    "revoked_key",
-]
+__all__ = ["RedisClient", "RedisUnavailable", "RevocationService", "RevocationUnavailable", "connect_client"]
 
 log = logger("peatio_ws.redis")
-
-REVOKED_KEY_PREFIX = "peatio-ws:revoked:"
-REVOCATIONS_CHANNEL = "peatio-ws:revocations"
 
 #: Seconds a single revocation check (or a re-check batch) may take.
 COMMAND_TIMEOUT = 1.0
@@ -117,53 +97,6 @@ class RevocationUnavailable(Exception):
 
 class RedisUnavailable(Exception):
     """A one-shot connection to Redis could not be made; C{str()} is one line."""
-
-
-def revoked_key(jti: str) -> str:
-    """The key whose existence revokes token C{jti}."""
-    return REVOKED_KEY_PREFIX + jti
-
-
-def revocation_message(*, jti: str | None = None, uid: str | None = None) -> str:
-    """The channel message that ends the live sessions of C{jti} or C{uid}."""
-    if (jti is None) == (uid is None):
-        raise ValueError("name exactly one of jti and uid")
-    return json.dumps({"jti": jti} if jti is not None else {"uid": uid}, separators=(",", ":"))
-
-
-def parse_revocation(payload: bytes | str) -> list[tuple[str, str]]:
-    """
-    Read a message from the revocations channel: a JSON object with a
-    non-blank string C{jti} and/or C{uid} (other keys are ignored, so
-    producers may add a reason or a timestamp).
-
-    @return: C{("jti", value)} and/or C{("uid", value)} pairs.
-    @raise ValueError: with a short reason, for anything else.
-    """
-    if isinstance(payload, bytes):
-        try:
-            payload = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError("not UTF-8") from None
-    if not isinstance(payload, str):
-        raise ValueError("not text")
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        raise ValueError("not JSON") from None
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    found = []
-    for by in ("jti", "uid"):
-        if by not in data:
-            continue
-        value = data[by]
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{by} is not a non-blank string")
-        found.append((by, value))
-    if not found:
-        raise ValueError("names neither jti nor uid")
-    return found
 
 
 # ---------------------------------------------------------------------------
