@@ -6,6 +6,7 @@ The daemon's part is L{RevocationService}; C{peatio-ws revoke} uses
 L{connect_client}. Existing code imports these names from here.
 """
 
+from peatio_ws.redis.client import RedisClient, RedisUnavailable, connect_client
 from peatio_ws.redis.keys import (
     REVOCATIONS_CHANNEL,
     REVOKED_KEY_PREFIX,
@@ -13,13 +14,7 @@ from peatio_ws.redis.keys import (
     revocation_message,
     revoked_key,
 )
-from peatio_ws.redis.service import (
-    RedisClient,
-    RedisUnavailable,
-    RevocationService,
-    RevocationUnavailable,
-    connect_client,
-)
+from peatio_ws.redis.service import RevocationService, RevocationUnavailable
 
 __all__ = [
     "REVOCATIONS_CHANNEL",

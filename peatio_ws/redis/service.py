@@ -3,10 +3,11 @@
 Token revocation through Redis: the key and the channel described in
 L{peatio_ws.redis.keys}.
 
-L{RevocationService} keeps two connections (txredisapi 1.6, which reconnects
-with backoff through C{ClientService}): one for commands and one subscribed
-to the channel. txredisapi does not subscribe again after a reconnect, so
-this module does, every time the subscriber connection comes up.
+L{RevocationService} keeps two connections (made in
+L{peatio_ws.redis._txredisapi}; txredisapi 1.6 reconnects with backoff through
+C{ClientService}): one for commands and one subscribed to the channel.
+txredisapi does not subscribe again after a reconnect, so this module does,
+every time the subscriber connection comes up.
 
 Outage policy (REDIS_REVOCATION_WHEN_DOWN). Redis counts as down while
 either connection is not usable; C{up} and the C{peatio_ws_redis_up} gauge
@@ -48,31 +49,28 @@ must not survive an outage.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-import txredisapi
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from peatio_ws.config import RedisAddress, Settings
+from peatio_ws.config import Settings
 from peatio_ws.logs import logger
 from peatio_ws.metrics import Metrics
+from peatio_ws.redis._txredisapi import LinkFactory, error_text
+from peatio_ws.redis.endpoint import WatchedEndpoint, client_endpoint, describe
 from peatio_ws.redis.keys import REVOCATIONS_CHANNEL, parse_revocation, revoked_key
 from peatio_ws.registry import Registry
 
-__all__ = ["RedisClient", "RedisUnavailable", "RevocationService", "RevocationUnavailable", "connect_client"]
+__all__ = ["RevocationService", "RevocationUnavailable"]
 
 log = logger("peatio_ws.redis")
 
 #: Seconds a single revocation check (or a re-check batch) may take.
 COMMAND_TIMEOUT = 1.0
-#: Seconds to open a TCP (and TLS) connection to Redis.
-CONNECT_TIMEOUT = 5.0
 #: Seconds SUBSCRIBE and health-check PINGs may take before the connection
 #: is dropped and made again.
 PING_TIMEOUT = 5.0
@@ -95,12 +93,8 @@ class RevocationUnavailable(Exception):
     """
 
 
-class RedisUnavailable(Exception):
-    """A one-shot connection to Redis could not be made; C{str()} is one line."""
-
-
 # ---------------------------------------------------------------------------
-# Thin typed views of txredisapi (which is untyped).
+# What the service needs of the reactor and of a connection (typed).
 
 
 class _DelayedCall(Protocol):
@@ -127,145 +121,6 @@ class _Link(Protocol):
     def subscribe(self, channel: str) -> Deferred[object]: ...
 
     def abort(self) -> None: ...
-
-
-class _TxLink:
-    """A txredisapi protocol seen through L{_Link}."""
-
-    def __init__(self, proto: Any) -> None:
-        self.proto = proto
-
-    def _call(self, *args: Any) -> Deferred[Any]:
-        try:
-            # Raises at once when the connection is already gone.
-            return cast(Deferred[Any], self.proto.execute_command(*args))
-        except Exception:
-            return fail()
-
-    def exists(self, *keys: str) -> Deferred[int]:
-        return self._call("EXISTS", *keys)
-
-    def ping(self) -> Deferred[object]:
-        return self._call("PING")
-
-    def subscribe(self, channel: str) -> Deferred[object]:
-        try:
-            return cast(Deferred[object], self.proto.subscribe(channel))
-        except Exception:
-            return fail()
-
-    def abort(self) -> None:
-        transport = self.proto.transport
-        if transport is not None:
-            transport.abortConnection()
-
-
-class _Subscriber(txredisapi.SubscriberProtocol):
-    """Hands channel messages to the factory's callback."""
-
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        self.factory.on_message(channel, message)
-
-
-class _LinkFactory(txredisapi.RedisFactory):
-    """
-    One reconnecting connection that reports to the service when it becomes
-    usable (after AUTH and SELECT) and when it is lost.
-    """
-
-    initialDelay = 0.5
-    maxDelay = 5.0
-    noisy = False
-
-    def __init__(
-        self,
-        address: RedisAddress,
-        *,
-        subscriber: bool,
-        on_ready: Callable[[_TxLink], None],
-        on_lost: Callable[[_TxLink], None],
-        on_error: Callable[[str], None],
-        on_message: Callable[[Any, Any], None] | None = None,
-    ) -> None:
-        super().__init__(
-            f"{address.host}:{address.port}",
-            None if subscriber else address.db,
-            1,
-            isLazy=False,
-            # The subscriber takes raw bytes: a message that is not UTF-8, or
-            # that looks like a number, must not be mangled before parsing.
-            charset=None if subscriber else "utf-8",
-            password=address.password,
-            convertNumbers=not subscriber,
-        )
-        if subscriber:
-            self.protocol = _Subscriber
-        self.on_ready = on_ready
-        self.on_lost = on_lost
-        self.on_error = on_error
-        self.on_message = on_message or (lambda channel, message: None)
-        self._links: dict[Any, _TxLink] = {}
-
-    def stopTrying(self) -> Deferred[None]:
-        # txredisapi gives up for good when AUTH or SELECT fails. A daemon
-        # should rather keep retrying with backoff, like for any outage: the
-        # password or ACL may be fixed on the server without a restart.
-        return succeed(None)
-
-    def connectionError(self, why: str) -> None:
-        self.on_error(why)
-
-    def addConnection(self, conn: Any) -> None:
-        super().addConnection(conn)
-        if conn in self.pool:
-            link = self._links[conn] = _TxLink(conn)
-            self.on_ready(link)
-
-    def delConnection(self, conn: Any) -> None:
-        super().delConnection(conn)
-        link = self._links.pop(conn, None)
-        if link is not None:
-            self.on_lost(link)
-
-    def abort_all(self) -> None:
-        """Drop every connection at once (when closing cleanly took too long)."""
-        for conn in list(self.pool):
-            if conn.transport is not None:
-                conn.transport.abortConnection()
-
-
-class _WatchedEndpoint:
-    """
-    A client endpoint (duck-typed) that reports failed connection attempts,
-    which ClientService keeps to itself.
-    """
-
-    def __init__(self, endpoint: Any, on_failure: Callable[[Failure], None]) -> None:
-        self._endpoint = endpoint
-        self._on_failure = on_failure
-
-    def connect(self, protocolFactory: Any) -> Deferred[Any]:
-        def failed(reason: Failure) -> Failure:
-            if not reason.check(CancelledError):
-                self._on_failure(reason)
-            return reason
-
-        return cast(Deferred[Any], self._endpoint.connect(protocolFactory)).addErrback(failed)
-
-
-def _endpoint(reactor: Any, address: RedisAddress) -> Any:
-    """TCP, or TLS with the server's certificate checked against the host name (rediss://)."""
-    endpoint: Any = HostnameEndpoint(reactor, address.host, address.port, timeout=CONNECT_TIMEOUT)
-    if address.tls:
-        endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
-    return endpoint
-
-
-def _describe(address: RedisAddress) -> str:
-    """host:port/db for logs; never the password."""
-    scheme = "rediss" if address.tls else "redis"
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    return f"{scheme}://{host}:{address.port}/{address.db}"
 
 
 def _reason(error: BaseException | Failure) -> str:
@@ -298,7 +153,7 @@ class RevocationService(Service):
         self._metrics = metrics
         self._metrics.redis_up.set(0)
 
-        self._factories: list[_LinkFactory] = []
+        self._factories: list[LinkFactory] = []
         self._cmd: _Link | None = None
         #: The subscriber connection, usable but perhaps not subscribed yet.
         self._sub_conn: _Link | None = None
@@ -397,16 +252,16 @@ class RevocationService(Service):
     def _connect(self) -> None:
         """Open both connections; each reconnects by itself (the seam unit tests replace)."""
         address = self._address
-        endpoint = _WatchedEndpoint(_endpoint(self._reactor, address), self._connect_failed)
+        endpoint = WatchedEndpoint(client_endpoint(self._reactor, address), self._connect_failed)
         self._factories = [
-            _LinkFactory(
+            LinkFactory(
                 address,
                 subscriber=False,
                 on_ready=self._command_ready,
                 on_lost=self._command_lost,
                 on_error=self._redis_error,
             ),
-            _LinkFactory(
+            LinkFactory(
                 address,
                 subscriber=True,
                 on_ready=self._subscriber_ready,
@@ -499,10 +354,10 @@ class RevocationService(Service):
 
     def _redis_error(self, why: str) -> None:
         # AUTH or SELECT refused: a configuration problem, worth an error line.
-        why = why.removeprefix("Redis error: ")
+        why = error_text(why)
         if why != self._last_error:
             self._last_error = why
-            log.error("Redis at {address} refused the connection: {error}", address=_describe(self._address), error=why)
+            log.error("Redis at {address} refused the connection: {error}", address=describe(self._address), error=why)
         self._note_outage(why)
 
     def _update_state(self, reason: str = "") -> None:
@@ -514,12 +369,12 @@ class RevocationService(Service):
             if self._outage_since is not None:
                 log.info(
                     "Redis at {address} is back after {seconds:.1f} s; re-checking {sessions} live sessions",
-                    address=_describe(self._address),
+                    address=describe(self._address),
                     seconds=self._clock.seconds() - self._outage_since,
                     sessions=len(self._registry.jtis()),
                 )
             else:
-                log.info("Connected to Redis at {address}", address=_describe(self._address))
+                log.info("Connected to Redis at {address}", address=describe(self._address))
             self._outage_since = None
             self._last_error = None
             waiters, self._ready_waiters = self._ready_waiters, []
@@ -543,7 +398,7 @@ class RevocationService(Service):
         log.warn(
             "Redis at {address} is unavailable ({reason}); retrying in the background. "
             "Until it is back, revocation checks {policy}",
-            address=_describe(self._address),
+            address=describe(self._address),
             reason=reason or "not connected",
             policy=(
                 "fail and new authentications are refused (REDIS_REVOCATION_WHEN_DOWN=deny)"
@@ -726,70 +581,3 @@ class RevocationService(Service):
             if not self._stopping and link in (self._cmd, self._sub_conn):
                 log.warn("Redis did not answer PING ({error}); reconnecting", error=_reason(e))
                 link.abort()
-
-
-# ---------------------------------------------------------------------------
-# One-shot connections, for the command-line tool and tests.
-
-
-class RedisClient:
-    """One connection that does not reconnect: for short-lived tools."""
-
-    def __init__(self, factory: Any) -> None:
-        self._factory = factory
-        self._proto = factory.pool[0]
-
-    def _call(self, *args: Any) -> Deferred[Any]:
-        try:
-            return cast(Deferred[Any], self._proto.execute_command(*args))
-        except Exception:
-            return fail()
-
-    def set(self, key: str, value: str, ttl: int | None = None) -> Deferred[Any]:
-        """SET, with EX C{ttl} seconds when given."""
-        return self._call("SET", key, value, *(("EX", ttl) if ttl else ()))
-
-    def publish(self, channel: str, message: str) -> Deferred[int]:
-        """PUBLISH; fires with how many subscribers received it."""
-        return self._call("PUBLISH", channel, message)
-
-    def exists(self, *keys: str) -> Deferred[int]:
-        return self._call("EXISTS", *keys)
-
-    def ttl(self, key: str) -> Deferred[int]:
-        return self._call("TTL", key)
-
-    def delete(self, *keys: str) -> Deferred[int]:
-        return self._call("DEL", *keys)
-
-    def close(self) -> Deferred[None]:
-        return cast(Deferred[None], self._factory.disconnect())
-
-
-async def connect_client(address: RedisAddress, reactor: Any = None, timeout: float = CONNECT_TIMEOUT) -> RedisClient:
-    """
-    Connect once (AUTH and SELECT included) within C{timeout} seconds.
-
-    @raise RedisUnavailable: with a one-line reason.
-    """
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
-    factory = txredisapi.RedisFactory(
-        f"{address.host}:{address.port}", address.db, 1, isLazy=False, password=address.password, replyTimeout=timeout
-    )
-    factory.reconnect = False
-    factory.noisy = False
-    connected = cast(Deferred[Any], factory.deferred)
-    factory.startConnecting(_endpoint(reactor, address))
-    try:
-        await connected.addTimeout(timeout, reactor)
-    except Exception as e:
-        # txredisapi would otherwise fire this Deferred again on a late error.
-        factory.deferred = None
-        await factory.disconnect()
-        reason = "timed out" if isinstance(e, DeferredTimeout) else str(e).removeprefix("Redis error: ")
-        reason = reason.removeprefix("could not connect: ")
-        raise RedisUnavailable(f"cannot connect to Redis at {_describe(address)}: {reason}") from None
-    return RedisClient(factory)
