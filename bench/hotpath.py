@@ -32,8 +32,7 @@ from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.protocol import StreamFactory
 from peatio_ws.registry import Registry
-from peatio_ws.testing import make_token, rsa_key, settings_for_tests
-from tests.support.wsclient import Client, client_frame
+from peatio_ws.testing import Client, client_frame, make_token, rsa_key, settings_for_tests
 from tests.unit.test_amqp import FakeBroker
 
 

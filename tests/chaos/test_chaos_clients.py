@@ -29,7 +29,8 @@ from peatio_ws.auth import TokenVerifier
 from peatio_ws.metrics import Metrics
 from peatio_ws.protocol import StreamFactory
 from peatio_ws.registry import Registry
-from peatio_ws.testing import make_token, settings_for_tests
+from peatio_ws.testing import Client as WireClient
+from peatio_ws.testing import client_frame, make_token, settings_for_tests
 from tests.support.chaos_helpers import (
     AUTHENTICATED,
     FULL,
@@ -48,8 +49,6 @@ from tests.support.chaos_helpers import (
     until,
     ws_connect,
 )
-from tests.support.wsclient import Client as WireClient
-from tests.support.wsclient import client_frame
 from tests.unit.test_amqp import Harness
 
 AUTH_FAILED = {"error": {"message": "Authentication failed."}}

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from peatio_ws.testing import make_token
+from peatio_ws.testing import client_frame, make_token
 from tests.support.chaos_helpers import (
     AUTH_FAILED,
     AUTHENTICATED,
@@ -33,7 +33,6 @@ from tests.support.chaos_helpers import (
 )
 from tests.support.daemon import DaemonProcess
 from tests.support.helpers import Publisher
-from tests.support.wsclient import client_frame
 from tests.unit.test_fuzz import (
     BAD_HANDSHAKES,
     PROTOCOL_VIOLATIONS,

@@ -39,10 +39,9 @@ from txamqp.factory import AMQFactory
 from txamqp.protocol import AMQClient
 
 from peatio_ws import _txamqp_compat
-from peatio_ws.testing import make_token
+from peatio_ws.testing import client_frame, make_token
 from tests.support.daemon import DaemonProcess
 from tests.support.helpers import HOST, PASSWORD, PORT, USER, Publisher, rabbitmqctl, sleep, within
-from tests.support.wsclient import client_frame
 
 #: "full" runs the long version of every fault test (``make chaos``); the
 #: default is the quick one ``make test`` runs, which still injects every kind.

@@ -44,7 +44,10 @@ from peatio_ws.metrics import Metrics
 from peatio_ws.protocol import Reply, StreamFactory
 from peatio_ws.registry import Registry
 from peatio_ws.testing import (
+    Client,
+    Frame,
     b64url,
+    client_frame,
     craft_token,
     generate_ec_key,
     generate_ed25519_key,
@@ -55,7 +58,6 @@ from peatio_ws.testing import (
     rsa_key,
     settings_for_tests,
 )
-from tests.support.wsclient import Client, Frame, client_frame
 from tests.unit.test_amqp import FakeBroker, Harness
 
 FULL = os.environ.get("PEATIO_WS_CHAOS", "").strip().lower() == "full"

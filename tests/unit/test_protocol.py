@@ -32,7 +32,7 @@ from peatio_ws.protocol import (
 )
 from peatio_ws.registry import Registry
 from peatio_ws.testing import OMIT, MembershipRecorder, generate_rsa_key, make_token, settings_for_tests
-from tests.support.wsclient import Client, client_frame
+from peatio_ws.testing.wsclient import Client, client_frame
 
 AUTHENTICATED = {"success": {"message": "Authenticated."}}
 TOKEN_TYPE = {"error": {"message": "Token type is not provided or invalid."}}

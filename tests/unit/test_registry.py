@@ -14,8 +14,7 @@ from peatio_ws.auth import Claims
 from peatio_ws.framing import event_message, text_frame
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
-from peatio_ws.testing import FakeConnection, MembershipRecorder
-from tests.support.wsclient import parse_frames
+from peatio_ws.testing import FakeConnection, MembershipRecorder, parse_frames
 
 
 class Broken(FakeConnection):
