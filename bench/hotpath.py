@@ -27,18 +27,17 @@ from twisted.internet.testing import MemoryReactorClock
 
 from bench import events
 from peatio_ws.amqp import EventConsumer
-from peatio_ws.auth import TokenVerifier
 from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
-from peatio_ws.protocol import StreamFactory
 from peatio_ws.registry import Registry
 from peatio_ws.testing import Client, client_frame, make_token, rsa_key, settings_for_tests
+from peatio_ws.websocket import StreamFactory
 from tests.unit.test_amqp import FakeBroker
 
 
 def _factory(settings: Settings, registry: Registry, metrics: Metrics, clock: Clock) -> StreamFactory:
     return StreamFactory(
-        settings, registry, TokenVerifier(settings, clock), metrics, clock, None, handshake_timeouts=False
+        settings, registry, settings.token_verifier(clock), metrics, clock, None, handshake_timeouts=False
     )
 
 

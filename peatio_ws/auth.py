@@ -12,8 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -21,9 +22,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from peatio_ws.uids import valid_uid
-
-if TYPE_CHECKING:
-    from peatio_ws.config import Settings
 
 __all__ = [
     "AuthError",
@@ -181,17 +179,32 @@ def _optional_str(claims: dict[str, Any], name: str) -> str | None:
 
 class TokenVerifier:
     """
-    Checks a token's signature and claims against the configuration.
-
-    Time comes from an injected clock so tests can move it.
+    Checks a token's signature and claims. It is given exactly what it
+    verifies with (the configuration maps to these in
+    L{peatio_ws.config.Settings.token_verifier}); time comes from an
+    injected clock so tests can move it.
     """
 
-    def __init__(self, settings: Settings, clock: SecondsClock) -> None:
-        self._key = settings.jwt_public_key
-        self._algorithms = list(settings.jwt_algorithm)
-        self._issuer = settings.jwt_issuer
-        self._audience = frozenset(settings.jwt_audience)
-        self._leeway = {claim: settings.leeway(claim) for claim in ("exp", "nbf", "iat")}
+    def __init__(
+        self,
+        key: PublicKey,
+        algorithms: Iterable[str],
+        clock: SecondsClock,
+        *,
+        issuer: str | None = None,
+        audience: Iterable[str] = (),
+        leeways: Mapping[str, float] | None = None,
+    ) -> None:
+        """
+        @param leeways: seconds of clock leeway for C{exp}, C{nbf} and
+            C{iat}; a claim not named has none.
+        """
+        self._key = key
+        self._algorithms = list(algorithms)
+        self._issuer = issuer
+        self._audience = frozenset(audience)
+        leeways = leeways or {}
+        self._leeway = {claim: float(leeways.get(claim, 0.0)) for claim in ("exp", "nbf", "iat")}
         self._clock = clock
         self._jwt = jwt.PyJWT(
             options={

@@ -19,6 +19,8 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from peatio_ws.auth import SecondsClock, TokenVerifier, check_algorithm_names, check_key_matches, load_public_key
+
 __all__ = [
     "KEYS",
     "ConfigError",
@@ -205,15 +207,10 @@ def _redis_url(raw: Any) -> RedisAddress:
 
 
 def _public_key(raw: Any) -> Any:
-    # Imported here: auth imports this module for Settings.
-    from peatio_ws.auth import load_public_key
-
     return load_public_key(_required(raw))
 
 
 def _algorithms(raw: Any) -> tuple[str, ...]:
-    from peatio_ws.auth import check_algorithm_names
-
     return check_algorithm_names(_comma_list(raw))
 
 
@@ -293,6 +290,17 @@ class Settings:
         if own is not None:
             return own
         return self.jwt_default_leeway or 0.0
+
+    def token_verifier(self, clock: SecondsClock) -> TokenVerifier:
+        """The JWT verifier these settings describe (JWT_* keys)."""
+        return TokenVerifier(
+            self.jwt_public_key,
+            self.jwt_algorithm,
+            clock,
+            issuer=self.jwt_issuer,
+            audience=self.jwt_audience,
+            leeways={claim: self.leeway(claim) for claim in ("exp", "nbf", "iat")},
+        )
 
 
 #: Every configuration key, with its parser. Secrets are masked when shown.
@@ -412,8 +420,6 @@ def parse_values(values: Mapping[str, Any]) -> Settings:
     if bool(settings.websocket_ssl_key) != bool(settings.websocket_ssl_cert):
         missing = "WEBSOCKET_SSL_CERT" if settings.websocket_ssl_key else "WEBSOCKET_SSL_KEY"
         raise ConfigError(missing, "must be set too: TLS needs both WEBSOCKET_SSL_KEY and WEBSOCKET_SSL_CERT")
-    from peatio_ws.auth import check_key_matches
-
     try:
         check_key_matches(settings.jwt_public_key, settings.jwt_algorithm)
     except ValueError as e:

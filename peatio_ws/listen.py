@@ -2,15 +2,16 @@
 """
 The WebSocket listening port: plain TCP or TLS, with or without SO_REUSEPORT.
 
-Two ways to listen, one behaviour:
+One service, L{PortService}, two ways to bind, one behaviour: it binds in
+C{privilegedStartService} and raises L{CannotListenError} there at once when
+the port cannot be bound, and it keeps the listening port (to learn the real
+number after asking for port 0).
 
- - WEBSOCKET_REUSE_PORT off: C{strports.service("tcp:…")}, whose
-   C{privilegedStartService} raises at once when the port cannot be bound.
- - WEBSOCKET_REUSE_PORT on: L{ReusePortService} makes the socket itself with
-   C{SO_REUSEADDR} and C{SO_REUSEPORT}, binds and listens, and hands it to
-   the reactor with C{adoptStreamPort}; several processes (each with its own
-   broker queue) then share one port and the kernel spreads new connections
-   across them. It raises on a bind failure exactly as strports does.
+ - WEBSOCKET_REUSE_PORT off: C{reactor.listenTCP}.
+ - WEBSOCKET_REUSE_PORT on: the socket is made here with C{SO_REUSEADDR}
+   and C{SO_REUSEPORT}, bound, listening, and handed to the reactor with
+   C{adoptStreamPort}; several processes (each with its own broker queue)
+   then share one port and the kernel spreads new connections across them.
 
 TLS (both WEBSOCKET_SSL_KEY and WEBSOCKET_SSL_CERT set) is layered the same
 way in both cases, by wrapping the WebSocket factory in a
@@ -30,13 +31,11 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
-from twisted.application import strports
 from twisted.application.service import IService, Service
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorSocket
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorSocket, IReactorTCP
 from twisted.internet.ssl import CertificateOptions
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -45,10 +44,9 @@ from peatio_ws.logs import logger
 
 __all__ = [
     "BACKLOG",
-    "ReusePortService",
+    "PortService",
     "bind_reuse_port",
     "bound_port",
-    "listen_description",
     "listener_service",
     "tls_options",
 ]
@@ -61,15 +59,6 @@ log = logger("peatio_ws.listen")
 BACKLOG = 1024
 
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
-
-
-def listen_description(settings: Settings, backlog: int = BACKLOG) -> str:
-    """
-    The WebSocket port as a Twisted C{tcp:} endpoint description. TLS is not
-    part of it: L{listener_service} layers TLS on the factory instead.
-    """
-    host = quoteStringArgument(settings.websocket_host)
-    return f"tcp:port={settings.websocket_port}:interface={host}:backlog={backlog}"
 
 
 def _read(key: str, path: str) -> bytes:
@@ -181,23 +170,30 @@ def bind_reuse_port(host: str, port: int, backlog: int = BACKLOG) -> socket.sock
     return sock
 
 
-class ReusePortService(Service):
+class PortService(Service):
     """
-    Listens on a port shared with other processes (SO_REUSEPORT).
+    Listens on C{host}:C{port} while running; with C{reuse_port}, on a port
+    shared with other processes (SO_REUSEPORT).
 
-    Binds in C{privilegedStartService} and raises L{CannotListenError} there,
-    synchronously, as C{strports.service} does: a daemon that cannot listen
-    must not start.
+    Binds in C{privilegedStartService} and raises L{CannotListenError}
+    there, synchronously: a daemon that cannot listen must not start.
     """
 
     def __init__(
-        self, host: str, port: int, factory: IProtocolFactory, reactor: Any, backlog: int = BACKLOG
+        self,
+        host: str,
+        port: int,
+        factory: IProtocolFactory,
+        reactor: Any,
+        backlog: int = BACKLOG,
+        reuse_port: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.factory = factory
         self.reactor = reactor
         self.backlog = backlog
+        self.reuse_port = reuse_port
         self.listening_port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
@@ -218,6 +214,13 @@ class ReusePortService(Service):
         return stopped if isinstance(stopped, Deferred) else succeed(None)
 
     def _listen(self) -> IListeningPort:
+        if not self.reuse_port:
+            if not IReactorTCP.providedBy(self.reactor):
+                raise CannotListenError(self.host, self.port, OSError("this reactor cannot listen on TCP"))
+            listening: IListeningPort = self.reactor.listenTCP(
+                self.port, cast(Any, self.factory), backlog=self.backlog, interface=self.host
+            )
+            return listening
         if not IReactorSocket.providedBy(self.reactor):
             raise CannotListenError(self.host, self.port, OSError("this reactor cannot adopt sockets"))
         sock = bind_reuse_port(self.host, self.port, self.backlog)
@@ -232,23 +235,8 @@ class ReusePortService(Service):
 
 
 def bound_port(service: IService) -> IListeningPort | None:
-    """
-    The listening port of a service made by L{listener_service} once it has
-    bound (to learn the real port number after asking for port 0), or None.
-    """
-    if isinstance(service, ReusePortService):
-        return service.listening_port
-    # strports' StreamServerEndpointService keeps it in a fired Deferred.
-    waiting = getattr(service, "_waitingForPort", None)
-    found: list[IListeningPort] = []
-    if isinstance(waiting, Deferred):
-
-        def keep(port: IListeningPort) -> IListeningPort:
-            found.append(port)
-            return port
-
-        waiting.addCallback(keep)
-    return found[0] if found else None
+    """The listening port of a L{PortService} once it has bound, or None (not bound, or another service)."""
+    return service.listening_port if isinstance(service, PortService) else None
 
 
 def listener_service(settings: Settings, factory: IProtocolFactory, reactor: Any) -> IService:
@@ -261,6 +249,6 @@ def listener_service(settings: Settings, factory: IProtocolFactory, reactor: Any
     served: IProtocolFactory = factory
     if settings.tls:
         served = TLSMemoryBIOFactory(tls_options(settings, announce=True), False, factory, clock=reactor)
-    if settings.websocket_reuse_port:
-        return ReusePortService(settings.websocket_host, settings.websocket_port, served, reactor)
-    return strports.service(listen_description(settings), served, reactor=reactor)
+    return PortService(
+        settings.websocket_host, settings.websocket_port, served, reactor, reuse_port=settings.websocket_reuse_port
+    )

@@ -19,25 +19,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from peatio_ws import logs
-from peatio_ws.auth import TokenVerifier
 from peatio_ws.config import Settings
 from peatio_ws.http import HealthCheck, monitoring_site
-from peatio_ws.listen import bound_port, listen_description, listener_service
+from peatio_ws.listen import PortService, bound_port, listener_service
 from peatio_ws.metrics import Metrics
-from peatio_ws.protocol import StreamFactory
 from peatio_ws.registry import Registry
 from peatio_ws.sdnotify import Notifier
+from peatio_ws.websocket import StreamFactory
 
-__all__ = ["STOP_STEP_TIMEOUT", "Daemon", "StartupError", "listen_description"]
+__all__ = ["STOP_STEP_TIMEOUT", "Daemon", "StartupError"]
 
 log = logs.logger("peatio_ws.service")
 
@@ -120,7 +117,7 @@ class Daemon(MultiService):
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else Metrics()
         self.registry = Registry(self.metrics)
-        self.verifier = TokenVerifier(settings, reactor)
+        self.verifier = settings.token_verifier(reactor)
         self.notifier = notifier if notifier is not None else Notifier()
         if revocation is None:
             # Imported here: txredisapi installs the global reactor on import,
@@ -151,10 +148,12 @@ class Daemon(MultiService):
         self.monitoring: IService = (
             monitoring
             if monitoring is not None
-            else strports.service(
-                f"tcp:port={settings.metrics_port}:interface={quoteStringArgument(settings.metrics_host)}",
+            else PortService(
+                settings.metrics_host,
+                settings.metrics_port,
                 monitoring_site(self.metrics, self.health_checks(), reactor),
-                reactor=reactor,
+                reactor,
+                backlog=50,
             )
         )
         if listener is None:

@@ -25,12 +25,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from peatio_ws.auth import TokenVerifier
 from peatio_ws.metrics import Metrics
-from peatio_ws.protocol import StreamFactory
 from peatio_ws.registry import Registry
 from peatio_ws.testing import Client as WireClient
 from peatio_ws.testing import client_frame, make_token, settings_for_tests
+from peatio_ws.websocket import StreamFactory
 from tests.support.chaos_helpers import (
     AUTHENTICATED,
     FULL,
@@ -425,7 +424,7 @@ class InProcessChurnTests(TestCase):
                 members["left"] += 1
 
         registry.add_observer(Observer())
-        factory = StreamFactory(settings, registry, TokenVerifier(settings, reactor), metrics, reactor, None)
+        factory = StreamFactory(settings, registry, settings.token_verifier(reactor), metrics, reactor, None)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         factory.start_pinging()
@@ -469,12 +468,12 @@ class InProcessChurnTests(TestCase):
                 "delayed calls before / peak / after": f"{baseline} / {peak} / {left}",
                 "members joined / left": f"{members['joined']} / {members['left']}",
                 "registry size after": len(registry),
-                "per-address counts after": len(factory._per_ip),
+                "per-address counts after": len(factory.admission.per_ip),
             },
         )
         self.assertEqual(left, baseline)
         self.assertEqual(len(registry), 0)
-        self.assertEqual(factory._per_ip, {})
+        self.assertEqual(factory.admission.per_ip, {})
         self.assertEqual(members["joined"], members["left"])
         self.assertEqual(members["joined"], cycles - len(range(0, cycles, 3)))
 
@@ -488,7 +487,7 @@ class UnbindTimerChurnTests(SynchronousTestCase):
         broker = harness.consuming()
         settings = settings_for_tests(websocket_auth_attempts_per_minute=0)
         factory = StreamFactory(
-            settings, harness.registry, TokenVerifier(settings, harness.reactor), harness.metrics, harness.reactor,
+            settings, harness.registry, settings.token_verifier(harness.reactor), harness.metrics, harness.reactor,
             None, handshake_timeouts=False,
         )
         cycles = scaled(2000, 10000)

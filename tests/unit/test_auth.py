@@ -84,7 +84,7 @@ class VerifierMixin:
         clock = Clock()
         clock.advance(NOW)
         self.clock = clock
-        return TokenVerifier(settings_for_tests(**overrides), clock)
+        return settings_for_tests(**overrides).token_verifier(clock)
 
     def token(self, **claims: Any) -> str:
         return make_token(now=NOW, **claims)
@@ -636,7 +636,7 @@ class BadTokenTests(VerifierMixin, SynchronousTestCase):
         settings = settings_for_tests(jwt_expiration_leeway=30.0)
         clock = Clock()
         clock.advance(NOW)
-        verifier = TokenVerifier(settings, clock)
+        verifier = settings.token_verifier(clock)
         verifier.verify(make_token(now=NOW, exp=NOW - 20))
         self.assertIsInstance(settings, Settings)
 

@@ -233,7 +233,7 @@ class TokenTests(CliCase):
         clock = Clock()
         clock.advance(now if now is not None else datetime.now().timestamp())
         values = {"jwt_public_key": load_public_key(self.public), **settings}
-        return TokenVerifier(Settings(**values), clock)
+        return Settings(**values).token_verifier(clock)
 
     def test_verifies(self) -> None:
         """A default token verifies with the daemon's verifier and carries Barong's claims."""
@@ -304,7 +304,7 @@ class TokenTests(CliCase):
             clock = Clock()
             clock.advance(datetime.now().timestamp())
             settings = Settings(jwt_public_key=load_public_key(public.decode()), jwt_algorithm=(alg,))
-            verifier = TokenVerifier(settings, clock)
+            verifier = settings.token_verifier(clock)
             self.assertEqual(verifier.verify(out.strip()).uid, "U")
 
     def test_bad_algorithm(self) -> None:

@@ -39,9 +39,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.amqp import parse_routing_key
-from peatio_ws.auth import AuthError, TokenVerifier
+from peatio_ws.auth import AuthError
 from peatio_ws.metrics import Metrics
-from peatio_ws.protocol import Reply, StreamFactory
 from peatio_ws.registry import Registry
 from peatio_ws.testing import (
     Client,
@@ -58,6 +57,7 @@ from peatio_ws.testing import (
     rsa_key,
     settings_for_tests,
 )
+from peatio_ws.websocket import Reply, StreamFactory
 from tests.unit.test_amqp import FakeBroker, Harness
 
 FULL = os.environ.get("PEATIO_WS_CHAOS", "").strip().lower() == "full"
@@ -271,7 +271,7 @@ class _Room:
         self.factory = StreamFactory(
             self.settings,
             self.registry,
-            TokenVerifier(self.settings, self.clock),
+            self.settings.token_verifier(self.clock),
             self.metrics,
             self.clock,
             None,
@@ -701,7 +701,7 @@ class TokenFuzzTests(_FuzzCase):
         super().setUp()
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.verifier = TokenVerifier(settings_for_tests(), self.clock)
+        self.verifier = settings_for_tests().token_verifier(self.clock)
         self.valid = make_token(uid=VICTIM, now=NOW)
 
     def assert_refused(self, token: str, label: str = "") -> str:

@@ -23,7 +23,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
@@ -33,20 +32,18 @@ from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from peatio_ws.auth import TokenVerifier
 from peatio_ws.config import ConfigError
 from peatio_ws.listen import (
-    ReusePortService,
+    PortService,
     bind_reuse_port,
     bound_port,
-    listen_description,
     listener_service,
     tls_options,
 )
 from peatio_ws.metrics import Metrics
-from peatio_ws.protocol import StreamFactory
 from peatio_ws.registry import Registry
 from peatio_ws.testing import settings_for_tests
+from peatio_ws.websocket import StreamFactory
 
 reactor: Any = _reactor
 
@@ -146,21 +143,23 @@ def free_port() -> int:
 
 
 class DescriptionTests(SynchronousTestCase):
-    def test_tcp_description(self) -> None:
-        """The listener is a tcp: endpoint with a large backlog; the interface is quoted."""
-        settings = settings_for_tests(websocket_host="127.0.0.1", websocket_port=8080)
-        self.assertEqual(listen_description(settings), "tcp:port=8080:interface=127.0.0.1:backlog=1024")
+    def test_tcp_listener(self) -> None:
+        """The listener is on the configured address with a large backlog (reuse-port off by default)."""
         settings = settings_for_tests(websocket_host="::1", websocket_port=8080)
-        self.assertEqual(listen_description(settings), r"tcp:port=8080:interface=\:\:1:backlog=1024")
+        service = listener_service(settings, Factory.forProtocol(Protocol), reactor)
+        assert isinstance(service, PortService)
+        self.assertEqual((service.host, service.port, service.backlog, service.reuse_port), ("::1", 8080, 1024, False))
 
     def test_service_kinds(self) -> None:
-        """Reuse-port on: L{ReusePortService}; off: a strports service. Neither binds yet."""
+        """Reuse-port on or off: one L{PortService}, told which. Neither binds yet."""
         factory = Factory.forProtocol(Protocol)
         on = listener_service(settings_for_tests(websocket_reuse_port=True), factory, reactor)
-        self.assertIsInstance(on, ReusePortService)
+        self.assertIsInstance(on, PortService)
+        self.assertTrue(on.reuse_port)  # type: ignore[attr-defined]
         self.assertIsNone(bound_port(on))
         off = listener_service(settings_for_tests(), factory, reactor)
-        self.assertIsInstance(off, StreamServerEndpointService)
+        self.assertIsInstance(off, PortService)
+        self.assertFalse(off.reuse_port)  # type: ignore[attr-defined]
         self.assertIsNone(bound_port(off))
 
     def test_tls_wraps_factory(self) -> None:
@@ -356,7 +355,7 @@ class TLSEndToEndTests(TestCase):
         )
         metrics = Metrics()
         factory = StreamFactory(
-            settings, Registry(metrics), TokenVerifier(settings, reactor), metrics, reactor, None
+            settings, Registry(metrics), settings.token_verifier(reactor), metrics, reactor, None
         )
         service = listener_service(settings, factory, reactor)
         service.privilegedStartService()
@@ -395,7 +394,7 @@ class TLSEndToEndTests(TestCase):
             websocket_ssl_cert=str(self.pki.cert),
         )
         metrics = Metrics()
-        factory = StreamFactory(settings, Registry(metrics), TokenVerifier(settings, reactor), metrics, reactor, None)
+        factory = StreamFactory(settings, Registry(metrics), settings.token_verifier(reactor), metrics, reactor, None)
         service = listener_service(settings, factory, reactor)
         service.startService()
         url = f"wss://localhost:{port_number(service)}/"

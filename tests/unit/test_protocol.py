@@ -1,5 +1,5 @@
 """
-Tests for L{peatio_ws.protocol}: every rule of SPEC §3, driven over a fake
+Tests for L{peatio_ws.websocket}: every rule of SPEC §3, driven over a fake
 transport with a fake clock.
 """
 
@@ -16,23 +16,15 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from peatio_ws.auth import TokenVerifier
 from peatio_ws.metrics import Metrics
-from peatio_ws.protocol import (
-    MAX_EMPTY_FRAGMENTS,
-    MAX_FRAMES_PER_MESSAGE,
-    MAX_JSON_DEPTH,
-    MAX_REQUEST_HEAD,
-    PING_SLICE,
-    PING_SLICE_GAP,
-    CloseCode,
-    StreamFactory,
-    new_challenge,
-    normalize_origin,
-)
 from peatio_ws.registry import Registry
 from peatio_ws.testing import OMIT, MembershipRecorder, generate_rsa_key, make_token, settings_for_tests
 from peatio_ws.testing.wsclient import Client, client_frame
+from peatio_ws.websocket import CloseCode, StreamFactory
+from peatio_ws.websocket.factory import PING_SLICE, PING_SLICE_GAP
+from peatio_ws.websocket.legacy import new_challenge
+from peatio_ws.websocket.limits import MAX_EMPTY_FRAGMENTS, MAX_FRAMES_PER_MESSAGE, MAX_JSON_DEPTH, MAX_REQUEST_HEAD
+from peatio_ws.websocket.origins import normalize_origin
 
 AUTHENTICATED = {"success": {"message": "Authenticated."}}
 TOKEN_TYPE = {"error": {"message": "Token type is not provided or invalid."}}
@@ -76,7 +68,7 @@ class ProtocolTestCase(SynchronousTestCase):
         self.factory = StreamFactory(
             self.settings,
             self.registry,
-            TokenVerifier(self.settings, self.clock),
+            self.settings.token_verifier(self.clock),
             self.metrics,
             self.clock,
             self.revocation,  # type: ignore[arg-type]
@@ -616,7 +608,7 @@ class LifecycleTests(ProtocolTestCase):
         self.assertEqual(self.registry.members(), [])
         self.assertEqual(self.registry.jtis(), [])
         self.assertEqual(self.factory.connections, set())
-        self.assertEqual(self.factory._per_ip, {})
+        self.assertEqual(self.factory.admission.per_ip, {})
         self.assertEqual(self.clock.getDelayedCalls(), [])
         joined = sum(1 for e in self.observer.events if e[0] == "joined")
         left = sum(1 for e in self.observer.events if e[0] == "left")

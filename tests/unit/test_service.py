@@ -15,7 +15,6 @@ import io
 import json
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Application, IService, IServiceCollection, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -26,10 +25,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws import logs
 from peatio_ws.http import HealthResource
+from peatio_ws.listen import PortService
 from peatio_ws.logs import JSONLinesObserver, event_as_dict, json_observer
-from peatio_ws.protocol import StreamFactory
 from peatio_ws.service import STOP_STEP_TIMEOUT, Daemon, StartupError
 from peatio_ws.testing import settings_for_tests
+from peatio_ws.websocket import StreamFactory
 
 
 class FakeChild(Service):
@@ -249,8 +249,8 @@ class StartTests(DaemonTestCase):
             consumer=self.children["rabbitmq"],
             notifier=self.notifier,  # type: ignore[arg-type]
         )
-        self.assertIsInstance(daemon.listener, StreamServerEndpointService)
-        self.assertIsInstance(daemon.monitoring, StreamServerEndpointService)
+        self.assertIsInstance(daemon.listener, PortService)
+        self.assertIsInstance(daemon.monitoring, PortService)
         self.assertEqual(self.reactor.tcpServers, [])
         daemon.privilegedStartService()
         daemon.startService()

@@ -1,0 +1,159 @@
+# -*- test-case-name: tests.unit.test_websocket_doors -*-
+"""
+The one door to Autobahn's internals. Written against autobahn 26.11.1;
+L{tests.unit.test_websocket_doors} fails, naming what changed, when an
+upgrade moves anything relied on here.
+
+L{BoundedServerProtocol} is Autobahn's server protocol with what it lacks
+for clients on the open internet: the bytes not yet parsed are looked at
+before Autobahn buffers them, the upgrade request's end is searched only in
+bytes not searched yet and the head is capped, and frames are counted per
+message. The policy (limits, metrics, logs) is the subclass's, through the
+C{inbound_*} and C{*_too_*} hooks; this module holds only the mechanism.
+
+L{bake_options} puts Autobahn's options on the protocol class once per
+factory instead of on every connection.
+
+Relied on: C{WebSocketProtocol._dataReceived}, C{data}, C{processHandshake},
+C{failHandshake}, C{onFrameBegin}, C{current_frame.fin}, C{failedByMe},
+C{_fail_connection}, C{onMessageBegin}, C{onMessageFrameBegin},
+C{http_request_data}/C{http_response_data}/C{http_headers}, C{CONFIG_ATTRS}
+and C{WebSocketServerFactory.setProtocolOptions}/C{resetProtocolOptions}.
+"""
+
+from __future__ import annotations
+
+from types import FunctionType
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+
+from peatio_ws.websocket.limits import MAX_EMPTY_FRAGMENTS, MAX_FRAMES_PER_MESSAGE, MAX_REQUEST_HEAD
+
+__all__ = ["BoundedServerProtocol", "bake_options"]
+
+_END_OF_HEAD = b"\r\n\r\n"
+
+
+class BoundedServerProtocol(WebSocketServerProtocol):
+    """Autobahn's server protocol, with every inbound byte and frame seen and bounded first."""
+
+    # Class-level defaults, written per connection only when they change:
+    # each instance attribute costs memory on every idle connection.
+    #: How far the upgrade request has been searched for its end.
+    _head_scanned = 0
+    #: Frames (and empty non-final frames) of the message being received.
+    _message_frames = 0
+    _empty_fragments = 0
+    #: Set once the server refused what the client sent: nothing more is read.
+    muted = False
+
+    # -- hooks: the subclass's policy ------------------------------------------------
+
+    def inbound_bytes(self, size: int) -> bool:
+        """C{size} bytes arrived; False to drop them (the subclass closed the connection)."""
+        return True
+
+    def inbound_frame(self) -> None:
+        """A frame (control frames too) began, within Autobahn's own limits."""
+
+    def request_head_too_large(self) -> None:
+        """The upgrade request is over L{MAX_REQUEST_HEAD}; the subclass refuses it."""
+
+    def too_many_frames(self) -> None:
+        """A message is over L{MAX_FRAMES_PER_MESSAGE} frames or L{MAX_EMPTY_FRAGMENTS} empty ones."""
+
+    # -- mechanism -----------------------------------------------------------------------
+
+    @property
+    def failing(self) -> bool:
+        """Whether the server has already failed this connection (what arrives is skipped)."""
+        return bool(self.failedByMe)
+
+    def mute(self) -> None:
+        """Stop reading from this client: nothing it sends from now on is looked at."""
+        self.muted = True
+        self.data = b""
+        transport: Any = self.transport
+        if transport is not None and not transport.disconnecting:
+            transport.pauseProducing()
+
+    def refuse(self, code: int, text: str) -> None:
+        """Answer the upgrade request with HTTP C{code} and close; read nothing more."""
+        self.mute()
+        self.failHandshake(text, code)
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close with C{code} (any code, 1008 included, which sendClose refuses), then read nothing more."""
+        self._fail_connection(code, reason)
+        self.mute()
+
+    def forget_handshake(self) -> None:
+        """
+        Drop the raw upgrade request and response and the parsed headers that
+        Autobahn keeps for its own test suite: nothing reads them once the
+        connection is open, and they cost ~1.2 KB per connection.
+        """
+        self.http_request_data = b""
+        self.http_response_data = ""
+        self.http_headers = {}
+
+    # -- Autobahn's internals, overridden ------------------------------------------------
+
+    def _dataReceived(self, data: bytes) -> None:
+        if self.muted or not self.inbound_bytes(len(data)):
+            return
+        super()._dataReceived(data)
+
+    def processHandshake(self) -> None:
+        data = self.data
+        scanned = self._head_scanned
+        end = data.find(_END_OF_HEAD, scanned - 3 if scanned > 3 else 0)
+        if end < 0:
+            if len(data) > MAX_REQUEST_HEAD:
+                self.request_head_too_large()
+            else:
+                self._head_scanned = len(data)
+            return
+        if end + len(_END_OF_HEAD) > MAX_REQUEST_HEAD:
+            self.request_head_too_large()
+            return
+        super().processHandshake()
+
+    def onFrameBegin(self) -> None:
+        # Autobahn's frame state is set up first either way, so that the rest
+        # of a refused frame is skipped the usual way (failedByMe).
+        super().onFrameBegin()
+        if not self.failedByMe:
+            self.inbound_frame()
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._message_frames = self._empty_fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)
+        if self.failedByMe:
+            return
+        self._message_frames += 1
+        if length == 0 and not self.current_frame.fin:
+            self._empty_fragments += 1
+        if self._message_frames > MAX_FRAMES_PER_MESSAGE or self._empty_fragments > MAX_EMPTY_FRAGMENTS:
+            self.too_many_frames()
+
+
+def bake_options(base: type[BoundedServerProtocol], factory: Any) -> type[BoundedServerProtocol]:
+    """
+    A subclass of C{base} with C{factory}'s Autobahn options as class
+    attributes. Autobahn's C{_connectionMade} otherwise copies the ~45
+    options (C{CONFIG_ATTRS}) from the factory into every new connection and
+    pretty-prints them all for a debug log line even when debug is off:
+    ~40% of the CPU of a handshake plus authentication, and 45 instance
+    attributes per connection. With the options on the class and
+    C{CONFIG_ATTRS} empty, the copy and the C{pformat} do nothing.
+    """
+    options = {name: getattr(factory, name) for name in base.CONFIG_ATTRS}
+    # A function-valued option (perMessageCompressionAccept) would become a
+    # method on the class and get the connection as an extra argument.
+    options = {k: staticmethod(v) if isinstance(v, FunctionType) else v for k, v in options.items()}
+    return type(base.__name__, (base,), {**options, "CONFIG_ATTRS": (), "__module__": base.__module__})

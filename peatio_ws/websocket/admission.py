@@ -1,0 +1,113 @@
+# -*- test-case-name: tests.unit.test_protocol -*-
+"""
+Who may open a socket, and for how long it may take its handshake: the
+per-address limit (WEBSOCKET_MAX_CONNECTIONS_PER_IP), the process-wide cap on
+sockets still in their upgrade request (WEBSOCKET_MAX_HANDSHAKES), and their
+deadline (WEBSOCKET_HANDSHAKE_TIMEOUT) kept by one sweep timer for all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from peatio_ws.config import Settings
+from peatio_ws.logs import logger
+from peatio_ws.metrics import Metrics
+
+if TYPE_CHECKING:
+    from peatio_ws.websocket.connection import StreamProtocol
+
+__all__ = ["Admission"]
+
+_log = logger("peatio_ws.protocol")
+
+
+class Admission:
+    """Counts sockets per address from accept to close, and drops handshakes past their deadline."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, clock: IReactorTime) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self.per_ip: dict[str, int] = {}
+        #: Sockets whose upgrade request is not complete, with their deadlines, oldest first.
+        self._handshaking: dict[StreamProtocol, float] = {}
+        self._sweep_call: IDelayedCall | None = None
+
+    def admit(self, proto: StreamProtocol) -> str | None:
+        """
+        Count a new socket against the limits: None when admitted (it is
+        counted for its address and its handshake deadline runs), else the
+        reason it is refused.
+        """
+        settings = self._settings
+        cap = settings.websocket_max_handshakes
+        if cap > 0 and len(self._handshaking) >= cap:
+            return "handshake_limit"
+        ip = proto.client_ip
+        limit = settings.websocket_max_connections_per_ip
+        count = self.per_ip.get(ip, 0)
+        if limit > 0 and count >= limit:
+            return "per_ip_limit"
+        self.per_ip[ip] = count + 1
+        self._handshaking[proto] = self._clock.seconds() + settings.websocket_handshake_timeout
+        self._metrics.handshakes.set(len(self._handshaking))
+        if self._sweep_call is None:
+            self._sweep_call = self._clock.callLater(settings.websocket_handshake_timeout, self._sweep)
+        return None
+
+    def release(self, ip: str) -> None:
+        """A socket admitted from C{ip} is gone."""
+        count = self.per_ip.get(ip, 0) - 1
+        if count > 0:
+            self.per_ip[ip] = count
+        else:
+            self.per_ip.pop(ip, None)
+
+    def handshake_done(self, proto: StreamProtocol) -> None:
+        """C{proto} finished its handshake, or is gone: its deadline no longer applies."""
+        handshaking = self._handshaking
+        if handshaking.pop(proto, None) is not None:
+            self._metrics.handshakes.set(len(handshaking))
+            call = self._sweep_call
+            if not handshaking and call is not None:
+                # No socket left to watch: no timer either.
+                call.cancel()
+                self._sweep_call = None
+
+    def _sweep(self) -> None:
+        """
+        Drop the sockets past their handshake deadline. Deadlines are made in
+        order with one timeout, so the oldest come first and the sweep stops
+        at the first one still in time.
+        """
+        self._sweep_call = None
+        now = self._clock.seconds()
+        expired = []
+        next_deadline = None
+        for proto, deadline in self._handshaking.items():
+            if deadline > now:
+                next_deadline = deadline
+                break
+            expired.append(proto)
+        for proto in expired:
+            self._handshaking.pop(proto, None)
+            self._metrics.inbound_limited.labels(limit="handshake_timeout").inc()
+            _log.info("connection from {peer} did not finish its handshake in time; dropping", peer=proto.peer)
+            proto.mute()
+            proto.dropConnection(abort=True)
+        self._metrics.handshakes.set(len(self._handshaking))
+        if next_deadline is not None:
+            self._sweep_call = self._clock.callLater(next_deadline - now, self._sweep)
+
+    def drop_all(self) -> None:
+        """Shutdown: every socket still in its handshake is dropped, and the sweep stops."""
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
+        handshaking, self._handshaking = self._handshaking, {}
+        self._metrics.handshakes.set(0)
+        for proto in handshaking:
+            proto.dropConnection(abort=True)

@@ -1,0 +1,428 @@
+# -*- test-case-name: tests.unit.test_protocol -*-
+"""
+One client connection, whatever its dialect: admission, the inbound bounds,
+authentication state and its timers, back-pressure on what is written, and
+every way a connection ends.
+
+What the client says and what it is answered is the dialect's
+(L{peatio_ws.websocket.legacy}): the connection calls its dialect when it
+opens and for each message. Events are not sent through Autobahn's
+C{sendMessage}: the registry frames each event once and L{send_frame}
+writes the ready frame; replies are framed the same way, which also keeps
+the inbound message limit from applying to what the server sends.
+
+Time comes from the factory's injected clock, so every timer is testable
+with L{twisted.internet.task.Clock}.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Protocol
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from peatio_ws.auth import Claims
+from peatio_ws.framing import text_frame
+from peatio_ws.logs import logger
+from peatio_ws.websocket import _transport
+from peatio_ws.websocket._autobahn import BoundedServerProtocol
+from peatio_ws.websocket.limits import refill
+from peatio_ws.websocket.replies import CloseCode, Reply
+
+if TYPE_CHECKING:
+    from peatio_ws.websocket.factory import StreamFactory
+
+__all__ = ["Dialect", "StreamProtocol"]
+
+# Not "log": Autobahn's protocol has its own self.log, and replacing it floods
+# the log with per-frame debug lines.
+_log = logger("peatio_ws.protocol")
+
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
+_STATE_CONNECTING = WebSocketProtocol.STATE_CONNECTING
+_STATE_CLOSED = WebSocketProtocol.STATE_CLOSED
+
+#: Messages that may wait behind an authentication still checking Redis.
+MAX_QUEUED_MESSAGES = 16
+
+
+class Dialect(Protocol):
+    """A protocol front door: what a connection says once open, and how it answers messages."""
+
+    def opened(self, conn: StreamProtocol) -> None:
+        """The upgrade succeeded: greet the client."""
+
+    def received(self, conn: StreamProtocol, payload: bytes, is_binary: bool) -> Deferred[Any] | None:
+        """Answer one message; a Deferred while the answer waits (later messages wait for it)."""
+
+
+@implementer(IPushProducer)
+class StreamProtocol(BoundedServerProtocol):
+    """One client connection. Also the transport's push producer, to see back-pressure."""
+
+    factory: StreamFactory
+    # A TCP or TLS transport: also a consumer we register as producer with.
+    transport: Any
+
+    conn_id = "-"
+    claims: Claims | None = None
+    dialect: Dialect
+    _socket: Any = None
+    #: Token buckets of the inbound budget: tokens left and when last filled
+    #: (class defaults: a bucket never used is full).
+    _frame_tokens = math.inf
+    _frames_at = 0.0
+    _byte_tokens = math.inf
+    _bytes_at = 0.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.challenge = ""
+        self.awaiting_pong = False
+        self._auth_timer: IDelayedCall | None = None
+        self._expiry_timer: IDelayedCall | None = None
+        self._busy: Deferred[Any] | None = None
+        # Lists, not deques: both stay short (queued messages are capped, attempts
+        # are limited per minute), and an empty deque costs 760 bytes.
+        self._queued: list[tuple[bytes, bool]] = []
+        self._paused = False
+        self._written_while_paused = 0
+        self.attempts: list[float] = []
+        self.client_ip = ""
+        self._counted = False
+        self._close_reason = ""
+
+    # -- connection lifecycle -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.client_ip = getattr(peer, "host", "") or ""
+        super().connectionMade()
+        self.transport.registerProducer(self, True)
+        # Plain TCP (not TLS): events may go straight to the socket (send_frame).
+        self._socket = _transport.direct_socket(self.transport)
+        # Admitted from the first byte, not once the upgrade request is read:
+        # sockets still in their handshake count against the per-address and
+        # the global limits, and the handshake deadline starts now.
+        refusal = self.factory.admission.admit(self)
+        if refusal is None:
+            self._counted = True
+        else:
+            self.refuse_with(503, "Service Unavailable", refusal)
+
+    def refuse_with(self, code: int, text: str, reason: str) -> None:
+        """Answer the upgrade request with HTTP C{code}, counted under C{reason}, and close."""
+        self.factory.metrics.rejected.labels(reason=reason).inc()
+        _log.info("refused {peer}: {reason}", peer=self.peer, reason=reason)
+        self.refuse(code, text)
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        """Check the Origin and choose the dialect, before the upgrade."""
+        factory = self.factory
+        origin = request.headers.get("origin")
+        if not factory.origins.allows(origin):
+            factory.metrics.rejected.labels(reason="origin").inc()
+            _log.info("refused {peer}: origin {origin} not allowed", peer=self.peer, origin=(origin or "")[:200])
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
+        self.dialect = factory.dialect_for(request)
+
+    def onOpen(self) -> None:
+        factory = self.factory
+        self.forget_handshake()
+        factory.admission.handshake_done(self)
+        factory.connection_opened(self)
+        self.dialect.opened(self)
+        _log.info("connection {conn_id} opened from {peer}", conn_id=self.conn_id, peer=self.peer)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._forget()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        try:
+            super().connectionLost(reason)
+        finally:
+            self._forget()
+
+    def _forget(self) -> None:
+        """Undo everything this connection holds; idempotent, runs on every close path."""
+        self._cancel(self._auth_timer)
+        self._cancel(self._expiry_timer)
+        self._auth_timer = self._expiry_timer = None
+        self._queued.clear()
+        factory = self.factory
+        factory.admission.handshake_done(self)
+        if self.claims is not None:
+            factory.registry.deauthenticate(self)
+            self.claims = None
+        if factory.connection_closed(self):
+            _log.info(
+                "connection {conn_id} closed{reason}",
+                conn_id=self.conn_id,
+                reason=f" ({self._close_reason})" if self._close_reason else "",
+            )
+        if self._counted:
+            self._counted = False
+            factory.admission.release(self.client_ip)
+
+    @staticmethod
+    def _cancel(call: IDelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()
+
+    def close_with(self, code: int, reason: str, reply: bytes | None = None) -> None:
+        """Send C{reply} (if any), then the closing handshake with C{code}."""
+        if self.state != _STATE_OPEN:
+            return
+        self._close_reason = f"{code} {reason}"
+        self.factory.metrics.closes.labels(reason=str(code)).inc()
+        if reply is not None:
+            self.write(text_frame(reply))
+        self.stop_events()
+        self.sendClose(code, reason)
+
+    def going_away(self) -> None:
+        """Server shutdown: 1001, which Autobahn's sendClose refuses."""
+        if self.state == _STATE_OPEN:
+            self._close_reason = "1001 shutdown"
+            self.stop_events()
+            self.sendCloseFrame(code=CloseCode.GOING_AWAY, reasonUtf8=b"Server shutting down", isReply=False)
+        elif self.state != _STATE_CLOSED and self.transport is not None:
+            self.transport.abortConnection()
+
+    def stop_events(self) -> None:
+        """No more events for this connection: it leaves the registry."""
+        if self.claims is not None:
+            self.factory.registry.deauthenticate(self)
+            self.claims = None
+
+    def revoke(self) -> None:
+        """The session's token was revoked (SPEC §5): reply, then close 4003."""
+        _log.info(
+            "connection {conn_id} of {uid}: session revoked",
+            conn_id=self.conn_id,
+            uid=self.claims and self.claims.uid,
+        )
+        self.close_with(CloseCode.REVOKED, "Session revoked", Reply.AUTH_FAILED)
+
+    # -- the inbound bounds (the hooks of BoundedServerProtocol) ----------------------
+
+    def request_head_too_large(self) -> None:
+        self.factory.metrics.inbound_limited.labels(limit="request_head").inc()
+        self.refuse_with(431, "Request Header Fields Too Large", "request_head_too_large")
+
+    def too_many_frames(self) -> None:
+        self._over_budget("message_frames", "Too many frames in one message")
+
+    def inbound_frame(self) -> None:
+        """Take one frame from the frame budget; past it, close 1008."""
+        factory = self.factory
+        rate = factory.settings.websocket_inbound_frames_per_second
+        if rate <= 0:
+            return
+        now = factory.clock.seconds()
+        tokens = refill(self._frame_tokens, self._frames_at, now, rate, 2.0 * rate) - 1
+        self._frame_tokens = tokens
+        self._frames_at = now
+        if tokens < 0:
+            self._over_budget("frames", "Too many messages")
+
+    def inbound_bytes(self, size: int) -> bool:
+        """Take C{size} bytes from the byte budget; past it, close 1008 and drop them."""
+        factory = self.factory
+        rate = factory.settings.websocket_inbound_bytes_per_second
+        if rate <= 0:
+            return True
+        now = factory.clock.seconds()
+        tokens = refill(self._byte_tokens, self._bytes_at, now, rate, factory.byte_burst) - size
+        self._byte_tokens = tokens
+        self._bytes_at = now
+        if tokens < 0:
+            self._over_budget("bytes", "Too much data")
+            return False
+        return True
+
+    def _over_budget(self, limit: str, reason: str) -> None:
+        """Close 1008 for what the client sent, and stop reading from it."""
+        factory = self.factory
+        factory.metrics.inbound_limited.labels(limit=limit).inc()
+        claims = self.claims
+        _log.info(
+            "connection {conn_id} from {peer}{uid}: {reason}; closing",
+            conn_id=self.conn_id,
+            peer=self.peer,
+            uid=f" of {claims.uid}" if claims is not None else "",
+            reason=reason,
+        )
+        if self.state == _STATE_OPEN:
+            self._close_reason = f"{CloseCode.POLICY_VIOLATION} {reason}"
+            factory.metrics.closes.labels(reason=str(CloseCode.POLICY_VIOLATION)).inc()
+            self.stop_events()
+            self.fail(CloseCode.POLICY_VIOLATION, reason)
+        elif self.state == _STATE_CONNECTING:
+            self.mute()
+            self.dropConnection(abort=True)
+        else:
+            self.mute()
+
+    # -- authentication state -------------------------------------------------------
+
+    def start_auth_timer(self) -> None:
+        """(Re)start WEBSOCKET_AUTH_TIMEOUT: unauthenticated by then, closed 4002."""
+        timeout = self.factory.settings.websocket_auth_timeout
+        self._cancel(self._auth_timer)
+        self._auth_timer = None
+        if timeout > 0:
+            self._auth_timer = self.factory.clock.callLater(timeout, self._auth_timed_out)
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        if self.claims is None:
+            _log.info("connection {conn_id} did not authenticate in time", conn_id=self.conn_id)
+            self.close_with(CloseCode.AUTH_TIMEOUT, "Authentication timeout")
+
+    def authenticated(self, claims: Claims) -> None:
+        """The member is C{claims}: events from now on, until the token expires (4001)."""
+        factory = self.factory
+        factory.registry.authenticate(self, claims)
+        self.claims = claims
+        self._cancel(self._auth_timer)
+        self._auth_timer = None
+        self._cancel(self._expiry_timer)
+        self._expiry_timer = None
+        if claims.expires_at is not None:
+            delay = max(0.0, claims.expires_at - factory.clock.seconds())
+            self._expiry_timer = factory.clock.callLater(delay, self._token_expired)
+
+    def unauthenticated(self) -> None:
+        """A failed re-authentication: no more events, and the auth timeout runs again."""
+        if self.claims is None:
+            return
+        self.factory.registry.deauthenticate(self)
+        self.claims = None
+        self._cancel(self._expiry_timer)
+        self._expiry_timer = None
+        self.start_auth_timer()
+
+    def _token_expired(self) -> None:
+        self._expiry_timer = None
+        claims = self.claims
+        _log.info("connection {conn_id} token of {uid} expired", conn_id=self.conn_id, uid=claims and claims.uid)
+        self.close_with(CloseCode.TOKEN_EXPIRED, "Token expired", Reply.TOKEN_EXPIRED)
+
+    # -- messages ------------------------------------------------------------------
+
+    def onPong(self, payload: bytes) -> None:
+        self.awaiting_pong = False
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.awaiting_pong = False
+        if self._busy is not None:
+            if len(self._queued) >= MAX_QUEUED_MESSAGES:
+                self.reply(Reply.HANDLING_ERROR)
+            else:
+                self._queued.append((payload, isBinary))
+            return
+        self._handle(payload, isBinary)
+
+    def _handle(self, payload: bytes, is_binary: bool) -> None:
+        try:
+            pending = self.dialect.received(self, payload, is_binary)
+        except Exception:
+            _log.failure("connection {conn_id}: failure handling a message", conn_id=self.conn_id)
+            self.reply(Reply.HANDLING_ERROR)
+            return
+        if pending is not None:
+            self._busy = pending
+            pending.addBoth(self._finished_pending)
+
+    def _finished_pending(self, result: object) -> None:
+        self._busy = None
+        while self._queued and self._busy is None and self.state == _STATE_OPEN:
+            self._handle(*self._queued.pop(0))
+
+    def reply(self, message: bytes) -> None:
+        """
+        Send one text message. A reply is unsent data like an event: a client
+        that sends but never reads must not make the server buffer replies
+        without bound.
+        """
+        if self.state == _STATE_OPEN and self._room_for(len(message) + 4):
+            self.write(text_frame(message))
+
+    def onPing(self, payload: bytes) -> None:
+        # Autobahn answers every client ping with a pong: held like any other write.
+        if self.state == _STATE_OPEN and self._room_for(len(payload) + 2):
+            super().onPing(payload)
+
+    # -- what the registry calls -----------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> bool:
+        """
+        Write a ready event frame. While the transport has asked us to pause
+        (its buffer is full: the client is not reading), count what piles up
+        and close with 4008 past WEBSOCKET_MAX_BUFFER instead of buffering
+        without bound.
+        """
+        if self.state != _STATE_OPEN:
+            return False
+        if self._paused:
+            if self._held_bytes() + len(frame) > self.factory.settings.websocket_max_buffer:
+                self.factory.metrics.slow_consumer_closes.inc()
+                _log.warn(
+                    "connection {conn_id} of {uid} is not keeping up; closing",
+                    conn_id=self.conn_id,
+                    uid=self.claims and self.claims.uid,
+                )
+                self.close_with(CloseCode.SLOW_CONSUMER, "Too slow")
+                return False
+            self._written_while_paused += len(frame)
+        _transport.write(self.transport, self._socket, frame)
+        return True
+
+    def send_frames(self, frames: list[bytes]) -> bool:
+        """Write several ready event frames, in order, in one write (see L{Registry.end_batch})."""
+        return self.send_frame(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def write(self, frame: bytes) -> None:
+        """Write a ready frame, with no limit applied (the caller checked, or it is a close path)."""
+        _transport.write(self.transport, self._socket, frame)
+
+    def _room_for(self, size: int) -> bool:
+        """
+        Whether C{size} more bytes (a reply, a pong) may be written. While the
+        transport is paused, past WEBSOCKET_MAX_BUFFER the connection is
+        closed with 4008 instead, as for events.
+        """
+        if not self._paused:
+            return True
+        if self._held_bytes() + size > self.factory.settings.websocket_max_buffer:
+            self.factory.metrics.slow_consumer_closes.inc()
+            _log.warn("connection {conn_id} does not read its replies; closing", conn_id=self.conn_id)
+            self.close_with(CloseCode.SLOW_CONSUMER, "Too slow")
+            return False
+        self._written_while_paused += size
+        return True
+
+    def _held_bytes(self) -> int:
+        """Bytes the transport holds beyond the kernel: exact for TCP, else an upper bound."""
+        held = _transport.held_bytes(self.transport)
+        return self._written_while_paused if held is None else held
+
+    # -- IPushProducer: the transport tells us when its buffer is full ----------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._written_while_paused = 0
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._written_while_paused = 0
+
+    def stopProducing(self) -> None:
+        self._paused = True

@@ -1,0 +1,190 @@
+# -*- test-case-name: tests.unit.test_protocol -*-
+"""
+The WebSocket factory: builds connections, holds what they share (settings,
+verifier, registry, revocation check, metrics, clock, admission), chooses
+each connection's dialect at its upgrade request, and keeps the keep-alive
+sweep and the shutdown of all connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, cast
+
+from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from peatio_ws.auth import TokenVerifier
+from peatio_ws.config import Settings
+from peatio_ws.logs import logger
+from peatio_ws.metrics import Metrics
+from peatio_ws.registry import Registry
+from peatio_ws.websocket._autobahn import bake_options
+from peatio_ws.websocket.admission import Admission
+from peatio_ws.websocket.connection import Dialect, StreamProtocol
+from peatio_ws.websocket.legacy import LEGACY
+from peatio_ws.websocket.limits import byte_burst
+from peatio_ws.websocket.origins import OriginPolicy
+
+if TYPE_CHECKING:
+    from peatio_ws.redis import RevocationService
+
+__all__ = ["PING_FRAME", "PING_SLICE", "PING_SLICE_GAP", "StreamFactory"]
+
+_log = logger("peatio_ws.protocol")
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+#: Connections pinged at a time. Slices of this size go out L{PING_SLICE_GAP}
+#: apart (the whole sweep within a quarter of the interval), so pings and the
+#: pongs coming back are spread out and an event waits behind one small
+#: slice at most (docs/benchmarks.md: 15,000 connections).
+PING_SLICE = 20
+PING_SLICE_GAP = 0.02
+#: A ping frame (final, no payload), written like an event frame: Autobahn's
+#: sendPing costs several times more, and nothing of ours needs it to know.
+PING_FRAME = b"\x89\x00"
+
+
+class StreamFactory(WebSocketServerFactory):
+    """
+    Builds L{StreamProtocol}s and holds what they share. The keep-alive is
+    one sweep timer for all connections, not one per connection.
+    """
+
+    protocol = StreamProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        verifier: TokenVerifier,
+        metrics: Metrics,
+        clock: IReactorTime,
+        revocation: RevocationService | None = None,
+        url: str | None = None,
+        handshake_timeouts: bool = True,
+    ) -> None:
+        super().__init__(url, server="peatio-ws")
+        self.settings = settings
+        self.registry = registry
+        self.verifier = verifier
+        self.metrics = metrics
+        self.clock = clock
+        self.revocation = revocation
+        self.origins = OriginPolicy(settings.websocket_allowed_origins)
+        self.admission = Admission(settings, metrics, clock)
+        self.connections: set[StreamProtocol] = set()
+        self.byte_burst = byte_burst(settings.websocket_inbound_bytes_per_second, settings.websocket_max_message_size)
+        self._next_id = 0
+        self._ping_call: IDelayedCall | None = None
+        # One call: setProtocolOptions resets options it is not given.
+        self.setProtocolOptions(
+            webStatus=False,
+            maxMessagePayloadSize=settings.websocket_max_message_size,
+            maxFramePayloadSize=settings.websocket_max_message_size,
+            # Without this a too-big message is answered by dropping TCP, and
+            # the client sees 1006 instead of 1009.
+            failByDrop=False,
+            # Autobahn's timer rounds down: 1 s often drops the close frame.
+            # (0 in unit tests: Autobahn's timers run on the global reactor.)
+            closeHandshakeTimeout=settings.websocket_close_timeout if handshake_timeouts else 0,
+            # The handshake deadline is ours (Admission, on the injected clock).
+            openHandshakeTimeout=0,
+            autoPingInterval=0,
+            tcpNoDelay=True,
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+        )
+
+    # -- Autobahn's options, on the protocol class once per factory ----------------------
+
+    def resetProtocolOptions(self) -> None:
+        super().resetProtocolOptions()
+        self.protocol = cast(Any, bake_options(type(self).protocol, self))
+
+    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
+        super().setProtocolOptions(*args, **kwargs)
+        self.protocol = cast(Any, bake_options(type(self).protocol, self))
+
+    def buildProtocol(self, addr: Any) -> StreamProtocol:  # type: ignore[override]
+        proto = cast(StreamProtocol, super().buildProtocol(addr))
+        self._next_id += 1
+        proto.conn_id = f"c{self._next_id}"
+        return proto
+
+    def dialect_for(self, request: ConnectionRequest) -> Dialect:
+        """The protocol a connection speaks, chosen from its upgrade request."""
+        return LEGACY
+
+    # -- bookkeeping ---------------------------------------------------------------
+
+    def connection_opened(self, proto: StreamProtocol) -> None:
+        self.connections.add(proto)
+        self.metrics.connections.set(len(self.connections))
+        self.metrics.connections_total.inc()
+
+    def connection_closed(self, proto: StreamProtocol) -> bool:
+        """Forget C{proto}; True the first time only."""
+        if proto not in self.connections:
+            return False
+        self.connections.discard(proto)
+        self.metrics.connections.set(len(self.connections))
+        return True
+
+    # -- keep-alive ----------------------------------------------------------------
+
+    def start_pinging(self) -> None:
+        """Every WEBSOCKET_PING_INTERVAL: drop who missed the last ping, ping the rest."""
+        interval = self.settings.websocket_ping_interval
+        if interval > 0 and self._ping_call is None:
+            self._ping_call = self.clock.callLater(interval, self._ping_sweep)
+
+    def stop_pinging(self) -> None:
+        if self._ping_call is not None and self._ping_call.active():
+            self._ping_call.cancel()
+        self._ping_call = None
+
+    def _ping_sweep(self, protos: tuple[StreamProtocol, ...] | None = None, start: int = 0) -> None:
+        """Ping (or drop) L{PING_SLICE} connections; the next slice a little later."""
+        if protos is None:
+            protos = tuple(self.connections)
+        end = start + PING_SLICE
+        for proto in protos[start:end]:
+            if proto.state != _STATE_OPEN:
+                continue
+            if proto.awaiting_pong:
+                _log.info("connection {conn_id} missed its ping; dropping", conn_id=proto.conn_id)
+                self.metrics.closes.labels(reason="ping_timeout").inc()
+                proto.dropConnection(abort=True)
+            else:
+                proto.awaiting_pong = True
+                proto.send_frame(PING_FRAME)
+        if end < len(protos):
+            slices = -(-len(protos) // PING_SLICE)
+            gap = min(PING_SLICE_GAP, self.settings.websocket_ping_interval / 4 / slices)
+            self._ping_call = self.clock.callLater(gap, self._ping_sweep, protos, end)
+        else:
+            self._ping_call = None
+            self.start_pinging()
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    def close_all(self) -> Deferred[Any]:
+        """
+        Close every connection with 1001 and fire when all are gone (bounded by
+        the close handshake timeout, after which Autobahn drops them); sockets
+        still in their handshake are dropped.
+        """
+        self.stop_pinging()
+        self.admission.drop_all()
+        waiting: list[Deferred[Any]] = []
+        for proto in tuple(self.connections):
+            waiting.append(proto.is_closed)
+            proto.going_away()
+        return DeferredList(waiting, consumeErrors=True)
+
+    def live(self) -> Iterable[StreamProtocol]:
+        return tuple(self.connections)

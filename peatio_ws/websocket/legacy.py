@@ -1,0 +1,141 @@
+# -*- test-case-name: tests.unit.test_protocol -*-
+"""
+The legacy dialect (SPEC §3: Peatio 1.x's websocket_api): a challenge on
+open, then C{{"jwt": "Bearer …"}} answered with exactly the documented
+replies; re-authentication; C{ping}/C{pong}.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any, cast
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from peatio_ws.auth import AuthError, Claims
+from peatio_ws.framing import text_frame
+from peatio_ws.logs import logger
+from peatio_ws.websocket.connection import StreamProtocol
+from peatio_ws.websocket.limits import parse_client_json
+from peatio_ws.websocket.replies import CloseCode, Reply
+from peatio_ws.websocket.tokens import check_token
+
+__all__ = ["LEGACY", "LegacyDialect", "new_challenge"]
+
+_log = logger("peatio_ws.protocol")
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+
+def new_challenge() -> str:
+    """40 random bytes, URL-safe base64 without padding: 54 characters."""
+    return base64.urlsafe_b64encode(os.urandom(40)).rstrip(b"=").decode("ascii")
+
+
+class LegacyDialect:
+    """Stateless: everything a connection holds is on the connection."""
+
+    def opened(self, conn: StreamProtocol) -> None:
+        conn.challenge = new_challenge()
+        conn.write(text_frame(json.dumps({"challenge": conn.challenge}).encode("ascii")))
+        conn.start_auth_timer()
+
+    def received(self, conn: StreamProtocol, payload: bytes, is_binary: bool) -> Deferred[Any] | None:
+        """Handle one client message; a Deferred while a revocation check runs."""
+        if is_binary:
+            conn.reply(Reply.HANDLING_ERROR)
+            return None
+        if payload == b"ping":
+            conn.reply(b"pong")
+            return None
+        try:
+            message = parse_client_json(payload)
+        except ValueError:
+            conn.reply(Reply.HANDLING_ERROR)
+            return None
+        if not isinstance(message, dict) or "jwt" not in message:
+            conn.reply(Reply.HANDLING_ERROR)
+            return None
+        value = message["jwt"]
+        if not isinstance(value, str):
+            conn.reply(Reply.TOKEN_TYPE)
+            return None
+        kind, _, token = value.partition(" ")
+        if kind != "Bearer":
+            conn.reply(Reply.TOKEN_TYPE)
+            return None
+        return self._authenticate(conn, token.strip())
+
+    @staticmethod
+    def _over_attempt_limit(conn: StreamProtocol) -> bool:
+        limit = conn.factory.settings.websocket_auth_attempts_per_minute
+        if limit <= 0:
+            return False
+        now = conn.factory.clock.seconds()
+        attempts = conn.attempts
+        while attempts and attempts[0] <= now - 60:
+            attempts.pop(0)
+        attempts.append(now)
+        return len(attempts) > limit
+
+    def _authenticate(self, conn: StreamProtocol, token: str) -> Deferred[Any] | None:
+        factory = conn.factory
+        if self._over_attempt_limit(conn):
+            factory.metrics.auth.labels(result="failure", reason="rate_limited").inc()
+            conn.close_with(CloseCode.TOO_MANY_ATTEMPTS, "Too many authentication attempts", Reply.TOO_MANY_ATTEMPTS)
+            return None
+        try:
+            result = check_token(factory.verifier, factory.revocation, token, conn.conn_id)
+        except AuthError as e:
+            self._failed(conn, e.reason)
+            return None
+        if isinstance(result, Claims):
+            self._succeeded(conn, result)
+            return None
+
+        def failed(failure: Failure) -> None:
+            failure.trap(AuthError)
+            self._failed(conn, cast(AuthError, failure.value).reason)
+
+        return result.addCallbacks(lambda claims: self._succeeded(conn, claims), failed)
+
+    @staticmethod
+    def _failed(conn: StreamProtocol, reason: str) -> None:
+        conn.factory.metrics.auth.labels(result="failure", reason=reason).inc()
+        if conn.state != _STATE_OPEN:
+            return
+        previous = conn.claims
+        # A failed re-authentication drops the old one: no more events.
+        conn.unauthenticated()
+        _log.info(
+            "connection {conn_id} authentication failed: {reason}{was}",
+            conn_id=conn.conn_id,
+            reason=reason,
+            was=f" (was {previous.uid})" if previous is not None else "",
+        )
+        conn.reply(Reply.AUTH_FAILED)
+
+    @staticmethod
+    def _succeeded(conn: StreamProtocol, claims: Claims) -> None:
+        if conn.state != _STATE_OPEN:
+            return
+        previous = conn.claims
+        conn.authenticated(claims)
+        conn.factory.metrics.auth.labels(result="success", reason="ok").inc()
+        if previous is None:
+            _log.info("connection {conn_id} authenticated as {uid}", conn_id=conn.conn_id, uid=claims.uid)
+        elif previous.uid != claims.uid:
+            _log.info(
+                "connection {conn_id} re-authenticated as {uid} (was {old})",
+                conn_id=conn.conn_id,
+                uid=claims.uid,
+                old=previous.uid,
+            )
+        conn.reply(Reply.AUTHENTICATED)
+
+
+#: The one legacy dialect every legacy connection shares.
+LEGACY = LegacyDialect()
