@@ -1,0 +1,112 @@
+"""
+The doors of L{peatio_ws.websocket} to other libraries' internals
+(C{_autobahn.py}, C{_transport.py}): each name and behaviour they rely on,
+checked against the installed Autobahn and Twisted, so an upgrade that
+changes one fails here, saying what changed, instead of somewhere deep in a
+connection.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import reactor, tcp
+from twisted.trial.unittest import SynchronousTestCase
+
+from peatio_ws.websocket import _transport
+
+
+def parameters(function: object) -> list[str]:
+    return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+
+
+class AutobahnDoorTests(SynchronousTestCase):
+    """What L{peatio_ws.websocket._autobahn} overrides or calls (written against autobahn 26.11.1)."""
+
+    def test_overridden_hooks(self) -> None:
+        """The internal methods overridden still exist with the same parameters."""
+        expected = {
+            "_dataReceived": ["self", "data"],
+            "processHandshake": ["self"],
+            "onFrameBegin": ["self"],
+            "onMessageBegin": ["self", "isBinary"],
+            "onMessageFrameBegin": ["self", "length"],
+            "_fail_connection": ["self", "code", "reason"],
+            "failHandshake": ["self", "reason", "code", "responseHeaders"],
+            "sendCloseFrame": ["self", "code", "reasonUtf8", "isReply"],
+        }
+        found = {}
+        for name in expected:
+            method = getattr(WebSocketServerProtocol, name, None)
+            found[name] = parameters(method) if method is not None else "missing"
+        self.assertEqual(found, expected, "Autobahn changed a method peatio_ws.websocket._autobahn overrides or calls")
+
+    def test_data_received_feeds_buffer(self) -> None:
+        """_dataReceived appends to self.data and calls consumeData: the head search reads self.data."""
+        source = inspect.getsource(WebSocketProtocol._dataReceived)
+        self.assertIn("self.data += data", source, "Autobahn no longer buffers inbound bytes in self.data")
+        self.assertIn("self.consumeData()", source)
+
+    def test_handshake_reads_data_and_head_state(self) -> None:
+        """The server handshake searches self.data for the head's end and keeps the raw request and headers."""
+        source = inspect.getsource(WebSocketServerProtocol.processHandshake)
+        for needle in ('self.data.find(b"\\x0d\\x0a\\x0d\\x0a")', "self.http_request_data", "self.http_headers"):
+            self.assertIn(needle, source, f"Autobahn's server handshake no longer uses {needle}")
+
+    def test_frame_state(self) -> None:
+        """Frame processing keeps current_frame (with fin) and failedByMe; onMessageFrameBegin counts the length."""
+        frame_source = inspect.getsource(WebSocketProtocol.processData)
+        self.assertIn("self.current_frame = FrameHeader(", frame_source)
+        header = inspect.getsource(__import__("autobahn.websocket.protocol", fromlist=["FrameHeader"]).FrameHeader)
+        self.assertIn("self.fin = fin", header)
+        begin = inspect.getsource(WebSocketProtocol.onMessageFrameBegin)
+        self.assertIn("self.message_data_total_length += length", begin)
+        self.assertIn("self.failedByMe", begin)
+
+    def test_options_copied_per_connection(self) -> None:
+        """CONFIG_ATTRS still lists the options copied into each connection, read from the factory."""
+        attrs = WebSocketServerProtocol.CONFIG_ATTRS
+        self.assertIn("maxMessagePayloadSize", attrs)
+        self.assertIn("closeHandshakeTimeout", attrs)
+        factory = WebSocketServerFactory()
+        self.assertEqual([a for a in attrs if not hasattr(factory, a)], [])
+        made = inspect.getsource(WebSocketProtocol._connectionMade)
+        self.assertIn("CONFIG_ATTRS", made, "Autobahn no longer copies CONFIG_ATTRS per connection")
+
+
+class TwistedTransportDoorTests(SynchronousTestCase):
+    """What L{peatio_ws.websocket._transport} reads (written against Twisted 26.10.0)."""
+
+    def test_tcp_connection_attributes(self) -> None:
+        """A real server-side TCP connection has socket, dataBuffer, offset, _tempDataLen, connected, disconnecting."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        accepted, address = listener.accept()
+        try:
+            server = tcp.Server(accepted, None, address, None, 1, reactor)  # type: ignore[arg-type]
+            missing = [
+                name
+                for name in ("socket", "dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting")
+                if not hasattr(server, name)
+            ]
+            self.assertEqual(missing, [], "Twisted's tcp.Connection lost attributes _transport relies on")
+            self.assertIs(_transport.direct_socket(server), accepted)
+            self.assertEqual(_transport.held_bytes(server), 0)
+            self.assertIsInstance(server.dataBuffer, bytes | memoryview)
+            self.assertIsInstance(server._tempDataLen, int)
+        finally:
+            client.close()
+            accepted.close()
+            listener.close()
+
+    def test_write_buffers_in_temp_data(self) -> None:
+        """transport.write keeps unsent bytes in _tempData/_tempDataLen until doWrite: what held_bytes counts."""
+        source = inspect.getsource(tcp.Connection.write) if "write" in vars(tcp.Connection) else ""
+        source += inspect.getsource(__import__("twisted.internet.abstract", fromlist=["FileDescriptor"]).FileDescriptor)
+        self.assertIn("_tempDataLen", source)
+        self.assertIn("self.dataBuffer", source)
