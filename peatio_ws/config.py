@@ -217,92 +217,6 @@ def _algorithms(raw: Any) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Settings:
-    """
-    The validated configuration. Attribute names are the lower-case keys;
-    C{jwt_public_key} is the loaded key object, not its text.
-    """
-
-    websocket_host: str = "0.0.0.0"
-    websocket_port: int = 8080
-    websocket_ssl_key: str | None = None
-    websocket_ssl_cert: str | None = None
-    websocket_auth_timeout: float = 60.0
-    websocket_ping_interval: float = 10.0
-    websocket_max_message_size: int = 16384
-    websocket_allowed_origins: tuple[str, ...] = ()
-    websocket_close_timeout: float = 5.0
-    websocket_max_buffer: int = 4 * 1024 * 1024
-    websocket_reuse_port: bool = False
-    websocket_max_connections_per_ip: int = 0
-    websocket_auth_attempts_per_minute: int = 30
-    websocket_handshake_timeout: float = 5.0
-    websocket_max_handshakes: int = 1000
-    websocket_inbound_frames_per_second: int = 50
-    websocket_inbound_bytes_per_second: int = 65536
-
-    jwt_public_key: Any = None
-    jwt_algorithm: tuple[str, ...] = ("RS256",)
-    jwt_issuer: str | None = None
-    jwt_audience: tuple[str, ...] = ("peatio",)
-    jwt_default_leeway: float | None = None
-    jwt_issued_at_leeway: float | None = 180.0
-    jwt_expiration_leeway: float | None = None
-    jwt_not_before_leeway: float | None = None
-
-    rabbitmq_host: str = "localhost"
-    rabbitmq_port: int = 5672
-    rabbitmq_user: str = "guest"
-    rabbitmq_password: str = field(default="guest", repr=False)
-    rabbitmq_vhost: str = "/"
-    rabbitmq_events_exchange: str = "peatio.events.ranger"
-    rabbitmq_heartbeat: int = 30
-    rabbitmq_prefetch: int = 2000
-    rabbitmq_queue_expires: float = 120.0
-    rabbitmq_unbind_delay: float = 5.0
-    amqp_spec: str = "/usr/share/amqp/specs/0-9-1/amqp0-9-1.stripped.xml"
-
-    redis_url: RedisAddress = RedisAddress("localhost", 6379, 0, None, False)
-    redis_revocation_when_down: str = "allow"
-
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = 8082
-    health_probe_interval: float = 2.0
-    health_probe_timeout: float = 5.0
-    log_format: str = "text"
-
-    @property
-    def tls(self) -> bool:
-        """Serve wss:// when both the key and the certificate are set."""
-        return bool(self.websocket_ssl_key and self.websocket_ssl_cert)
-
-    def leeway(self, claim: str) -> float:
-        """
-        Seconds of clock leeway for C{exp}, C{nbf} or C{iat}: the claim's own
-        key when set, else JWT_DEFAULT_LEEWAY, else none.
-        """
-        own = {
-            "exp": self.jwt_expiration_leeway,
-            "nbf": self.jwt_not_before_leeway,
-            "iat": self.jwt_issued_at_leeway,
-        }[claim]
-        if own is not None:
-            return own
-        return self.jwt_default_leeway or 0.0
-
-    def token_verifier(self, clock: SecondsClock) -> TokenVerifier:
-        """The JWT verifier these settings describe (JWT_* keys)."""
-        return TokenVerifier(
-            self.jwt_public_key,
-            self.jwt_algorithm,
-            clock,
-            issuer=self.jwt_issuer,
-            audience=self.jwt_audience,
-            leeways={claim: self.leeway(claim) for claim in ("exp", "nbf", "iat")},
-        )
-
-
 #: Every configuration key, with its parser. Secrets are masked when shown.
 KEYS: dict[str, Callable[[Any], Any]] = {
     "WEBSOCKET_HOST": _required,
@@ -350,12 +264,6 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "LOG_FORMAT": _choice("text", "json"),
 }
 
-#: Keys whose values are never printed.
-SECRET_KEYS = frozenset({"RABBITMQ_PASSWORD", "REDIS_URL"})
-
-assert {f.name.upper() for f in fields(Settings)} == set(KEYS), "KEYS and Settings disagree"
-
-
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     Read a YAML configuration file into a dict of raw values.
@@ -385,6 +293,120 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         if isinstance(value, (dict, list)):
             raise ConfigError(key, "must be a plain value, not a map or list")
     return data
+
+
+def _default_values() -> dict[str, Any]:
+    """
+    The defaults file's values, parsed: the defaults of L{Settings}. Keys
+    whose check needs the machine (a file to read, a key to load) keep their
+    text here and are checked when settings are loaded.
+    """
+    raw = read_config_file(default_config_path())
+    unchecked: dict[str, Callable[[Any], Any]] = {
+        "JWT_PUBLIC_KEY": _optional,
+        "AMQP_SPEC": _text,
+        "WEBSOCKET_SSL_KEY": _optional,
+        "WEBSOCKET_SSL_CERT": _optional,
+    }
+    return {key.lower(): unchecked.get(key, parse)(raw.get(key)) for key, parse in KEYS.items()}
+
+
+_DEFAULTS = _default_values()
+
+
+
+@dataclass(frozen=True)
+class Settings:
+    """
+    The validated configuration. Attribute names are the lower-case keys;
+    C{jwt_public_key} is the loaded key object, not its text. The defaults
+    are those of C{etc/application.yml}, read once when this module is
+    imported: they are written nowhere else.
+    """
+
+    websocket_host: str = _DEFAULTS["websocket_host"]
+    websocket_port: int = _DEFAULTS["websocket_port"]
+    websocket_ssl_key: str | None = _DEFAULTS["websocket_ssl_key"]
+    websocket_ssl_cert: str | None = _DEFAULTS["websocket_ssl_cert"]
+    websocket_auth_timeout: float = _DEFAULTS["websocket_auth_timeout"]
+    websocket_ping_interval: float = _DEFAULTS["websocket_ping_interval"]
+    websocket_max_message_size: int = _DEFAULTS["websocket_max_message_size"]
+    websocket_allowed_origins: tuple[str, ...] = _DEFAULTS["websocket_allowed_origins"]
+    websocket_close_timeout: float = _DEFAULTS["websocket_close_timeout"]
+    websocket_max_buffer: int = _DEFAULTS["websocket_max_buffer"]
+    websocket_reuse_port: bool = _DEFAULTS["websocket_reuse_port"]
+    websocket_max_connections_per_ip: int = _DEFAULTS["websocket_max_connections_per_ip"]
+    websocket_auth_attempts_per_minute: int = _DEFAULTS["websocket_auth_attempts_per_minute"]
+    websocket_handshake_timeout: float = _DEFAULTS["websocket_handshake_timeout"]
+    websocket_max_handshakes: int = _DEFAULTS["websocket_max_handshakes"]
+    websocket_inbound_frames_per_second: int = _DEFAULTS["websocket_inbound_frames_per_second"]
+    websocket_inbound_bytes_per_second: int = _DEFAULTS["websocket_inbound_bytes_per_second"]
+
+    jwt_public_key: Any = None
+    jwt_algorithm: tuple[str, ...] = _DEFAULTS["jwt_algorithm"]
+    jwt_issuer: str | None = _DEFAULTS["jwt_issuer"]
+    jwt_audience: tuple[str, ...] = _DEFAULTS["jwt_audience"]
+    jwt_default_leeway: float | None = _DEFAULTS["jwt_default_leeway"]
+    jwt_issued_at_leeway: float | None = _DEFAULTS["jwt_issued_at_leeway"]
+    jwt_expiration_leeway: float | None = _DEFAULTS["jwt_expiration_leeway"]
+    jwt_not_before_leeway: float | None = _DEFAULTS["jwt_not_before_leeway"]
+
+    rabbitmq_host: str = _DEFAULTS["rabbitmq_host"]
+    rabbitmq_port: int = _DEFAULTS["rabbitmq_port"]
+    rabbitmq_user: str = _DEFAULTS["rabbitmq_user"]
+    rabbitmq_password: str = field(default=_DEFAULTS["rabbitmq_password"], repr=False)
+    rabbitmq_vhost: str = _DEFAULTS["rabbitmq_vhost"]
+    rabbitmq_events_exchange: str = _DEFAULTS["rabbitmq_events_exchange"]
+    rabbitmq_heartbeat: int = _DEFAULTS["rabbitmq_heartbeat"]
+    rabbitmq_prefetch: int = _DEFAULTS["rabbitmq_prefetch"]
+    rabbitmq_queue_expires: float = _DEFAULTS["rabbitmq_queue_expires"]
+    rabbitmq_unbind_delay: float = _DEFAULTS["rabbitmq_unbind_delay"]
+    amqp_spec: str = _DEFAULTS["amqp_spec"]
+
+    redis_url: RedisAddress = _DEFAULTS["redis_url"]
+    redis_revocation_when_down: str = _DEFAULTS["redis_revocation_when_down"]
+
+    metrics_host: str = _DEFAULTS["metrics_host"]
+    metrics_port: int = _DEFAULTS["metrics_port"]
+    health_probe_interval: float = _DEFAULTS["health_probe_interval"]
+    health_probe_timeout: float = _DEFAULTS["health_probe_timeout"]
+    log_format: str = _DEFAULTS["log_format"]
+
+    @property
+    def tls(self) -> bool:
+        """Serve wss:// when both the key and the certificate are set."""
+        return bool(self.websocket_ssl_key and self.websocket_ssl_cert)
+
+    def leeway(self, claim: str) -> float:
+        """
+        Seconds of clock leeway for C{exp}, C{nbf} or C{iat}: the claim's own
+        key when set, else JWT_DEFAULT_LEEWAY, else none.
+        """
+        own = {
+            "exp": self.jwt_expiration_leeway,
+            "nbf": self.jwt_not_before_leeway,
+            "iat": self.jwt_issued_at_leeway,
+        }[claim]
+        if own is not None:
+            return own
+        return self.jwt_default_leeway or 0.0
+
+    def token_verifier(self, clock: SecondsClock) -> TokenVerifier:
+        """The JWT verifier these settings describe (JWT_* keys)."""
+        return TokenVerifier(
+            self.jwt_public_key,
+            self.jwt_algorithm,
+            clock,
+            issuer=self.jwt_issuer,
+            audience=self.jwt_audience,
+            leeways={claim: self.leeway(claim) for claim in ("exp", "nbf", "iat")},
+        )
+
+
+#: Keys whose values are never printed.
+SECRET_KEYS = frozenset({"RABBITMQ_PASSWORD", "REDIS_URL"})
+
+assert {f.name.upper() for f in fields(Settings)} == set(KEYS), "KEYS and Settings disagree"
 
 
 def raw_values(

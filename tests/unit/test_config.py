@@ -101,6 +101,14 @@ class DefaultsFileTests(ConfigTestCase):
         """read_config_file reads the defaults file without complaint, all keys included."""
         self.assertEqual(set(read_config_file(ETC_APPLICATION_YML)), set(KEYS))
 
+    def test_defaults_written_once(self) -> None:
+        """config.py spells no default value: every Settings default is read from etc/application.yml."""
+        source = Path(config.__file__).read_text(encoding="utf-8")
+        body = source[source.index("class Settings:") : source.index("def tls(self)")]
+        for line in body.splitlines():
+            if ": " in line and " = " in line and not line.strip().startswith(("#", '"')):
+                self.assertRegex(line, r'= (None|_DEFAULTS\["\w+"\]|field\(default=_DEFAULTS\["\w+"\], repr=False\))$')
+
     def test_defaults_equal_settings_defaults(self) -> None:
         """Loading the file with only a key set gives Settings' own defaults for every other field."""
         settings = load_settings(environ=good_env())
