@@ -35,35 +35,33 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from tests.support.chaos_helpers import (
+from tests.support.broker import (
+    bindings_of,
+    close_connection_named,
+    ensure_broker_running,
+    exchange_exists,
+    queue_counts,
+    queue_exists,
+    queue_name_from_log,
+    rabbitmqctl,
+    start_broker_app,
+    stop_broker_app,
+)
+from tests.support.cases import ChaosTestCase, new_uid
+from tests.support.daemon import DaemonProcess
+from tests.support.figures import FULL, record, scaled
+from tests.support.publisher import (
     ACCEPTED,
-    FULL,
     NACKED,
     NOT_SENT,
     RETURNED,
     UNCONFIRMED,
-    ChaosTestCase,
     ConfirmingPublisher,
-    SeqTracker,
-    SteadyStream,
-    WsClient,
-    bindings_of,
-    delivery_figures,
-    ensure_broker_running,
-    exchange_exists,
-    new_uid,
-    queue_exists,
-    queue_name_from_log,
-    record,
-    scaled,
-    sleep,
-    start_broker_app,
-    stop_broker_app,
-    until,
-    until_async,
+    Publisher,
 )
-from tests.support.daemon import DaemonProcess
-from tests.support.helpers import Publisher, close_connection_named, queue_counts, rabbitmqctl
+from tests.support.reactor_client import WsClient
+from tests.support.streams import SeqTracker, SteadyStream, delivery_figures
+from tests.support.waiting import sleep, until
 
 CONNECTS = "peatio_ws_rabbitmq_connects_total"
 
@@ -198,7 +196,7 @@ class BrokerFaultTests(ChaosTestCase):
             if backlog:
                 os.kill(pid, signal.SIGSTOP)
                 try:
-                    await until_async(lambda: self.ready_at_least(s.queue, 100), 30, "a backlog in the queue")
+                    await until(lambda: self.ready_at_least(s.queue, 100), 30, "a backlog in the queue", interval=0.1)
                     ready, _ = await queue_counts(s.queue)
                     held_at_stop += ready
                     await stop_broker_app()
@@ -280,7 +278,9 @@ class BrokerFaultTests(ChaosTestCase):
             fault = len(s.seqs)
             os.kill(pid, signal.SIGSTOP)
             try:
-                await until_async(lambda: self.connection_gone(s.queue), 30, "RabbitMQ to drop the frozen daemon")
+                await until(
+                    lambda: self.connection_gone(s.queue), 30, "RabbitMQ to drop the frozen daemon", interval=0.1
+                )
                 self.assertTrue(await queue_exists(s.queue))
             finally:
                 os.kill(pid, signal.SIGCONT)
@@ -311,7 +311,7 @@ class BrokerFaultTests(ChaosTestCase):
         frozen = s.stream.next_seq
         os.kill(pid, signal.SIGSTOP)
         try:
-            await until_async(lambda: self.queue_gone(s.queue), 60, "the queue to expire")
+            await until(lambda: self.queue_gone(s.queue), 60, "the queue to expire", interval=0.1)
         finally:
             os.kill(pid, signal.SIGCONT)
         resumed = s.stream.next_seq

@@ -30,28 +30,16 @@ from peatio_ws.registry import Registry
 from peatio_ws.testing import Client as WireClient
 from peatio_ws.testing import client_frame, make_token, settings_for_tests
 from peatio_ws.websocket import StreamFactory
-from tests.support.chaos_helpers import (
-    AUTHENTICATED,
-    FULL,
-    ChaosTestCase,
-    SeqTracker,
-    at_least,
-    bindings_of,
-    closed_by_peer,
-    new_uid,
-    open_fds,
-    queue_name_from_log,
-    record,
-    rss_kib,
-    scaled,
-    sleep,
-    until,
-    ws_connect,
-)
+from tests.support.broker import bindings_of, queue_name_from_log
+from tests.support.cases import ChaosTestCase, new_uid
+from tests.support.figures import FULL, record, scaled
+from tests.support.oracle import AUTH_FAILED, AUTHENTICATED, TOO_MANY
+from tests.support.probes import open_fds, rss_kib
+from tests.support.raw_client import closed_by_peer
+from tests.support.reactor_client import ws_connect
+from tests.support.streams import SeqTracker, at_least
+from tests.support.waiting import sleep, until
 from tests.unit.test_amqp import Harness
-
-AUTH_FAILED = {"error": {"message": "Authentication failed."}}
-TOO_MANY = {"error": {"message": "Too many authentication attempts."}}
 
 #: WEBSOCKET_MAX_BUFFER's smallest allowed value.
 MIN_BUFFER = 65536

@@ -11,35 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from peatio_ws.testing import client_frame, make_token
-from tests.support.chaos_helpers import (
-    AUTH_FAILED,
-    AUTHENTICATED,
-    ChaosTestCase,
-    RawClient,
-    WsClient,
-    new_uid,
-    queue_name_from_log,
-    record,
-    rss_kib,
-    scaled,
-    ws_connect,
-)
+from tests.support.broker import queue_name_from_log
+from tests.support.cases import ChaosTestCase, new_uid
+from tests.support.corpus import BAD_HANDSHAKES, PROTOCOL_VIOLATIONS, UNUSUAL_HANDSHAKES, forged_tokens
 from tests.support.daemon import DaemonProcess
-from tests.support.helpers import Publisher
-from tests.unit.test_fuzz import (
-    BAD_HANDSHAKES,
-    PROTOCOL_VIOLATIONS,
-    UNUSUAL_HANDSHAKES,
-    expected_reply,
-    forged_tokens,
-)
+from tests.support.figures import record, scaled
+from tests.support.oracle import AUTH_FAILED, AUTHENTICATED, expected_reply
+from tests.support.probes import cpu_seconds, rss_kib
+from tests.support.publisher import Publisher
+from tests.support.raw_client import RawClient, raw_status
+from tests.support.reactor_client import WsClient, ws_connect
 
 MAX_MESSAGE = 16384
 
@@ -279,29 +265,8 @@ class HostileInputTests(ChaosTestCase):
         self.assertEqual([c.lost for c in hostile.values()], [False] * len(hostile))
 
 
-def raw_status(raw: RawClient) -> int | None:
-    """The HTTP status the server answered on C{raw}, or None if it closed without one."""
-    data = b""
-    try:
-        while b"\r\n" not in data:
-            chunk = raw.sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    except OSError:
-        pass
-    parts = data.split(b" ", 2)
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-
-
 def received_at_least(client: WsClient, count: int) -> bool:
     return len(client.messages) >= count
-
-
-def daemon_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process C{pid} so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def close_code_of(raw: RawClient) -> int | None:
@@ -310,8 +275,7 @@ def close_code_of(raw: RawClient) -> int | None:
 
 
 def fragment(payload: bytes, opcode: int, fin: bool) -> bytes:
-    frame = client_frame(payload, opcode)
-    return bytes([(0x80 if fin else 0) | opcode]) + frame[1:]
+    return client_frame(payload, opcode, fin=fin)
 
 
 class InboundBoundsTests(ChaosTestCase):
@@ -329,7 +293,7 @@ class InboundBoundsTests(ChaosTestCase):
         daemon = self.start_daemon()
         assert daemon.process is not None
         pid = daemon.process.pid
-        rss_before, cpu_before = rss_kib(pid), daemon_cpu_seconds(pid)
+        rss_before, cpu_before = rss_kib(pid), cpu_seconds(pid)
         sockets = 16
         statuses = []
         sent_total = 0
@@ -343,7 +307,7 @@ class InboundBoundsTests(ChaosTestCase):
                     sent += 4106
             sent_total += sent
             statuses.append(raw_status(raw))
-        rss_after, cpu_after = rss_kib(pid), daemon_cpu_seconds(pid)
+        rss_after, cpu_after = rss_kib(pid), cpu_seconds(pid)
         refused = self.gauge(daemon, "peatio_ws_connections_rejected_total", reason="request_head_too_large")
         record(
             "hostile input: upgrade requests that never end",

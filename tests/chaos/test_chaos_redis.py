@@ -13,19 +13,13 @@ from functools import partial
 from peatio_ws.redis import REVOCATIONS_CHANNEL
 from peatio_ws.testing import make_token
 from tests.support import redis_helpers as rh
-from tests.support.chaos_helpers import (
-    AUTHENTICATED,
-    ChaosTestCase,
-    SeqTracker,
-    SteadyStream,
-    WsClient,
-    at_least,
-    new_uid,
-    record,
-    scaled,
-    until,
-)
+from tests.support.cases import ChaosTestCase, new_uid
 from tests.support.daemon import DaemonProcess
+from tests.support.figures import record, scaled
+from tests.support.oracle import AUTHENTICATED
+from tests.support.reactor_client import WsClient
+from tests.support.streams import SeqTracker, SteadyStream, at_least
+from tests.support.waiting import until
 
 AUTH_FAILED = {"error": {"message": "Authentication failed."}}
 

@@ -23,18 +23,10 @@ from peatio_ws.auth import Claims
 from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
-from tests.support.helpers import (
-    HOST,
-    PASSWORD,
-    PORT,
-    USER,
-    Publisher,
-    close_connection_named,
-    queue_counts,
-    sleep,
-    wait_for,
-    within,
-)
+from tests.support.broker import HOST, PASSWORD, PORT, USER, close_connection_named, queue_counts
+from tests.support.publisher import Publisher
+from tests.support.waiting import sleep, within
+from tests.support.waiting import until as wait_for
 
 
 class FakeConnection:

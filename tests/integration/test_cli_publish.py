@@ -16,7 +16,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from peatio_ws.config import Settings
-from tests.support.redis_helpers import REPO
+from tests.support.paths import REPO
 
 ORDER_FIELDS = {
     "id", "side", "ord_type", "price", "avg_price", "state", "market", "created_at",

@@ -9,62 +9,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
-
-from twisted.trial.unittest import SynchronousTestCase
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
 
 from peatio_ws.testing import make_token
-from tests.support.daemon import DaemonProcess, run_cli
-
-AUTHENTICATED = {"success": {"message": "Authenticated."}}
-
-
-class DaemonTestCase(SynchronousTestCase):
-    daemon: DaemonProcess
-
-    def start_daemon(self, **env: str) -> DaemonProcess:
-        daemon = DaemonProcess(env=env)
-        self.addCleanup(daemon.cleanup)
-        daemon.start()
-        self.daemon = daemon
-        return daemon
-
-    def client(self) -> ClientConnection:
-        ws = connect(self.daemon.url, open_timeout=10, close_timeout=10)
-        self.addCleanup(ws.close)
-        return ws
-
-    def recv(self, ws: ClientConnection, timeout: float = 10.0) -> Any:
-        message = ws.recv(timeout=timeout)
-        try:
-            return json.loads(message)
-        except ValueError:
-            return message
-
-    def login(self, ws: ClientConnection, uid: str, **claims: Any) -> None:
-        self.assertIn("challenge", self.recv(ws))
-        ws.send(json.dumps({"jwt": "Bearer " + make_token(uid=uid, **claims)}))
-        self.assertEqual(self.recv(ws), AUTHENTICATED)
-
-    def publish(self, uid: str, event: str, payload: dict[str, Any]) -> None:
-        result = run_cli(
-            "publish", "--uid", uid, "--event", event, "--json", json.dumps(payload),
-            env={"RABBITMQ_EVENTS_EXCHANGE": self.daemon.exchange},
-        )
-        self.assertEqual(result.returncode, 0, result.stderr)
-
-    def close_code(self, ws: ClientConnection, timeout: float = 15.0) -> int | None:
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                ws.recv(timeout=max(0.1, deadline - time.monotonic()))
-        except ConnectionClosed as e:
-            return e.rcvd.code if e.rcvd is not None else None
-        except TimeoutError:
-            return None
-        return None
+from tests.support.cases import DaemonTestCase
+from tests.support.oracle import AUTHENTICATED
 
 
 class EndToEndTests(DaemonTestCase):

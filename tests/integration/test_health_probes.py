@@ -23,16 +23,16 @@ import time
 from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
 
 from peatio_ws.testing import make_token
-from tests.support.chaos_helpers import new_uid, record, until, ws_connect
+from tests.support.broker import PORT as BROKER_PORT
+from tests.support.cases import ChaosTestCase, new_uid
 from tests.support.daemon import DaemonProcess, free_port
-from tests.support.helpers import PORT as BROKER_PORT
-from tests.support.helpers import Publisher, sleep
+from tests.support.figures import record
+from tests.support.reactor_client import ws_connect
+from tests.support.waiting import sleep, until, until_blocking
 
 #: The global reactor, untyped (its zope interfaces are opaque to mypy here).
 reactor: Any = _reactor
@@ -74,14 +74,13 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return
-            time.sleep(0.05)
-        raise AssertionError(f"the private redis-server did not answer on port {self.port}")
+        until_blocking(self.answers, 10, f"the private redis-server to answer on port {self.port}", interval=0.05)
+
+    def answers(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+        return False
 
     def freeze(self) -> None:
         assert self.process is not None
@@ -185,32 +184,14 @@ class FreezableProxy(Factory):
                 pipe.transport.abortConnection()  # type: ignore[attr-defined]
 
 
-class HealthProbeTests(TestCase):
+class HealthProbeTests(ChaosTestCase):
     timeout = 180
+    wait_healthy = False
 
     def start_daemon(self, **env: str) -> DaemonProcess:
         """A real daemon on the default probe settings; /health polled without blocking the reactor."""
-        daemon = DaemonProcess(
-            env={"HEALTH_PROBE_INTERVAL": str(PROBE_INTERVAL), "HEALTH_PROBE_TIMEOUT": str(PROBE_TIMEOUT), **env}
-        )
-
-        async def stop() -> None:
-            process = daemon.process
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                with contextlib.suppress(AssertionError):
-                    await until(lambda: process.poll() is not None, 25, "the daemon to exit")
-            daemon.cleanup()
-            with contextlib.suppress(Exception):
-                publisher = await Publisher.connect()
-                try:
-                    await publisher.delete_exchange(daemon.exchange)
-                finally:
-                    await publisher.close()
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
-        daemon.start(wait_healthy=False)
-        return daemon
+        probes = {"HEALTH_PROBE_INTERVAL": str(PROBE_INTERVAL), "HEALTH_PROBE_TIMEOUT": str(PROBE_TIMEOUT)}
+        return super().start_daemon(**{**probes, **env})
 
     def status(self, daemon: DaemonProcess) -> tuple[int, Any]:
         try:

@@ -13,9 +13,9 @@ from typing import Any
 from websockets.sync.client import ClientConnection
 
 from peatio_ws.testing import make_token
-from tests.integration.test_daemon import AUTHENTICATED, DaemonTestCase
+from tests.support.cases import DaemonTestCase
+from tests.support.oracle import AUTH_FAILED, AUTHENTICATED
 
-AUTH_FAILED = {"error": {"message": "Authentication failed."}}
 FORGED = "INFO forged"
 
 #: uids the verifier must refuse with reason bad_uid.

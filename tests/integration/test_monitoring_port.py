@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from peatio_ws.http import MonitoringChannel, _BodilessRequest, monitoring_site
 from peatio_ws.metrics import Metrics
-from tests.support.chaos_helpers import record
+from tests.support.figures import record
 
 #: The global reactor, untyped (its zope interfaces are opaque to mypy here).
 reactor: Any = _reactor

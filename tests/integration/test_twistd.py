@@ -22,10 +22,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from peatio_ws.testing import public_key_b64, rsa_key
+from tests.support.paths import REPO
 
 reactor: Any = _reactor
 
-CHECKOUT = Path(__file__).resolve().parents[2]
 WAIT = 20.0
 
 
@@ -104,7 +104,7 @@ class TwistdProcessTests(TestCase):
         self.addCleanup(port.stopListening)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": str(CHECKOUT),
+            "PYTHONPATH": str(REPO),
             "JWT_PUBLIC_KEY": public_key_b64(rsa_key()),
             "WEBSOCKET_HOST": "127.0.0.1",
             "WEBSOCKET_PORT": "0",

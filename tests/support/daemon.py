@@ -1,9 +1,12 @@
 """
-Run the real daemon (``twistd -n peatio-ws``) in a child process for
-end-to-end tests, benchmarks and fault tests.
+The one runner of the real daemon (``twistd -n peatio-ws`` from this
+checkout) in a child process: for end-to-end and fault tests, the
+benchmark and the demo.
 
-Every wait is bounded; the log is kept in a file and shown when something
-goes wrong, so a failure says why.
+By default it is isolated for a test: free ports on 127.0.0.1, an events
+exchange of its own, the key of L{peatio_ws.testing.rsa_key}, a log in a
+temporary file. Every wait is bounded; the log is kept and shown when
+something goes wrong, so a failure says why.
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from peatio_ws.testing import public_key_b64, rsa_key
+from tests.support.paths import REPO
+from tests.support.waiting import until_blocking
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["REPO", "DaemonProcess", "free_port", "loopback", "run_cli"]
 
 
 def free_port() -> int:
@@ -34,17 +39,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def loopback(host: str) -> str:
+    """Where to reach a server listening on C{host} from this machine (a wildcard: 127.0.0.1)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def _twistd() -> list[str]:
+    # `python -m twisted.scripts.twistd` does nothing (that module has no
+    # __main__ guard): the twistd script beside this interpreter, else its entry point.
+    script = Path(sys.executable).with_name("twistd")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
 class DaemonProcess:
     """
-    One ``twistd -n peatio-ws`` child on free ports, with a unique events
-    exchange unless told otherwise.
+    One ``twistd -n peatio-ws`` child.
+
+    C{env} is applied last over this process's environment and the test
+    defaults (a value of None removes the variable, so the daemon takes its
+    configured value); C{port}, C{metrics_port} and C{exchange} default to
+    free ports and a unique exchange. C{log_path} keeps the log in that file
+    (it survives L{cleanup}); C{own_session} starts the daemon in a session
+    of its own (a terminal's Ctrl-C does not reach it); C{error_lines}
+    limits how much of the log a start-up failure shows.
     """
 
-    def __init__(self, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.exchange = f"peatio-ws-test.{uuid.uuid4().hex[:12]}"
-        self.env = {
+    def __init__(
+        self,
+        env: Mapping[str, str | None] | None = None,
+        args: list[str] | None = None,
+        *,
+        port: int | None = None,
+        metrics_port: int | None = None,
+        exchange: str | None = None,
+        log_path: Path | None = None,
+        own_session: bool = False,
+        error_lines: int | None = None,
+    ) -> None:
+        self.port = port if port is not None else free_port()
+        self.metrics_port = metrics_port if metrics_port is not None else free_port()
+        self.exchange = exchange if exchange is not None else f"peatio-ws-test.{uuid.uuid4().hex[:12]}"
+        merged: dict[str, str | None] = {
             **os.environ,
             "PYTHONPATH": str(REPO),
             "JWT_PUBLIC_KEY": public_key_b64(rsa_key()),
@@ -54,12 +91,24 @@ class DaemonProcess:
             "METRICS_PORT": str(self.metrics_port),
             "RABBITMQ_EVENTS_EXCHANGE": self.exchange,
             "RABBITMQ_UNBIND_DELAY": "0.5",
+            "NOTIFY_SOCKET": None,
         }
-        self.env.pop("NOTIFY_SOCKET", None)
-        if env:
-            self.env.update(env)
+        merged.update(env or {})
+        self.env = {k: v for k, v in merged.items() if v is not None}
+        self.metrics_host = loopback(self.env.get("METRICS_HOST", "127.0.0.1"))
         self.args = args or []
-        self._log = tempfile.NamedTemporaryFile(prefix="peatio-ws-daemon-", suffix=".log", delete=False)  # noqa: SIM115
+        self.own_session = own_session
+        self.error_lines = error_lines
+        self.keep_log = log_path is not None
+        if log_path is None:
+            self._log: IO[bytes] = tempfile.NamedTemporaryFile(  # noqa: SIM115
+                prefix="peatio-ws-daemon-", suffix=".log", delete=False
+            )
+            self.log_path = Path(self._log.name)
+        else:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = log_path.open("wb")
+            self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,35 +116,47 @@ class DaemonProcess:
         return f"ws://127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 30.0, wait_healthy: bool = True) -> DaemonProcess:
-        """Start it and wait until /health says every component is up."""
+        """Start it and wait until /health says every component is up (or, unless C{wait_healthy}, answers)."""
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile=", "peatio-ws", *self.args],
+            [*_twistd(), "-n", "--pidfile=", "peatio-ws", *self.args],
             cwd=str(REPO),
             env=self.env,
+            stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=self.own_session,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        last: list[Any] = ["no answer"]
+
+        def ready() -> bool:
+            assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.process.returncode}:\n{self.log_text()}")
+                raise RuntimeError(f"the daemon exited with status {self.process.returncode}:\n{self.tail()}")
             try:
-                status, _ = self.health()
+                status, last[0] = self.health()
             except OSError:
-                time.sleep(0.1)
-                continue
-            if status == 200 or not wait_healthy:
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"daemon not healthy within {timeout}s:\n{self.log_text()}")
+                return False
+            return status == 200 or not wait_healthy
+
+        try:
+            until_blocking(ready, timeout, "the daemon to be healthy")
+        except AssertionError:
+            self.stop()
+            why = f"the daemon was not healthy within {timeout:.0f} s ({last[0]})"
+            raise RuntimeError(f"{why}:\n{self.tail()}") from None
+        return self
+
+    def exited(self) -> int | None:
+        """The daemon's exit status, or None while it runs (or before it started)."""
+        return None if self.process is None else self.process.poll()
 
     def health(self) -> tuple[int, Any]:
         """GET /health: (status, JSON body)."""
         return self.get("/health")
 
     def get(self, path: str) -> tuple[int, Any]:
-        url = f"http://127.0.0.1:{self.metrics_port}{path}"
+        """GET C{path} on the monitoring port: (status, JSON body or text)."""
+        url = f"http://{self.metrics_host}:{self.metrics_port}{path}"
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 raw = response.read()
@@ -112,7 +173,7 @@ class DaemonProcess:
         return str(self.get("/metrics")[1])
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, then wait (bounded); SIGKILL if it hangs. Returns the exit status."""
+        """SIGTERM (clients get close code 1001), then wait (bounded); SIGKILL if it hangs. The exit status."""
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
@@ -121,18 +182,29 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
-            raise RuntimeError(f"daemon did not stop within {timeout}s:\n{self.log_text()}") from None
+            raise RuntimeError(f"the daemon did not stop within {timeout:.0f} s; killed:\n{self.tail()}") from None
 
     def log_text(self) -> str:
         self._log.flush()
-        return Path(self._log.name).read_text(encoding="utf-8", errors="replace")
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def tail(self, lines: int | None = None) -> str:
+        """The last C{lines} lines of the log (default: C{error_lines}; None: all of it)."""
+        lines = lines if lines is not None else self.error_lines
+        try:
+            text = self.log_text()
+        except (OSError, ValueError):
+            return ""
+        return text if lines is None else "\n".join(text.splitlines()[-lines:])
 
     def cleanup(self) -> None:
+        """Stop it, close the log, and delete it unless it was given a C{log_path}."""
         try:
             self.stop()
         finally:
             self._log.close()
-            Path(self._log.name).unlink(missing_ok=True)
+            if not self.keep_log:
+                self.log_path.unlink(missing_ok=True)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

@@ -13,18 +13,35 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 
 from peatio_ws.config import RedisAddress
+from tests.support.paths import REPO
+from tests.support.waiting import bounded, sleep, until, until_blocking
+from tests.support.waiting import until as wait_for
+
+__all__ = [
+    "ADDRESS",
+    "HOST",
+    "PORT",
+    "REDIS_URL",
+    "START_COMMAND",
+    "bounded",
+    "cli",
+    "cli_env",
+    "ensure_running",
+    "ping",
+    "ping_sync",
+    "require_redis",
+    "run",
+    "shutdown",
+    "sleep",
+    "start",
+    "unique",
+    "wait_for",
+]
 
 HOST = "127.0.0.1"
 PORT = 6379
@@ -44,9 +61,6 @@ START_COMMAND = [
     "--dir", "/var/lib/redis",
     "--logfile", "/var/log/redis/ci.log",
 ]  # fmt: skip
-
-#: The checkout this package runs from (PYTHONPATH for child processes).
-REPO = Path(__file__).resolve().parents[2]
 
 
 def unique(prefix: str) -> str:
@@ -88,12 +102,7 @@ def ensure_running(timeout: float = 15.0) -> None:
     if ping_sync():
         return
     subprocess.run(START_COMMAND, check=False, capture_output=True, timeout=timeout)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ping_sync():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"Redis did not come back on {HOST}:{PORT} within {timeout} s")
+    until_blocking(ping_sync, timeout, f"Redis to come back on {HOST}:{PORT}")
 
 
 def cli(*args: str) -> str:
@@ -110,7 +119,7 @@ def cli(*args: str) -> str:
 async def run(executable: str, *args: str, env: dict[str, str] | None = None) -> tuple[str, str, int]:
     """Run a child process without blocking the reactor: (stdout, stderr, exit code)."""
     d = getProcessOutputAndValue(executable, args, env=env if env is not None else dict(os.environ))
-    out, err, code = await d.addTimeout(60, reactor)
+    out, err, code = await bounded(d, 60)
     return out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), code
 
 
@@ -119,27 +128,14 @@ async def ping() -> bool:
     return out.strip() == "PONG"
 
 
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll until C{condition()} is true; fail naming C{what} after C{timeout} seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await sleep(interval)
-
-
 async def shutdown() -> None:
     """Stop Redis (SHUTDOWN NOSAVE) and wait until it no longer answers."""
     await run(REDIS_CLI, "-h", HOST, "-p", str(PORT), "shutdown", "nosave")
-    deadline = time.monotonic() + 10
-    while await ping():
-        if time.monotonic() > deadline:
-            raise AssertionError("Redis still answers after SHUTDOWN NOSAVE")
-        await sleep(0.05)
+
+    async def down() -> bool:
+        return not await ping()
+
+    await until(down, 10, "Redis to stop answering after SHUTDOWN NOSAVE", interval=0.05)
 
 
 async def start(timeout: float = 15.0) -> None:
@@ -147,13 +143,4 @@ async def start(timeout: float = 15.0) -> None:
     out, err, code = await run(START_COMMAND[0], *START_COMMAND[1:])
     if code != 0:
         raise AssertionError(f"redis-server failed to start ({code}): {out} {err}")
-    deadline = time.monotonic() + timeout
-    while not await ping():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Redis did not answer PONG within {timeout} s of starting")
-        await sleep(0.05)
-
-
-def bounded(d: Deferred[Any], seconds: float) -> Deferred[Any]:
-    """C{d} with a deadline on the real reactor."""
-    return d.addTimeout(seconds, reactor)
+    await until(ping, timeout, "Redis to answer PONG after starting", interval=0.05)

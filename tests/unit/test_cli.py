@@ -28,7 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from peatio_ws import cli
 from peatio_ws.auth import AuthError, TokenVerifier, load_public_key
 from peatio_ws.config import Settings
-from tests.support.redis_helpers import REPO
+from tests.support.paths import REPO
 
 ORDER_FIELDS = {
     "id", "side", "ord_type", "price", "avg_price", "state", "market", "created_at",

@@ -1,0 +1,146 @@
+"""
+The real RabbitMQ on localhost:5672 (guest/guest): where it is, what
+C{rabbitmqctl} says about it, and stopping and starting its app for fault
+tests.
+
+These helpers fail, never skip, when the broker is not there: the
+project's machines and CI run it, so its absence is a broken environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+
+from twisted.internet.utils import getProcessOutputAndValue
+
+from peatio_ws.config import Settings
+from tests.support.waiting import until, within
+
+HOST = "localhost"
+PORT = 5672
+USER = "guest"
+PASSWORD = "guest"
+#: The AMQP spec the daemon loads.
+SPEC = Settings().amqp_spec
+#: RabbitMQ's extended 0-9-1 spec: the only one with confirm.select and basic.nack.
+RABBIT_SPEC = "/usr/share/amqp/specs/0-9-1-rabbit/amqp0-9-1.stripped.extended.xml"
+
+
+async def rabbitmqctl(*args: str) -> str:
+    """Run rabbitmqctl (through sudo -n when not root and it is needed); its output."""
+    command = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    env = dict(os.environ)
+    env["PATH"] = env.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
+    out, err, code = await within(
+        getProcessOutputAndValue(command, ("-q", *args), env=env),
+        20,
+        f"rabbitmqctl {' '.join(args)}",
+    )
+    if code != 0 and shutil.which("sudo"):
+        out, err, code = await within(
+            getProcessOutputAndValue("sudo", ("-n", command, "-q", *args), env=env),
+            20,
+            f"sudo rabbitmqctl {' '.join(args)}",
+        )
+    if code != 0:
+        raise AssertionError(f"rabbitmqctl {' '.join(args)} failed ({code}): {err.decode(errors='replace').strip()}")
+    return str(out.decode("utf-8", "replace"))
+
+
+async def close_connection_named(name: str, reason: str = "peatio-ws test: forced close") -> None:
+    """
+    Close, from the broker's side, the connection whose client property
+    C{connection_name} is C{name} (what C{rabbitmqctl close_connection} does
+    for an operator).
+    """
+    listing = await rabbitmqctl("list_connections", "pid", "client_properties")
+    pids = [
+        line.split("\t", 1)[0]
+        for line in listing.splitlines()
+        # {"connection_name","<name>"} (or <<"...">> in older releases)
+        if re.search(r'connection_name"(>>,longstr,<<|,)"' + re.escape(name) + '"', line)
+    ]
+    if len(pids) != 1:
+        raise AssertionError(f"expected one broker connection named {name!r}, found {len(pids)}:\n{listing}")
+    await rabbitmqctl("close_connection", pids[0], reason)
+
+
+async def queue_counts(queue: str) -> tuple[int, int]:
+    """(messages ready, messages unacknowledged) of C{queue}, as the broker sees them."""
+    listing = await rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged")
+    for line in listing.splitlines():
+        parts = line.split("\t")
+        if parts[0] == queue:
+            return int(parts[1]), int(parts[2])
+    raise AssertionError(f"queue {queue!r} not listed by rabbitmqctl")
+
+
+async def bindings_of(queue: str) -> list[tuple[str, str]]:
+    """(exchange, routing key) of every binding to C{queue}, the default exchange's excepted."""
+    listing = await rabbitmqctl("list_bindings", "source_name", "destination_name", "routing_key")
+    out = []
+    for line in listing.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[1] == queue and parts[0]:
+            out.append((parts[0], parts[2]))
+    return out
+
+
+async def queue_exists(queue: str) -> bool:
+    listing = await rabbitmqctl("list_queues", "name")
+    return queue in listing.split()
+
+
+async def exchange_exists(exchange: str) -> bool:
+    listing = await rabbitmqctl("list_exchanges", "name")
+    return exchange in listing.split()
+
+
+def queue_name_from_log(log_text: str) -> str:
+    """The daemon's queue, from its "consuming from <queue>" log line."""
+    found = re.findall(r"consuming from (peatio-ws\.\S+)", log_text)
+    if not found:
+        raise AssertionError(f"no 'consuming from' line in the daemon log:\n{log_text[-3000:]}")
+    return found[-1]
+
+
+def broker_port_open() -> bool:
+    try:
+        with socket.create_connection((HOST, PORT), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def broker_ready() -> bool:
+    """RabbitMQ's app runs and its AMQP port accepts."""
+    if not broker_port_open():
+        return False
+    try:
+        await rabbitmqctl("await_startup")
+    except AssertionError:
+        return False
+    return True
+
+
+async def stop_broker_app() -> None:
+    await rabbitmqctl("stop_app")
+
+
+async def start_broker_app(seconds: float = 60.0) -> None:
+    """start_app, then until the port accepts and await_startup succeeds."""
+    await rabbitmqctl("start_app")
+    await until(broker_ready, seconds, "RabbitMQ to accept connections again", interval=0.1)
+
+
+async def ensure_broker_running() -> None:
+    """Cleanup: whatever happened, leave RabbitMQ running."""
+    if broker_port_open():
+        with contextlib.suppress(AssertionError):
+            await rabbitmqctl("await_startup")
+            return
+    await start_broker_app()
