@@ -1,8 +1,9 @@
 """
 Fault injection against the real daemon (``twistd -n peatio-ws``), the real
 RabbitMQ and the real Redis: broker faults during a steady stream of
-numbered events (this module), Redis outages, misbehaving clients, and
-hostile input (the other C{test_chaos_*} modules).
+numbered events (this module, on a RabbitMQ node each test starts for
+itself: L{tests.support.servers.PrivateRabbit}), Redis outages, misbehaving
+clients, and hostile input (the other C{test_chaos_*} modules).
 
 ``make test`` runs the quick version (every fault kind injected at least
 once); ``make chaos`` sets PEATIO_WS_CHAOS=full for more rounds, longer
@@ -35,18 +36,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from tests.support.broker import (
-    bindings_of,
-    close_connection_named,
-    ensure_broker_running,
-    exchange_exists,
-    queue_counts,
-    queue_exists,
-    queue_name_from_log,
-    rabbitmqctl,
-    start_broker_app,
-    stop_broker_app,
-)
+from tests.support.broker import queue_name_from_log
 from tests.support.cases import ChaosTestCase, new_uid
 from tests.support.daemon import DaemonProcess
 from tests.support.figures import FULL, record, scaled
@@ -60,6 +50,7 @@ from tests.support.publisher import (
     Publisher,
 )
 from tests.support.reactor_client import WsClient
+from tests.support.servers import PrivateRabbit, private_rabbit
 from tests.support.streams import SeqTracker, SteadyStream, delivery_figures
 from tests.support.waiting import sleep, until
 
@@ -79,17 +70,29 @@ class _Stream:
 
 
 class BrokerFaultTests(ChaosTestCase):
-    """RabbitMQ failing under the daemon while events flow."""
+    """
+    RabbitMQ failing under the daemon while events flow: a RabbitMQ node of
+    the test's own (L{PrivateRabbit}), which the daemon and the publisher
+    use and the test stops, starts and queries; never the machine's.
+    """
+
+    rabbit: PrivateRabbit
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.rabbit = await private_rabbit(self)
 
     async def stream(self, **env: str) -> _Stream:
         s = _Stream()
-        s.daemon = self.start_daemon(**env)
+        s.daemon = self.start_daemon(**self.rabbit.daemon_env, **env)
         s.queue = queue_name_from_log(s.daemon.log_text())
         s.uid = new_uid()
         s.client = await self.client(s.daemon, s.uid)
         s.seqs = SeqTracker(s.client)
         await self.until_metric(s.daemon, "peatio_ws_rabbitmq_bindings", lambda v: v == 1, 10, "the member's binding")
-        s.publisher = await self.publisher(s.daemon)
+        s.publisher = ConfirmingPublisher(s.daemon.exchange, self.rabbit.settings)
+        publisher = s.publisher
+        self.addCleanup(lambda: Deferred.fromCoroutine(publisher.stop()))
+        await publisher.start()
         s.stream = SteadyStream(s.publisher, s.uid)
         self.addCleanup(s.stream.stop)
         return s
@@ -143,7 +146,7 @@ class BrokerFaultTests(ChaosTestCase):
             await self.more_events(s, 100, "before the fault")
             connects = self.gauge(s.daemon, CONNECTS)
             fault = len(s.seqs)
-            await close_connection_named(s.queue, "chaos: forced close")
+            await self.rabbit.close_connection(s.queue, "chaos: forced close")
             await self.until_metric(s.daemon, CONNECTS, partial(operator.lt, connects), 30, f"reconnect #{n + 1}")
             windows.append((fault, len(s.seqs)))
         await self.more_events(s, 100, "after the last reconnect")
@@ -156,7 +159,7 @@ class BrokerFaultTests(ChaosTestCase):
         counts = s.publisher.counts()
         self.assertEqual((counts[RETURNED], counts[NACKED], counts[UNCONFIRMED], counts[NOT_SENT]), (0, 0, 0, 0))
         self.assertEqual(self.gauge(s.daemon, CONNECTS), rounds + 1)
-        self.assertEqual(await bindings_of(s.queue), [(s.daemon.exchange, f"private.{s.uid}.*")])
+        self.assertEqual(await self.rabbit.bindings_of(s.queue), [(s.daemon.exchange, f"private.{s.uid}.*")])
         self.assert_alive(s.daemon)
 
     async def test_broker_app_restarted(self) -> None:
@@ -178,7 +181,6 @@ class BrokerFaultTests(ChaosTestCase):
         assert s.daemon.process is not None
         pid = s.daemon.process.pid
         self.addCleanup(os.kill, pid, signal.SIGCONT)
-        self.addCleanup(lambda: Deferred.fromCoroutine(ensure_broker_running()))
         s.stream.start()
         backlogs = [True] if not FULL else [False, True, False]
         rounds = len(backlogs)
@@ -197,28 +199,28 @@ class BrokerFaultTests(ChaosTestCase):
                 os.kill(pid, signal.SIGSTOP)
                 try:
                     await until(lambda: self.ready_at_least(s.queue, 100), 30, "a backlog in the queue", interval=0.1)
-                    ready, _ = await queue_counts(s.queue)
+                    ready, _ = await self.rabbit.queue_counts(s.queue)
                     held_at_stop += ready
-                    await stop_broker_app()
+                    await self.rabbit.stop_app()
                 finally:
                     os.kill(pid, signal.SIGCONT)
             else:
-                await stop_broker_app()
+                await self.rabbit.stop_app()
             stopped = s.stream.next_seq
             epochs.append((epoch_start, stopped))
             await until(lambda: s.daemon.health()[0] == 503, 30, "/health to report RabbitMQ down")
             _, body = s.daemon.health()
             self.assertEqual(body["down"], ["rabbitmq"])
             await sleep(outage)
-            await start_broker_app()
-            kept = (await queue_exists(witness), await exchange_exists(witness))
+            await self.rabbit.start_app()
+            kept = (await self.rabbit.queue_exists(witness), await self.rabbit.exchange_exists(witness))
             self.assertEqual(kept, (False, False), "RabbitMQ kept a non-durable queue or exchange over stop_app")
             witnesses_kept += any(kept)
             await until(lambda: s.daemon.health()[0] == 200, 60, f"the daemon back on RabbitMQ (round {n + 1})")
             # The daemon alone brought back the exchange, its queue and the binding.
-            self.assertTrue(await exchange_exists(s.daemon.exchange))
-            self.assertTrue(await queue_exists(s.queue))
-            self.assertEqual(await bindings_of(s.queue), [(s.daemon.exchange, f"private.{s.uid}.*")])
+            self.assertTrue(await self.rabbit.exchange_exists(s.daemon.exchange))
+            self.assertTrue(await self.rabbit.queue_exists(s.queue))
+            self.assertEqual(await self.rabbit.bindings_of(s.queue), [(s.daemon.exchange, f"private.{s.uid}.*")])
             epoch_start = s.stream.next_seq
             s.publisher.hold_reconnect = False
             await until(lambda: s.publisher.connected, 30, "the publisher to reconnect")
@@ -281,7 +283,7 @@ class BrokerFaultTests(ChaosTestCase):
                 await until(
                     lambda: self.connection_gone(s.queue), 30, "RabbitMQ to drop the frozen daemon", interval=0.1
                 )
-                self.assertTrue(await queue_exists(s.queue))
+                self.assertTrue(await self.rabbit.queue_exists(s.queue))
             finally:
                 os.kill(pid, signal.SIGCONT)
             await self.until_metric(s.daemon, CONNECTS, partial(operator.le, n + 2), 30, "the reconnect after SIGCONT")
@@ -317,7 +319,7 @@ class BrokerFaultTests(ChaosTestCase):
         resumed = s.stream.next_seq
         await self.until_metric(s.daemon, CONNECTS, lambda v: v >= 2, 30, "the reconnect after SIGCONT")
         await until(lambda: s.daemon.health()[0] == 200, 30, "the daemon healthy again")
-        self.assertEqual(await bindings_of(s.queue), [(s.daemon.exchange, f"private.{s.uid}.*")])
+        self.assertEqual(await self.rabbit.bindings_of(s.queue), [(s.daemon.exchange, f"private.{s.uid}.*")])
         await self.more_events(s, 100, "after the queue was re-declared")
         accepted = s.publisher.seqs(ACCEPTED)
         at_risk = {x for x in accepted if x < resumed} - s.seqs.unique
@@ -341,12 +343,12 @@ class BrokerFaultTests(ChaosTestCase):
     # -- probes -------------------------------------------------------------------
 
     async def ready_at_least(self, queue: str, count: int) -> bool:
-        ready, _ = await queue_counts(queue)
+        ready, _ = await self.rabbit.queue_counts(queue)
         return ready >= count
 
     async def declare_witness(self, name: str) -> None:
         """A non-durable topic exchange and queue (bound), declared once, as Peatio and peatio-ws declare theirs."""
-        publisher = await Publisher.connect()
+        publisher = await Publisher.connect(self.rabbit.settings)
         try:
             await publisher.declare_exchange(name)
             await publisher.channel.queue_declare(
@@ -357,8 +359,7 @@ class BrokerFaultTests(ChaosTestCase):
             await publisher.close()
 
     async def connection_gone(self, name: str) -> bool:
-        listing = await rabbitmqctl("list_connections", "client_properties")
-        return name not in listing
+        return not await self.rabbit.has_connection(name)
 
     async def queue_gone(self, queue: str) -> bool:
-        return not await queue_exists(queue)
+        return not await self.rabbit.queue_exists(queue)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import os
 import re
 import secrets
@@ -46,7 +47,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from peatio_ws.config import RedisAddress
+from peatio_ws.config import RedisAddress, Settings
 from tests.support.daemon import free_port
 
 __all__ = ["PrivateRabbit", "PrivateRedis", "private_rabbit", "private_redis"]
@@ -333,6 +334,11 @@ class PrivateRabbit:
     def daemon_env(self) -> dict[str, str]:
         """What a daemon under test needs to use this node."""
         return {"RABBITMQ_HOST": HOST, "RABBITMQ_PORT": str(self.port)}
+
+    @property
+    def settings(self) -> Settings:
+        """The default settings, on this node (for the tests' own AMQP clients)."""
+        return dataclasses.replace(Settings(), rabbitmq_host=HOST, rabbitmq_port=self.port)
 
     @property
     def running(self) -> bool:
