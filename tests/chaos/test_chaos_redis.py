@@ -3,6 +3,10 @@ Redis stopped under two running daemons, one per REDIS_REVOCATION_WHEN_DOWN
 policy (SPEC §5): authentication follows the policy while it is down, events
 keep flowing, /health and /metrics show the outage, and everything recovers
 when Redis returns (revocation through the channel included).
+
+The Redis stopped is a redis-server of the test's own
+(L{tests.support.servers.PrivateRedis}), the daemons' REDIS_URL; never the
+machine's. The daemons use the machine's RabbitMQ, which is not faulted.
 """
 
 from __future__ import annotations
@@ -12,12 +16,12 @@ from functools import partial
 
 from peatio_ws.redis import REVOCATIONS_CHANNEL
 from peatio_ws.testing import make_token
-from tests.support import redis_helpers as rh
 from tests.support.cases import ChaosTestCase, new_uid
 from tests.support.daemon import DaemonProcess
 from tests.support.figures import record, scaled
 from tests.support.oracle import AUTHENTICATED
 from tests.support.reactor_client import WsClient
+from tests.support.servers import private_redis
 from tests.support.streams import SeqTracker, SteadyStream, at_least
 from tests.support.waiting import until
 
@@ -33,8 +37,11 @@ class RedisFaultTests(ChaosTestCase):
         Redis back: /health is 200, the refused connection logs in, and a
         revocation published on the channel ends sessions on both daemons.
         """
-        rh.require_redis()
-        daemons = {"allow": self.start_daemon(), "deny": self.start_daemon(REDIS_REVOCATION_WHEN_DOWN="deny")}
+        redis = private_redis(self)
+        daemons = {
+            "allow": self.start_daemon(REDIS_URL=redis.url),
+            "deny": self.start_daemon(REDIS_URL=redis.url, REDIS_REVOCATION_WHEN_DOWN="deny"),
+        }
         members = {policy: new_uid() for policy in daemons}
         live: dict[str, WsClient] = {}
         streams: dict[str, SteadyStream] = {}
@@ -53,9 +60,8 @@ class RedisFaultTests(ChaosTestCase):
         allowed = refused = 0
         refused_clients: list[WsClient] = []
         events_during = dict.fromkeys(daemons, 0)
-        self.addCleanup(rh.ensure_running)
         for _ in range(rounds):
-            await rh.shutdown()
+            redis.stop()
             for policy, daemon in daemons.items():
                 await until(partial(self.redis_down, daemon), 30, f"/health of the {policy} daemon to name redis")
                 self.assertEqual(self.gauge(daemon, "peatio_ws_redis_up"), 0)
@@ -74,7 +80,7 @@ class RedisFaultTests(ChaosTestCase):
                 await live[policy].wait(partial(at_least, seqs[policy], target), 20, f"events on {policy}")
                 events_during[policy] += len(seqs[policy]) - before[policy]
             figures["logins tried while down (per daemon)"] += logins
-            await rh.start()
+            redis.start()
             for policy, daemon in daemons.items():
                 await until(partial(self.healthy, daemon), 30, f"the {policy} daemon to see Redis back")
                 self.assertEqual(self.gauge(daemon, "peatio_ws_redis_up"), 1)
@@ -86,7 +92,7 @@ class RedisFaultTests(ChaosTestCase):
             self.assertEqual(await client.next_json(), AUTHENTICATED)
         # Subscribed again after the restart: a revocation ends the sessions it names.
         for policy in daemons:
-            rh.cli("publish", REVOCATIONS_CHANNEL, json.dumps({"uid": members[policy]}))
+            redis.cli("publish", REVOCATIONS_CHANNEL, json.dumps({"uid": members[policy]}))
         for policy in daemons:
             client = live[policy]
             await client.gone(15)
