@@ -1,6 +1,7 @@
 """
 L{peatio_ws.redis} and C{peatio-ws revoke} against the real Redis on
-127.0.0.1:6379, including a Redis restart in the middle of a run.
+127.0.0.1:6379, and a Redis restart in the middle of a run (L{RestartTests},
+on a redis-server of the test's own: the machine's is never stopped).
 
 These tests fail when Redis is not running. Every key, jti and uid is
 unique to the test and removed afterwards; every wait is bounded.
@@ -33,6 +34,7 @@ from peatio_ws.redis import service as redis_module
 from peatio_ws.registry import Registry
 from peatio_ws.testing import FakeConnection
 from tests.support import redis_helpers as rh
+from tests.support.servers import PrivateRedis, private_redis
 
 
 def revocations(metrics: Metrics, by: str) -> float:
@@ -49,7 +51,7 @@ class RedisTestCase(TestCase):
     timeout = 90
 
     async def setUp(self) -> None:  # type: ignore[override]
-        rh.require_redis()
+        self.address = self.redis_address()
         self.metrics = Metrics()
         self.registry = Registry(self.metrics)
         self.events: list[dict[str, Any]] = []
@@ -58,14 +60,19 @@ class RedisTestCase(TestCase):
         self.keys: list[str] = []
         self.client = await self.connect_client()
 
-    async def connect_client(self, address: RedisAddress = rh.ADDRESS) -> RedisClient:
-        client = await connect_client(address, timeout=5)
+    def redis_address(self) -> RedisAddress:
+        """The Redis the test uses: the machine's (checked to answer)."""
+        rh.require_redis()
+        return rh.ADDRESS
+
+    async def connect_client(self, address: RedisAddress | None = None) -> RedisClient:
+        client = await connect_client(address or self.address, timeout=5)
         self.addCleanup(client.close)
         return client
 
     def service(self, **changes: Any) -> RevocationService:
         """A started service; stopped (and checked to stop in time) at cleanup."""
-        settings = dataclasses.replace(Settings(), **{"redis_url": rh.ADDRESS, **changes})
+        settings = dataclasses.replace(Settings(), **{"redis_url": self.address, **changes})
         service = RevocationService(settings, self.registry, self.metrics)
         service.startService()
         self.addCleanup(lambda: rh.bounded(service.stopService(), 10))
@@ -204,9 +211,17 @@ class RevocationServiceTests(RedisTestCase):
 
 
 class RestartTests(RedisTestCase):
-    """Redis stopped and started again under a running service."""
+    """Redis stopped and started again under a running service: a redis-server of the test's own."""
 
     timeout = 120
+    redis: PrivateRedis
+
+    def redis_address(self) -> RedisAddress:
+        self.redis = private_redis(self)
+        return self.redis.address
+
+    async def tearDown(self) -> None:  # type: ignore[override]
+        """Nothing to delete: the private server and its keys go at cleanup."""
 
     async def test_restart(self) -> None:
         """
@@ -219,9 +234,7 @@ class RestartTests(RedisTestCase):
         uid, jti = rh.unique("uid"), rh.unique("jti")
         before = self.session(uid, jti)
 
-        # Registered first: Redis comes back even if anything below fails.
-        self.addCleanup(rh.ensure_running)
-        await rh.shutdown()
+        self.redis.stop()
         await rh.wait_for(lambda: not service.up, 10, "the service to notice the outage")
         self.assertEqual(redis_up(self.metrics), 0)
         self.assertIs(self.successResultOf(service.is_revoked(rh.unique("jti"))), False)
@@ -230,7 +243,7 @@ class RestartTests(RedisTestCase):
         during = self.session(rh.unique("uid"), during_jti)
         await rh.sleep(1.5)  # a few failed reconnection attempts
 
-        await rh.start()
+        self.redis.start()
         # ...and revoked while the service was away.
         client = await self.connect_client()
         await self.revoke_key(during_jti, client)
