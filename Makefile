@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test prepare lint unit check-install bench chaos demo dev-key clean
+.PHONY: run test prepare lint unit lowest coverage check-install bench chaos demo dev-key clean
 
 ## Install what is missing, then run the daemon in the foreground on the defaults.
 run: prepare
@@ -12,14 +12,21 @@ run: prepare
 	@set -a; [ -f .dev/jwt.env ] && [ -z "$${JWT_PUBLIC_KEY:-}" ] && . .dev/jwt.env; set +a; \
 	exec $(VENV)/bin/twistd -n --pidfile= peatio-ws $(ARGS)
 
-## Install what is missing, then lint, type-check and run the whole trial suite
-## (integration tests against the real RabbitMQ and Redis included).
+## Install what is missing, then lint, type-check and run the whole trial suite in a random
+## order (integration tests against the real RabbitMQ and Redis included) under branch coverage,
+## then the unit tests on the lowest versions setup.py accepts, then a plain `pip install .`.
 test:
 	@PREPARE_EXTRA_PACKAGES="chromium" scripts/prepare.sh
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m twisted.trial --temp-directory=.state/_trial_temp tests
+	$(PY) -m coverage run -m twisted.trial --random=0 --temp-directory=.state/_trial_temp tests
+	@$(MAKE) --no-print-directory coverage
+	scripts/lowest.sh
 	scripts/check-install.sh
+
+## The branch coverage of peatio_ws/ by the last `make test` (or `coverage run`), by module.
+coverage:
+	@$(PY) -m coverage report --skip-covered --sort=cover | tail -n 25
 
 prepare:
 	@scripts/prepare.sh
@@ -28,8 +35,13 @@ lint: prepare
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
+## The unit tests only: Twisted's fakes, no server needed.
 unit: prepare
-	$(PY) -m twisted.trial --temp-directory=.state/_trial_temp tests.unit
+	$(PY) -m twisted.trial --random=0 --temp-directory=.state/_trial_temp tests.unit
+
+## The unit tests on the lowest versions of the dependencies setup.py accepts (own .venv-lowest).
+lowest: prepare
+	scripts/lowest.sh
 
 check-install: prepare
 	scripts/check-install.sh
@@ -61,7 +73,7 @@ chaos: prepare
 	$(PY) -m tests.support.chaos_helpers .state/_trial_chaos/chaos-figures.txt; exit $$status
 
 clean:
-	rm -rf build dist *.egg-info .state _trial_temp .mypy_cache .ruff_cache
+	rm -rf build dist *.egg-info .state _trial_temp .mypy_cache .ruff_cache .venv-lowest
 	find . -name dropin.cache -delete
 
 ## Try it in five minutes: the daemon, a development key pair (.dev/, reused), the demo page on

@@ -39,8 +39,10 @@ setup(
     cmdclass={"build_py": BuildWithDefaults},
     install_requires=[
         "twisted[tls]>=24.7,<27",
-        "autobahn>=25.12,<27",
-        "pyjwt[crypto]>=2.8,<3",
+        "autobahn>=25.12.1,<27",
+        # 2.12 is the first to refuse tokens with unknown critical headers (crit,
+        # RFC 7515 4.1.11); `make lowest` shows older ones accept them.
+        "pyjwt[crypto]>=2.12,<3",
         # Unmaintained since 2018; peatio_ws.amqp patches it, so pin exactly.
         "txamqp==0.8.2",
         # 1.6 changed how connections are made; our code is written for it.
@@ -50,7 +52,7 @@ setup(
         "prometheus_client>=0.20,<1",
         # Validating each event body is on the hot path; orjson's strict parser
         # is several times faster than json's and rejects NaN/Infinity itself.
-        "orjson>=3.9,<4",
+        "orjson>=3.9.15,<4",  # before 3.9.15 its loads had no depth bound
     ],
     extras_require={
         "test": [
@@ -60,6 +62,7 @@ setup(
             "mypy>=1.11",
             "mypy-zope>=1.0",
             "types-PyYAML",
+            "coverage>=7.4",
         ],
     },
     entry_points={"console_scripts": ["peatio-ws = peatio_ws.cli:main"]},

@@ -224,6 +224,10 @@ class TokenVerifier:
         """
         @raise AuthError: the token does not verify; C{reason} says why.
         """
+        # A compact JWS has exactly three segments. Said here, not left to
+        # PyJWT, whose error for other counts differs between versions.
+        if token.count(".") != 2:
+            raise AuthError("malformed")
         try:
             claims = self._jwt.decode(token, self._key, algorithms=self._algorithms)
         except jwt.InvalidAlgorithmError:
