@@ -4,9 +4,8 @@ Helpers for tests against the real Redis on 127.0.0.1:6379.
 These tests fail, never skip, when Redis is not there: the project's
 machines and CI run it, so its absence is a broken environment.
 
-Stopping Redis is part of one test; L{ensure_running} (registered with
-C{addCleanup} before the stop) brings it back with this machine's standard
-command whatever happens, so no later test finds it down.
+Tests never stop or restart this Redis: a test that does runs a
+redis-server of its own (L{tests.support.servers.PrivateRedis}).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from peatio_ws.config import RedisAddress
 from tests.support.paths import REPO
-from tests.support.waiting import bounded, sleep, until, until_blocking
+from tests.support.waiting import bounded, sleep
 from tests.support.waiting import until as wait_for
 
 __all__ = [
@@ -27,18 +26,13 @@ __all__ = [
     "HOST",
     "PORT",
     "REDIS_URL",
-    "START_COMMAND",
     "bounded",
     "cli",
     "cli_env",
-    "ensure_running",
-    "ping",
     "ping_sync",
     "require_redis",
     "run",
-    "shutdown",
     "sleep",
-    "start",
     "unique",
     "wait_for",
 ]
@@ -49,18 +43,6 @@ ADDRESS = RedisAddress(HOST, PORT, 0, None, False)
 REDIS_URL = f"redis://{HOST}:{PORT}/0"
 
 REDIS_CLI = "redis-cli"
-#: This machine's standard way to start Redis (no persistence, so a restart
-#: starts empty).
-START_COMMAND = [
-    "redis-server",
-    "--daemonize", "yes",
-    "--bind", "127.0.0.1", "-::1",
-    "--port", str(PORT),
-    "--save", "",
-    "--appendonly", "no",
-    "--dir", "/var/lib/redis",
-    "--logfile", "/var/log/redis/ci.log",
-]  # fmt: skip
 
 
 def unique(prefix: str) -> str:
@@ -77,7 +59,7 @@ def cli_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-# -- synchronous (setUp checks and cleanups) ------------------------------------
+# -- synchronous (setUp checks) ------------------------------------
 
 
 def ping_sync(timeout: float = 2.0) -> bool:
@@ -97,14 +79,6 @@ def require_redis() -> None:
         raise AssertionError(f"Redis is not answering on {HOST}:{PORT}; these tests need it running")
 
 
-def ensure_running(timeout: float = 15.0) -> None:
-    """Start Redis with the standard command unless it answers; wait for PONG."""
-    if ping_sync():
-        return
-    subprocess.run(START_COMMAND, check=False, capture_output=True, timeout=timeout)
-    until_blocking(ping_sync, timeout, f"Redis to come back on {HOST}:{PORT}")
-
-
 def cli(*args: str) -> str:
     """Run redis-cli and return its output (for checks independent of txredisapi)."""
     result = subprocess.run(
@@ -121,26 +95,3 @@ async def run(executable: str, *args: str, env: dict[str, str] | None = None) ->
     d = getProcessOutputAndValue(executable, args, env=env if env is not None else dict(os.environ))
     out, err, code = await bounded(d, 60)
     return out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), code
-
-
-async def ping() -> bool:
-    out, _, _ = await run(REDIS_CLI, "-h", HOST, "-p", str(PORT), "ping")
-    return out.strip() == "PONG"
-
-
-async def shutdown() -> None:
-    """Stop Redis (SHUTDOWN NOSAVE) and wait until it no longer answers."""
-    await run(REDIS_CLI, "-h", HOST, "-p", str(PORT), "shutdown", "nosave")
-
-    async def down() -> bool:
-        return not await ping()
-
-    await until(down, 10, "Redis to stop answering after SHUTDOWN NOSAVE", interval=0.05)
-
-
-async def start(timeout: float = 15.0) -> None:
-    """Start Redis with the standard command and wait for PONG."""
-    out, err, code = await run(START_COMMAND[0], *START_COMMAND[1:])
-    if code != 0:
-        raise AssertionError(f"redis-server failed to start ({code}): {out} {err}")
-    await until(ping, timeout, "Redis to answer PONG after starting", interval=0.05)
