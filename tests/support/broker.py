@@ -1,24 +1,25 @@
 """
-The real RabbitMQ on localhost:5672 (guest/guest): where it is, what
-C{rabbitmqctl} says about it, and stopping and starting its app for fault
-tests.
+The machine's RabbitMQ on localhost:5672 (guest/guest): where it is, and
+what C{rabbitmqctl} says about it. Tests never stop or restart it: fault
+tests run a node of their own (L{tests.support.servers.PrivateRabbit}).
 
-These helpers fail, never skip, when the broker is not there: the
-project's machines and CI run it, so its absence is a broken environment.
+The listing helpers take the C{rabbitmqctl} to ask (default: the
+machine's), so a private node's is read the same way. They fail, never
+skip, when the broker is not there: the project's machines and CI run it,
+so its absence is a broken environment.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import socket
+from collections.abc import Awaitable, Callable
 
 from twisted.internet.utils import getProcessOutputAndValue
 
 from peatio_ws.config import Settings
-from tests.support.waiting import until, within
+from tests.support.waiting import within
 
 HOST = "localhost"
 PORT = 5672
@@ -51,13 +52,19 @@ async def rabbitmqctl(*args: str) -> str:
     return str(out.decode("utf-8", "replace"))
 
 
-async def close_connection_named(name: str, reason: str = "peatio-ws test: forced close") -> None:
+#: A rabbitmqctl: its arguments in, its output out.
+Ctl = Callable[..., Awaitable[str]]
+
+
+async def close_connection_named(
+    name: str, reason: str = "peatio-ws test: forced close", ctl: Ctl = rabbitmqctl
+) -> None:
     """
     Close, from the broker's side, the connection whose client property
     C{connection_name} is C{name} (what C{rabbitmqctl close_connection} does
     for an operator).
     """
-    listing = await rabbitmqctl("list_connections", "pid", "client_properties")
+    listing = await ctl("list_connections", "pid", "client_properties")
     pids = [
         line.split("\t", 1)[0]
         for line in listing.splitlines()
@@ -66,12 +73,12 @@ async def close_connection_named(name: str, reason: str = "peatio-ws test: force
     ]
     if len(pids) != 1:
         raise AssertionError(f"expected one broker connection named {name!r}, found {len(pids)}:\n{listing}")
-    await rabbitmqctl("close_connection", pids[0], reason)
+    await ctl("close_connection", pids[0], reason)
 
 
-async def queue_counts(queue: str) -> tuple[int, int]:
+async def queue_counts(queue: str, ctl: Ctl = rabbitmqctl) -> tuple[int, int]:
     """(messages ready, messages unacknowledged) of C{queue}, as the broker sees them."""
-    listing = await rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged")
+    listing = await ctl("list_queues", "name", "messages_ready", "messages_unacknowledged")
     for line in listing.splitlines():
         parts = line.split("\t")
         if parts[0] == queue:
@@ -79,9 +86,9 @@ async def queue_counts(queue: str) -> tuple[int, int]:
     raise AssertionError(f"queue {queue!r} not listed by rabbitmqctl")
 
 
-async def bindings_of(queue: str) -> list[tuple[str, str]]:
+async def bindings_of(queue: str, ctl: Ctl = rabbitmqctl) -> list[tuple[str, str]]:
     """(exchange, routing key) of every binding to C{queue}, the default exchange's excepted."""
-    listing = await rabbitmqctl("list_bindings", "source_name", "destination_name", "routing_key")
+    listing = await ctl("list_bindings", "source_name", "destination_name", "routing_key")
     out = []
     for line in listing.splitlines():
         parts = line.split("\t")
@@ -90,13 +97,13 @@ async def bindings_of(queue: str) -> list[tuple[str, str]]:
     return out
 
 
-async def queue_exists(queue: str) -> bool:
-    listing = await rabbitmqctl("list_queues", "name")
+async def queue_exists(queue: str, ctl: Ctl = rabbitmqctl) -> bool:
+    listing = await ctl("list_queues", "name")
     return queue in listing.split()
 
 
-async def exchange_exists(exchange: str) -> bool:
-    listing = await rabbitmqctl("list_exchanges", "name")
+async def exchange_exists(exchange: str, ctl: Ctl = rabbitmqctl) -> bool:
+    listing = await ctl("list_exchanges", "name")
     return exchange in listing.split()
 
 
@@ -106,41 +113,3 @@ def queue_name_from_log(log_text: str) -> str:
     if not found:
         raise AssertionError(f"no 'consuming from' line in the daemon log:\n{log_text[-3000:]}")
     return found[-1]
-
-
-def broker_port_open() -> bool:
-    try:
-        with socket.create_connection((HOST, PORT), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-async def broker_ready() -> bool:
-    """RabbitMQ's app runs and its AMQP port accepts."""
-    if not broker_port_open():
-        return False
-    try:
-        await rabbitmqctl("await_startup")
-    except AssertionError:
-        return False
-    return True
-
-
-async def stop_broker_app() -> None:
-    await rabbitmqctl("stop_app")
-
-
-async def start_broker_app(seconds: float = 60.0) -> None:
-    """start_app, then until the port accepts and await_startup succeeds."""
-    await rabbitmqctl("start_app")
-    await until(broker_ready, seconds, "RabbitMQ to accept connections again", interval=0.1)
-
-
-async def ensure_broker_running() -> None:
-    """Cleanup: whatever happened, leave RabbitMQ running."""
-    if broker_port_open():
-        with contextlib.suppress(AssertionError):
-            await rabbitmqctl("await_startup")
-            return
-    await start_broker_app()
