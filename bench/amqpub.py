@@ -4,9 +4,10 @@ A minimal AMQP 0-9-1 publisher for the benchmark, on a blocking socket.
 Just enough of the protocol to log in, open a channel and publish: every
 frame of a message is built with bytes formatting, many messages go out in
 one C{sendall}, and RabbitMQ's flow control (it stops reading our socket
-when it cannot keep up) makes "as fast as the broker takes them" exact. It
-costs the publisher a microsecond or two per message, so the publisher is
-not what limits the figures.
+when it cannot keep up) makes "as fast as the broker takes them" exact. Its
+own cost per message is in docs/benchmarks.md: it is not what limits the
+figures. (A load generator, so not the suites' txAMQP publisher,
+L{tests.support.publisher}.)
 """
 
 from __future__ import annotations

@@ -43,16 +43,6 @@ def message(payload: bytes) -> bytes:
     return b'{"' + EVENT.encode() + b'":' + payload + b"}"
 
 
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final text frame (server to client)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
-
-
 def expected_counts(n_events: int, n_members: int) -> list[int]:
     """Events per member when C{n_events} go round-robin over C{n_members} from member 0."""
     base, extra = divmod(n_events, n_members)

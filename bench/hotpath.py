@@ -31,6 +31,7 @@ from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.testing import Client, client_frame, make_token, rsa_key, settings_for_tests
+from peatio_ws.testing.frames import server_frame
 from peatio_ws.websocket import StreamFactory
 from tests.unit.test_amqp import FakeBroker
 
@@ -81,7 +82,7 @@ def delivery(members: int = 1000, n: int = 100_000, read_size: int = 65536) -> d
         protocol.dataReceived(chunk)
     cpu = time.process_time() - t0
     written = sum(len(c.transport.value()) for c in clients)
-    expected = sum(len(events.text_frame(events.message(events.body(i // members + 1, i)))) for i in range(n))
+    expected = sum(len(server_frame(events.message(events.body(i // members + 1, i)))) for i in range(n))
     assert written == expected, (written, expected)
     consumer.stopService()
     return {"events": n, "us_per_event": 1e6 * cpu / n}

@@ -28,7 +28,10 @@ from bench.profile import Profiler, format_summary, summarize
 from bench.sysinfo import CpuMeter, busy_now, rabbitmq_pids, rss_kib
 from bench.workers import Worker, call_all, client_main, floor_main, hotpath_main, publisher_main, sink_main
 from peatio_ws.testing import generate_rsa_key, private_key_pem, public_key_b64
-from tests.support.daemon import REPO, DaemonProcess, free_port
+from tests.support.daemon import DaemonProcess, free_port
+from tests.support.paths import REPO
+from tests.support.probes import metric
+from tests.support.waiting import until_blocking
 
 RESULTS = REPO / "bench" / "results"
 
@@ -48,10 +51,7 @@ class Options:
     baseline_events: int = 60_000
     baseline_fanout_events: int = 1000
     floor_events: int = 240_000
-    #: Load-client processes. Two by default: on loopback every send that wakes a
-    #: sleeping client process is charged to the daemon, so more, idler client
-    #: processes make each event dearer for the daemon (see the "clients"
-    #: scenario); two keep the clients far from being the limit.
+    #: Load-client processes (why two: docs/benchmarks.md, "What limits delivery throughput").
     client_procs: int = 2
     #: For the capacity scenario: 15,000 connections within 20,000 files per process.
     capacity_procs: int = 4
@@ -129,8 +129,7 @@ def _aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _metric(daemon: DaemonProcess, name: str) -> float:
     """One unlabelled metric from the daemon's /metrics."""
-    m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", daemon.metrics(), re.MULTILINE)
-    return float(m.group(1)) if m else 0.0
+    return metric(daemon.metrics(), name)
 
 
 class Bench:
@@ -158,9 +157,8 @@ class Bench:
         d = DaemonProcess(env={"JWT_PUBLIC_KEY": self.public_key, **self.o.daemon_env, **(env or {})})
         try:
             d.start(timeout=60)
-            assert d.process is not None
             if self.o.verbose:
-                self.log(f"daemon pid {d.process.pid} on port {d.port}")
+                self.log(f"daemon pid {d.pid} on port {d.port}")
             yield d
         finally:
             d.cleanup()
@@ -297,14 +295,17 @@ class Bench:
     def wait_bindings(self, daemons: Sequence[DaemonProcess], n: int, timeout: float = 120.0) -> float:
         """Until the daemons' queues carry C{n} member bindings (events published before are lost)."""
         t = time.monotonic()
-        deadline = t + timeout
-        bound = 0.0
-        while time.monotonic() < deadline:
-            bound = sum(_metric(d, "peatio_ws_rabbitmq_bindings") for d in daemons)
-            if bound >= n:
-                return time.monotonic() - t
-            time.sleep(0.1)
-        raise RuntimeError(f"only {bound:.0f} of {n} bindings after {timeout:.0f} s")
+        bound = [0.0]
+
+        def settled() -> bool:
+            bound[0] = sum(_metric(d, "peatio_ws_rabbitmq_bindings") for d in daemons)
+            return bound[0] >= n
+
+        try:
+            until_blocking(settled, timeout, f"{n} bindings")
+        except AssertionError:
+            raise RuntimeError(f"only {bound[0]:.0f} of {n} bindings after {timeout:.0f} s") from None
+        return time.monotonic() - t
 
     def quiet(self, name: str) -> None:
         """Note it when something else keeps the machine busy before a scenario (it skews the figures)."""
@@ -449,8 +450,8 @@ class Bench:
             self.log(f"connected {connected['opened']} in {connected['seconds']:.2f} s ({connected['rate']:,.0f}/s)")
             self._reactor_check(d)
             with self.publisher(d.exchange) as pub:
-                groups = self.groups([d.process.pid], workers, pub)  # type: ignore[union-attr]
-                pid = d.process.pid  # type: ignore[union-attr]
+                groups = self.groups([d.pid], workers, pub)
+                pid = d.pid
                 if throughput:
                     # A short warm-up (connections, code paths, broker queue).
                     self.burst("warmup", workers, per, pub, d.exchange, members, min(o.events, 20_000), groups)
@@ -477,7 +478,7 @@ class Bench:
                 _, per = self.connect(workers, d.port, members)
                 self.wait_bindings([d], len(members))
                 with self.publisher(d.exchange) as pub:
-                    groups = self.groups([d.process.pid], workers, pub)  # type: ignore[union-attr]
+                    groups = self.groups([d.pid], workers, pub)
                     self.burst("clients-warmup", workers, per, pub, d.exchange, members, min(n, 20_000), groups)
                     r = self.burst(f"clients-{procs}", workers, per, pub, d.exchange, members, n, groups)
                     self.check(f"throughput, clients in {procs} process(es)", r)
@@ -494,7 +495,7 @@ class Bench:
             _, per = self.connect(workers, d.port, [uid] * o.fanout_connections)
             self.wait_bindings([d], 1)
             with self.publisher(d.exchange) as pub:
-                groups = self.groups([d.process.pid], workers, pub)  # type: ignore[union-attr]
+                groups = self.groups([d.pid], workers, pub)
                 self.burst("fanout-warmup", workers, per, pub, d.exchange, [uid], min(200, o.fanout_events), groups)
                 r = self.burst(
                     "fanout",
@@ -505,9 +506,9 @@ class Bench:
                     [uid],
                     o.fanout_events,
                     groups,
-                    d.process.pid,
+                    d.pid,
                     expected_rate=1000,
-                )  # type: ignore[union-attr]
+                )
                 r["connections"] = o.fanout_connections
                 r["events_per_s"] = r["rate"] / o.fanout_connections
                 self.results["fanout"] = r
@@ -520,7 +521,7 @@ class Bench:
         self.quiet("capacity")
         self.log(f"capacity: {o.capacity} connections ({len(members)} members)")
         with self.daemon() as d, self.clients(self.o.capacity_procs) as workers:
-            pid = d.process.pid  # type: ignore[union-attr]
+            pid = d.pid
             # Warm up (first-connection imports and caches), then the "before" figure.
             _warm, _ = self.connect(workers, d.port, self.members("BW", 50))
             call_all(workers, "close", 30)
@@ -564,7 +565,7 @@ class Bench:
         self.quiet("auth")
         self.log(f"auth: {o.auth_connections} connections of new members, then as many of the same members")
         with self.daemon() as d, self.clients() as workers:
-            pid = d.process.pid  # type: ignore[union-attr]
+            pid = d.pid
             self.connect(workers, d.port, self.members("BW", 50))  # warm-up
             call_all(
                 workers,
@@ -622,7 +623,7 @@ class Bench:
                 per = per_a + per_b
             self.wait_bindings(daemons, len(members))
             split = [_metric(d, "peatio_ws_authenticated_connections") for d in daemons]
-            pids = [d.process.pid for d in daemons]  # type: ignore[union-attr]
+            pids = [d.pid for d in daemons]
             pub = stack.enter_context(self.publisher(exchange))
             groups = self.groups(pids, workers, pub, "daemons")
             self.burst("scale-warmup", workers, per, pub, exchange, members, min(o.events, 20_000), groups)

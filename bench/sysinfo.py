@@ -1,6 +1,7 @@
 """
 What the benchmark records about the machine, and how it watches processes:
-CPU time per group of processes (from /proc/<pid>/stat) and resident memory.
+CPU time per group of processes (from /proc/<pid>/stat, read by
+L{tests.support.probes}, which also reads resident memory).
 """
 
 from __future__ import annotations
@@ -12,20 +13,24 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from tests.support.probes import cpu_seconds, rss_kib
+
+__all__ = [
+    "CpuMeter",
+    "busy_now",
+    "busy_seconds",
+    "cpu_model",
+    "cpu_seconds",
+    "machine",
+    "pids_named",
+    "rabbitmq_pids",
+    "rss_kib",
+]
+
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process C{pid} (all its threads); 0 if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def busy_seconds() -> tuple[float, float]:
@@ -37,14 +42,6 @@ def busy_seconds() -> tuple[float, float]:
     values += [0] * (8 - len(values))
     user, nice, system, _idle, _iowait, irq, softirq, steal = values
     return (user + nice + system + irq + softirq) / _TICK, steal / _TICK
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of C{pid} in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def pids_named(comm: str, arg: bytes = b"") -> list[int]:
@@ -74,7 +71,7 @@ def busy_now(seconds: float = 1.0) -> tuple[float, list[str]]:
 class CpuMeter:
     """CPU used by named groups of processes over a window, as a share of one core."""
 
-    def __init__(self, groups: dict[str, Iterable[int]]) -> None:
+    def __init__(self, groups: Mapping[str, Iterable[int]]) -> None:
         self.groups = {name: list(pids) for name, pids in groups.items()}
         self._start: dict[str, float] = {}
         self._t0 = 0.0

@@ -120,7 +120,7 @@ def _serve(conn: Connection, handlers: dict[str, Callable[..., dict[str, Any]]])
 def event_loop_name() -> str:
     """The asyncio loop the clients run on: uvloop when installed (cheaper per read), else the stdlib's."""
     try:
-        import uvloop  # noqa: F401
+        import uvloop  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
     except ImportError:
         return "asyncio"
     return "uvloop"
@@ -294,6 +294,7 @@ def sink_main(conn: Connection) -> None:
 
 def floor_main(conn: Connection) -> None:
     from bench import events
+    from peatio_ws.testing.frames import server_frame
 
     raise_nofile()
     state: dict[str, Any] = {}
@@ -330,7 +331,7 @@ def floor_main(conn: Connection) -> None:
         socks: list[socket.socket] = state["socks"][:members]
         m = len(socks)
         seqs = [0] * m
-        frame, message, body = events.text_frame, events.message, events.body
+        frame, message, body = server_frame, events.message, events.body
         t0 = time.monotonic()
         i = 0
         while i < n:

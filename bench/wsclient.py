@@ -6,9 +6,10 @@ library), cheap per message.
 One L{BenchClient} per connection: HTTP upgrade, challenge, C{{"jwt":"Bearer
 …"}}, then it counts the event frames it receives, checks each carries the
 next sequence number of its member, and (when asked) records publish ->
-receipt latency. Client frames are masked with an all-zero key (RFC 6455
-allows any key; the server unmasks the same way whatever the key is), so the
-client spends nothing on XOR. Pings are answered, as a browser does.
+receipt latency. Framing is L{peatio_ws.testing.frames}, the codec of every
+test client; client frames are masked with its zero key (RFC 6455 allows any
+key; the server unmasks the same way whatever the key is), so the client
+spends nothing on XOR. Pings are answered, as a browser does.
 
 L{client_worker} runs many clients in one process, driven by the coordinator
 through a pipe (see L{bench.workers}).
@@ -17,15 +18,14 @@ through a pipe (see L{bench.workers}).
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import time
 from array import array
 from typing import Any, cast
 
 from bench.events import SEQ_AT, TS_GAP
+from peatio_ws.testing import frames
+from peatio_ws.testing.frames import CLOSE, NO_STATUS, PING, PONG, TEXT, ZERO_MASK, close_code, frame_at
 
-_MASK = b"\x00\x00\x00\x00"
 _monotonic_ns = time.monotonic_ns
 
 HANDSHAKE, AUTH, OPEN, CLOSED = 0, 1, 2, 3
@@ -33,16 +33,9 @@ HANDSHAKE, AUTH, OPEN, CLOSED = 0, 1, 2, 3
 SLOW_NS = 2_000_000
 
 
-def client_frame(payload: bytes, opcode: int = 1) -> bytes:
+def client_frame(payload: bytes, opcode: int = TEXT) -> bytes:
     """A final client frame, masked with the zero key."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    return head + _MASK + payload
+    return frames.client_frame(payload, opcode, mask=ZERO_MASK)
 
 
 class ClientError(Exception):
@@ -84,11 +77,7 @@ class BenchClient(asyncio.Protocol):
         if self.token is None:  # raw TCP (the floor): frames from the first byte
             self.ready.set_result(None)
             return
-        key = base64.b64encode(os.urandom(16))
-        self.transport.write(
-            b"GET / HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (self.host.encode(), self.port, key)
-        )
+        self.transport.write(frames.upgrade_request("/", f"{self.host}:{self.port}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
@@ -112,26 +101,11 @@ class BenchClient(asyncio.Protocol):
                 return
             pos = i + 4
             self.state = AUTH
-        n = len(data)
         latencies = self.latencies
         self.reads += 1
-        while n - pos >= 2:
-            length = data[pos + 1] & 0x7F
-            start = pos + 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-                start = pos + 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                start = pos + 10
-            end = start + length
-            if end > n:
-                break
-            if data[pos] == 0x81 and self.state == OPEN and data[start + 2] == 0x6F:  # {"o...: an event
+        while (found := frame_at(data, pos)) is not None:
+            first, start, end = found
+            if first == 0x81 and self.state == OPEN and data[start + 2] == 0x6F:  # {"o...: an event
                 s = start + SEQ_AT
                 e = data.index(b",", s, end)
                 seq = int(data[s:e])
@@ -149,9 +123,9 @@ class BenchClient(asyncio.Protocol):
                     if lat > SLOW_NS and len(self.slow) < 1000:
                         self.slow.append((now, lat))
             else:
-                self._control(data[pos] & 0x0F, data[start:end])
+                self._control(first & 0x0F, data[start:end])
             pos = end
-        if pos < n:
+        if pos < len(data):
             self.buf = data[pos:]
 
     # -- everything but events -------------------------------------------------------
@@ -159,17 +133,18 @@ class BenchClient(asyncio.Protocol):
     def _control(self, opcode: int, payload: bytes) -> None:
         transport = self.transport
         assert transport is not None
-        if opcode == 9:  # ping
-            transport.write(client_frame(payload, 10))
-        elif opcode == 8:  # close
-            self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+        if opcode == PING:
+            transport.write(client_frame(payload, PONG))
+        elif opcode == CLOSE:
+            code = close_code(payload)
+            self.close_code = NO_STATUS if code is None else code
             if self.state != CLOSED:
-                transport.write(client_frame(payload[:2], 8))
+                transport.write(client_frame(payload[:2], CLOSE))
             self.state = CLOSED
             transport.close()
             if not self.ready.done():
                 self.ready.set_exception(ClientError(f"closed with {self.close_code} before authentication"))
-        elif opcode == 1 and self.state == AUTH:
+        elif opcode == TEXT and self.state == AUTH:
             if payload.startswith(b'{"challenge":'):
                 assert self.token is not None
                 transport.write(client_frame(b'{"jwt":"Bearer ' + self.token.encode() + b'"}'))
@@ -179,7 +154,7 @@ class BenchClient(asyncio.Protocol):
                     self.ready.set_result(None)
             else:
                 self._fail(f"auth reply {payload[:80]!r}")
-        elif opcode != 10:
+        elif opcode != PONG:
             self.other += 1
 
     def _fail(self, why: str) -> None:
@@ -192,7 +167,7 @@ class BenchClient(asyncio.Protocol):
     def close(self) -> None:
         """A clean close: our close frame, then the server closes TCP."""
         if self.transport is not None and self.state != CLOSED:
-            self.transport.write(client_frame(b"\x03\xe8", 8))
+            self.transport.write(client_frame(frames.close_payload(1000), CLOSE))
             self.state = CLOSED
         # Do not wait for the server: the process is about to exit.
         if self.transport is not None:

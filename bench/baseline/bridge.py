@@ -25,7 +25,7 @@ import signal
 import sys
 from typing import Any
 
-import aio_pika
+import aio_pika  # type: ignore[import-not-found, unused-ignore]
 import jwt
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed

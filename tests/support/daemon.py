@@ -115,6 +115,12 @@ class DaemonProcess:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/"
 
+    @property
+    def pid(self) -> int:
+        """The daemon's process id (once started)."""
+        assert self.process is not None, "the daemon was not started"
+        return self.process.pid
+
     def start(self, timeout: float = 30.0, wait_healthy: bool = True) -> DaemonProcess:
         """Start it and wait until /health says every component is up (or, unless C{wait_healthy}, answers)."""
         self.process = subprocess.Popen(
