@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -26,16 +27,19 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from websockets.sync.client import ClientConnection, connect
 
-from demo import run as demo_run
+from demo.sample import SampleStream
 from peatio_ws.testing import private_key_pem, rsa_key
-from tests.support.daemon import REPO, DaemonProcess, free_port, run_cli
+from tests.support.cases import new_uid
+from tests.support.daemon import DaemonProcess, free_port, run_cli
+from tests.support.paths import REPO
+from tests.support.waiting import until_blocking
 
 #: Flags that matter: without the background-networking ones Chromium hangs on a closed network.
 CHROMIUM_FLAGS = [
@@ -266,16 +270,19 @@ class DemoRunner:
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def serving() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"demo/run.py exited with {self.process.returncode}:\n{self.text()}")
             try:
                 with urllib.request.urlopen(self.base + "config.json", timeout=2):  # noqa: S310 - http://127.0.0.1
-                    return
+                    return True
             except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"demo/run.py did not serve within {timeout:.0f} s:\n{self.text()}")
+                return False
+
+        try:
+            until_blocking(serving, timeout, "demo/run.py to serve the page")
+        except AssertionError:
+            raise RuntimeError(f"demo/run.py did not serve within {timeout:.0f} s:\n{self.text()}") from None
 
     def request(self, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """(status, JSON or text) of one request to the runner."""
@@ -322,10 +329,6 @@ def key_file(case: SynchronousTestCase) -> Path:
     return path
 
 
-def new_uid() -> str:
-    return "ID" + uuid.uuid4().hex[:10].upper()
-
-
 ORDER_FIELDS = frozenset({"id", "side", "ord_type", "price", "avg_price", "state", "market", "created_at",
                           "origin_volume", "remaining_volume", "executed_volume", "trades_count"})
 TRADE_FIELDS = frozenset({"id", "price", "amount", "total", "market", "side", "created_at", "order_id"})
@@ -336,10 +339,10 @@ class SampleStreamTests(SynchronousTestCase):
 
     def test_events(self) -> None:
         members = ("ID1A2B3C4D5E", "IDF6E5D4C3B2")
-        stream = demo_run.SampleStream(members, demo_run.random.Random(1))
+        stream = SampleStream(members, random.Random(1))
         states: dict[str, int] = {}
         trades = 0
-        D = demo_run.Decimal
+        D = Decimal
         for _ in range(300):
             events = list(stream.tick())
             for i, (uid, event, payload) in enumerate(events):
