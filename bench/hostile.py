@@ -65,7 +65,8 @@ from pathlib import Path
 from typing import Any
 
 from peatio_ws.testing import make_token
-from tests.support.daemon import REPO, DaemonProcess
+from tests.support.daemon import DaemonProcess
+from tests.support.paths import REPO
 
 _ctx = multiprocessing.get_context("spawn")
 

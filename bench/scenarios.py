@@ -25,12 +25,12 @@ from typing import Any
 
 from bench import events
 from bench.profile import Profiler, format_summary, summarize
-from bench.sysinfo import CpuMeter, busy_now, rabbitmq_pids, rss_kib
+from bench.sysinfo import CpuMeter, busy_now, rabbitmq_pids
 from bench.workers import Worker, call_all, client_main, floor_main, hotpath_main, publisher_main, sink_main
 from peatio_ws.testing import generate_rsa_key, private_key_pem, public_key_b64
 from tests.support.daemon import DaemonProcess, free_port
 from tests.support.paths import REPO
-from tests.support.probes import metric
+from tests.support.probes import metric, rss_kib
 from tests.support.waiting import until_blocking
 
 RESULTS = REPO / "bench" / "results"

@@ -16,19 +16,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from tests.support.probes import cpu_seconds, rss_kib
-
-__all__ = [
-    "CpuMeter",
-    "busy_now",
-    "busy_seconds",
-    "cpu_model",
-    "cpu_seconds",
-    "machine",
-    "pids_named",
-    "rabbitmq_pids",
-    "rss_kib",
-]
+from tests.support.probes import cpu_seconds
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
