@@ -228,6 +228,12 @@ class MonitoringChannel(HTTPChannel):
     _refused = False
     _abort_call: IDelayedCall | None = None
 
+    site: MonitoringSite
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.open_channels += 1
+
     def allHeadersReceived(self) -> None:
         """Refuse (and close) here, before Twisted picks a place for the body."""
         refusal = self._refuse_head()
@@ -288,10 +294,15 @@ class MonitoringChannel(HTTPChannel):
             transport.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.site.open_channels -= 1
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
         super().connectionLost(reason)
+
+
+#: Connections the monitoring port holds at once.
+MAX_CONNECTIONS = 64
 
 
 class MonitoringSite(Site):
@@ -305,8 +316,24 @@ class MonitoringSite(Site):
     protocol = MonitoringChannel  # type: ignore[assignment]
     requestFactory = _BodilessRequest
 
-    def __init__(self, resource: IResource, reactor: Any = None, timeout: float = HEAD_TIMEOUT) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        reactor: Any = None,
+        timeout: float = HEAD_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         super().__init__(resource, timeout=timeout, reactor=reactor)
+        self.max_connections = max_connections
+        self.open_channels = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        # A scraper or a load balancer's probe needs one connection at a time:
+        # past the cap a new one is closed at once, so a flood of connections
+        # to this port cannot make the daemon hold thousands of them.
+        if self.open_channels >= self.max_connections:
+            return None
+        return super().buildProtocol(addr)
 
     def log(self, request: Any) -> None:
         pass

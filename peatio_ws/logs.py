@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import sys
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ from zope.interface import implementer, provider
 __all__ = [
     "EscapingObserver",
     "JSONLinesObserver",
+    "LineThrottle",
     "escape",
     "escape_fields",
     "install",
@@ -313,3 +315,28 @@ def install(application: object) -> bool:
         return False
     application.setComponent(ILogObserver, json_observer())
     return True
+
+
+class LineThrottle:
+    """
+    At most one log line per key and interval, for lines a client can cause
+    at will (a refused socket, a closed flooder): without it one address
+    could write megabytes of log per second. Each line that is written says
+    how many were held back since the last one.
+    """
+
+    def __init__(self, clock: Any, interval: float = 1.0) -> None:
+        self._clock = clock
+        self._interval = interval
+        #: key -> (when the last line was written, lines held back since)
+        self._state: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, key: str) -> int | None:
+        """None: do not write this line; else write it, noting the returned count held back."""
+        now = self._clock.seconds()
+        last, held = self._state.get(key, (-math.inf, 0))
+        if now - last < self._interval:
+            self._state[key] = (last, held + 1)
+            return None
+        self._state[key] = (now, 0)
+        return held

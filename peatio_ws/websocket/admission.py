@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from peatio_ws.config import Settings
-from peatio_ws.logs import logger
+from peatio_ws.logs import LineThrottle, logger
 from peatio_ws.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -27,8 +27,9 @@ _log = logger("peatio_ws.protocol")
 class Admission:
     """Counts sockets per address from accept to close, and drops handshakes past their deadline."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, clock: IReactorTime) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, clock: IReactorTime, log_throttle: LineThrottle) -> None:
         self._settings = settings
+        self._log_throttle = log_throttle
         self._metrics = metrics
         self._clock = clock
         self.per_ip: dict[str, int] = {}
@@ -92,10 +93,19 @@ class Admission:
                 next_deadline = deadline
                 break
             expired.append(proto)
+        if expired:
+            self._metrics.inbound_limited.labels(limit="handshake_timeout").inc(len(expired))
+            held = self._log_throttle("handshake_timeout")
+            if held is not None:
+                _log.info(
+                    "{count} socket(s) did not finish their handshake in time, the first from {peer}; "
+                    "dropping{held}",
+                    count=len(expired),
+                    peer=expired[0].peer,
+                    held=f" ({held} more not logged)" if held else "",
+                )
         for proto in expired:
             self._handshaking.pop(proto, None)
-            self._metrics.inbound_limited.labels(limit="handshake_timeout").inc()
-            _log.info("connection from {peer} did not finish its handshake in time; dropping", peer=proto.peer)
             proto.mute()
             proto.dropConnection(abort=True)
         self._metrics.handshakes.set(len(self._handshaking))

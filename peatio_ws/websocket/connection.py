@@ -52,6 +52,10 @@ _STATE_CLOSED = WebSocketProtocol.STATE_CLOSED
 MAX_QUEUED_MESSAGES = 16
 
 
+def _held(count: int) -> str:
+    return f" ({count} more not logged)" if count else ""
+
+
 class Dialect(Protocol):
     """A protocol front door: what a connection says once open, and how it answers messages."""
 
@@ -118,8 +122,11 @@ class StreamProtocol(BoundedServerProtocol):
 
     def refuse_with(self, code: int, text: str, reason: str) -> None:
         """Answer the upgrade request with HTTP C{code}, counted under C{reason}, and close."""
-        self.factory.metrics.rejected.labels(reason=reason).inc()
-        _log.info("refused {peer}: {reason}", peer=self.peer, reason=reason)
+        factory = self.factory
+        factory.metrics.rejected.labels(reason=reason).inc()
+        held = factory.log_throttle(reason)
+        if held is not None:
+            _log.info("refused {peer}: {reason}{held}", peer=self.peer, reason=reason, held=_held(held))
         self.refuse(code, text)
 
     def onConnect(self, request: ConnectionRequest) -> None:
@@ -252,18 +259,27 @@ class StreamProtocol(BoundedServerProtocol):
         factory = self.factory
         factory.metrics.inbound_limited.labels(limit=limit).inc()
         claims = self.claims
-        _log.info(
-            "connection {conn_id} from {peer}{uid}: {reason}; closing",
-            conn_id=self.conn_id,
-            peer=self.peer,
-            uid=f" of {claims.uid}" if claims is not None else "",
-            reason=reason,
-        )
+        held = factory.log_throttle(limit)
+        if held is not None:
+            _log.info(
+                "connection {conn_id} from {peer}{uid}: {reason}; closing{held}",
+                conn_id=self.conn_id,
+                peer=self.peer,
+                uid=f" of {claims.uid}" if claims is not None else "",
+                reason=reason,
+                held=_held(held),
+            )
         if self.state == _STATE_OPEN:
             self._close_reason = f"{CloseCode.POLICY_VIOLATION} {reason}"
             factory.metrics.closes.labels(reason=str(CloseCode.POLICY_VIOLATION)).inc()
             self.stop_events()
+            # The close frame goes out, then the socket is closed at once:
+            # nothing more is read from a client over its budget, so waiting
+            # for its closing handshake would only hold the socket for
+            # WEBSOCKET_CLOSE_TIMEOUT (a flooder reconnecting could pile up
+            # thousands of them).
             self.fail(CloseCode.POLICY_VIOLATION, reason)
+            self.dropConnection(abort=False)
         elif self.state == _STATE_CONNECTING:
             self.mute()
             self.dropConnection(abort=True)

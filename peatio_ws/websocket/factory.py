@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from peatio_ws.auth import TokenVerifier
 from peatio_ws.config import Settings
-from peatio_ws.logs import logger
+from peatio_ws.logs import LineThrottle, logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.websocket._autobahn import bake_options
@@ -75,7 +75,9 @@ class StreamFactory(WebSocketServerFactory):
         self.clock = clock
         self.revocation = revocation
         self.origins = OriginPolicy(settings.websocket_allowed_origins)
-        self.admission = Admission(settings, metrics, clock)
+        #: Lines a client can cause at will (refusals, limits) are written at most once a second per kind.
+        self.log_throttle = LineThrottle(clock)
+        self.admission = Admission(settings, metrics, clock, self.log_throttle)
         self.connections: set[StreamProtocol] = set()
         self.byte_burst = byte_burst(settings.websocket_inbound_bytes_per_second, settings.websocket_max_message_size)
         self._next_id = 0

@@ -374,3 +374,26 @@ class HostileInputTests(SynchronousTestCase):
         self.assertEqual(response.code, 503)
         self.assertEqual(response.json["components"], {"redis": "stalled", "rabbitmq": "up"})
         self.assertEqual(response.json["down"], ["redis"])
+
+
+class ConnectionCapTests(SynchronousTestCase):
+    """The monitoring port holds at most C{max_connections} connections; more are closed at once."""
+
+    def test_cap(self) -> None:
+        reactor = MemoryReactorClock()
+        site = monitoring_site(Metrics(), {"redis": lambda: True}, reactor)
+        site.max_connections = 2
+        channels = []
+        for _ in range(2):
+            channel = site.buildProtocol(None)
+            channel.makeConnection(StringTransport())
+            channels.append(channel)
+        self.assertIsNone(site.buildProtocol(None))
+        channels[0].connectionLost(Failure(ConnectionDone()))
+        again = site.buildProtocol(None)
+        self.assertIsNotNone(again)
+        again.makeConnection(StringTransport())
+        self.assertEqual(site.open_channels, 2)
+        for channel in (channels[1], again):
+            channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(site.open_channels, 0)

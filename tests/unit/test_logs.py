@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.logger import (
     ILogObserver,
     Logger,
@@ -24,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from peatio_ws import logs, tap
-from peatio_ws.logs import JSONLinesObserver, escape, escape_fields, logger, protect_process_logging
+from peatio_ws.logs import JSONLinesObserver, LineThrottle, escape, escape_fields, logger, protect_process_logging
 from peatio_ws.testing import public_key_b64, rsa_key
 
 FORGED = "bob\nINFO forged"
@@ -321,3 +322,19 @@ class TwistdWiringTests(SynchronousTestCase):
         options.parseOptions(["--host", "127.0.0.1", "--port", "0"])
         tap.makeService(options)
         self.assertEqual(self.calls, [])
+
+
+class LineThrottleTests(SynchronousTestCase):
+    """L{LineThrottle}: one line per key and interval, and the count held back."""
+
+    def test_one_line_per_interval(self) -> None:
+        clock = Clock()
+        throttle = LineThrottle(clock, interval=1.0)
+        self.assertEqual(throttle("refused"), 0)
+        self.assertEqual([throttle("refused") for _ in range(5)], [None] * 5)
+        self.assertEqual(throttle("other"), 0)
+        clock.advance(0.999)
+        self.assertIsNone(throttle("refused"))
+        clock.advance(0.001)
+        self.assertEqual(throttle("refused"), 6)
+        self.assertIsNone(throttle("refused"))

@@ -798,6 +798,8 @@ class HostileInputTests(ProtocolTestCase):
         self.assertEqual(client.messages(), [])
         self.assertEqual(client.close_code(), CloseCode.POLICY_VIOLATION)
         self.assertEqual(client.transport.producerState, "paused")
+        # Closed at once after the close frame: no waiting for a handshake it will not read.
+        self.assertTrue(client.transport.disconnecting)
         self.assertEqual(self.limited("frames"), 1)
         self.assertEqual(
             self.metrics.registry.get_sample_value("peatio_ws_closes_total", {"reason": "1008"}), 1
