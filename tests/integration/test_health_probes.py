@@ -12,13 +12,6 @@ chaos-figures.txt in the trial directory).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import time
 from typing import Any
 
@@ -29,10 +22,11 @@ from twisted.python.failure import Failure
 from peatio_ws.testing import make_token
 from tests.support.broker import PORT as BROKER_PORT
 from tests.support.cases import ChaosTestCase, new_uid
-from tests.support.daemon import DaemonProcess, free_port
+from tests.support.daemon import DaemonProcess
 from tests.support.figures import record
 from tests.support.reactor_client import ws_connect
-from tests.support.waiting import sleep, until, until_blocking
+from tests.support.servers import private_redis
+from tests.support.waiting import sleep, until
 
 #: The global reactor, untyped (its zope interfaces are opaque to mypy here).
 reactor: Any = _reactor
@@ -43,67 +37,6 @@ PROBE_TIMEOUT = 5.0
 #: Generous deadlines for "within timeout + interval" (a loaded 2-core machine).
 DOWN_DEADLINE = PROBE_TIMEOUT + PROBE_INTERVAL + 8.0
 UP_DEADLINE = 30.0
-
-
-class PrivateRedis:
-    """A redis-server of this test's own: its own port and directory, no persistence."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="peatio-ws-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
-        self.stopped = False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        executable = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.process = subprocess.Popen(
-            [
-                executable,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", self.dir,
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-                "--logfile", os.path.join(self.dir, "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        until_blocking(self.answers, 10, f"the private redis-server to answer on port {self.port}", interval=0.05)
-
-    def answers(self) -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-        return False
-
-    def freeze(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-        self.stopped = True
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
-        self.stopped = False
-
-    def cleanup(self) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            if self.stopped:
-                self.thaw()
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class _Pipe(Protocol):
@@ -218,9 +151,7 @@ class HealthProbeTests(ChaosTestCase):
         within the probe timeout + interval, peatio_ws_redis_up drops to 0,
         and a login (deny) is refused without waiting; SIGCONT: 200 again.
         """
-        redis = PrivateRedis()
-        self.addCleanup(redis.cleanup)
-        redis.start()
+        redis = private_redis(self)
         daemon = self.start_daemon(REDIS_URL=redis.url, REDIS_REVOCATION_WHEN_DOWN="deny")
         await self.wait_status(daemon, 200, UP_DEADLINE, "the daemon to be healthy")
         await sleep(PROBE_INTERVAL)

@@ -29,7 +29,7 @@ from peatio_ws.testing import public_key_b64, rsa_key
 from tests.support.paths import REPO
 from tests.support.waiting import until_blocking
 
-__all__ = ["REPO", "DaemonProcess", "free_port", "loopback", "run_cli"]
+__all__ = ["DaemonProcess", "free_port", "loopback", "run_cli"]
 
 
 def free_port() -> int:

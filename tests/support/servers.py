@@ -36,19 +36,16 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from peatio_ws.config import RedisAddress, Settings
+from tests.support import broker
 from tests.support.daemon import free_port
+from tests.support.waiting import until, until_blocking, within
 
 __all__ = ["PrivateRabbit", "PrivateRedis", "private_rabbit", "private_redis"]
 
@@ -75,32 +72,6 @@ def _answers(port: int, ping: bytes = b"", expect: bytes = b"") -> bool:
             return True
     except OSError:
         return False
-
-
-def _until_blocking(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-        time.sleep(0.02)
-
-
-async def _sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def _until(condition: Callable[[], Any], seconds: float, what: str, interval: float = 0.1) -> None:
-    """Poll C{condition} (plain, or a coroutine function) on the reactor; bounded."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = condition()
-        if hasattr(result, "__await__"):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-        await _sleep(interval)
 
 
 def _signal(process: subprocess.Popen[bytes] | None, sig: int) -> None:
@@ -189,7 +160,7 @@ class PrivateRedis:
                 raise AssertionError(f"the private redis-server exited on port {self.port}:\n{self.log_text()[-2000:]}")
             return self.ping()
 
-        _until_blocking(ready, seconds, f"the private redis-server to answer PING on port {self.port}")
+        until_blocking(ready, seconds, f"the private redis-server to answer PING on port {self.port}", interval=0.02)
         self.start_seconds.append(time.monotonic() - started)
         return self
 
@@ -386,7 +357,8 @@ class PrivateRabbit:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _until_blocking(lambda: _answers(self.epmd_port), 10, f"the private epmd on port {self.epmd_port}")
+        what = f"the private epmd on port {self.epmd_port}"
+        until_blocking(lambda: _answers(self.epmd_port), 10, what, interval=0.02)
 
     async def start(self, seconds: float = 90.0) -> PrivateRabbit:
         """Start the node (again, on the same data directory); bounded wait until it is up."""
@@ -430,7 +402,7 @@ class PrivateRabbit:
             return True
 
         try:
-            await _until(up, seconds, f"the private RabbitMQ node {self.node} to start", interval=0.2)
+            await until(up, seconds, f"the private RabbitMQ node {self.node} to start", interval=0.2)
         except AssertionError as e:
             raise AssertionError(f"{e}\n{self.log_text()}") from None
 
@@ -439,10 +411,7 @@ class PrivateRabbit:
         d = getProcessOutputAndValue(
             str(RABBITMQ_BIN / "rabbitmqctl"), ("-n", self.node, "-q", *args), env=self._env(), path=str(self.dir)
         )
-        try:
-            out, err, code = await d.addTimeout(seconds, reactor)
-        except DeferredTimeout:
-            raise AssertionError(f"timed out after {seconds} s waiting for rabbitmqctl {' '.join(args)}") from None
+        out, err, code = await within(d, seconds, f"rabbitmqctl {' '.join(args)}")
         if code != 0:
             text = (err or out).decode("utf-8", "replace").strip()
             raise AssertionError(f"rabbitmqctl -n {self.node} {' '.join(args)} failed ({code}): {text}")
@@ -471,18 +440,7 @@ class PrivateRabbit:
 
     async def close_connection(self, name: str, reason: str = "peatio-ws test: forced close") -> None:
         """Close, from the broker's side, the one connection whose C{connection_name} is C{name}."""
-        listing = await self.ctl("list_connections", "pid", "client_properties")
-        pids = [
-            line.split("\t", 1)[0]
-            for line in listing.splitlines()
-            # {"connection_name","<name>"} (or <<"...">> in older releases)
-            if re.search(r'connection_name"(>>,longstr,<<|,)"' + re.escape(name) + '"', line)
-        ]
-        if len(pids) != 1:
-            raise AssertionError(
-                f"expected one connection named {name!r} on {self.node}, found {len(pids)}:\n{listing}"
-            )
-        await self.ctl("close_connection", pids[0], reason)
+        await broker.close_connection_named(name, reason, self.ctl)
 
     # -- what the node holds ---------------------------------------------------------
 
@@ -491,29 +449,18 @@ class PrivateRabbit:
         return name in await self.ctl("list_connections", "client_properties")
 
     async def queue_exists(self, queue: str) -> bool:
-        return queue in (await self.ctl("list_queues", "name")).split()
+        return await broker.queue_exists(queue, self.ctl)
 
     async def exchange_exists(self, exchange: str) -> bool:
-        return exchange in (await self.ctl("list_exchanges", "name")).split()
+        return await broker.exchange_exists(exchange, self.ctl)
 
     async def queue_counts(self, queue: str) -> tuple[int, int]:
         """(messages ready, messages unacknowledged) of C{queue}."""
-        listing = await self.ctl("list_queues", "name", "messages_ready", "messages_unacknowledged")
-        for line in listing.splitlines():
-            parts = line.split("\t")
-            if parts[0] == queue:
-                return int(parts[1]), int(parts[2])
-        raise AssertionError(f"queue {queue!r} not listed on {self.node}")
+        return await broker.queue_counts(queue, self.ctl)
 
     async def bindings_of(self, queue: str) -> list[tuple[str, str]]:
         """(exchange, routing key) of every binding to C{queue}, the default exchange's excepted."""
-        listing = await self.ctl("list_bindings", "source_name", "destination_name", "routing_key")
-        out = []
-        for line in listing.splitlines():
-            parts = line.split("\t")
-            if len(parts) == 3 and parts[1] == queue and parts[0]:
-                out.append((parts[0], parts[2]))
-        return out
+        return await broker.bindings_of(queue, self.ctl)
 
     # -- clean-up --------------------------------------------------------------------
 
@@ -535,7 +482,7 @@ class PrivateRabbit:
                 with contextlib.suppress(AssertionError):
                     await self.ctl("stop", seconds=30)
                 with contextlib.suppress(AssertionError):
-                    await _until(lambda: not self.running, 15, f"{self.node} to exit")
+                    await until(lambda: not self.running, 15, f"{self.node} to exit", interval=0.1)
             self.stop_seconds = time.monotonic() - started
         finally:
             self.kill_all()
