@@ -111,17 +111,21 @@ class Chromium:
         # With port 0 Chromium picks a free port and writes it (and the
         # browser's WebSocket path) to DevToolsActivePort in the profile.
         active = Path(self.profile, "DevToolsActivePort")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def listening() -> bool:
+            assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"chromium exited with {self.process.returncode}:\n{self.log_tail()}")
             lines = active.read_text().split() if active.exists() else []
-            if len(lines) >= 2:
-                self.ws = connect(f"ws://127.0.0.1:{lines[0]}{lines[1]}", open_timeout=10, max_size=None)
-                break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"chromium gave no DevTools port within {timeout:.0f} s:\n{self.log_tail()}")
+            if len(lines) < 2:
+                return False
+            self.ws = connect(f"ws://127.0.0.1:{lines[0]}{lines[1]}", open_timeout=10, max_size=None)
+            return True
+
+        try:
+            until_blocking(listening, timeout, "chromium's DevTools port")
+        except AssertionError:
+            raise RuntimeError(f"chromium gave no DevTools port within {timeout:.0f} s:\n{self.log_tail()}") from None
         target = self.call("Target.createTarget", url="about:blank", session=False)["targetId"]
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True, session=False)["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
@@ -170,12 +174,15 @@ class Chromium:
 
     def wait_for(self, expression: str, what: str, timeout: float = 15.0) -> Any:
         """Poll C{expression} until it is truthy; fail naming C{what} and showing the page."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            time.sleep(0.1)
+        found: list[Any] = []
+
+        def truthy() -> bool:
+            found[:] = [self.evaluate(expression)]
+            return bool(found[0])
+
+        with contextlib.suppress(AssertionError):
+            until_blocking(truthy, timeout, what)
+            return found[0]
         shot = ""
         with contextlib.suppress(Exception):
             shot = f"\nscreenshot: {self.screenshot(Path(f'demo-failure-{time.time():.0f}.png').resolve())}"

@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 from peatio_ws.http import MonitoringChannel, _BodilessRequest, monitoring_site
 from peatio_ws.metrics import Metrics
 from tests.support.figures import record
+from tests.support.waiting import within
 
 #: The global reactor, untyped (its zope interfaces are opaque to mypy here).
 reactor: Any = _reactor
@@ -111,7 +112,7 @@ class MonitoringPortTests(TestCase):
         connector = reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
         self.addCleanup(connector.disconnect)
         started = time.monotonic()
-        await client.closed.addTimeout(20, reactor)
+        await within(client.closed, 20, "the server to close the connection")
         elapsed = time.monotonic() - started
 
         status = client.received.split(b"\r\n", 1)[0]

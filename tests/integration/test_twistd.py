@@ -23,6 +23,7 @@ from twisted.trial.unittest import TestCase
 
 from peatio_ws.testing import public_key_b64, rsa_key
 from tests.support.paths import REPO
+from tests.support.waiting import within
 
 reactor: Any = _reactor
 
@@ -125,9 +126,7 @@ class TwistdProcessTests(TestCase):
 
         self.addCleanup(kill_if_running)
 
-        ready = systemd.wait_for("READY=1")
-        ready.addTimeout(WAIT, reactor)
-        await ready
+        await within(systemd.wait_for("READY=1"), WAIT, "READY=1 from the daemon")
         lines = [json.loads(line) for line in process.out.decode("utf-8").splitlines()]
         [listening] = [x for x in lines if x["message"].startswith("peatio-ws listening on ws://127.0.0.1:")]
         ws_port = int(listening["url"].rsplit(":", 1)[1])
@@ -136,8 +135,7 @@ class TwistdProcessTests(TestCase):
         self.assertEqual(list(challenge), ["challenge"])
         self.assertEqual(code, 1001)
 
-        process.ended.addTimeout(WAIT, reactor)
-        reason = await process.ended
+        reason = await within(process.ended, WAIT, "twistd to exit")
         # twistd re-raises SIGTERM on itself after an orderly stop.
         self.assertEqual(getattr(reason, "signal", None), signal.SIGTERM, process.err)
         self.assertTrue(systemd.seen("STOPPING=1"))

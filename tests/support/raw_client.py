@@ -9,12 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import time
 from typing import Any
 
 from peatio_ws.testing.frames import CLOSE, NO_STATUS, TEXT, client_frame, close_code, frame_at, response_status
 from peatio_ws.testing.frames import upgrade_request as _upgrade_request
-from tests.support.waiting import sleep
+from tests.support.waiting import until
 
 __all__ = ["RawClient", "closed_by_peer", "raw_status"]
 
@@ -128,14 +127,17 @@ async def closed_by_peer(sock: socket.socket, seconds: float) -> bool:
     """Whether the server closes C{sock} (EOF or reset) within C{seconds}; polls without blocking."""
     # Not merely MSG_DONTWAIT: a socket with a timeout waits for readability first.
     sock.setblocking(False)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+
+    def closed() -> bool:
         try:
-            if sock.recv(1) == b"":
-                return True
+            return sock.recv(1) == b""
         except BlockingIOError:
-            pass
+            return False
         except OSError:
             return True
-        await sleep(0.05)
-    return False
+
+    try:
+        await until(closed, seconds, "the server to close the socket", interval=0.05)
+    except AssertionError:
+        return False
+    return True
