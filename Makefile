@@ -70,7 +70,7 @@ chaos: prepare
 		tests.unit.test_fuzz tests.chaos.test_chaos tests.chaos.test_chaos_redis \
 		tests.chaos.test_chaos_clients tests.chaos.test_chaos_hostile || status=$$?; \
 	echo; echo "== chaos figures =="; \
-	$(PY) -m tests.support.chaos_helpers .state/_trial_chaos/chaos-figures.txt; exit $$status
+	$(PY) -m tests.support.figures .state/_trial_chaos/chaos-figures.txt; exit $$status
 
 clean:
 	rm -rf build dist *.egg-info .state _trial_temp .mypy_cache .ruff_cache .venv-lowest

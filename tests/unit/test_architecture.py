@@ -12,7 +12,9 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-PACKAGE = Path(__file__).resolve().parents[2] / "peatio_ws"
+from tests.support.paths import REPO
+
+PACKAGE = REPO / "peatio_ws"
 #: Public API despite the underscore: namedtuple's methods.
 NAMEDTUPLE_API = frozenset({"_replace", "_asdict", "_fields", "_make"})
 

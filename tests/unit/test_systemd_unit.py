@@ -21,8 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.config import Settings
 from peatio_ws.service import STOP_STEP_TIMEOUT
+from tests.support.paths import REPO
 
-UNITS = Path(__file__).resolve().parents[2] / "systemd"
+UNITS = REPO / "systemd"
 SERVICE = UNITS / "peatio-ws.service"
 TEMPLATE = UNITS / "peatio-ws@.service"
 INSTALLED_TWISTD = "/opt/peatio-ws/venv/bin/twistd"

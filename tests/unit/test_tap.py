@@ -24,7 +24,6 @@ from peatio_ws.testing import public_key_b64, rsa_key
 
 reactor: Any = _reactor
 
-CHECKOUT = Path(__file__).resolve().parents[2]
 WAIT = 20.0
 
 
@@ -104,7 +103,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_tls_checked_at_start(self) -> None:
         """A key that does not match the certificate stops start-up before anything runs."""
-        from tests.unit.test_listen import make_pki
+        from peatio_ws.testing.pki import make_pki
 
         pki = make_pki(self.directory / "pki")
         self.environ["WEBSOCKET_SSL_KEY"] = str(pki.other_key)
