@@ -33,17 +33,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import datetime
 import io
-import ipaddress
 import json
 import multiprocessing
 import os
 import re
-import resource
 import select
 import shutil
 import signal
@@ -64,9 +61,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from bench.sysinfo import cpu_model
+from bench.workers import raise_nofile
 from peatio_ws.testing import make_token
+from peatio_ws.testing.frames import client_frame, frame_at, upgrade_request
+from peatio_ws.testing.pki import make_pki
 from tests.support.daemon import DaemonProcess
 from tests.support.paths import REPO
+from tests.support.probes import cpu_seconds, open_fds, rss_kib
 
 _ctx = multiprocessing.get_context("spawn")
 
@@ -90,67 +92,6 @@ RSS_EVERY = 0.05
 # Small helpers of its own (the other bench modules are being reworked): the
 # daemon and the test tokens are all this takes from the project.
 
-_TICK = os.sysconf("SC_CLK_TCK")
-_ZERO_MASK = b"\x00\x00\x00\x00"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process C{pid} (all its threads); 0 if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of process C{pid} in KiB (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "?"
-
-
-def client_frame(payload: bytes, opcode: int = 1) -> bytes:
-    """A final client frame, masked with the zero key (RFC 6455 allows any key)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    return head + _ZERO_MASK + payload
-
-
-def raise_nofile() -> int:
-    """Soft open-file limit up to the hard one (the daemon inherits it); returns it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def _upgrade(path: str = "/") -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode("ascii")
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode("ascii")
-
-
-def fragment(payload: bytes, opcode: int, fin: bool) -> bytes:
-    """A masked client frame, final or not."""
-    frame = client_frame(payload, opcode)
-    return bytes([(0x80 if fin else 0) | opcode]) + frame[1:]
 
 
 def client_hello() -> bytes:
@@ -163,35 +104,6 @@ def client_hello() -> bytes:
     with contextlib.suppress(ssl.SSLWantReadError):
         obj.do_handshake()
     return outgoing.read()
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A self-signed RSA-2048 certificate for 127.0.0.1 and its key, as PEM files in C{directory}."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
 
 
 # ---------------------------------------------------------------------------
@@ -281,8 +193,8 @@ def kinds(quick: bool = False) -> list[Kind]:
             "endless empty continuation frames, no token",
             "1008",
             opening="upgrade",
-            preamble=fragment(b'{"jwt":', 1, False),
-            flood=fragment(b"", 0, False) * 512,
+            preamble=client_frame(b'{"jwt":', 1, fin=False),
+            flood=client_frame(b"", 0, fin=False) * 512,
             seconds=flood_s,
         ),
         Kind(
@@ -290,8 +202,8 @@ def kinds(quick: bool = False) -> list[Kind]:
             "endless empty continuation frames, logged in",
             "1008",
             opening="login",
-            preamble=fragment(b'{"jwt":', 1, False),
-            flood=fragment(b"", 0, False) * 512,
+            preamble=client_frame(b'{"jwt":', 1, fin=False),
+            flood=client_frame(b"", 0, fin=False) * 512,
             seconds=flood_s,
         ),
     ]
@@ -393,28 +305,14 @@ def kinds(quick: bool = False) -> list[Kind]:
 
 
 def _server_frames(buf: bytearray) -> list[tuple[int, bytes]]:
-    """Complete server (unmasked) frames at the start of C{buf}, removed from it."""
+    """Complete server frames at the start of C{buf}, removed from it (payloads cut at 256 bytes: only
+    control frames and short texts matter here)."""
     frames = []
     off = 0
-    while len(buf) - off >= 2:
-        n = buf[off + 1] & 0x7F
-        i = off + 2
-        if n == 126:
-            if len(buf) - i < 2:
-                break
-            (n,) = struct.unpack_from("!H", buf, i)
-            i += 2
-        elif n == 127:
-            if len(buf) - i < 8:
-                break
-            (n,) = struct.unpack_from("!Q", buf, i)
-            i += 8
-        if len(buf) - i < n:
-            break
-        opcode = buf[off] & 0x0F
-        # Only control frames and short texts matter here.
-        frames.append((opcode, bytes(buf[i : i + min(n, 256)])))
-        off = i + n
+    while (found := frame_at(buf, off)) is not None:
+        first, start, end = found
+        frames.append((first & 0x0F, bytes(buf[start : min(end, start + 256)])))
+        off = end
     del buf[:off]
     return frames
 
@@ -474,7 +372,7 @@ class Hostile(asyncio.Protocol):
         if self.kind.opening == "none":
             self.attack()
         else:
-            self.write(_upgrade())
+            self.write(upgrade_request(host=HOST))
 
     def data_received(self, data: bytes) -> None:
         self.answered = True
@@ -671,7 +569,7 @@ class _Honest:
             ctx.verify_mode = ssl.CERT_NONE
             self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
         self.buf = bytearray()
-        self.sock.sendall(_upgrade())
+        self.sock.sendall(upgrade_request(host=HOST))
         while b"\r\n\r\n" not in self.buf:
             self._recv_blocking()
         head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
@@ -886,10 +784,6 @@ class Helpers:
 
 # ---------------------------------------------------------------------------
 # Measuring a phase
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 class RssSampler(threading.Thread):
@@ -1201,7 +1095,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
     ]
     rows: list[str] = []
-    tls_files = self_signed(tmp) if any(k.target == "tls" for k in chosen) else None
+    pki = make_pki(tmp / "pki") if any(k.target == "tls" for k in chosen) else None
+    tls_files = (pki.key, pki.cert) if pki is not None else None
     helpers = Helpers()
     stopping = Stopping()
     results: list[Result] = []
