@@ -38,7 +38,6 @@ import dataclasses
 import datetime
 import io
 import json
-import multiprocessing
 import os
 import re
 import select
@@ -55,22 +54,20 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from bench.sysinfo import cpu_model
-from bench.workers import raise_nofile
+from bench.workers import Worker, raise_nofile
 from peatio_ws.testing import make_token
 from peatio_ws.testing.frames import client_frame, frame_at, upgrade_request
 from peatio_ws.testing.pki import make_pki
 from tests.support.daemon import DaemonProcess
 from tests.support.paths import REPO
 from tests.support.probes import cpu_seconds, open_fds, rss_kib
-
-_ctx = multiprocessing.get_context("spawn")
 
 OUT = Path("/tmp/hostile-figures.md")
 HOST = "127.0.0.1"
@@ -690,21 +687,21 @@ def honest_main(conn: Connection) -> None:
                 if client is not None:
                     client.close()
                 client = _Honest(args["port"], args["tls"], args["token"])
-                conn.send({"ok": True})
+                conn.send({})
             elif command == "start":
                 if client is not None:
                     client.samples = []
-                conn.send({"ok": True, "lost": client.lost if client else "not connected"})
+                conn.send({"lost": client.lost if client else "not connected"})
             elif command == "stop":
                 samples = client.stop_recording() if client is not None else []
-                conn.send({"ok": True, "samples": samples, "lost": client.lost if client else "not connected"})
+                conn.send({"samples": samples, "lost": client.lost if client else "not connected"})
             elif command == "exit":
                 if client is not None:
                     client.close()
-                conn.send({"ok": True})
+                conn.send({})
                 return
         except Exception as e:
-            conn.send({"ok": False, "error": f"{type(e).__name__}: {e}"})
+            conn.send({"error": f"{type(e).__name__}: {e}"})
 
 
 def attacker_main(conn: Connection) -> None:
@@ -720,53 +717,25 @@ def attacker_main(conn: Connection) -> None:
     while True:
         command, args = conn.recv()
         if command == "exit":
-            conn.send({"ok": True})
+            conn.send({})
             return
         try:
-            conn.send({"ok": True, "tally": asyncio.run(attack(**args))})
+            conn.send({"tally": asyncio.run(attack(**args))})
         except Exception as e:
-            conn.send({"ok": False, "error": f"{type(e).__name__}: {e}"})
-
-
-class Child:
-    """The coordinator's handle on a helper process (one answer per command, bounded waits)."""
-
-    def __init__(self, name: str, target: Callable[[Connection], None]) -> None:
-        self.name = name
-        self._conn, child = _ctx.Pipe()
-        self.process = _ctx.Process(target=target, args=(child,), name=name, daemon=True)
-        self.process.start()
-        child.close()
-
-    def call(self, command: str, timeout: float = 20.0, **args: Any) -> dict[str, Any]:
-        self._conn.send((command, args))
-        if not self._conn.poll(timeout):
-            raise RuntimeError(f"{self.name}: no answer to {command} within {timeout} s")
-        answer: dict[str, Any] = self._conn.recv()
-        if not answer.get("ok"):
-            raise RuntimeError(f"{self.name}: {command}: {answer.get('error')}")
-        return answer
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.call("exit", timeout=5)
-        self.process.join(5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
+            conn.send({"error": f"{type(e).__name__}: {e}"})
 
 
 class Helpers:
     """The two helper processes: the honest client and the attacker."""
 
     def __init__(self) -> None:
-        self.honest = Child("honest client", honest_main)
-        self.attacker = Child("attacker", attacker_main)
+        self.honest = Worker("honest client", honest_main)
+        self.attacker = Worker("attacker", attacker_main)
 
     def attack(self, kind: Kind, port: int, connections: int, reconnect: bool, seconds: float, token: str) -> Tally:
         answer = self.attacker.call(
             "attack",
-            timeout=seconds + 30,
+            wait=seconds + 30,
             kind=kind,
             port=port,
             connections=connections,
@@ -778,8 +747,8 @@ class Helpers:
         return tally
 
     def close(self) -> None:
-        self.honest.close()
-        self.attacker.close()
+        self.honest.stop()
+        self.attacker.stop()
 
 
 # ---------------------------------------------------------------------------
