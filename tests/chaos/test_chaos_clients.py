@@ -29,7 +29,7 @@ from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.testing import Client as WireClient
 from peatio_ws.testing import client_frame, make_token, settings_for_tests
-from peatio_ws.websocket import StreamFactory
+from peatio_ws.testing.factory import stream_factory
 from tests.support.broker import bindings_of, queue_name_from_log
 from tests.support.cases import ChaosTestCase, new_uid
 from tests.support.figures import FULL, record, scaled
@@ -412,7 +412,7 @@ class InProcessChurnTests(TestCase):
                 members["left"] += 1
 
         registry.add_observer(Observer())
-        factory = StreamFactory(settings, registry, settings.token_verifier(reactor), metrics, reactor, None)
+        factory = stream_factory(settings, reactor, registry=registry, metrics=metrics, handshake_timeouts=True)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         factory.start_pinging()
@@ -474,10 +474,7 @@ class UnbindTimerChurnTests(SynchronousTestCase):
         harness = Harness(self, rabbitmq_unbind_delay=5.0)
         broker = harness.consuming()
         settings = settings_for_tests(websocket_auth_attempts_per_minute=0)
-        factory = StreamFactory(
-            settings, harness.registry, settings.token_verifier(harness.reactor), harness.metrics, harness.reactor,
-            None, handshake_timeouts=False,
-        )
+        factory = stream_factory(settings, harness.reactor, registry=harness.registry, metrics=harness.metrics)
         cycles = scaled(2000, 10000)
         now = harness.reactor.seconds()
         for i in range(cycles):

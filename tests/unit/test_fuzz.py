@@ -43,7 +43,8 @@ from peatio_ws.testing import (
     make_token,
     settings_for_tests,
 )
-from peatio_ws.websocket import Reply, StreamFactory
+from peatio_ws.testing.factory import stream_factory
+from peatio_ws.websocket import Reply
 from tests.support.corpus import (
     BAD_HANDSHAKES,
     NOW,
@@ -167,15 +168,7 @@ class _Room:
         self.settings = settings_for_tests(**options)
         self.metrics = metrics if metrics is not None else Metrics()
         self.registry = registry if registry is not None else Registry(self.metrics)
-        self.factory = StreamFactory(
-            self.settings,
-            self.registry,
-            self.settings.token_verifier(self.clock),
-            self.metrics,
-            self.clock,
-            None,
-            handshake_timeouts=False,
-        )
+        self.factory = stream_factory(self.settings, self.clock, registry=self.registry, metrics=self.metrics)
         self.test = test
         self.victim = self.connect()
         self.victim.send_json({"jwt": "Bearer " + make_token(uid=VICTIM, now=NOW)})

@@ -33,11 +33,9 @@ from peatio_ws.listen import (
     listener_service,
     tls_options,
 )
-from peatio_ws.metrics import Metrics
-from peatio_ws.registry import Registry
 from peatio_ws.testing import settings_for_tests
+from peatio_ws.testing.factory import stream_factory
 from peatio_ws.testing.pki import key_pem, make_pki
-from peatio_ws.websocket import StreamFactory
 
 reactor: Any = _reactor
 
@@ -277,10 +275,7 @@ class TLSEndToEndTests(TestCase):
             websocket_ssl_key=str(self.pki.key),
             websocket_ssl_cert=str(self.pki.cert),
         )
-        metrics = Metrics()
-        factory = StreamFactory(
-            settings, Registry(metrics), settings.token_verifier(reactor), metrics, reactor, None
-        )
+        factory = stream_factory(settings, reactor, handshake_timeouts=True)
         service = listener_service(settings, factory, reactor)
         service.privilegedStartService()
         service.startService()
@@ -317,8 +312,7 @@ class TLSEndToEndTests(TestCase):
             websocket_ssl_key=str(self.pki.key),
             websocket_ssl_cert=str(self.pki.cert),
         )
-        metrics = Metrics()
-        factory = StreamFactory(settings, Registry(metrics), settings.token_verifier(reactor), metrics, reactor, None)
+        factory = stream_factory(settings, reactor, handshake_timeouts=True)
         service = listener_service(settings, factory, reactor)
         service.startService()
         url = f"wss://localhost:{port_number(service)}/"

@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.testing import OMIT, MembershipRecorder, generate_rsa_key, make_token, settings_for_tests
+from peatio_ws.testing.factory import stream_factory
 from peatio_ws.testing.wsclient import Client, client_frame
 from peatio_ws.websocket import CloseCode, StreamFactory
 from peatio_ws.websocket.factory import PING_SLICE, PING_SLICE_GAP
@@ -65,14 +66,8 @@ class ProtocolTestCase(SynchronousTestCase):
         self.observer = MembershipRecorder()
         self.registry.add_observer(self.observer)
         self.revocation = FakeRevocation()
-        self.factory = StreamFactory(
-            self.settings,
-            self.registry,
-            self.settings.token_verifier(self.clock),
-            self.metrics,
-            self.clock,
-            self.revocation,  # type: ignore[arg-type]
-            handshake_timeouts=False,
+        self.factory = stream_factory(
+            self.settings, self.clock, registry=self.registry, metrics=self.metrics, revocation=self.revocation
         )
 
     def connect(self, **kw: Any) -> Client:

@@ -13,7 +13,8 @@ import socket
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet import reactor, tcp
+from twisted.internet import tcp
+from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.websocket import _transport
@@ -88,7 +89,9 @@ class TwistedTransportDoorTests(SynchronousTestCase):
         client = socket.create_connection(listener.getsockname())
         accepted, address = listener.accept()
         try:
-            server = tcp.Server(accepted, None, address, None, 1, reactor)  # type: ignore[arg-type]
+            # A memory reactor: tcp.Server starts reading at once, and the
+            # global reactor must not be left watching a socket closed below.
+            server = tcp.Server(accepted, None, address, None, 1, MemoryReactor())  # type: ignore[arg-type]
             missing = [
                 name
                 for name in ("socket", "dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting")
