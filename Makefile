@@ -6,9 +6,10 @@ export PYTHONPATH := $(CURDIR)
 
 .PHONY: run test prepare lint unit lowest coverage check-install bench chaos demo dev-key clean
 
-## Install what is missing, then run the daemon in the foreground on the defaults.
+## Install what is missing, then run the daemon in the foreground on the defaults. Without a
+## JWT_PUBLIC_KEY, a development key pair is made in .dev/ (and said so, loudly).
 run: prepare
-	@scripts/check-jwt-key.sh
+	@PY=$(PY) scripts/check-jwt-key.sh
 	@set -a; [ -f .dev/jwt.env ] && [ -z "$${JWT_PUBLIC_KEY:-}" ] && . .dev/jwt.env; set +a; \
 	exec $(VENV)/bin/twistd -n --pidfile= peatio-ws $(ARGS)
 
