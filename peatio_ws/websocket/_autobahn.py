@@ -16,7 +16,8 @@ factory instead of on every connection.
 
 Relied on: C{WebSocketProtocol._dataReceived}, C{data}, C{processHandshake},
 C{failHandshake}, C{onFrameBegin}, C{current_frame.fin}, C{failedByMe},
-C{_fail_connection}, C{onMessageBegin}, C{onMessageFrameBegin},
+C{_fail_connection}, C{closedByMe}/C{localCloseCode}/C{localCloseReason}
+(set by C{sendCloseFrame}), C{onMessageBegin}, C{onMessageFrameBegin},
 C{http_request_data}/C{http_response_data}/C{http_headers}, C{CONFIG_ATTRS}
 and C{WebSocketServerFactory.setProtocolOptions}/C{resetProtocolOptions}.
 """
@@ -87,6 +88,14 @@ class BoundedServerProtocol(WebSocketServerProtocol):
         """Close with C{code} (any code, 1008 included, which sendClose refuses), then read nothing more."""
         self._fail_connection(code, reason)
         self.mute()
+
+    def close_sent(self) -> tuple[int, str] | None:
+        """The code and reason of the close frame this server sent first (not a reply to the client's), or None."""
+        if not self.closedByMe or self.localCloseCode is None:
+            return None
+        reason: Any = self.localCloseReason
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason or "")
+        return int(self.localCloseCode), text
 
     def forget_handshake(self) -> None:
         """

@@ -13,6 +13,13 @@ the inbound message limit from applying to what the server sends.
 
 Time comes from the factory's injected clock, so every timer is testable
 with L{twisted.internet.task.Clock}.
+
+Logs (docs/deploy.md, "A trader got nothing"): every line about a connection
+goes through L{StreamProtocol.log_line} and carries its C{conn_id} (unique
+across processes and restarts: a random per-process prefix and a counter),
+C{peer}, C{dialect} and, once known, C{uid}, as fields and in the text. Every
+connection that opened gets exactly one close line saying who closed it
+(C{by}: client or server), the C{code} and the C{reason}.
 """
 
 from __future__ import annotations
@@ -59,6 +66,9 @@ def _held(count: int) -> str:
 class Dialect(Protocol):
     """A protocol front door: what a connection says once open, and how it answers messages."""
 
+    #: In every log line of its connections ("legacy").
+    name: str
+
     def opened(self, conn: StreamProtocol) -> None:
         """The upgrade succeeded: greet the client."""
 
@@ -76,6 +86,9 @@ class StreamProtocol(BoundedServerProtocol):
 
     conn_id = "-"
     claims: Claims | None = None
+    #: How the server ended the connection, for its close line: (code, reason,
+    #: uid at the time); None while it has not (or the client ended it).
+    _server_close: tuple[int, str, str | None] | None = None
     dialect: Dialect
     _socket: Any = None
     #: Token buckets of the inbound budget: tokens left and when last filled
@@ -100,7 +113,54 @@ class StreamProtocol(BoundedServerProtocol):
         self.attempts: list[float] = []
         self.client_ip = ""
         self._counted = False
-        self._close_reason = ""
+
+    # -- logs ----------------------------------------------------------------------
+
+    @property
+    def dialect_name(self) -> str:
+        dialect = getattr(self, "dialect", None)
+        return getattr(dialect, "name", "-") if dialect is not None else "-"
+
+    def log_line(
+        self, text: str, level: str = "info", uid: str | None = None, uid_in_head: bool = True, **fields: Any
+    ) -> None:
+        """
+        Log one line about this connection: C{text} (a format string of
+        code, never of client data) after "connection <id>[ of <uid>] from
+        <peer> (<dialect>)", with those as fields (C{uid} once known;
+        C{uid_in_head} False when C{text} names it already).
+        """
+        if uid is None and self.claims is not None:
+            uid = self.claims.uid
+        head = "connection {conn_id} of {uid} from {peer} ({dialect}) " if uid and uid_in_head else (
+            "connection {conn_id} from {peer} ({dialect}) "
+        )
+        if uid:
+            fields["uid"] = uid
+        getattr(_log, level)(
+            head + text, conn_id=self.conn_id, peer=self.peer, dialect=self.dialect_name, **fields
+        )
+
+    def _close_line(self, was_clean: bool | None, code: int | None, reason: str | None, uid: str | None) -> None:
+        """The one close line of a connection that opened: who closed it, the code, the reason."""
+        ours = self._server_close
+        if ours is not None:
+            by, code, reason, uid = "server", ours[0], ours[1], ours[2] or uid
+        elif (sent := self.close_sent()) is not None:
+            # Autobahn closed it itself (1009 message too big, 1002/1007 protocol errors).
+            by, (code, reason) = "server", sent
+        else:
+            by = "client"
+            if not was_clean:
+                code, reason = CloseCode.ABNORMAL, "connection lost without a close frame"
+        self.log_line(
+            "closed by {by}: {code} {reason}",
+            level="warn" if code == CloseCode.SLOW_CONSUMER else "info",
+            uid=uid,
+            by=by,
+            code=code if code is not None else CloseCode.NO_STATUS,
+            reason=(reason or "")[:123],
+        )
 
     # -- connection lifecycle -------------------------------------------------
 
@@ -126,7 +186,16 @@ class StreamProtocol(BoundedServerProtocol):
         factory.metrics.rejected.labels(reason=reason).inc()
         held = factory.log_throttle(reason)
         if held is not None:
-            _log.info("refused {peer}: {reason}{held}", peer=self.peer, reason=reason, held=_held(held))
+            _log.info(
+                "connection {conn_id} from {peer} refused at the handshake: closed by server: HTTP {code} "
+                "{reason}{held}",
+                conn_id=self.conn_id,
+                peer=self.peer,
+                by="server",
+                code=code,
+                reason=reason,
+                held=_held(held),
+            )
         self.refuse(code, text)
 
     def onConnect(self, request: ConnectionRequest) -> None:
@@ -135,7 +204,19 @@ class StreamProtocol(BoundedServerProtocol):
         origin = request.headers.get("origin")
         if not factory.origins.allows(origin):
             factory.metrics.rejected.labels(reason="origin").inc()
-            _log.info("refused {peer}: origin {origin} not allowed", peer=self.peer, origin=(origin or "")[:200])
+            held = factory.log_throttle("origin")
+            if held is not None:
+                _log.info(
+                    "connection {conn_id} from {peer} refused at the handshake: closed by server: HTTP 403 "
+                    "origin {origin} not allowed{held}",
+                    conn_id=self.conn_id,
+                    peer=self.peer,
+                    by="server",
+                    code=403,
+                    reason="origin",
+                    origin=(origin or "")[:200],
+                    held=_held(held),
+                )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
         self.dialect = factory.dialect_for(request)
 
@@ -145,34 +226,35 @@ class StreamProtocol(BoundedServerProtocol):
         factory.admission.handshake_done(self)
         factory.connection_opened(self)
         self.dialect.opened(self)
-        _log.info("connection {conn_id} opened from {peer}", conn_id=self.conn_id, peer=self.peer)
+        self.log_line("opened")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._forget()
+        self._forget(wasClean, code, reason)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         try:
             super().connectionLost(reason)
         finally:
-            self._forget()
+            self._forget(False, None, None)
 
-    def _forget(self) -> None:
-        """Undo everything this connection holds; idempotent, runs on every close path."""
+    def _forget(self, was_clean: bool | None = None, code: int | None = None, reason: str | None = None) -> None:
+        """
+        Undo everything this connection holds; idempotent, runs on every close
+        path. The first call for a connection that opened writes its close line
+        (C{was_clean}, C{code}, C{reason}: what Autobahn's onClose says).
+        """
         self._cancel(self._auth_timer)
         self._cancel(self._expiry_timer)
         self._auth_timer = self._expiry_timer = None
         self._queued.clear()
         factory = self.factory
         factory.admission.handshake_done(self)
+        uid = self.claims.uid if self.claims is not None else None
         if self.claims is not None:
             factory.registry.deauthenticate(self)
             self.claims = None
         if factory.connection_closed(self):
-            _log.info(
-                "connection {conn_id} closed{reason}",
-                conn_id=self.conn_id,
-                reason=f" ({self._close_reason})" if self._close_reason else "",
-            )
+            self._close_line(was_clean, code, reason, uid)
         if self._counted:
             self._counted = False
             factory.admission.release(self.client_ip)
@@ -182,11 +264,17 @@ class StreamProtocol(BoundedServerProtocol):
         if call is not None and call.active():
             call.cancel()
 
+    def ended_by_server(self, code: int, reason: str) -> None:
+        """Note, for the close line, that the server ends this connection with C{code} for C{reason}."""
+        if self._server_close is None:
+            claims = self.claims
+            self._server_close = (code, reason, claims.uid if claims is not None else None)
+
     def close_with(self, code: int, reason: str, reply: bytes | None = None) -> None:
         """Send C{reply} (if any), then the closing handshake with C{code}."""
         if self.state != _STATE_OPEN:
             return
-        self._close_reason = f"{code} {reason}"
+        self.ended_by_server(code, reason)
         self.factory.metrics.closes.labels(reason=str(code)).inc()
         if reply is not None:
             self.write(text_frame(reply))
@@ -196,7 +284,7 @@ class StreamProtocol(BoundedServerProtocol):
     def going_away(self) -> None:
         """Server shutdown: 1001, which Autobahn's sendClose refuses."""
         if self.state == _STATE_OPEN:
-            self._close_reason = "1001 shutdown"
+            self.ended_by_server(CloseCode.GOING_AWAY, "Server shutting down")
             self.stop_events()
             self.sendCloseFrame(code=CloseCode.GOING_AWAY, reasonUtf8=b"Server shutting down", isReply=False)
         elif self.state != _STATE_CLOSED and self.transport is not None:
@@ -208,13 +296,14 @@ class StreamProtocol(BoundedServerProtocol):
             self.factory.registry.deauthenticate(self)
             self.claims = None
 
+    def drop(self, reason: str) -> None:
+        """Drop the TCP connection at once, without a close frame (1006 in the close line)."""
+        if self.state == _STATE_OPEN:
+            self.ended_by_server(CloseCode.ABNORMAL, reason)
+        self.dropConnection(abort=True)
+
     def revoke(self) -> None:
-        """The session's token was revoked (SPEC §5): reply, then close 4003."""
-        _log.info(
-            "connection {conn_id} of {uid}: session revoked",
-            conn_id=self.conn_id,
-            uid=self.claims and self.claims.uid,
-        )
+        """The session's token was revoked (SPEC §5): reply, then close 4003 (the close line says so)."""
         self.close_with(CloseCode.REVOKED, "Session revoked", Reply.AUTH_FAILED)
 
     # -- the inbound bounds (the hooks of BoundedServerProtocol) ----------------------
@@ -261,16 +350,15 @@ class StreamProtocol(BoundedServerProtocol):
         claims = self.claims
         held = factory.log_throttle(limit)
         if held is not None:
-            _log.info(
-                "connection {conn_id} from {peer}{uid}: {reason}; closing{held}",
-                conn_id=self.conn_id,
-                peer=self.peer,
-                uid=f" of {claims.uid}" if claims is not None else "",
+            self.log_line(
+                "over its inbound {limit} limit: {reason}; closing{held}",
+                uid=claims.uid if claims is not None else None,
+                limit=limit,
                 reason=reason,
                 held=_held(held),
             )
         if self.state == _STATE_OPEN:
-            self._close_reason = f"{CloseCode.POLICY_VIOLATION} {reason}"
+            self.ended_by_server(CloseCode.POLICY_VIOLATION, reason)
             factory.metrics.closes.labels(reason=str(CloseCode.POLICY_VIOLATION)).inc()
             self.stop_events()
             # The close frame goes out, then the socket is closed at once:
@@ -299,7 +387,6 @@ class StreamProtocol(BoundedServerProtocol):
     def _auth_timed_out(self) -> None:
         self._auth_timer = None
         if self.claims is None:
-            _log.info("connection {conn_id} did not authenticate in time", conn_id=self.conn_id)
             self.close_with(CloseCode.AUTH_TIMEOUT, "Authentication timeout")
 
     def authenticated(self, claims: Claims) -> None:
@@ -327,8 +414,6 @@ class StreamProtocol(BoundedServerProtocol):
 
     def _token_expired(self) -> None:
         self._expiry_timer = None
-        claims = self.claims
-        _log.info("connection {conn_id} token of {uid} expired", conn_id=self.conn_id, uid=claims and claims.uid)
         self.close_with(CloseCode.TOKEN_EXPIRED, "Token expired", Reply.TOKEN_EXPIRED)
 
     # -- messages ------------------------------------------------------------------
@@ -350,7 +435,14 @@ class StreamProtocol(BoundedServerProtocol):
         try:
             pending = self.dialect.received(self, payload, is_binary)
         except Exception:
-            _log.failure("connection {conn_id}: failure handling a message", conn_id=self.conn_id)
+            claims = self.claims
+            _log.failure(
+                "connection {conn_id} from {peer} ({dialect}): failure handling a message",
+                conn_id=self.conn_id,
+                peer=self.peer,
+                dialect=self.dialect_name,
+                uid=claims.uid if claims is not None else None,
+            )
             self.reply(Reply.HANDLING_ERROR)
             return
         if pending is not None:
@@ -389,12 +481,8 @@ class StreamProtocol(BoundedServerProtocol):
             return False
         if self._paused:
             if self._held_bytes() + len(frame) > self.factory.settings.websocket_max_buffer:
+                # The close line (a warning) says it: closed by server: 4008 Too slow.
                 self.factory.metrics.slow_consumer_closes.inc()
-                _log.warn(
-                    "connection {conn_id} of {uid} is not keeping up; closing",
-                    conn_id=self.conn_id,
-                    uid=self.claims and self.claims.uid,
-                )
                 self.close_with(CloseCode.SLOW_CONSUMER, "Too slow")
                 return False
             self._written_while_paused += len(frame)
@@ -419,8 +507,7 @@ class StreamProtocol(BoundedServerProtocol):
             return True
         if self._held_bytes() + size > self.factory.settings.websocket_max_buffer:
             self.factory.metrics.slow_consumer_closes.inc()
-            _log.warn("connection {conn_id} does not read its replies; closing", conn_id=self.conn_id)
-            self.close_with(CloseCode.SLOW_CONSUMER, "Too slow")
+            self.close_with(CloseCode.SLOW_CONSUMER, "Too slow (does not read its replies)")
             return False
         self._written_while_paused += size
         return True

@@ -8,6 +8,8 @@ sweep and the shutdown of all connections.
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -32,7 +34,7 @@ from peatio_ws.websocket.origins import OriginPolicy
 if TYPE_CHECKING:
     from peatio_ws.redis import RevocationService
 
-__all__ = ["PING_FRAME", "PING_SLICE", "PING_SLICE_GAP", "StreamFactory"]
+__all__ = ["PING_FRAME", "PING_SLICE", "PING_SLICE_GAP", "StreamFactory", "new_id_prefix"]
 
 _log = logger("peatio_ws.protocol")
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
@@ -48,6 +50,11 @@ PING_SLICE_GAP = 0.02
 PING_FRAME = b"\x89\x00"
 
 
+def new_id_prefix() -> str:
+    """8 random lower-case base32 characters (40 bits): this process's connection id prefix."""
+    return base64.b32encode(os.urandom(5)).decode("ascii").lower()
+
+
 class StreamFactory(WebSocketServerFactory):
     """
     Builds L{StreamProtocol}s and holds what they share. The keep-alive is
@@ -55,6 +62,8 @@ class StreamFactory(WebSocketServerFactory):
     """
 
     protocol = StreamProtocol  # type: ignore[assignment]
+    #: Not Twisted's "Starting factory <StreamFactory object at 0x…>": the service logs the start.
+    noisy = False
 
     def __init__(
         self,
@@ -80,6 +89,9 @@ class StreamFactory(WebSocketServerFactory):
         self.admission = Admission(settings, metrics, clock, self.log_throttle)
         self.connections: set[StreamProtocol] = set()
         self.byte_burst = byte_burst(settings.websocket_inbound_bytes_per_second, settings.websocket_max_message_size)
+        #: Connection ids are "<prefix>-<n>": the prefix, random per process
+        #: (40 bits), makes them unique across processes and restarts.
+        self.id_prefix = new_id_prefix()
         self._next_id = 0
         self._ping_call: IDelayedCall | None = None
         # One call: setProtocolOptions resets options it is not given.
@@ -114,7 +126,7 @@ class StreamFactory(WebSocketServerFactory):
     def buildProtocol(self, addr: Any) -> StreamProtocol:  # type: ignore[override]
         proto = cast(StreamProtocol, super().buildProtocol(addr))
         self._next_id += 1
-        proto.conn_id = f"c{self._next_id}"
+        proto.conn_id = f"{self.id_prefix}-{self._next_id}"
         return proto
 
     def dialect_for(self, request: ConnectionRequest) -> Dialect:
@@ -158,9 +170,9 @@ class StreamFactory(WebSocketServerFactory):
             if proto.state != _STATE_OPEN:
                 continue
             if proto.awaiting_pong:
-                _log.info("connection {conn_id} missed its ping; dropping", conn_id=proto.conn_id)
+                # The close line says it: closed by server: 1006 missed its ping.
                 self.metrics.closes.labels(reason="ping_timeout").inc()
-                proto.dropConnection(abort=True)
+                proto.drop("missed its ping")
             else:
                 proto.awaiting_pong = True
                 proto.send_frame(PING_FRAME)

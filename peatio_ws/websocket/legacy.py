@@ -18,7 +18,6 @@ from twisted.python.failure import Failure
 
 from peatio_ws.auth import AuthError, Claims
 from peatio_ws.framing import text_frame
-from peatio_ws.logs import logger
 from peatio_ws.websocket.connection import StreamProtocol
 from peatio_ws.websocket.limits import parse_client_json
 from peatio_ws.websocket.replies import CloseCode, Reply
@@ -26,7 +25,6 @@ from peatio_ws.websocket.tokens import check_token
 
 __all__ = ["LEGACY", "LegacyDialect", "new_challenge"]
 
-_log = logger("peatio_ws.protocol")
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
 
 
@@ -37,6 +35,8 @@ def new_challenge() -> str:
 
 class LegacyDialect:
     """Stateless: everything a connection holds is on the connection."""
+
+    name = "legacy"
 
     def opened(self, conn: StreamProtocol) -> None:
         conn.challenge = new_challenge()
@@ -110,12 +110,14 @@ class LegacyDialect:
         previous = conn.claims
         # A failed re-authentication drops the old one: no more events.
         conn.unauthenticated()
-        _log.info(
-            "connection {conn_id} authentication failed: {reason}{was}",
-            conn_id=conn.conn_id,
-            reason=reason,
-            was=f" (was {previous.uid})" if previous is not None else "",
-        )
+        # The rule that failed (AuthError.reason), never the token.
+        if previous is None:
+            conn.log_line("authentication failed: {reason}", reason=reason)
+        else:
+            # The earlier authentication is dropped: no more events for it.
+            conn.log_line(
+                "authentication failed: {reason} (was {uid})", reason=reason, uid=previous.uid, uid_in_head=False
+            )
         conn.reply(Reply.AUTH_FAILED)
 
     @staticmethod
@@ -126,14 +128,12 @@ class LegacyDialect:
         conn.authenticated(claims)
         conn.factory.metrics.auth.labels(result="success", reason="ok").inc()
         if previous is None:
-            _log.info("connection {conn_id} authenticated as {uid}", conn_id=conn.conn_id, uid=claims.uid)
+            conn.log_line("authenticated as {uid}", uid_in_head=False)
         elif previous.uid != claims.uid:
-            _log.info(
-                "connection {conn_id} re-authenticated as {uid} (was {old})",
-                conn_id=conn.conn_id,
-                uid=claims.uid,
-                old=previous.uid,
-            )
+            conn.log_line("re-authenticated as {uid} (was {old})", old=previous.uid, uid_in_head=False)
+        else:
+            # The same member with a fresh token: one line, nothing subscribed again.
+            conn.log_line("refreshed its token")
         conn.reply(Reply.AUTHENTICATED)
 
 

@@ -30,6 +30,10 @@ class CloseCode:
     """Close codes the server sends (SPEC §3.4, docs/protocol.md §5)."""
 
     GOING_AWAY = 1001
+    #: Never sent: what the close line says when no close code was given (RFC 6455 §7.1.5).
+    NO_STATUS = 1005
+    #: Never sent: what the close line says of a connection that ended without a close frame.
+    ABNORMAL = 1006
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     TOKEN_EXPIRED = 4001

@@ -67,6 +67,13 @@ class AutobahnDoorTests(SynchronousTestCase):
         self.assertIn("self.message_data_total_length += length", begin)
         self.assertIn("self.failedByMe", begin)
 
+    def test_close_state(self) -> None:
+        """sendCloseFrame records closedByMe (not a reply), localCloseCode, localCloseReason: close_sent reads them."""
+        source = inspect.getsource(WebSocketProtocol.sendCloseFrame)
+        needles = ("self.closedByMe = not isReply", "self.localCloseCode = code", "self.localCloseReason = reasonUtf8")
+        for needle in needles:
+            self.assertIn(needle, source, f"Autobahn's sendCloseFrame no longer sets {needle.split(' =')[0]}")
+
     def test_options_copied_per_connection(self) -> None:
         """CONFIG_ATTRS still lists the options copied into each connection, read from the factory."""
         attrs = WebSocketServerProtocol.CONFIG_ATTRS
