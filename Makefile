@@ -13,14 +13,15 @@ run: prepare
 	@set -a; [ -f .dev/jwt.env ] && [ -z "$${JWT_PUBLIC_KEY:-}" ] && . .dev/jwt.env; set +a; \
 	exec $(VENV)/bin/twistd -n --pidfile= peatio-ws $(ARGS)
 
-## Install what is missing, then lint, type-check and run the whole trial suite in a random
-## order (integration tests against the real RabbitMQ and Redis included) under branch coverage,
+## Install what is missing (chromium for the demo page's test, prometheus for promtool), then lint,
+## type-check and run the whole trial suite in a random order (integration tests against the real
+## RabbitMQ and Redis included; PEATIO_WS_MAKE_TEST=1: a missing promtool fails) under branch coverage,
 ## then the unit tests on the lowest versions setup.py accepts, then a plain `pip install .`.
 test:
-	@PREPARE_EXTRA_PACKAGES="chromium" scripts/prepare.sh
+	@PREPARE_EXTRA_PACKAGES="chromium prometheus" scripts/prepare.sh
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m coverage run -m twisted.trial --random=0 --temp-directory=.state/_trial_temp tests
+	PEATIO_WS_MAKE_TEST=1 $(PY) -m coverage run -m twisted.trial --random=0 --temp-directory=.state/_trial_temp tests
 	@$(MAKE) --no-print-directory coverage
 	scripts/lowest.sh
 	scripts/check-install.sh
