@@ -215,8 +215,10 @@ class Daemon(MultiService):
         port = _port_number(self.listener, self.settings.websocket_port)
         where = f"{self.scheme}://{self.settings.websocket_host}:{port}"
         log.info(
-            "peatio-ws listening on {url}{reuse}; health and metrics on {mhost}:{mport}",
+            "peatio-ws listening on {url}{reuse}; health and metrics on {mhost}:{mport}; "
+            "connection ids {conn_prefix}-1, {conn_prefix}-2, ...",
             url=where,
+            conn_prefix=self.factory.id_prefix,
             reuse=" (SO_REUSEPORT)" if self.settings.websocket_reuse_port else "",
             mhost=self.settings.metrics_host,
             mport=_port_number(self.monitoring, self.settings.metrics_port),

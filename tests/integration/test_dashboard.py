@@ -192,6 +192,9 @@ class DashboardTests(DaemonTestCase):
         daemon.stop()
         log = daemon.log_text()
         self.assertIn(" closed by client: 4000 bye", log)
+        # Connection ids carry the process's prefix, which the start line names.
+        [prefix] = re.findall(r"connection ids (\w+)-1, ", log)
+        self.assertRegex(log, rf"connection {prefix}-\d+ from tcp4:127\.0\.0\.1:\d+ \(legacy\) opened")
         self.assertEqual(re.findall(r".*object at 0x[0-9a-f]+.*", log), [])
 
     def test_rules_pass_promtool(self) -> None:
