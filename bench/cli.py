@@ -9,7 +9,8 @@ per second), scale (2 daemons with SO_REUSEPORT), baseline (websockets +
 aio-pika bridge), floor (plain TCP sockets).
 
 Results also go to bench/results/<date>.json (and the profiles, with
-C{--profile}, next to it).
+C{--profile}, next to it), with PNG charts beside it (<date>-<chart>.png;
+C{python -m bench.charts FILE} draws them again from a saved file).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from bench import charts
 from bench.scenarios import Bench, Options
 from bench.sysinfo import machine
 from bench.workers import event_loop_name, raise_nofile
@@ -123,7 +126,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(text)
     print(f"\nresults: {path}")
+    print(draw_charts(path))
     return 1 if failed else 0
+
+
+def draw_charts(path: Path) -> str:
+    """PNG charts of the results file C{path}, beside it (L{bench.charts}); what was written, in words."""
+    try:
+        written, missing = charts.render([path], path.parent, prefix=path.stem + "-")
+    except ImportError:
+        return "charts: none (matplotlib is missing: .venv/bin/pip install -r bench/requirements.txt)"
+    except Exception as e:
+        return f"charts: failed: {type(e).__name__}: {e}"
+    text = "charts: " + (", ".join(str(p) for p in written) if written else "none")
+    return text + (f" (no figures for {', '.join(missing)})" if missing else "")
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ wait is bounded.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
@@ -95,6 +96,23 @@ def percentiles(samples_ns: Sequence[int]) -> dict[str, float]:
     return {"n": n, "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "p999": at(0.999), "max": v[-1] / 1e6}
 
 
+#: Bucket edges of the latency distribution kept with each run (bench.charts draws it):
+#: ten a decade, 0.01 ms to 1 s.
+HISTOGRAM_EDGES_MS = [10 ** (k / 10) for k in range(-20, 31)]
+
+
+def histogram(samples_ns: Sequence[int]) -> dict[str, Any]:
+    """Counts of C{samples_ns} (nanoseconds) between L{HISTOGRAM_EDGES_MS} (the edges clamp what is outside)."""
+    edges = HISTOGRAM_EDGES_MS
+    counts = [0] * (len(edges) - 1)
+    last = len(counts) - 1
+    for ns in samples_ns:
+        ms = ns / 1e6
+        i = bisect.bisect_right(edges, ms) - 1
+        counts[min(max(i, 0), last)] += 1
+    return {"edges_ms": edges, "counts": counts}
+
+
 def _aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:
     keys = (
         "connections",
@@ -119,6 +137,8 @@ def _aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:
         if r.get("latencies"):
             lat.frombytes(r["latencies"])
     out["latency"] = percentiles(lat)
+    if lat:
+        out["latency_histogram"] = histogram(lat)
     out["slow"] = sorted(x for r in reports for x in r.get("slow", []))
     window = (out["last"] - out["first"]) / 1e9
     out["window_s"] = window
