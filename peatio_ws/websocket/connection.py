@@ -57,6 +57,8 @@ _STATE_CLOSED = WebSocketProtocol.STATE_CLOSED
 
 #: Messages that may wait behind an authentication still checking Redis.
 MAX_QUEUED_MESSAGES = 16
+#: Seconds a client closed for its inbound budget has to close its side before it is dropped.
+LET_GO_SECONDS = 1.0
 
 
 def _held(count: int) -> str:
@@ -97,6 +99,8 @@ class StreamProtocol(BoundedServerProtocol):
     _frames_at = 0.0
     _byte_tokens = math.inf
     _bytes_at = 0.0
+    #: The drop of a client being let go after a 1008 (L{_let_go}).
+    _drop_call: IDelayedCall | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -243,6 +247,8 @@ class StreamProtocol(BoundedServerProtocol):
         path. The first call for a connection that opened writes its close line
         (C{was_clean}, C{code}, C{reason}: what Autobahn's onClose says).
         """
+        self._cancel(self._drop_call)
+        self._drop_call = None
         self._cancel(self._auth_timer)
         self._cancel(self._expiry_timer)
         self._auth_timer = self._expiry_timer = None
@@ -343,6 +349,29 @@ class StreamProtocol(BoundedServerProtocol):
             return False
         return True
 
+    def _let_go(self) -> None:
+        """
+        After the close frame to a client over its budget: half-close, so the
+        frame is followed by FIN rather than lost to a reset, read and discard
+        (muted) until the client closes its side, and drop it after
+        L{LET_GO_SECONDS} whatever it does. Waiting for a closing handshake
+        instead would hold the socket for WEBSOCKET_CLOSE_TIMEOUT: a flooder
+        reconnecting could pile up thousands.
+        """
+        transport = self.transport
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None or transport.disconnecting:
+            self.dropConnection(abort=False)
+            return
+        transport.resumeProducing()
+        half_close()
+        self._drop_call = self.factory.clock.callLater(LET_GO_SECONDS, self._drop_now)
+
+    def _drop_now(self) -> None:
+        self._drop_call = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
     def _over_budget(self, limit: str, reason: str) -> None:
         """Close 1008 for what the client sent, and stop reading from it."""
         factory = self.factory
@@ -361,13 +390,8 @@ class StreamProtocol(BoundedServerProtocol):
             self.ended_by_server(CloseCode.POLICY_VIOLATION, reason)
             factory.metrics.closes.labels(reason=str(CloseCode.POLICY_VIOLATION)).inc()
             self.stop_events()
-            # The close frame goes out, then the socket is closed at once:
-            # nothing more is read from a client over its budget, so waiting
-            # for its closing handshake would only hold the socket for
-            # WEBSOCKET_CLOSE_TIMEOUT (a flooder reconnecting could pile up
-            # thousands of them).
             self.fail(CloseCode.POLICY_VIOLATION, reason)
-            self.dropConnection(abort=False)
+            self._let_go()
         elif self.state == _STATE_CONNECTING:
             self.mute()
             self.dropConnection(abort=True)

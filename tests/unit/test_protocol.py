@@ -22,6 +22,7 @@ from peatio_ws.testing import OMIT, MembershipRecorder, generate_rsa_key, make_t
 from peatio_ws.testing.factory import stream_factory
 from peatio_ws.testing.wsclient import Client, client_frame
 from peatio_ws.websocket import CloseCode, StreamFactory
+from peatio_ws.websocket.connection import LET_GO_SECONDS
 from peatio_ws.websocket.factory import PING_SLICE, PING_SLICE_GAP
 from peatio_ws.websocket.legacy import new_challenge
 from peatio_ws.websocket.limits import MAX_EMPTY_FRAGMENTS, MAX_FRAMES_PER_MESSAGE, MAX_JSON_DEPTH, MAX_REQUEST_HEAD
@@ -858,3 +859,58 @@ class HostileInputTests(ProtocolTestCase):
         compressed = client_frame(b"ping")
         protocol.dataReceived(bytes([compressed[0] | 0x40]) + compressed[1:])
         self.assertEqual(client.close_code(), 1002)
+
+
+class HalfClosingTransport(StringTransport):
+    """A StringTransport that, like TCP, can close its write side alone."""
+
+    write_closed = False
+    aborted = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
+class LetGoTests(ProtocolTestCase):
+    """A client closed 1008 for its budget: FIN after the close frame, then dropped within LET_GO_SECONDS."""
+
+    def test_half_close_then_drop(self) -> None:
+        self.build(websocket_inbound_frames_per_second=1)
+        address = IPv4Address("TCP", "127.0.0.1", 50000)
+        protocol = self.factory.buildProtocol(address)
+        transport = HalfClosingTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        protocol.dataReceived(UPGRADE_HEAD + b"\r\n")
+        client = Client(protocol, transport)
+        client.messages()
+        for _ in range(3):
+            protocol.dataReceived(client_frame(b"ping"))
+        self.assertEqual(client.close_code(), CloseCode.POLICY_VIOLATION)
+        # The close frame is followed by FIN; reading goes on (discarded) to see the client leave.
+        self.assertTrue(transport.write_closed)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertFalse(transport.aborted)
+        written = transport.value()
+        protocol.dataReceived(client_frame(b"ping") * 100)
+        self.assertEqual(transport.value(), written)
+        self.clock.advance(LET_GO_SECONDS - 0.001)
+        self.assertFalse(transport.aborted)
+        self.clock.advance(0.001)
+        self.assertTrue(transport.aborted)
+
+    def test_client_leaving_cancels_the_drop(self) -> None:
+        self.build(websocket_inbound_frames_per_second=1)
+        address = IPv4Address("TCP", "127.0.0.1", 50000)
+        protocol = self.factory.buildProtocol(address)
+        transport = HalfClosingTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(UPGRADE_HEAD + b"\r\n")
+        for _ in range(3):
+            protocol.dataReceived(client_frame(b"ping"))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if cast(Any, c).func.__name__ == "_drop_now"], [])
