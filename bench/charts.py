@@ -20,7 +20,8 @@ Charts (each only when the results hold its figures):
  - C{memory}: daemon RSS against idle authenticated connections (the
    capacity scenario: before and after connecting them, per file);
  - C{comparison}: peatio-ws beside the baseline and the floors, as bars:
-   delivery events/s, fan-out copies/s, CPU per event.
+   delivery events/s, fan-out copies/s, CPU per event (of the one file
+   with the most of these figures: sizes differ between files).
 
 matplotlib is a bench-only dependency (bench/requirements.txt), never the
 daemon's.
@@ -43,6 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CHARTS = ("latency", "delivery", "fanout", "memory", "comparison")
 
 _PERCENTILES = (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max"))
+_LINESTYLES = ("-", "--", ":", "-.")
 _COLORS = {"peatio-ws": "#1f77b4", "baseline": "#d62728", "floor": "#7f7f7f", "broker": "#2ca02c", "scale": "#9467bd"}
 
 
@@ -67,7 +69,7 @@ def _lat(r: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _latency(plt: Any, runs: Sequence[dict[str, Any]]) -> Any:
     series: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-    for run in runs:
+    for index, run in enumerate(runs):
         res, opts = run.get("results", {}), run.get("options", {})
         cap = res.get("capacity") or {}
         candidates = (
@@ -78,7 +80,9 @@ def _latency(plt: Any, runs: Sequence[dict[str, Any]]) -> Any:
         for label, r, color in candidates:
             if _lat(r) is not None:
                 assert r is not None
-                series.append((label, r, {"color": _COLORS[color]}))
+                # Several files: one line style per file, one colour per kind of server.
+                style = {"color": _COLORS[color], "linestyle": _LINESTYLES[index % len(_LINESTYLES)]}
+                series.append((label, r, style))
     if not series:
         return None
     histograms = [(label, r["latency_histogram"], style) for label, r, style in series if r.get("latency_histogram")]
@@ -214,7 +218,10 @@ def _memory(plt: Any, runs: Sequence[dict[str, Any]]) -> Any:
 
 
 def _comparison(plt: Any, runs: Sequence[dict[str, Any]]) -> Any:
-    res = runs[-1].get("results", {})
+    # One run's figures side by side (sizes differ between runs): the one with the most of them, the last on ties.
+    keys = ("throughput", "baseline_throughput", "floor", "broker", "fanout", "baseline_fanout", "floor_paced")
+    chosen = max(reversed(runs), key=lambda r: sum(bool(r.get("results", {}).get(k)) for k in keys))
+    res = chosen.get("results", {})
     panels: list[tuple[str, list[tuple[str, float, str]]]] = []
     delivery = [
         (label, float(res[key]["rate"]), color)
@@ -259,7 +266,12 @@ def _comparison(plt: Any, runs: Sequence[dict[str, Any]]) -> Any:
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(f"peatio-ws beside the baseline bridge and the floors ({_title(runs[-1:])})", fontsize=9)
+    opts = chosen.get("options", {})
+    fig.suptitle(
+        f"peatio-ws beside the baseline bridge and the floors: {opts.get('members', '?'):,} members, fan-out to "
+        f"{opts.get('fanout_connections', '?'):,} ({_title([chosen])})",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 

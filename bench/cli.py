@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, help="events in the throughput burst")
     p.add_argument("--members", type=int, help="members (1 connection each) for throughput/latency")
     p.add_argument("--capacity", type=int, help="connections for the capacity scenario")
+    p.add_argument("--fanout-connections", type=int, help="connections of the one member in the fan-out scenarios")
     p.add_argument("--clients", type=int, help="load-generating client processes")
     p.add_argument("--latency-seconds", type=float, help="how long each steady-rate latency run publishes")
     p.add_argument(
@@ -82,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         o.members = args.members
     if args.capacity:
         o.capacity = args.capacity
+    if args.fanout_connections:
+        o.fanout_connections = args.fanout_connections
     if args.clients:
         o.client_procs = args.clients
     if args.latency_seconds:
