@@ -157,13 +157,15 @@ class StreamProtocol(BoundedServerProtocol):
             by = "client"
             if not was_clean:
                 code, reason = CloseCode.ABNORMAL, "connection lost without a close frame"
+        reason = (reason or "")[:123]
         self.log_line(
-            "closed by {by}: {code} {reason}",
+            "closed by {by}: {code}{why}",
             level="warn" if code == CloseCode.SLOW_CONSUMER else "info",
             uid=uid,
             by=by,
             code=code if code is not None else CloseCode.NO_STATUS,
-            reason=(reason or "")[:123],
+            reason=reason,
+            why=" " + reason if reason else "",
         )
 
     # -- connection lifecycle -------------------------------------------------

@@ -81,7 +81,7 @@ class ConnectionLogTestCase(SynchronousTestCase):
         self.assertEqual(event["dialect"], "legacy")
         self.assertIn("127.0.0.1", event["peer"])
         text = formatEvent(event)
-        self.assertIn(f"closed by {by}: {code} {reason}", text)
+        self.assertIn(f"closed by {by}: {code} {reason}".rstrip(), text)
         if uid is not None:
             self.assertIn(f" of {uid} ", text)
 
@@ -167,6 +167,14 @@ class CloseLineTests(ConnectionLogTestCase):
         client.protocol.dataReceived(_client_close(4321, b"bye now"))
         client.lose()
         self.assert_close(self.close_line(client), "client", 4321, "bye now", "IDAAAAAAAAAA")
+
+    def test_client_close_without_reason(self) -> None:
+        """A close frame with a code and no reason: the line ends with the code."""
+        client = self.connect()
+        client.answer_close()
+        event = self.close_line(client)
+        self.assert_close(event, "client", 1000, "")
+        self.assertTrue(formatEvent(event).endswith("closed by client: 1000"), formatEvent(event))
 
     def test_client_drops_tcp(self) -> None:
         """TCP gone without a close frame: closed by client, 1006."""
