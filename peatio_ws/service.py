@@ -17,6 +17,7 @@ setting (L{StartupError}), instead of a traceback or a daemon serving nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, cast
 
 from twisted.application.service import IService, MultiService, Service
@@ -34,7 +35,7 @@ from peatio_ws.registry import Registry
 from peatio_ws.sdnotify import Notifier
 from peatio_ws.websocket import StreamFactory
 
-__all__ = ["STOP_STEP_TIMEOUT", "Daemon", "StartupError"]
+__all__ = ["STOP_STEP_TIMEOUT", "Daemon", "StartupError", "stop_once_on_signals"]
 
 log = logs.logger("peatio_ws.service")
 
@@ -54,6 +55,35 @@ def _factory_url(settings: Settings) -> str:
         host = f"[{host}]"
     port = f":{settings.websocket_port}" if settings.websocket_port else ""
     return f"{'wss' if settings.tls else 'ws'}://{host}{port}"
+
+
+def stop_once_on_signals(reactor: Any) -> None:
+    """
+    Make SIGTERM and SIGINT stop the reactor once. A second one while the
+    shutdown runs (an impatient operator, C{make} passing its own SIGTERM on)
+    is noted, not acted on: the reactor's own handler would try to stop it
+    again and log a ReactorNotRunning traceback, and the shutdown is bounded
+    anyway. Call before the reactor runs: it takes its handlers when it starts.
+    """
+    stopping = False
+
+    def started_stopping() -> None:
+        nonlocal stopping
+        stopping = True
+
+    def once(original: Callable[[int, FrameType | None], None]) -> Callable[[int, FrameType | None], None]:
+        def handle(number: int, frame: FrameType | None = None) -> None:
+            if stopping:
+                log.info("received signal {signal} while shutting down; the shutdown goes on", signal=number)
+                return
+            started_stopping()
+            original(number, frame)
+
+        return handle
+
+    reactor.sigTerm = once(reactor.sigTerm)
+    reactor.sigInt = once(reactor.sigInt)
+    reactor.addSystemEventTrigger("before", "shutdown", started_stopping)
 
 
 def _port_number(service: IService, configured: int) -> int:

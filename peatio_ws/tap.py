@@ -65,12 +65,14 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from peatio_ws import logs
-    from peatio_ws.service import Daemon
+    from peatio_ws.service import Daemon, stop_once_on_signals
 
     if options.parent is not None:
         # Run by twistd (or twist), which adds its log observers once this
-        # returns: put the escaping first, for what other libraries log.
+        # returns: put the escaping first, for what other libraries log;
+        # and the reactor, not running yet, takes its signal handlers later.
         logs.protect_process_logging()
+        stop_once_on_signals(reactor)
     try:
         return Daemon(options.settings, reactor)
     except ConfigError as e:

@@ -93,7 +93,8 @@ class TwistdProcessTests(TestCase):
 
     timeout = 3 * WAIT
 
-    async def test_json_logs_notify_and_sigterm(self) -> None:
+    async def start(self) -> tuple[Twistd, Any, FakeSystemd, int]:
+        """The real daemon in a subprocess, with JSON logs and a fake systemd: once READY=1."""
         directory = Path(self.mktemp()).resolve()
         directory.mkdir()
         # A short absolute path: a Unix socket address holds 108 bytes.
@@ -130,7 +131,11 @@ class TwistdProcessTests(TestCase):
         lines = [json.loads(line) for line in process.out.decode("utf-8").splitlines()]
         [listening] = [x for x in lines if x["message"].startswith("peatio-ws listening on ws://127.0.0.1:")]
         ws_port = int(listening["url"].rsplit(":", 1)[1])
+        self.env = env
+        return process, transport, systemd, ws_port
 
+    async def test_json_logs_notify_and_sigterm(self) -> None:
+        process, transport, systemd, ws_port = await self.start()
         challenge, code = await deferToThread(_client_sees_close, ws_port, lambda: transport.signalProcess("TERM"))
         self.assertEqual(list(challenge), ["challenge"])
         self.assertEqual(code, 1001)
@@ -151,5 +156,23 @@ class TwistdProcessTests(TestCase):
         opened = [x for x in lines if x.get("conn_id") and "opened" in x["message"]]
         self.assertEqual(len(opened), 1)
         self.assertEqual(process.err, b"")
-        self.assertNotIn(env["JWT_PUBLIC_KEY"][20:60], process.out.decode("utf-8"))
+        self.assertNotIn(self.env["JWT_PUBLIC_KEY"][20:60], process.out.decode("utf-8"))
 
+    async def test_second_signal_while_stopping(self) -> None:
+        """
+        A second SIGTERM (or Ctrl-C) during the shutdown is noted, not acted
+        on: no ReactorNotRunning traceback, and the shutdown ends as usual.
+        """
+        process, transport, _systemd, ws_port = await self.start()
+
+        def twice() -> None:
+            transport.signalProcess("TERM")
+            transport.signalProcess("INT")
+
+        _challenge, code = await deferToThread(_client_sees_close, ws_port, twice)
+        self.assertEqual(code, 1001)
+        await within(process.ended, WAIT, "twistd to exit")
+        output = (process.out + process.err).decode("utf-8", "replace")
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("ReactorNotRunning", output)
+        self.assertIn("while shutting down; the shutdown goes on", output)

@@ -27,7 +27,7 @@ from peatio_ws import logs
 from peatio_ws.http import HealthResource
 from peatio_ws.listen import PortService
 from peatio_ws.logs import JSONLinesObserver, event_as_dict, json_observer
-from peatio_ws.service import STOP_STEP_TIMEOUT, Daemon, StartupError
+from peatio_ws.service import STOP_STEP_TIMEOUT, Daemon, StartupError, stop_once_on_signals
 from peatio_ws.testing import settings_for_tests
 from peatio_ws.websocket import StreamFactory
 
@@ -500,3 +500,30 @@ class JSONObserverTests(SynchronousTestCase):
     def test_factory(self) -> None:
         """json_observer() is the zero-argument factory twistd's --logger wants."""
         self.assertTrue(ILogObserver.providedBy(json_observer()))
+
+
+class StopOnceTests(SynchronousTestCase):
+    """L{stop_once_on_signals}: the first SIGTERM/SIGINT stops the reactor, later ones are only noted."""
+
+    def test_second_signal_noted(self) -> None:
+        reactor = MemoryReactorClock()
+        calls: list[tuple[str, int]] = []
+        reactor.sigTerm = lambda number, frame=None: calls.append(("term", number))  # type: ignore[attr-defined]
+        reactor.sigInt = lambda number, frame=None: calls.append(("int", number))  # type: ignore[attr-defined]
+        stop_once_on_signals(reactor)
+        reactor.sigTerm(15, None)  # type: ignore[attr-defined]
+        reactor.sigInt(2, None)  # type: ignore[attr-defined]
+        reactor.sigTerm(15, None)  # type: ignore[attr-defined]
+        self.assertEqual(calls, [("term", 15)])
+
+    def test_shutdown_begun_otherwise(self) -> None:
+        """A shutdown not begun by a signal counts too: a signal during it is noted."""
+        reactor = MemoryReactorClock()
+        calls: list[int] = []
+        reactor.sigTerm = lambda number, frame=None: calls.append(number)  # type: ignore[attr-defined]
+        reactor.sigInt = lambda number, frame=None: calls.append(number)  # type: ignore[attr-defined]
+        stop_once_on_signals(reactor)
+        [(trigger, _args, _kwargs)] = reactor.triggers["before"]["shutdown"]
+        trigger()
+        reactor.sigInt(2, None)  # type: ignore[attr-defined]
+        self.assertEqual(calls, [])
