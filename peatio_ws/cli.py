@@ -405,7 +405,7 @@ def _publish(args: argparse.Namespace) -> int:
         "RABBITMQ_EVENTS_EXCHANGE",
         "AMQP_SPEC",
     )
-    from peatio_ws import _txamqp_compat
+    from peatio_ws.amqp import _txamqp as _txamqp_compat
 
     _txamqp_compat.install()
     try:

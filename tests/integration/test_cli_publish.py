@@ -37,7 +37,7 @@ class PublishToRabbitMQTests(TestCase):
         from txamqp.endpoint import AMQEndpoint
         from txamqp.factory import AMQFactory
 
-        from peatio_ws import _txamqp_compat
+        from peatio_ws.amqp import _txamqp as _txamqp_compat
 
         _txamqp_compat.install()  # bodies as bytes, whatever they hold
         settings = Settings()

@@ -32,7 +32,7 @@ from txamqp.endpoint import AMQEndpoint
 from txamqp.factory import AMQFactory
 from txamqp.protocol import AMQClient
 
-from peatio_ws import _txamqp_compat
+from peatio_ws.amqp import _txamqp as _txamqp_compat
 from peatio_ws.config import Settings
 from tests.support.broker import RABBIT_SPEC
 from tests.support.waiting import sleep, until, within

@@ -1,5 +1,5 @@
 """
-Unit tests for L{peatio_ws.amqp} and L{peatio_ws._txamqp_compat}.
+Unit tests for L{peatio_ws.amqp} and L{peatio_ws.amqp._txamqp}.
 
 No sockets and no real time: the consumer runs on a L{MemoryReactorClock};
 its connection attempts are answered by L{FakeBroker}, which speaks AMQP
@@ -30,7 +30,7 @@ from txamqp.spec import Method as SpecMethod
 from txamqp.spec import pythonize
 from txamqp.testing import AMQPump
 
-from peatio_ws import _txamqp_compat, testing
+from peatio_ws import testing
 from peatio_ws.amqp import (
     BIND_BATCH,
     CONNECT_TIMEOUT,
@@ -43,6 +43,7 @@ from peatio_ws.amqp import (
     valid_json,
     valid_uid,
 )
+from peatio_ws.amqp import _txamqp as _txamqp_compat
 from peatio_ws.auth import Claims
 from peatio_ws.config import ConfigError, Settings
 from peatio_ws.metrics import Metrics

@@ -49,7 +49,7 @@ from txamqp.message import Message
 from txamqp.protocol import AMQClient
 from zope.interface import implementer
 
-from peatio_ws import _txamqp_compat
+from peatio_ws.amqp import _txamqp
 from peatio_ws.config import Settings
 from peatio_ws.logs import logger
 from peatio_ws.metrics import Metrics
@@ -594,7 +594,7 @@ class EventConsumer(Service):
         metrics: Metrics,
         reactor: IReactorTime | None = None,
     ) -> None:
-        _txamqp_compat.install()
+        _txamqp.install()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -605,7 +605,7 @@ class EventConsumer(Service):
         self._registry = registry
         self._metrics = metrics
         # Fails start-up with one line naming AMQP_SPEC if the spec is unusable.
-        _txamqp_compat.load_spec(settings.amqp_spec)
+        _txamqp.load_spec(settings.amqp_spec)
 
         self.queue_name = _queue_name()
         self._queue = self.queue_name.encode("utf-8")
