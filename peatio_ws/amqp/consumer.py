@@ -26,7 +26,6 @@ so the reconnect starts then rather than a minute later.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import socket
@@ -50,19 +49,13 @@ from txamqp.protocol import AMQClient
 from zope.interface import implementer
 
 from peatio_ws.amqp import _txamqp
+from peatio_ws.amqp.routing import binding_key, event_label, parse_routing_key, valid_json, valid_uid
 from peatio_ws.config import Settings
 from peatio_ws.logs import logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
-from peatio_ws.uids import MAX_UID_BYTES as MAX_UID_BYTES
-from peatio_ws.uids import valid_uid
 
-try:
-    import orjson as _orjson
-except ImportError:  # optional: the standard library's decoder does the same, slower
-    _orjson = None  # type: ignore[assignment]
-
-__all__ = ["EventConsumer", "binding_key", "event_label", "parse_routing_key", "valid_json", "valid_uid"]
+__all__ = ["BIND_BATCH", "CONNECT_TIMEOUT", "SETUP_TIMEOUT", "STOP_TIMEOUT", "EventConsumer"]
 
 log = logger("peatio_ws.amqp")
 
@@ -84,70 +77,9 @@ STOP_TIMEOUT = 5.0
 #: Binds/unbinds in flight at once (pipelined on the channel).
 BIND_BATCH = 1000
 
-_EVENT_LABEL = re.compile(r"[a-z_]{1,32}\Z")
 _HEADER = struct.Struct("!BHI")
 _U64 = struct.Struct("!Q")
 _IDS = struct.Struct("!HH")
-
-
-# ---------------------------------------------------------------------------
-# Pure helpers (also used by the tests).
-
-
-def binding_key(uid: str) -> bytes:
-    """The binding of member C{uid}: C{private.<uid>.*}, as bytes."""
-    return b"private." + uid.encode("utf-8") + b".*"
-
-
-def parse_routing_key(key: bytes) -> tuple[str, str] | None:
-    """
-    C{(uid, event)} from C{private.<uid>.<event>}; None for any other shape
-    (public events, too few or too many parts, empty parts, not UTF-8).
-    """
-    parts = key.split(b".")
-    if len(parts) != 3 or parts[0] != b"private" or not parts[1] or not parts[2]:
-        return None
-    try:
-        return parts[1].decode("utf-8"), parts[2].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def event_label(event: str) -> str:
-    """The metrics label for C{event}: itself if it looks like an event name, else "other"."""
-    return event if _EVENT_LABEL.match(event) else "other"
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# NaN/Infinity are not JSON: a browser's JSON.parse would reject the whole
-# message. Strict UTF-8 first: the payload is forwarded inside a text frame.
-_JSON = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-def valid_json(body: bytes) -> bool:
-    """Whether C{body} is one JSON value in UTF-8 (what may go into a text frame)."""
-    if _orjson is not None:
-        # orjson checks a 300-byte event in 0.7 µs, the standard library in 2.4.
-        # What orjson accepts the standard decoder (as configured here) accepts
-        # too, except values nested 1,000 to 1,024 deep (valid JSON, which the
-        # standard decoder gives up on). orjson rejects two things it accepts
-        # (an escaped lone surrogate, a number beyond a double): those, and
-        # everything invalid, get a second look.
-        try:
-            _orjson.loads(body)
-        except _orjson.JSONDecodeError:
-            pass
-        else:
-            return True
-    try:
-        _JSON.decode(body.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return False
-    return True
-
 
 def _queue_name() -> str:
     """
