@@ -29,7 +29,6 @@ from __future__ import annotations
 import re
 import secrets
 import socket
-import struct
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -49,6 +48,7 @@ from txamqp.protocol import AMQClient
 from zope.interface import implementer
 
 from peatio_ws.amqp import _txamqp
+from peatio_ws.amqp._wire import DeliveryReader, ack_frame
 from peatio_ws.amqp.routing import binding_key, event_label, parse_routing_key, valid_json, valid_uid
 from peatio_ws.config import Settings
 from peatio_ws.logs import logger
@@ -77,9 +77,6 @@ STOP_TIMEOUT = 5.0
 #: Binds/unbinds in flight at once (pipelined on the channel).
 BIND_BATCH = 1000
 
-_HEADER = struct.Struct("!BHI")
-_U64 = struct.Struct("!Q")
-_IDS = struct.Struct("!HH")
 
 def _queue_name() -> str:
     """
@@ -107,10 +104,6 @@ def _describe(reason: object) -> str:
             return str(reason.method)
     text = str(reason).strip().splitlines()
     return text[0] if text and text[0] else type(reason).__name__
-
-
-class _FrameError(Exception):
-    """The broker sent a frame sequence AMQP does not allow."""
 
 
 # ---------------------------------------------------------------------------
@@ -155,28 +148,9 @@ class _ConsumerClient(AMQClient):
         super().__init__(_Delegate(), vhost, spec, heartbeat=heartbeat, clock=clock, insist=insist)
         #: Announced at login (strings only: txAMQP's table encoder knows nothing else).
         self.client_properties: dict[str, str] = {"product": "peatio-ws"}
-        constants = spec.constants.bypyname
-        self._t_method: int = constants["frame_method"].id
-        self._t_header: int = constants["frame_header"].id
-        self._t_body: int = constants["frame_body"].id
-        self._frame_end: int = constants["frame_end"].id
-        basic = spec.classes.byname["basic"]
-        self._deliver_ids = _IDS.pack(basic.id, basic.methods.byname["deliver"].id)
-        self._ack_ids = _IDS.pack(basic.id, basic.methods.byname["ack"].id)
-        self._ack_prefix = b""
-        self._fast_channel = -1
+        self._reader = DeliveryReader()
         self._handler: DeliveryHandler | None = None
         self._read_done: Callable[[], None] | None = None
-        # A delivery being assembled: 0 idle, 1 awaiting the header, 2 body.
-        self._d_state = 0
-        self._d_tag = 0
-        self._d_key = b""
-        self._d_left = 0
-        self._d_chunks: list[bytes] = []
-        # Bytes of an incomplete frame, and how many are needed to go on.
-        self._rx: list[bytes] = []
-        self._rx_len = 0
-        self._rx_need = 0
         self.lost = False
         #: Set by whoever watches this connection (the consumer).
         self.lost_listener: Callable[[_ConsumerClient, Failure], None] | None = None
@@ -200,10 +174,9 @@ class _ConsumerClient(AMQClient):
         Take C{basic.deliver} on C{channel} to C{handler} from now on; call
         C{read_done} after the deliveries of each read, before acking them.
         """
-        self._fast_channel = channel
         self._handler = handler
         self._read_done = read_done
-        self._ack_prefix = _HEADER.pack(self._t_method, channel, 13) + self._ack_ids
+        self._reader.channel = channel
 
     def abort(self) -> None:
         """Drop the connection now (no AMQP close)."""
@@ -213,125 +186,46 @@ class _ConsumerClient(AMQClient):
     # -- receiving ---------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._rx:
-            self._rx.append(data)
-            self._rx_len += len(data)
-            if self._rx_len < self._rx_need:
-                return
-            buf = b"".join(self._rx)
-            self._rx = []
-        else:
-            buf = data
+        received = perf_counter()
+        read = self._reader.feed(data)
         try:
-            off = self._frames(buf, perf_counter())
+            ack = 0
+            try:
+                handler = self._handler
+                for item in read.items:
+                    if type(item) is tuple:
+                        tag, key, body = item
+                        if handler is not None:
+                            try:
+                                handler(key, body, received)
+                            except Exception:
+                                log.failure("Handling an event from RabbitMQ failed")
+                        ack = tag
+                    else:
+                        self.frame_received(self._unpack_frame(item))
+                        transport = self.transport
+                        if transport is None or getattr(transport, "disconnecting", False):
+                            # Closing (e.g. the broker sent connection.close): ignore the rest.
+                            break
+                else:
+                    if read.error is not None:
+                        raise read.error
+            finally:
+                if read.fast and self._read_done is not None:
+                    self._read_done()
+                if ack:
+                    self._send_ack(ack)
+                if read.fast and self.heartbeatInterval > 0 and not self.closed:
+                    # The fast path skips process_frame, which would note the traffic.
+                    self.reschedule_check_heartbeat()
         except Exception:
             log.failure("Bad data from RabbitMQ; dropping the connection")
-            self._rx = []
-            self._d_state = 0
+            self._reader.reset()
             self.abort()
-            return
-        if off < len(buf):
-            rest = buf[off:]
-            self._rx = [rest]
-            self._rx_len = len(rest)
-
-    def _frames(self, buf: bytes, received: float) -> int:
-        """
-        Handle every complete frame in C{buf}; return the offset of the first
-        byte not consumed and set C{_rx_need} for the rest.
-        """
-        end = len(buf)
-        off = 0
-        header = _HEADER.unpack_from
-        u64 = _U64.unpack_from
-        fast_channel = self._fast_channel
-        t_method, t_header, t_body, frame_end = self._t_method, self._t_header, self._t_body, self._frame_end
-        deliver_ids = self._deliver_ids
-        state, tag, key, left, chunks = self._d_state, self._d_tag, self._d_key, self._d_left, self._d_chunks
-        ack = 0
-        fast = False
-        try:
-            while True:
-                if end - off < 8:
-                    self._rx_need = 8
-                    break
-                ftype, channel, size = header(buf, off)
-                start = off + 7
-                stop = start + size
-                if stop >= end:
-                    self._rx_need = size + 8
-                    break
-                if buf[stop] != frame_end:
-                    raise _FrameError(f"frame end byte is {buf[stop]:#x}")
-                if channel == fast_channel and (state or (ftype == t_method and buf[start : start + 4] == deliver_ids)):
-                    fast = True
-                    if state == 0:
-                        # basic.deliver: consumer-tag, delivery-tag, redelivered, exchange, routing-key
-                        p = start + 4
-                        p += 1 + buf[p]
-                        (tag,) = u64(buf, p)
-                        p += 9
-                        p += 1 + buf[p]
-                        n = buf[p]
-                        key = buf[p + 1 : p + 1 + n]
-                        state = 1
-                    elif state == 1:
-                        if ftype != t_header:
-                            raise _FrameError(f"expected a content header on channel {channel}, got type {ftype}")
-                        (left,) = u64(buf, start + 4)
-                        if left:
-                            state = 2
-                        else:
-                            state = 0
-                            self._deliver(key, b"", received)
-                            ack = tag
-                    else:
-                        if ftype != t_body:
-                            raise _FrameError(f"expected a content body on channel {channel}, got type {ftype}")
-                        if size > left:
-                            raise _FrameError("content body longer than its header said")
-                        left -= size
-                        if left == 0 and not chunks:
-                            state = 0
-                            self._deliver(key, buf[start:stop], received)
-                            ack = tag
-                        else:
-                            chunks.append(buf[start:stop])
-                            if left == 0:
-                                body = b"".join(chunks)
-                                chunks = []
-                                state = 0
-                                self._deliver(key, body, received)
-                                ack = tag
-                else:
-                    self.frame_received(self._unpack_frame(buf[off : stop + 1]))
-                    if self.transport is None or getattr(self.transport, "disconnecting", False):
-                        # Closing (e.g. the broker sent connection.close): ignore the rest.
-                        return end
-                off = stop + 1
-        finally:
-            self._d_state, self._d_tag, self._d_key, self._d_left, self._d_chunks = state, tag, key, left, chunks
-            if fast and self._read_done is not None:
-                self._read_done()
-            if ack:
-                self._send_ack(ack)
-            if fast and self.heartbeatInterval > 0 and not self.closed:
-                # The fast path skips process_frame, which would note the traffic.
-                self.reschedule_check_heartbeat()
-        return off
-
-    def _deliver(self, key: bytes, body: bytes, received: float) -> None:
-        handler = self._handler
-        if handler is None:
-            return
-        try:
-            handler(key, body, received)
-        except Exception:
-            log.failure("Handling an event from RabbitMQ failed")
 
     def _send_ack(self, tag: int) -> None:
         if self.transport is not None and not self.closed and not self.lost:
-            self.transport.write(self._ack_prefix + _U64.pack(tag) + b"\x01\xce")
+            self.transport.write(ack_frame(self._reader.channel, tag))
 
     # -- lifecycle hooks ---------------------------------------------------
 
@@ -366,7 +260,7 @@ class _ConsumerClient(AMQClient):
 
     def connectionLost(self, reason: Failure) -> None:
         self.lost = True
-        self._rx = []
+        self._reader.reset()
         try:
             super().connectionLost(reason)
         finally:
