@@ -1,34 +1,108 @@
-# -*- test-case-name: tests.unit.test_amqp -*-
+# -*- test-case-name: tests.unit.test_amqp_txamqp,tests.unit.test_amqp_txamqp_door -*-
 """
-Work-arounds for txAMQP 0.8.2 (unmaintained since 2018, pinned exactly).
+The one door into txAMQP: the only module of peatio-ws that imports it.
+Written against txAMQP 0.8.2 (unmaintained since 2018; setup.py pins it
+exactly). txAMQP is untyped, so this module also gives the rest of the
+package typed views of it.
 
- - Body frames are decoded "opportunistically" as UTF-8 text, and the reader
-   then counts characters against the byte size in the content header: a
-   non-ASCII UTF-8 body never completes and desynchronises the connection.
-   L{install} makes body decoding return the raw bytes, always.
- - The package ships no AMQP spec file; L{load_spec} loads the one the
-   Debian package C{amqp-specs} installs (AMQP_SPEC) and fails with one
-   clear line naming the key.
- - txAMQP still calls the deprecated C{returnValue}; its warnings are
-   silenced (for txAMQP's own modules only).
+What this module does about txAMQP, and which of its names each piece relies
+on (every one checked by C{tests/unit/test_amqp_txamqp_door.py}, which fails
+naming the piece when an upgrade changes one):
 
-Publishing C{str} is broken too (the length is counted in characters):
-only ever publish C{bytes}. Our own code does.
+ 1. Bodies as bytes (L{install}). C{Body.decode} (a staticmethod taking
+    C{(spec, dec)}) decodes a body frame "opportunistically" as UTF-8 text,
+    and C{read_content} then counts characters against the byte size in the
+    content header: a non-ASCII UTF-8 body never completes and
+    desynchronises the connection. L{install} replaces C{Body.decode} with
+    one returning C{Body(dec.decode_longbytes())}. Publishing C{str} is
+    broken the same way (its length is counted in characters): only ever
+    publish C{bytes}.
+
+ 2. The spec file (L{load_spec}). The package ships none; C{txamqp.spec.load}
+    reads the one Debian's C{amqp-specs} installs (AMQP_SPEC); we check
+    C{major}, C{minor} and C{classes.byname["basic"].methods.byname["deliver"]}.
+
+ 3. C{returnValue}. txAMQP still calls it (deprecated since Twisted 24.7);
+    L{install} silences that warning for txAMQP's modules only.
+
+ 4. Client properties at login (a connection name RabbitMQ shows).
+    C{TwistedDelegate.connection_start(ch, msg)} answers with
+    C{ch.connection_start_ok(mechanism=, response=, locale=)} from the
+    attributes C{AMQClient.start} set on the client; L{_Delegate} adds
+    C{client_properties=}.
+
+ 5. The delivery fast path (L{DeliveryClient}). txAMQP's read path costs
+    about 450 µs per message (a Deferred chain per frame). L{DeliveryClient}
+    replaces C{dataReceived} (bypassing C{FrameReceiver}'s own buffer and
+    C{frame_mode}): L{_wire.DeliveryReader} cuts the frames, deliveries on
+    the consumer channel go straight to a handler, and every other frame
+    goes the normal way, C{self.frame_received(self._unpack_frame(raw))}.
+    C{process_frame} (what C{frame_received} calls) is where txAMQP notes
+    traffic for the missed-heartbeat check; the fast path, skipping it,
+    calls C{reschedule_check_heartbeat} itself, which we override to move
+    the pending C{checkHB} DelayedCall (C{heartbeatInterval *
+    MAX_UNSEEN_HEARTBEAT} seconds ahead) instead of cancelling it and
+    scheduling a new one per read. C{closed} says the connection is
+    closing.
+
+ 6. Why a connection ended. C{do_close(reason)} runs when the broker sends
+    C{connection.close} (reason: its Message) and on our close;
+    C{check_heartbeat()} runs when heartbeats stopped and aborts the
+    transport; C{channel_failed(channel, reason)} runs when the broker
+    closes a channel (from C{AMQChannel.do_close}). L{DeliveryClient}
+    records or forwards each.
+
+ 7. Connecting. C{AMQEndpoint(reactor, host, port, username=, password=,
+    vhost=, heartbeat=, timeout=)} from separate settings (its
+    C{from_uri} mis-parses C{user:pass@host:port}); C{AMQEndpoint.connect}
+    calls C{set_vhost} and C{set_heartbeat} on the factory it is given and
+    logs in before its Deferred fires. C{AMQFactory(spec=, clock=)} builds
+    C{protocol(delegate, vhost=, spec=, heartbeat=, clock=)}.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from txamqp import spec as _spec
+from txamqp.client import Closed, TwistedDelegate
 from txamqp.connection import Body
+from txamqp.endpoint import AMQEndpoint
+from txamqp.factory import AMQFactory
+from txamqp.message import Message
+from txamqp.protocol import AMQClient
 
+from peatio_ws.amqp._wire import DeliveryReader, ack_frame
 from peatio_ws.config import ConfigError
+from peatio_ws.logs import logger
 
-__all__ = ["install", "installed", "load_spec"]
+__all__ = [
+    "Closed",
+    "DeliveryClient",
+    "DeliveryClientFactory",
+    "describe",
+    "endpoint",
+    "install",
+    "installed",
+    "load_spec",
+]
+
+log = logger("peatio_ws.amqp")
 
 _installed = False
+#: What Twisted says when returnValue is called, and where txAMQP's modules are (3.).
+_RETURNVALUE_WARNING = r".*returnValue was deprecated"
+_TXAMQP_MODULES = r"txamqp(\.|$)"
+
+
+# ---------------------------------------------------------------------------
+# 1-3. The work-arounds and the spec.
 
 
 def _decode_body(spec: Any, dec: Any) -> Any:
@@ -43,10 +117,7 @@ def install() -> None:
         return
     Body.decode = staticmethod(_decode_body)
     warnings.filterwarnings(
-        "ignore",
-        message=r".*returnValue was deprecated",
-        category=DeprecationWarning,
-        module=r"txamqp(\.|$)",
+        "ignore", message=_RETURNVALUE_WARNING, category=DeprecationWarning, module=_TXAMQP_MODULES
     )
     _installed = True
 
@@ -84,3 +155,242 @@ def load_spec(path: str) -> Any:
     except KeyError:
         raise ConfigError("AMQP_SPEC", f"{path!r} lacks basic.deliver; is it a complete 0-9-1 spec?") from None
     return loaded
+
+
+# ---------------------------------------------------------------------------
+# What txAMQP's errors say.
+
+
+def describe(reason: object) -> str:
+    """A short, one-line text for a connection or channel failure (for the log)."""
+    if isinstance(reason, Failure):
+        reason = reason.value
+    if isinstance(reason, Closed) and reason.args:
+        reason = reason.args[0]
+    if isinstance(reason, Failure):
+        reason = reason.value
+    if isinstance(reason, DeferredTimeout):
+        return f"no answer within {reason.args[0] if reason.args else '?'} s"
+    if isinstance(reason, Message):
+        try:
+            return f"{reason.reply_code} {reason.reply_text}"
+        except (AttributeError, IndexError, KeyError):
+            return str(reason.method)
+    text = str(reason).strip().splitlines()
+    return text[0] if text and text[0] else type(reason).__name__
+
+
+# ---------------------------------------------------------------------------
+# 4, 7. Logging in, connecting.
+
+
+class _Delegate(TwistedDelegate):
+    """txAMQP's delegate, but announcing client properties (a connection name)."""
+
+    def connection_start(self, ch: Any, msg: Any) -> None:
+        ch.connection_start_ok(
+            client_properties=self.client.client_properties,
+            mechanism=self.client.mechanism,
+            response=self.client.response,
+            locale=self.client.locale,
+        )
+
+
+def endpoint(
+    reactor: Any,
+    host: str,
+    port: int,
+    *,
+    user: str,
+    password: str,
+    vhost: str,
+    heartbeat: int,
+    timeout: float,
+) -> Any:
+    """
+    An endpoint whose C{connect(factory)} connects over TCP and logs in,
+    firing with the client once the connection is open (plain TCP only).
+    """
+    return AMQEndpoint(
+        reactor,
+        host,
+        port,
+        username=user,
+        password=password,
+        vhost=vhost,
+        heartbeat=heartbeat,
+        timeout=max(1, round(timeout)),
+    )
+
+
+# ---------------------------------------------------------------------------
+# 5, 6. The consumer's client: deliveries on the fast path.
+
+#: C{handler(routing_key, body, received)}; C{received} is C{perf_counter()} at the read.
+DeliveryHandler = Callable[[bytes, bytes, float], None]
+
+
+class DeliveryClient(AMQClient):
+    """
+    AMQClient whose C{dataReceived} takes the deliveries on the consumer
+    channel straight to a handler, synchronously, in the broker's order.
+
+    Messages are acknowledged once per read (C{multiple=True} for the highest
+    delivery tag handled), after the handler returned and C{read_done} ran;
+    so an ack is never left waiting while the connection is idle.
+    """
+
+    def __init__(
+        self,
+        delegate: Any,
+        vhost: str,
+        spec: Any,
+        heartbeat: int = 0,
+        clock: IReactorTime | None = None,
+        insist: bool = False,
+    ) -> None:
+        super().__init__(_Delegate(), vhost, spec, heartbeat=heartbeat, clock=clock, insist=insist)
+        #: Announced at login (strings only: txAMQP's table encoder knows nothing else).
+        self.client_properties: dict[str, str] = {"product": "peatio-ws"}
+        self._reader = DeliveryReader()
+        self._handler: DeliveryHandler | None = None
+        self._read_done: Callable[[], None] | None = None
+        self.lost = False
+        #: Set by whoever watches this connection (the consumer).
+        self.lost_listener: Callable[[DeliveryClient, Failure], None] | None = None
+        #: C{channel_listener(client, channel_id, reason)} when the broker closes a channel.
+        self.channel_listener: Callable[[DeliveryClient, int | None, Any], None] | None = None
+        #: What the broker said when it closed the connection, if it did.
+        self.close_reason: object = None
+        #: Where the connection stands with ClientService (L{_clientservice}).
+        self.guard: Any = None
+
+    def unwrap(self) -> DeliveryClient:
+        """
+        This very object. ClientService hands out a proxy whose attributes
+        do not reach the client (TWISTED-NOTES §6); calling this through
+        the proxy gets the real one.
+        """
+        return self
+
+    def enable_fast_path(
+        self, channel: int, handler: DeliveryHandler, read_done: Callable[[], None] | None = None
+    ) -> None:
+        """
+        Take C{basic.deliver} on C{channel} to C{handler} from now on; call
+        C{read_done} after the deliveries of each read, before acking them.
+        """
+        self._handler = handler
+        self._read_done = read_done
+        self._reader.channel = channel
+
+    def abort(self) -> None:
+        """Drop the connection now (no AMQP close)."""
+        if self.transport is not None and not self.lost:
+            self.transport.abortConnection()
+
+    # -- receiving ---------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        received = perf_counter()
+        read = self._reader.feed(data)
+        try:
+            ack = 0
+            try:
+                handler = self._handler
+                for item in read.items:
+                    if type(item) is tuple:
+                        tag, key, body = item
+                        if handler is not None:
+                            try:
+                                handler(key, body, received)
+                            except Exception:
+                                log.failure("Handling an event from RabbitMQ failed")
+                        ack = tag
+                    else:
+                        self.frame_received(self._unpack_frame(item))
+                        transport = self.transport
+                        if transport is None or getattr(transport, "disconnecting", False):
+                            # Closing (e.g. the broker sent connection.close): ignore the rest.
+                            break
+                else:
+                    if read.error is not None:
+                        raise read.error
+            finally:
+                if read.fast and self._read_done is not None:
+                    self._read_done()
+                if ack:
+                    self._send_ack(ack)
+                if read.fast and self.heartbeatInterval > 0 and not self.closed:
+                    # The fast path skips process_frame, which would note the traffic.
+                    self.reschedule_check_heartbeat()
+        except Exception:
+            log.failure("Bad data from RabbitMQ; dropping the connection")
+            self._reader.reset()
+            self.abort()
+
+    def _send_ack(self, tag: int) -> None:
+        if self.transport is not None and not self.closed and not self.lost:
+            self.transport.write(ack_frame(self._reader.channel, tag))
+
+    # -- lifecycle hooks ---------------------------------------------------
+
+    def do_close(self, reason: Any) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        super().do_close(reason)
+
+    def reschedule_check_heartbeat(self) -> None:
+        """
+        Push the missed-heartbeat check back. txAMQP cancels it and schedules
+        a new one, which the fast path would do on every read: a new
+        DelayedCall (and a dead one left in the reactor's heap) per read.
+        Moving the pending call allocates nothing.
+        """
+        check = getattr(self, "checkHB", None)
+        if check is not None and check.active():
+            check.reset(self.heartbeatInterval * self.MAX_UNSEEN_HEARTBEAT)
+        else:
+            super().reschedule_check_heartbeat()
+
+    def check_heartbeat(self) -> None:
+        if self.close_reason is None:
+            self.close_reason = f"no heartbeat from RabbitMQ for {self.heartbeatInterval * self.MAX_UNSEEN_HEARTBEAT} s"
+        super().check_heartbeat()
+
+    def channel_failed(self, channel: Any, reason: Any) -> None:
+        if self.channel_listener is not None:
+            self.channel_listener(self, getattr(channel, "id", None), reason)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = True
+        self._reader.reset()
+        try:
+            super().connectionLost(reason)
+        finally:
+            if self.lost_listener is not None:
+                self.lost_listener(self, reason)
+
+
+class DeliveryClientFactory(AMQFactory):
+    """AMQFactory building L{DeliveryClient}s, quietly; C{built(client)} is told of each."""
+
+    protocol = DeliveryClient
+    noisy = False
+
+    def __init__(
+        self,
+        spec_path: str,
+        clock: IReactorTime,
+        client_properties: dict[str, str],
+        built: Callable[[DeliveryClient], None],
+    ) -> None:
+        super().__init__(spec=spec_path, clock=clock)
+        self._client_properties = client_properties
+        self._built = built
+
+    def buildProtocol(self, addr: Any) -> DeliveryClient:
+        client: DeliveryClient = super().buildProtocol(addr)
+        client.client_properties = self._client_properties
+        self._built(client)
+        return client

@@ -8,11 +8,13 @@ C{private.<uid>.*} while member C{<uid>} has a connection here, so a process
 only receives the events of its own members (SPEC §4).
 
 The hot path bypasses txAMQP's per-frame Deferred machinery, which costs
-about 450 µs per message: L{_ConsumerClient} parses the three frames of a
-C{basic.deliver} synchronously as they arrive, hands the message to
-L{EventConsumer}, and acknowledges everything handled in one read with a
-single C{basic.ack(multiple=True)}. Everything else (handshake, declares,
-binds, heartbeats, closes) goes through txAMQP's normal path.
+about 450 µs per message: L{_txamqp.DeliveryClient}, with
+L{_wire.DeliveryReader}, parses the frames of each C{basic.deliver}
+synchronously as they arrive, hands the message to
+L{EventConsumer._handle_delivery}, and acknowledges everything handled in
+one read with a single C{basic.ack(multiple=True)}. Everything else
+(handshake, declares, binds, heartbeats, closes) goes through txAMQP's
+normal path.
 
 A broker link that is up but silent (a half-open TCP connection, a frozen
 broker) would only be noticed by the heartbeat check, after up to three
@@ -36,19 +38,13 @@ from typing import Any
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
-from txamqp.client import Closed, TwistedDelegate
-from txamqp.endpoint import AMQEndpoint
-from txamqp.factory import AMQFactory
-from txamqp.message import Message
-from txamqp.protocol import AMQClient
 from zope.interface import implementer
 
 from peatio_ws.amqp import _txamqp
-from peatio_ws.amqp._wire import DeliveryReader, ack_frame
+from peatio_ws.amqp._txamqp import Closed, DeliveryClient, describe
 from peatio_ws.amqp.routing import binding_key, event_label, parse_routing_key, valid_json, valid_uid
 from peatio_ws.config import Settings
 from peatio_ws.logs import logger
@@ -87,211 +83,6 @@ def _queue_name() -> str:
     return f"peatio-ws.{host}.{secrets.token_hex(8)}"
 
 
-def _describe(reason: object) -> str:
-    """A short, one-line text for a connection or channel failure."""
-    if isinstance(reason, Failure):
-        reason = reason.value
-    if isinstance(reason, Closed) and reason.args:
-        reason = reason.args[0]
-    if isinstance(reason, Failure):
-        reason = reason.value
-    if isinstance(reason, DeferredTimeout):
-        return f"no answer within {reason.args[0] if reason.args else '?'} s"
-    if isinstance(reason, Message):
-        try:
-            return f"{reason.reply_code} {reason.reply_text}"
-        except (AttributeError, IndexError, KeyError):
-            return str(reason.method)
-    text = str(reason).strip().splitlines()
-    return text[0] if text and text[0] else type(reason).__name__
-
-
-# ---------------------------------------------------------------------------
-# The txAMQP protocol with the delivery fast path.
-
-
-class _Delegate(TwistedDelegate):
-    """txAMQP's delegate, but announcing client properties (a connection name)."""
-
-    def connection_start(self, ch: Any, msg: Any) -> None:
-        ch.connection_start_ok(
-            client_properties=self.client.client_properties,
-            mechanism=self.client.mechanism,
-            response=self.client.response,
-            locale=self.client.locale,
-        )
-
-
-DeliveryHandler = Callable[[bytes, bytes, float], None]
-
-
-class _ConsumerClient(AMQClient):
-    """
-    AMQClient whose C{dataReceived} takes the frames of C{basic.deliver} on
-    the consumer channel straight to a handler, synchronously: method,
-    content header, body frame(s) -> C{handler(routing_key, body, received)}.
-
-    Messages are acknowledged once per read (C{multiple=True} for the highest
-    delivery tag handled), after the handler returned; so an ack is never
-    left waiting while the connection is idle.
-    """
-
-    def __init__(
-        self,
-        delegate: Any,
-        vhost: str,
-        spec: Any,
-        heartbeat: int = 0,
-        clock: IReactorTime | None = None,
-        insist: bool = False,
-    ) -> None:
-        super().__init__(_Delegate(), vhost, spec, heartbeat=heartbeat, clock=clock, insist=insist)
-        #: Announced at login (strings only: txAMQP's table encoder knows nothing else).
-        self.client_properties: dict[str, str] = {"product": "peatio-ws"}
-        self._reader = DeliveryReader()
-        self._handler: DeliveryHandler | None = None
-        self._read_done: Callable[[], None] | None = None
-        self.lost = False
-        #: Set by whoever watches this connection (the consumer).
-        self.lost_listener: Callable[[_ConsumerClient, Failure], None] | None = None
-        self.channel_listener: Callable[[_ConsumerClient, Any], None] | None = None
-        #: What the broker said when it closed the connection, if it did.
-        self.close_reason: object = None
-        self.guard: _Guard | None = None
-
-    def unwrap(self) -> _ConsumerClient:
-        """
-        This very object. ClientService hands out a proxy whose attributes
-        do not reach the client (TWISTED-NOTES §6); calling this through
-        the proxy gets the real one.
-        """
-        return self
-
-    def enable_fast_path(
-        self, channel: int, handler: DeliveryHandler, read_done: Callable[[], None] | None = None
-    ) -> None:
-        """
-        Take C{basic.deliver} on C{channel} to C{handler} from now on; call
-        C{read_done} after the deliveries of each read, before acking them.
-        """
-        self._handler = handler
-        self._read_done = read_done
-        self._reader.channel = channel
-
-    def abort(self) -> None:
-        """Drop the connection now (no AMQP close)."""
-        if self.transport is not None and not self.lost:
-            self.transport.abortConnection()
-
-    # -- receiving ---------------------------------------------------------
-
-    def dataReceived(self, data: bytes) -> None:
-        received = perf_counter()
-        read = self._reader.feed(data)
-        try:
-            ack = 0
-            try:
-                handler = self._handler
-                for item in read.items:
-                    if type(item) is tuple:
-                        tag, key, body = item
-                        if handler is not None:
-                            try:
-                                handler(key, body, received)
-                            except Exception:
-                                log.failure("Handling an event from RabbitMQ failed")
-                        ack = tag
-                    else:
-                        self.frame_received(self._unpack_frame(item))
-                        transport = self.transport
-                        if transport is None or getattr(transport, "disconnecting", False):
-                            # Closing (e.g. the broker sent connection.close): ignore the rest.
-                            break
-                else:
-                    if read.error is not None:
-                        raise read.error
-            finally:
-                if read.fast and self._read_done is not None:
-                    self._read_done()
-                if ack:
-                    self._send_ack(ack)
-                if read.fast and self.heartbeatInterval > 0 and not self.closed:
-                    # The fast path skips process_frame, which would note the traffic.
-                    self.reschedule_check_heartbeat()
-        except Exception:
-            log.failure("Bad data from RabbitMQ; dropping the connection")
-            self._reader.reset()
-            self.abort()
-
-    def _send_ack(self, tag: int) -> None:
-        if self.transport is not None and not self.closed and not self.lost:
-            self.transport.write(ack_frame(self._reader.channel, tag))
-
-    # -- lifecycle hooks ---------------------------------------------------
-
-    def do_close(self, reason: Any) -> None:
-        if self.close_reason is None:
-            self.close_reason = reason
-        super().do_close(reason)
-
-    def reschedule_check_heartbeat(self) -> None:
-        """
-        Push the missed-heartbeat check back. txAMQP cancels it and schedules
-        a new one, which the fast path would do on every read: a new
-        DelayedCall (and a dead one left in the reactor's heap) per read.
-        Moving the pending call allocates nothing.
-        """
-        check = getattr(self, "checkHB", None)
-        if check is not None and check.active():
-            check.reset(self.heartbeatInterval * self.MAX_UNSEEN_HEARTBEAT)
-        else:
-            super().reschedule_check_heartbeat()
-
-    def check_heartbeat(self) -> None:
-        if self.close_reason is None:
-            self.close_reason = f"no heartbeat from RabbitMQ for {self.heartbeatInterval * self.MAX_UNSEEN_HEARTBEAT} s"
-        super().check_heartbeat()
-
-    def channel_failed(self, channel: Any, reason: Any) -> None:
-        if getattr(channel, "id", CHANNEL) == PROBE_CHANNEL:
-            return  # the probe's own operation fails and says why
-        if self.channel_listener is not None:
-            self.channel_listener(self, reason)
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.lost = True
-        self._reader.reset()
-        try:
-            super().connectionLost(reason)
-        finally:
-            if self.lost_listener is not None:
-                self.lost_listener(self, reason)
-
-
-class _ConsumerFactory(AMQFactory):
-    """AMQFactory building L{_ConsumerClient}s, quietly."""
-
-    protocol = _ConsumerClient
-    noisy = False
-
-    def __init__(
-        self,
-        spec_path: str,
-        clock: IReactorTime,
-        client_properties: dict[str, str],
-        built: Callable[[_ConsumerClient], None],
-    ) -> None:
-        super().__init__(spec=spec_path, clock=clock)
-        self._client_properties = client_properties
-        self._built = built
-
-    def buildProtocol(self, addr: Any) -> _ConsumerClient:
-        client: _ConsumerClient = super().buildProtocol(addr)
-        client.client_properties = self._client_properties
-        self._built(client)
-        return client
-
-
 # ---------------------------------------------------------------------------
 # Connecting. ClientService keeps the connection; two small wrappers make a
 # failed attempt safe with it.
@@ -310,7 +101,7 @@ class _Guard:
 
     def __init__(self, proxy: Any) -> None:
         self.proxy = proxy
-        self.client: _ConsumerClient = proxy.unwrap()
+        self.client: DeliveryClient = proxy.unwrap()
         self.client.guard = self
         self.accepted = False
 
@@ -357,7 +148,7 @@ class _BrokerEndpoint:
 
     def __init__(
         self,
-        endpoint: AMQEndpoint,
+        endpoint: Any,
         clock: IReactorTime,
         attempting: Callable[[], None],
         failed: Callable[[Failure], None],
@@ -393,7 +184,7 @@ class _BrokerEndpoint:
 class _Session:
     """One established connection: its client, channel and bind loop state."""
 
-    def __init__(self, client: _ConsumerClient, channel: Any) -> None:
+    def __init__(self, client: DeliveryClient, channel: Any) -> None:
         self.client = client
         self.channel = channel
         self.syncing = False
@@ -447,7 +238,7 @@ class EventConsumer(Service):
         self._unbind_calls: dict[str, IDelayedCall] = {}
 
         self._session: _Session | None = None
-        self._connection: _ConsumerClient | None = None
+        self._connection: DeliveryClient | None = None
         self._consuming = False
         self._stopped = False
         self._waiters: list[Deferred[None]] = []
@@ -471,21 +262,21 @@ class EventConsumer(Service):
         self._probe_late_call: IDelayedCall | None = None
 
         self._backoff = backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=1.5)
-        factory = _ConsumerFactory(
+        factory = _txamqp.DeliveryClientFactory(
             settings.amqp_spec,
             reactor,
             {"product": "peatio-ws", "connection_name": self.queue_name},
             self._built,
         )
-        endpoint = AMQEndpoint(
+        endpoint = _txamqp.endpoint(
             reactor,
             settings.rabbitmq_host,
             settings.rabbitmq_port,
-            username=settings.rabbitmq_user,
+            user=settings.rabbitmq_user,
             password=settings.rabbitmq_password,
             vhost=settings.rabbitmq_vhost,
             heartbeat=settings.rabbitmq_heartbeat,
-            timeout=int(CONNECT_TIMEOUT),
+            timeout=CONNECT_TIMEOUT,
         )
         self._service = ClientService(
             _BrokerEndpoint(
@@ -566,7 +357,7 @@ class EventConsumer(Service):
                 await closing
             except Exception as e:
                 log.warn(
-                    "RabbitMQ: clean close did not finish ({reason}); dropping the connection", reason=_describe(e)
+                    "RabbitMQ: clean close did not finish ({reason}); dropping the connection", reason=describe(e)
                 )
         stopping = self._service.stopService()
         connection = self._connection
@@ -599,7 +390,7 @@ class EventConsumer(Service):
 
     # -- connecting ----------------------------------------------------------
 
-    def _built(self, client: _ConsumerClient) -> None:
+    def _built(self, client: DeliveryClient) -> None:
         client.lost_listener = self._connection_lost
         client.channel_listener = self._channel_failed
         self._connection = client
@@ -616,7 +407,7 @@ class EventConsumer(Service):
     def _attempt_failed(self, failure: Failure) -> None:
         if self._stopped:
             return  # cancelled by stopService
-        log.warn("RabbitMQ: connection attempt failed: {reason}", reason=_describe(failure))
+        log.warn("RabbitMQ: connection attempt failed: {reason}", reason=describe(failure))
 
     def _retry_delay(self, attempt: int) -> float:
         delay = self._backoff(attempt)
@@ -625,13 +416,13 @@ class EventConsumer(Service):
         return delay
 
     def _prepare_connection(self, proxy: IProtocol) -> Deferred[None]:
-        client: _ConsumerClient = proxy.unwrap()  # type: ignore[attr-defined]
+        client: DeliveryClient = proxy.unwrap()  # type: ignore[attr-defined]
         d = Deferred.fromCoroutine(self._set_up(client))
         d.addTimeout(SETUP_TIMEOUT, self._reactor)
         d.addErrback(self._set_up_failed, client)
         return d
 
-    async def _set_up(self, client: _ConsumerClient) -> None:
+    async def _set_up(self, client: DeliveryClient) -> None:
         """Declare, bind every member, consume: run on every (re)connection."""
         s = self._settings
         channel = await client.channel(CHANNEL)
@@ -687,7 +478,7 @@ class EventConsumer(Service):
         for d in waiters:
             d.callback(None)
 
-    async def _queue_survived(self, client: _ConsumerClient) -> bool:
+    async def _queue_survived(self, client: DeliveryClient) -> bool:
         """Whether our queue still exists: a passive declare, on a channel of its own."""
         probe = await client.channel(PROBE_CHANNEL)
         await probe.channel_open()
@@ -701,15 +492,15 @@ class EventConsumer(Service):
         await probe.channel_close(reply_code=200, reply_text="ok")
         return True
 
-    def _set_up_failed(self, failure: Failure, client: _ConsumerClient) -> Failure:
+    def _set_up_failed(self, failure: Failure, client: DeliveryClient) -> Failure:
         if self._session is not None and self._session.client is client:
             self._session = None
         client.abort()
         if not self._stopped:
-            log.warn("RabbitMQ: set-up failed: {reason}", reason=_describe(failure))
+            log.warn("RabbitMQ: set-up failed: {reason}", reason=describe(failure))
         return failure
 
-    def _connection_lost(self, client: _ConsumerClient, reason: Failure) -> None:
+    def _connection_lost(self, client: DeliveryClient, reason: Failure) -> None:
         if self._connection is client:
             self._connection = None
         session = self._session
@@ -727,13 +518,15 @@ class EventConsumer(Service):
         else:
             log.warn(
                 "RabbitMQ: connection lost: {reason}",
-                reason=_describe(client.close_reason if client.close_reason is not None else reason),
+                reason=describe(client.close_reason if client.close_reason is not None else reason),
             )
 
-    def _channel_failed(self, client: _ConsumerClient, reason: Any) -> None:
+    def _channel_failed(self, client: DeliveryClient, channel_id: int | None, reason: Any) -> None:
+        if channel_id == PROBE_CHANNEL:
+            return  # the probe's own operation fails and says why
         session = self._session
         if self._consuming and session is not None and session.client is client:
-            log.warn("RabbitMQ closed our channel: {reason}; reconnecting", reason=_describe(reason))
+            log.warn("RabbitMQ closed our channel: {reason}; reconnecting", reason=describe(reason))
         # (During set-up the pending operation fails too, and says why.)
         client.abort()
 
@@ -845,7 +638,7 @@ class EventConsumer(Service):
     def _sync_failed(self, failure: Failure, session: _Session) -> None:
         if self._session is not session or self._stopped:
             return  # that connection is gone (the next one binds everything), or we are stopping
-        log.warn("RabbitMQ: binding failed: {reason}; reconnecting", reason=_describe(failure))
+        log.warn("RabbitMQ: binding failed: {reason}; reconnecting", reason=describe(failure))
         session.client.abort()
 
     async def _sync(self, session: _Session) -> None:

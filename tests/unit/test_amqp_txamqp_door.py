@@ -1,0 +1,337 @@
+"""
+The door test of L{peatio_ws.amqp._txamqp}: every txAMQP name and behaviour
+it relies on, checked against the txAMQP installed. Written against txAMQP
+0.8.2. When an upgrade changes one of them, the test fails saying what
+changed and which piece of C{_txamqp.py} (numbered as in its docstring)
+relies on it; review that piece before changing the pin in setup.py.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import re
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from txamqp import codec, spec
+from txamqp.client import Closed, TwistedDelegate
+from txamqp.connection import Body, Frame, Heartbeat
+from txamqp.endpoint import AMQEndpoint
+from txamqp.factory import AMQFactory
+from txamqp.protocol import AMQChannel, AMQClient, FrameReceiver
+from txamqp.testing import AMQPump
+
+from peatio_ws.amqp import _txamqp, _wire
+from peatio_ws.config import Settings
+
+WRITTEN_AGAINST = "0.8.2"
+INSTALLED = importlib.metadata.version("txamqp")
+SPEC_PATH = Settings().amqp_spec
+
+
+def params(function: Any) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+class DoorCase(SynchronousTestCase):
+    def check(self, ok: object, piece: str, what: str) -> None:
+        """Fail, naming the piece of _txamqp.py and what changed, unless C{ok}."""
+        if not ok:
+            self.fail(
+                f"txAMQP {INSTALLED} changed: {what}. peatio_ws/amqp/_txamqp.py (written against txAMQP "
+                f"{WRITTEN_AGAINST}) relies on it for {piece}; review that piece."
+            )
+
+    def check_params(self, function: Any, expected: list[str], piece: str) -> None:
+        got = params(function)
+        self.check(got == expected, piece, f"{function.__qualname__} takes {got}, not {expected}")
+
+
+class VersionTests(DoorCase):
+    def test_version(self) -> None:
+        """The installed txAMQP is the one the door was written against (setup.py pins it)."""
+        self.check(INSTALLED == WRITTEN_AGAINST, "every piece", f"the version is {INSTALLED}")
+
+
+class BodyAsBytesTests(DoorCase):
+    """1. Bodies as bytes."""
+
+    PIECE = "1. bodies as bytes (install)"
+
+    def test_body_decode_is_a_staticmethod(self) -> None:
+        """Body.decode is a staticmethod of (spec, dec), which install() replaces."""
+        self.check(isinstance(Body.__dict__.get("decode"), staticmethod), self.PIECE, "Body.decode is no staticmethod")
+        self.check_params(Body.decode, ["spec", "dec"], self.PIECE)
+
+    def test_codec_decode_longbytes(self) -> None:
+        """The decoder has decode_longbytes, reading a long string as bytes."""
+        self.check(hasattr(codec.Codec, "decode_longbytes"), self.PIECE, "Codec.decode_longbytes is gone")
+
+    def test_body_holds_content(self) -> None:
+        """Body(content) keeps it as .content, and is a frame payload of type frame_body."""
+        self.check(Body(b"x").content == b"x", self.PIECE, "Body(content).content")
+        self.check(Body.type == Frame.BODY == "frame_body", self.PIECE, "Body.type")
+
+    def test_read_content_counts_len(self) -> None:
+        """The stock read path (read_content) completes a body when len(content) reaches the header's size."""
+        _txamqp.install()
+        client = AMQClient(TwistedDelegate(), "/", _txamqp.load_spec(SPEC_PATH), clock=Clock())
+        pump = AMQPump()
+        pump.connect(client)
+        body = "é".encode() * 3
+        pump.pumpMethod(1, "basic", "deliver", consumer_tag="t", delivery_tag=1, redelivered=False, exchange="x",
+                        routing_key="k")
+        pump.pumpHeader(1, "basic", 0, len(body))
+        pump.pumpBody(1, body)
+        message = self.successResultOf(self.successResultOf(client.queue("t")).get())
+        self.check(message.content.body == body, self.PIECE, f"the body read back is {message.content.body!r}")
+
+
+class SpecTests(DoorCase):
+    """2. The spec file, and the numbers _wire.py hard-codes."""
+
+    PIECE = "2. the spec (load_spec) and _wire.py's constants"
+
+    def setUp(self) -> None:
+        self.spec = spec.load(SPEC_PATH)
+
+    def test_load(self) -> None:
+        """txamqp.spec.load(path) gives major, minor, classes.byname and constants."""
+        self.check_params(spec.load, ["specfile"], self.PIECE)
+        self.check((self.spec.major, self.spec.minor) == (0, 9), self.PIECE, "major/minor of the 0-9-1 spec")
+        self.check("basic" in self.spec.classes.byname, self.PIECE, "classes.byname")
+
+    def test_frame_constants(self) -> None:
+        """The frame types and frame-end octet _wire.py uses are the spec's."""
+        constants = self.spec.constants.bypyname
+        for name, value in [
+            ("frame_method", _wire.FRAME_METHOD),
+            ("frame_header", _wire.FRAME_HEADER),
+            ("frame_body", _wire.FRAME_BODY),
+            ("frame_heartbeat", _wire.FRAME_HEARTBEAT),
+            ("frame_end", _wire.FRAME_END),
+        ]:
+            self.check(constants[name].id == value, self.PIECE, f"{name} is {constants[name].id}, not {value}")
+
+    def test_basic_methods(self) -> None:
+        """basic is class 60; deliver, publish and ack are its methods 60, 40 and 80, with the fields _wire.py reads."""
+        basic = self.spec.classes.byname["basic"]
+        self.check(basic.id == _wire.BASIC, self.PIECE, f"class basic is {basic.id}")
+        expected = {
+            "deliver": (
+                _wire.BASIC_DELIVER,
+                ["consumer-tag", "delivery-tag", "redelivered", "exchange", "routing-key"],
+            ),
+            "publish": (_wire.BASIC_PUBLISH, ["reserved-1", "exchange", "routing-key", "mandatory", "immediate"]),
+            "ack": (_wire.BASIC_ACK, ["delivery-tag", "multiple"]),
+        }
+        for name, (number, fields) in expected.items():
+            method = basic.methods.byname[name]
+            got = [f.name for f in method.fields]
+            self.check(method.id == number, self.PIECE, f"basic.{name} is method {method.id}")
+            self.check(got == fields, self.PIECE, f"basic.{name} has fields {got}")
+
+    def test_basic_properties(self) -> None:
+        """The first and fourth property flags of class basic are content-type and delivery-mode."""
+        names = [f.name for f in self.spec.classes.byname["basic"].fields]
+        self.check(names[0] == "content-type" and names[3] == "delivery-mode", self.PIECE, f"properties {names}")
+
+
+class ReturnValueTests(DoorCase):
+    """3. returnValue."""
+
+    def test_warning_matches_the_filter(self) -> None:
+        """txAMQP still calls returnValue, and what that warns matches the filter install() adds."""
+        client = AMQClient(TwistedDelegate(), "/", spec.load(SPEC_PATH), clock=Clock())
+        self.successResultOf(client.channel(1))
+        warned = [w for w in self.flushWarnings() if "returnValue" in str(w["message"])]
+        for warning in warned:
+            module = inspect.getmodulename(warning["filename"]) or ""
+            package = "txamqp." + module if "/txamqp/" in warning["filename"] else module
+            self.check(
+                re.match(_txamqp._RETURNVALUE_WARNING, str(warning["message"]))
+                and re.match(_txamqp._TXAMQP_MODULES, package)
+                and warning["category"] is DeprecationWarning,
+                "3. returnValue",
+                f"the warning is now {warning}",
+            )
+
+
+class LoginTests(DoorCase):
+    """4. Client properties at login."""
+
+    PIECE = "4. client properties at login (_Delegate)"
+
+    def test_connection_start(self) -> None:
+        """TwistedDelegate answers connection.start in connection_start(ch, msg)."""
+        self.check_params(TwistedDelegate.connection_start, ["self", "ch", "msg"], self.PIECE)
+
+    def test_start_sets_login_attributes(self) -> None:
+        """AMQClient.start(response, mechanism, locale) sets them as attributes before waiting."""
+        client = AMQClient(TwistedDelegate(), "/", spec.load(SPEC_PATH), clock=Clock())
+        client.makeConnection(StringTransport())
+        client.start({"LOGIN": "u", "PASSWORD": "p"}, "AMQPLAIN", "en_US")
+        got = (client.response, client.mechanism, client.locale)
+        self.check(
+            got == ({"LOGIN": "u", "PASSWORD": "p"}, "AMQPLAIN", "en_US"),
+            self.PIECE,
+            "AMQClient.start no longer sets response, mechanism and locale",
+        )
+
+    def test_client_properties_sent(self) -> None:
+        """Our delegate's connection.start-ok carries the client properties."""
+        client = _txamqp.DeliveryClient(None, "/", spec.load(SPEC_PATH), clock=Clock())
+        client.client_properties = {"connection_name": "door"}
+        pump = AMQPump()
+        pump.connect(client)
+        client.start({"LOGIN": "u", "PASSWORD": "p"}, "AMQPLAIN", "en_US")
+        pump.pumpMethod(0, "connection", "start", version_major=0, version_minor=9, server_properties={},
+                        mechanisms="AMQPLAIN", locales="en_US")
+        [start_ok] = pump.outgoing[0]
+        self.check(start_ok.payload.args[0] == {"connection_name": "door"}, self.PIECE, "client-properties not sent")
+
+
+class FastPathTests(DoorCase):
+    """5. The delivery fast path, 6. why a connection ended."""
+
+    PIECE = "5. the delivery fast path (DeliveryClient)"
+
+    def test_frame_receiver(self) -> None:
+        """_unpack_frame(data) gives a Frame; frame_received(frame) takes one; AMQClient leaves dataReceived to it."""
+        self.check_params(FrameReceiver._unpack_frame, ["self", "data"], self.PIECE)
+        self.check_params(AMQClient.frame_received, ["self", "frame"], self.PIECE)
+        self.check("dataReceived" in FrameReceiver.__dict__, self.PIECE, "FrameReceiver.dataReceived is gone")
+        self.check("dataReceived" not in AMQClient.__dict__, self.PIECE, "AMQClient now has a dataReceived of its own")
+        receiver = FrameReceiver(spec.load(SPEC_PATH))
+        frame = receiver._unpack_frame(b"\x08\x00\x00\x00\x00\x00\x00\xce")
+        self.check(isinstance(frame, Frame) and isinstance(frame.payload, Heartbeat), self.PIECE, "_unpack_frame")
+        self.check(frame.channel == 0, self.PIECE, "Frame.channel")
+
+    def heartbeat_client(self) -> tuple[AMQClient, Clock]:
+        clock = Clock()
+        client = AMQClient(TwistedDelegate(), "/", spec.load(SPEC_PATH), heartbeat=10, clock=clock)
+        client.makeConnection(StringTransport())
+        return client, clock
+
+    def test_heartbeat_attributes(self) -> None:
+        """heartbeatInterval, MAX_UNSEEN_HEARTBEAT (3), closed, and checkHB (a DelayedCall) are there."""
+        client, _ = self.heartbeat_client()
+        self.check(client.heartbeatInterval == 10, self.PIECE, "heartbeatInterval")
+        self.check(AMQClient.MAX_UNSEEN_HEARTBEAT == 3, self.PIECE, "MAX_UNSEEN_HEARTBEAT")
+        self.check(client.closed is False, self.PIECE, "closed")
+        self.check(client.checkHB.active() and client.checkHB.getTime() == 30, self.PIECE, "checkHB")
+        self.check(hasattr(client.checkHB, "reset"), self.PIECE, "checkHB.reset")
+
+    def test_process_frame_reschedules(self) -> None:
+        """Every frame through frame_received calls reschedule_check_heartbeat (the fast path calls it itself)."""
+        client, _ = self.heartbeat_client()
+        calls: list[None] = []
+        client.reschedule_check_heartbeat = lambda: calls.append(None)
+        client.frame_received(Frame(0, Heartbeat()))
+        self.check(calls == [None], self.PIECE, "process_frame no longer calls reschedule_check_heartbeat")
+
+    def test_reschedule_recreates(self) -> None:
+        """txAMQP's reschedule_check_heartbeat replaces checkHB (which ours moves instead)."""
+        client, _ = self.heartbeat_client()
+        before = client.checkHB
+        AMQClient.reschedule_check_heartbeat(client)
+        self.check(client.checkHB is not before and not before.active(), self.PIECE, "reschedule_check_heartbeat")
+
+    def test_check_heartbeat_aborts(self) -> None:
+        """check_heartbeat() aborts the transport (6.: DeliveryClient records why first)."""
+        client, clock = self.heartbeat_client()
+        aborted: list[None] = []
+        client.transport.abortConnection = lambda: aborted.append(None)
+        clock.advance(30)
+        self.check(aborted == [None], "6. why a connection ended", "a missed heartbeat no longer aborts the transport")
+
+    def test_close_hooks(self) -> None:
+        """The broker's connection.close reaches do_close(Message); its channel.close reaches channel_failed."""
+        piece = "6. why a connection ended"
+        seen: list[tuple[str, Any]] = []
+
+        class Recording(AMQClient):
+            def do_close(self, reason: Any) -> None:
+                seen.append(("do_close", reason))
+                super().do_close(reason)
+
+            def channel_failed(self, channel: Any, reason: Any) -> None:
+                seen.append(("channel_failed", (channel.id, reason)))
+
+        self.check_params(AMQClient.do_close, ["self", "reason"], piece)
+        self.check_params(AMQClient.channel_failed, ["self", "channel", "reason"], piece)
+        client = Recording(TwistedDelegate(), "/", spec.load(SPEC_PATH), clock=Clock())
+        pump = AMQPump()
+        pump.connect(client)
+        pump.pumpMethod(1, "channel", "close", reply_code=404, reply_text="NOT_FOUND", class_id=0, method_id=0)
+        pump.pumpMethod(0, "connection", "close", reply_code=320, reply_text="FORCED", class_id=0, method_id=0)
+        kinds = [kind for kind, _ in seen]
+        self.check("channel_failed" in kinds, piece, "channel.close skips channel_failed")
+        [(channel_id, failure)] = [value for kind, value in seen if kind == "channel_failed"]
+        self.check(channel_id == 1 and isinstance(failure, Failure), piece, "channel_failed(channel, Failure)")
+        self.check(
+            isinstance(failure.value, Closed) or hasattr(failure.value, "reply_code"),
+            piece,
+            f"channel_failed's reason is {failure.value!r}",
+        )
+        reasons = [value for kind, value in seen if kind == "do_close"]
+        self.check(reasons and reasons[0].reply_code == 320, piece, "do_close(Message)")
+        self.check(hasattr(AMQChannel, "do_close"), piece, "AMQChannel.do_close is gone")
+
+
+class ConnectingTests(DoorCase):
+    """7. Connecting."""
+
+    PIECE = "7. connecting (endpoint, the factories)"
+
+    def test_endpoint_signature(self) -> None:
+        self.check_params(
+            AMQEndpoint.__init__,
+            ["self", "reactor", "host", "port", "username", "password", "vhost", "heartbeat", "auth_mechanism",
+             "timeout"],
+            self.PIECE,
+        )
+
+    def test_endpoint_sets_vhost_and_heartbeat(self) -> None:
+        """AMQEndpoint.connect tells the factory the vhost and heartbeat, then connects over TCP."""
+        calls: list[tuple[str, Any]] = []
+
+        class Factory(AMQFactory):
+            def set_vhost(self, vhost: str) -> None:
+                calls.append(("vhost", vhost))
+
+            def set_heartbeat(self, heartbeat: int) -> None:
+                calls.append(("heartbeat", heartbeat))
+
+        reactor = MemoryReactorClock()
+        endpoint = _txamqp.endpoint(
+            reactor, "broker", 5673, user="u", password="p", vhost="v", heartbeat=7, timeout=3
+        )
+        endpoint.connect(Factory(spec=SPEC_PATH, clock=reactor))
+        self.check(calls == [("vhost", "v"), ("heartbeat", 7)], self.PIECE, f"the factory was told {calls}")
+        self.check(reactor.tcpClients[0][:2] == ("broker", 5673), self.PIECE, "AMQEndpoint.connect")
+
+    def test_factory_builds_with_keywords(self) -> None:
+        """AMQFactory(spec=, clock=).buildProtocol builds protocol(delegate, vhost=, spec=, heartbeat=, clock=)."""
+        self.check_params(AMQFactory.__init__, ["self", "spec", "clock"], self.PIECE)
+        seen: list[dict[str, Any]] = []
+
+        class Client(AMQClient):
+            def __init__(self, delegate: Any, **kwargs: Any) -> None:
+                seen.append(kwargs)
+                super().__init__(delegate, **kwargs)
+
+        factory = AMQFactory(spec=SPEC_PATH, clock=Clock())
+        factory.protocol = Client
+        factory.set_vhost("v")
+        factory.set_heartbeat(5)
+        factory.buildProtocol(None)
+        self.check(
+            seen and sorted(seen[0]) == ["clock", "heartbeat", "spec", "vhost"] and seen[0]["vhost"] == "v",
+            self.PIECE,
+            f"buildProtocol passes {seen}",
+        )
