@@ -7,6 +7,9 @@ C{private.<uid>.<event>}. Each process owns one queue, bound with
 C{private.<uid>.*} while member C{<uid>} has a connection here, so a process
 only receives the events of its own members (SPEC §4).
 
+The connection is kept by Twisted's C{ClientService}, through
+L{_clientservice.GuardedEndpoint}, which makes a failed attempt safe with it.
+
 The hot path bypasses txAMQP's per-frame Deferred machinery, which costs
 about 450 µs per message: L{_txamqp.DeliveryClient}, with
 L{_wire.DeliveryReader}, parses the frames of each C{basic.deliver}
@@ -31,19 +34,17 @@ from __future__ import annotations
 import re
 import secrets
 import socket
-from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from peatio_ws.amqp import _txamqp
+from peatio_ws.amqp import _clientservice, _txamqp
 from peatio_ws.amqp._txamqp import Closed, DeliveryClient, describe
 from peatio_ws.amqp.routing import binding_key, event_label, parse_routing_key, valid_json, valid_uid
 from peatio_ws.config import Settings
@@ -81,104 +82,6 @@ def _queue_name() -> str:
     """
     host = re.sub(r"[^A-Za-z0-9_-]+", "-", socket.gethostname()).strip("-")[:64] or "host"
     return f"peatio-ws.{host}.{secrets.token_hex(8)}"
-
-
-# ---------------------------------------------------------------------------
-# Connecting. ClientService keeps the connection; two small wrappers make a
-# failed attempt safe with it.
-
-
-class _Guard:
-    """
-    Sits between the transport and ClientService's protocol proxy.
-
-    ClientService (Twisted 26.10) leaves a connection open when
-    C{prepareConnection} fails, and raises C{NoTransition} when such a
-    connection (or one whose login failed) later closes. The guard tells
-    ClientService of the loss only once the connection was accepted (set-up
-    finished); before that, a failed attempt is simply dropped.
-    """
-
-    def __init__(self, proxy: Any) -> None:
-        self.proxy = proxy
-        self.client: DeliveryClient = proxy.unwrap()
-        self.client.guard = self
-        self.accepted = False
-
-    def makeConnection(self, transport: Any) -> None:
-        self.proxy.makeConnection(transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.client.dataReceived(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.accepted:
-            self.proxy.connectionLost(reason)
-        else:
-            self.client.connectionLost(reason)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.proxy, name)
-
-
-class _GuardFactory:
-    """Wraps ClientService's factory for one attempt; remembers the guard."""
-
-    def __init__(self, factory: IProtocolFactory) -> None:
-        self._factory = factory
-        self.guard: _Guard | None = None
-
-    def buildProtocol(self, addr: Any) -> _Guard | None:
-        proxy = self._factory.buildProtocol(addr)
-        if proxy is None:
-            return None
-        self.guard = _Guard(proxy)
-        return self.guard
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._factory, name)
-
-
-@implementer(IStreamClientEndpoint)
-class _BrokerEndpoint:
-    """
-    AMQEndpoint (TCP, login) with a time limit on the whole handshake, and
-    a failed attempt's connection closed.
-    """
-
-    def __init__(
-        self,
-        endpoint: Any,
-        clock: IReactorTime,
-        attempting: Callable[[], None],
-        failed: Callable[[Failure], None],
-        description: str,
-    ) -> None:
-        self._description = description
-        self._endpoint = endpoint
-        self._clock = clock
-        self._attempting = attempting
-        self._failed = failed
-
-    def __repr__(self) -> str:
-        return f"<RabbitMQ {self._description}>"
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
-        self._attempting()
-        guarded = _GuardFactory(protocolFactory)
-        d: Deferred[Any] = self._endpoint.connect(guarded)
-        d.addTimeout(CONNECT_TIMEOUT, self._clock)
-
-        def connected(guard: _Guard) -> Any:
-            return guard.proxy
-
-        def failed(failure: Failure) -> Failure:
-            if guarded.guard is not None:
-                guarded.guard.client.abort()
-            self._failed(failure)
-            return failure
-
-        return d.addCallbacks(connected, failed)
 
 
 class _Session:
@@ -279,9 +182,10 @@ class EventConsumer(Service):
             timeout=CONNECT_TIMEOUT,
         )
         self._service = ClientService(
-            _BrokerEndpoint(
+            _clientservice.GuardedEndpoint(
                 endpoint,
                 reactor,
+                CONNECT_TIMEOUT,
                 self._attempting,
                 self._attempt_failed,
                 f"{settings.rabbitmq_host}:{settings.rabbitmq_port}",
@@ -462,8 +366,7 @@ class EventConsumer(Service):
         await channel.basic_consume(queue=self._queue, consumer_tag=self._consumer_tag, no_ack=False)
         if self._session is not session:
             raise Closed("connection lost while starting to consume")
-        assert client.guard is not None
-        client.guard.accepted = True
+        _clientservice.accept(client)
         self._consuming = True
         self._metrics.broker_up.set(1)
         self._metrics.broker_reconnects.inc()
