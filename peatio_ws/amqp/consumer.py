@@ -7,6 +7,7 @@ C{private.<uid>.<event>}. Each process owns one queue, bound with
 C{private.<uid>.*} while member C{<uid>} has a connection here, so a process
 only receives the events of its own members (SPEC §4).
 
+Which bindings the queue should have is L{bindings.Bindings}' bookkeeping.
 The connection is kept by Twisted's C{ClientService}, through
 L{_clientservice.GuardedEndpoint}, which makes a failed attempt safe with it.
 
@@ -46,6 +47,7 @@ from twisted.python.failure import Failure
 
 from peatio_ws.amqp import _clientservice, _txamqp
 from peatio_ws.amqp._txamqp import Closed, DeliveryClient, describe
+from peatio_ws.amqp.bindings import Bindings
 from peatio_ws.amqp.routing import binding_key, event_label, parse_routing_key, valid_json, valid_uid
 from peatio_ws.config import Settings
 from peatio_ws.logs import logger
@@ -135,10 +137,7 @@ class EventConsumer(Service):
         self._consumer_tag = self._queue
         self._expires_ms = max(1, min(int(settings.rabbitmq_queue_expires * 1000), 2**31 - 1))
 
-        self._wanted: set[str] = set()
-        self._bound: set[str] = set()
-        self._dirty: set[str] = set()
-        self._unbind_calls: dict[str, IDelayedCall] = {}
+        self._bindings = Bindings(reactor, settings.rabbitmq_unbind_delay, self._kick)
 
         self._session: _Session | None = None
         self._connection: DeliveryClient | None = None
@@ -209,7 +208,7 @@ class EventConsumer(Service):
     @property
     def bound(self) -> frozenset[str]:
         """The members whose binding is on the queue (as far as we know)."""
-        return frozenset(self._bound)
+        return frozenset(self._bindings.bound)
 
     def when_consuming(self) -> Deferred[None]:
         """
@@ -249,10 +248,7 @@ class EventConsumer(Service):
         if self._prober.running:
             self._prober.stop()
         self._forget_probe()
-        for call in self._unbind_calls.values():
-            if call.active():
-                call.cancel()
-        self._unbind_calls.clear()
+        self._bindings.stop()
         session = self._session
         if session is not None and self._consuming:
             closing = Deferred.fromCoroutine(self._close(session))
@@ -286,7 +282,7 @@ class EventConsumer(Service):
         # The process is going away; so are its members' connections. Without
         # this the queue would collect their events until x-expires.
         await channel.queue_delete(queue=self._queue)
-        self._bound.clear()
+        self._bindings.unbound_all()
         self._metrics.bindings.set(0)
         await channel.channel_close(reply_code=200, reply_text="peatio-ws stopping")
         connection = await session.client.channel(0)
@@ -356,11 +352,9 @@ class EventConsumer(Service):
         self._session = session
         # Every member connected now (some may have joined before we were
         # the registry's observer) plus those within their unbind delay.
-        self._wanted.update(uid for uid in self._registry.members() if valid_uid(uid))
         # The queue may be new (it expired): bind every member again; bindings
         # of members who left while we were away are removed.
-        self._dirty |= self._wanted | self._bound
-        self._bound -= self._wanted
+        self._bindings.reconnected(uid for uid in self._registry.members() if valid_uid(uid))
         await self._sync(session)
         client.enable_fast_path(CHANNEL, self._handle_delivery, self._read_done)
         await channel.basic_consume(queue=self._queue, consumer_tag=self._consumer_tag, no_ack=False)
@@ -373,9 +367,9 @@ class EventConsumer(Service):
         log.info(
             "RabbitMQ: connected and consuming from {queue} ({bindings} bindings)",
             queue=self.queue_name,
-            bindings=len(self._bound),
+            bindings=len(self._bindings.bound),
         )
-        if self._dirty:
+        if self._bindings.dirty:
             self._kick()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
@@ -506,34 +500,16 @@ class EventConsumer(Service):
         if not valid_uid(uid):
             log.warn("Not binding member {uid}: not usable in a routing key", uid=uid)
             return
-        call = self._unbind_calls.pop(uid, None)
-        if call is not None and call.active():
-            call.cancel()
-        if uid in self._wanted:
-            return
-        self._wanted.add(uid)
-        self._dirty.add(uid)
-        self._kick()
+        self._bindings.join(uid)
 
     def member_left(self, uid: str) -> None:
         """Unbind after RABBITMQ_UNBIND_DELAY, unless the member comes back."""
-        if uid not in self._wanted or uid in self._unbind_calls:
-            return
-        if self._stopped:
-            self._wanted.discard(uid)
-            return
-        self._unbind_calls[uid] = self._reactor.callLater(self._settings.rabbitmq_unbind_delay, self._unbind_due, uid)
-
-    def _unbind_due(self, uid: str) -> None:
-        del self._unbind_calls[uid]
-        self._wanted.discard(uid)
-        self._dirty.add(uid)
-        self._kick()
+        self._bindings.leave(uid, stopping=self._stopped)
 
     def _kick(self) -> None:
         """Start bringing the queue's bindings in line, unless already doing so."""
         session = self._session
-        if session is None or session.syncing or not self._dirty or self._stopped:
+        if session is None or session.syncing or not self._bindings.dirty or self._stopped:
             return
         d = Deferred.fromCoroutine(self._sync(session))
         d.addErrback(self._sync_failed, session)
@@ -553,42 +529,26 @@ class EventConsumer(Service):
             return
         session.syncing = True
         try:
-            while self._dirty and self._session is session and not self._stopped:
-                batch = [self._dirty.pop() for _ in range(min(BIND_BATCH, len(self._dirty)))]
+            bindings = self._bindings
+            while bindings.dirty and self._session is session and not self._stopped:
                 ops = []
-                for uid in batch:
-                    if uid in self._wanted and uid not in self._bound:
-                        d = session.channel.queue_bind(
-                            queue=self._queue, exchange=self._exchange, routing_key=binding_key(uid)
-                        )
-                        ops.append(
-                            d.addCallbacks(
-                                self._bind_done, self._op_failed, callbackArgs=(uid, True), errbackArgs=(uid,)
-                            )
-                        )
-                    elif uid not in self._wanted and uid in self._bound:
-                        d = session.channel.queue_unbind(
-                            queue=self._queue, exchange=self._exchange, routing_key=binding_key(uid)
-                        )
-                        ops.append(
-                            d.addCallbacks(
-                                self._bind_done, self._op_failed, callbackArgs=(uid, False), errbackArgs=(uid,)
-                            )
-                        )
+                for uid, bind in bindings.take(BIND_BATCH):
+                    op = session.channel.queue_bind if bind else session.channel.queue_unbind
+                    d = op(queue=self._queue, exchange=self._exchange, routing_key=binding_key(uid))
+                    ops.append(
+                        d.addCallbacks(self._bind_done, self._op_failed, callbackArgs=(uid, bind), errbackArgs=(uid,))
+                    )
                 if ops:
                     await gatherResults(ops, consumeErrors=True)
         finally:
             session.syncing = False
 
     def _bind_done(self, _: object, uid: str, bound: bool) -> None:
-        if bound:
-            self._bound.add(uid)
-        else:
-            self._bound.discard(uid)
-        self._metrics.bindings.set(len(self._bound))
+        self._bindings.done(uid, bound)
+        self._metrics.bindings.set(len(self._bindings.bound))
 
     def _op_failed(self, failure: Failure, uid: str) -> Failure:
-        self._dirty.add(uid)
+        self._bindings.failed(uid)
         return failure
 
     # -- deliveries ---------------------------------------------------------

@@ -1,0 +1,119 @@
+# -*- test-case-name: tests.unit.test_amqp_bindings,tests.unit.test_amqp -*-
+"""
+Which members' bindings the process queue should have, has, and must
+change: the consumer's bookkeeping, apart from the AMQP that carries it out.
+
+A member's binding is wanted from its first connection here until
+RABBITMQ_UNBIND_DELAY seconds after its last one left (unless it comes back
+meanwhile). A member is dirty when wanted and bound may differ: the
+consumer takes dirty members in batches (L{Bindings.take}), binds or
+unbinds each, and reports the outcome (L{Bindings.done},
+L{Bindings.failed}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+__all__ = ["Bindings"]
+
+
+class Bindings:
+    """
+    The wanted, bound and dirty sets, and the pending unbinds. C{changed()}
+    is called whenever new work appears (a member to bind or unbind).
+    """
+
+    def __init__(self, clock: IReactorTime, unbind_delay: float, changed: Callable[[], None]) -> None:
+        self._clock = clock
+        self._unbind_delay = unbind_delay
+        self._changed = changed
+        #: Members whose binding the queue should have.
+        self.wanted: set[str] = set()
+        #: Members whose binding the queue has (as far as we know).
+        self.bound: set[str] = set()
+        #: Members whose binding may need adding or removing.
+        self.dirty: set[str] = set()
+        self._unbind_calls: dict[str, IDelayedCall] = {}
+
+    def join(self, uid: str) -> None:
+        """A connection of C{uid} authenticated: want its binding (and keep one about to go)."""
+        call = self._unbind_calls.pop(uid, None)
+        if call is not None and call.active():
+            call.cancel()
+        if uid in self.wanted:
+            return
+        self.wanted.add(uid)
+        self.dirty.add(uid)
+        self._changed()
+
+    def leave(self, uid: str, stopping: bool = False) -> None:
+        """
+        The last connection of C{uid} left: its binding goes after the
+        unbind delay (at once from the books when C{stopping}: the queue is
+        deleted anyway).
+        """
+        if uid not in self.wanted or uid in self._unbind_calls:
+            return
+        if stopping:
+            self.wanted.discard(uid)
+            return
+        self._unbind_calls[uid] = self._clock.callLater(self._unbind_delay, self._unbind_due, uid)
+
+    def _unbind_due(self, uid: str) -> None:
+        del self._unbind_calls[uid]
+        self.wanted.discard(uid)
+        self.dirty.add(uid)
+        self._changed()
+
+    def reconnected(self, members: Iterable[str]) -> None:
+        """
+        A new connection, on a queue that may be new: want C{members} too,
+        and bind every wanted member again; members bound but no longer
+        wanted get unbound.
+        """
+        self.wanted.update(members)
+        self.dirty |= self.wanted | self.bound
+        self.bound -= self.wanted
+
+    def take(self, limit: int) -> list[tuple[str, bool]]:
+        """
+        Up to C{limit} dirty members, no longer dirty, with what each needs:
+        C{(uid, True)} a bind, C{(uid, False)} an unbind (those needing
+        neither are dropped).
+        """
+        dirty = self.dirty
+        wanted = self.wanted
+        bound = self.bound
+        batch = [dirty.pop() for _ in range(min(limit, len(dirty)))]
+        work = []
+        for uid in batch:
+            if uid in wanted and uid not in bound:
+                work.append((uid, True))
+            elif uid not in wanted and uid in bound:
+                work.append((uid, False))
+        return work
+
+    def done(self, uid: str, bound: bool) -> None:
+        """The bind (C{bound}) or unbind of C{uid} succeeded."""
+        if bound:
+            self.bound.add(uid)
+        else:
+            self.bound.discard(uid)
+
+    def failed(self, uid: str) -> None:
+        """The bind or unbind of C{uid} failed: it is to be done again."""
+        self.dirty.add(uid)
+
+    def unbound_all(self) -> None:
+        """The queue is gone (deleted): nothing is bound."""
+        self.bound.clear()
+
+    def stop(self) -> None:
+        """Cancel the pending unbinds."""
+        for call in self._unbind_calls.values():
+            if call.active():
+                call.cancel()
+        self._unbind_calls.clear()

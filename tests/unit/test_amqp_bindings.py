@@ -1,0 +1,117 @@
+"""
+Unit tests for L{peatio_ws.amqp.bindings}: the bookkeeping of bindings, on a
+fake clock, with no broker at all.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from peatio_ws.amqp.bindings import Bindings
+
+
+class BindingsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.kicks = 0
+        self.bindings = Bindings(self.clock, 5.0, self.kick)
+
+    def kick(self) -> None:
+        self.kicks += 1
+
+    def sync(self) -> list[tuple[str, bool]]:
+        """Take everything dirty and report it done, as the consumer does when the broker agrees."""
+        work = self.bindings.take(1000)
+        for uid, bind in work:
+            self.bindings.done(uid, bind)
+        return sorted(work)
+
+    def test_join_wants_and_kicks(self) -> None:
+        """A first connection makes the binding wanted and dirty, once."""
+        self.bindings.join("U1")
+        self.bindings.join("U1")
+        self.assertEqual((self.bindings.wanted, self.bindings.dirty, self.kicks), ({"U1"}, {"U1"}, 1))
+        self.assertEqual(self.sync(), [("U1", True)])
+        self.assertEqual(self.bindings.bound, {"U1"})
+        self.assertEqual(self.bindings.dirty, set())
+
+    def test_leave_after_delay(self) -> None:
+        """The binding goes the unbind delay after the member left."""
+        self.bindings.join("U1")
+        self.sync()
+        self.bindings.leave("U1")
+        self.clock.advance(4.9)
+        self.assertEqual(self.bindings.wanted, {"U1"})
+        self.clock.advance(0.1)
+        self.assertEqual((self.bindings.wanted, self.bindings.dirty, self.kicks), (set(), {"U1"}, 2))
+        self.assertEqual(self.sync(), [("U1", False)])
+        self.assertEqual(self.bindings.bound, set())
+
+    def test_back_within_delay(self) -> None:
+        """A member back within the delay keeps its binding: nothing to do, no timer left."""
+        self.bindings.join("U1")
+        self.sync()
+        self.bindings.leave("U1")
+        self.bindings.leave("U1")
+        self.clock.advance(3)
+        self.bindings.join("U1")
+        self.clock.advance(10)
+        self.assertEqual(self.sync(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.bindings.bound, {"U1"})
+
+    def test_leave_unknown(self) -> None:
+        """Leaving without having joined schedules nothing."""
+        self.bindings.leave("U1")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_leave_while_stopping(self) -> None:
+        """While stopping, a member leaving is forgotten at once (the queue is deleted anyway)."""
+        self.bindings.join("U1")
+        self.bindings.leave("U1", stopping=True)
+        self.assertEqual((self.bindings.wanted, self.clock.getDelayedCalls()), (set(), []))
+
+    def test_take_batches_and_drops_no_ops(self) -> None:
+        """take() pops at most the limit; members needing neither bind nor unbind are dropped."""
+        for i in range(10):
+            self.bindings.join(f"U{i}")
+        first = self.bindings.take(4)
+        self.assertEqual(len(first), 4)
+        self.assertEqual(len(self.bindings.dirty), 6)
+        self.bindings.dirty.add("NOBODY")
+        rest = self.bindings.take(100)
+        self.assertEqual(sorted(uid for uid, _ in first + rest), sorted(f"U{i}" for i in range(10)))
+        self.assertTrue(all(bind for _, bind in first + rest))
+
+    def test_failed_is_retried(self) -> None:
+        """A failed bind is dirty again."""
+        self.bindings.join("U1")
+        [(uid, _)] = self.bindings.take(10)
+        self.bindings.failed(uid)
+        self.assertEqual(self.bindings.dirty, {"U1"})
+        self.assertEqual(self.bindings.bound, set())
+
+    def test_reconnected(self) -> None:
+        """
+        On a new connection every wanted member is bound again (the queue may
+        be new), members connected meanwhile too, and bindings no longer wanted go.
+        """
+        self.bindings.join("STAYS")
+        self.bindings.join("LEFT")
+        self.sync()
+        self.bindings.leave("LEFT")
+        self.clock.advance(5)
+        self.bindings.take(100)  # the connection went before the unbind
+        self.bindings.reconnected(["NEW"])
+        self.assertEqual(self.sync(), [("LEFT", False), ("NEW", True), ("STAYS", True)])
+        self.assertEqual(self.bindings.bound, {"STAYS", "NEW"})
+
+    def test_unbound_all_and_stop(self) -> None:
+        """The queue deleted: nothing bound; stop cancels pending unbinds."""
+        self.bindings.join("U1")
+        self.sync()
+        self.bindings.leave("U1")
+        self.bindings.unbound_all()
+        self.bindings.stop()
+        self.assertEqual((self.bindings.bound, self.clock.getDelayedCalls()), (set(), []))
