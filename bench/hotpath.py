@@ -31,10 +31,10 @@ from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.testing import Client, client_frame, make_token, rsa_key, settings_for_tests
+from peatio_ws.testing.amqp import FakeBroker
 from peatio_ws.testing.factory import stream_factory
 from peatio_ws.testing.frames import server_frame
 from peatio_ws.websocket import StreamFactory
-from tests.unit.test_amqp import FakeBroker
 
 
 def _factory(settings: Settings, registry: Registry, metrics: Metrics, clock: Clock) -> StreamFactory:

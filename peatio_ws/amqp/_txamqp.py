@@ -58,6 +58,10 @@ naming the piece when an upgrade changes one):
     calls C{set_vhost} and C{set_heartbeat} on the factory it is given and
     logs in before its Deferred fires. C{AMQFactory(spec=, clock=)} builds
     C{protocol(delegate, vhost=, spec=, heartbeat=, clock=)}.
+
+ 8. Playing the broker in tests (L{FrameCodec}): C{FrameReceiver._pack_frame}
+    and C{_unpack_frame}, C{Frame}, C{Method}, C{Header}, C{Body} and
+    C{txamqp.spec.Method.DEFAULTS}.
 """
 
 from __future__ import annotations
@@ -65,18 +69,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from txamqp import spec as _spec
 from txamqp.client import Closed, TwistedDelegate
-from txamqp.connection import Body
+from txamqp.connection import Body, Frame, Header, Method
 from txamqp.endpoint import AMQEndpoint
 from txamqp.factory import AMQFactory
 from txamqp.message import Message
-from txamqp.protocol import AMQClient
+from txamqp.protocol import AMQClient, FrameReceiver
 
 from peatio_ws.amqp._wire import DeliveryReader, ack_frame
 from peatio_ws.config import ConfigError
@@ -84,8 +88,10 @@ from peatio_ws.logs import logger
 
 __all__ = [
     "Closed",
+    "DecodedFrame",
     "DeliveryClient",
     "DeliveryClientFactory",
+    "FrameCodec",
     "describe",
     "endpoint",
     "install",
@@ -394,3 +400,73 @@ class DeliveryClientFactory(AMQFactory):
         client.client_properties = self._client_properties
         self._built(client)
         return client
+
+
+# ---------------------------------------------------------------------------
+# 8. Frames for tests that play the broker.
+
+
+class DecodedFrame(NamedTuple):
+    """One frame, decoded by txAMQP."""
+
+    channel: int
+    #: "method", "header", "body" or "heartbeat".
+    kind: str
+    #: C{"<class>.<method>"} for a method frame, else "".
+    name: str
+    #: A method's arguments, or a header's properties, by (pythonized) name.
+    fields: dict[str, Any]
+    #: A header's body size.
+    size: int
+    #: A body frame's bytes.
+    body: bytes
+
+
+class FrameCodec:
+    """txAMQP's own frame encoder and decoder, for code playing the broker (the test kit)."""
+
+    def __init__(self, spec: Any) -> None:
+        install()
+        self.spec = spec
+        self._receiver = FrameReceiver(spec)
+
+    def _frame(self, channel: int, payload: Any) -> bytes:
+        return bytes(self._receiver._pack_frame(Frame(channel, payload)))
+
+    def method(self, channel: int, name: str, **fields: Any) -> bytes:
+        """Method frame C{name} (C{"queue.declare-ok"}); fields not given take the spec's defaults."""
+        klass_name, _, method_name = name.partition(".")
+        method = self.spec.classes.byname[klass_name].methods.byname[method_name]
+        args = [fields.get(_spec.pythonize(f.name), _spec.Method.DEFAULTS[f.type]) for f in method.fields]
+        return self._frame(channel, Method(method, *args))
+
+    def header(self, channel: int, class_name: str, size: int, **properties: Any) -> bytes:
+        """
+        A content header frame of class C{class_name} for a body of C{size}
+        bytes; C{properties} by pythonized name (C{content_type}).
+        """
+        named = {name.replace("_", "-"): value for name, value in properties.items()}
+        return self._frame(channel, Header(self.spec.classes.byname[class_name], 0, size, **named))
+
+    def body(self, channel: int, body: bytes) -> bytes:
+        """A content body frame."""
+        return self._frame(channel, Body(body))
+
+    def class_id(self, class_name: str) -> int:
+        """The number of class C{class_name}."""
+        return int(self.spec.classes.byname[class_name].id)
+
+    def decode(self, data: bytes) -> DecodedFrame:
+        """One whole frame (header to frame-end)."""
+        frame = self._receiver._unpack_frame(data)
+        payload = frame.payload
+        if isinstance(payload, Method):
+            method = payload.method
+            fields = {_spec.pythonize(f.name): a for f, a in zip(method.fields, payload.args, strict=True)}
+            return DecodedFrame(frame.channel, "method", f"{method.klass.name}.{method.name}", fields, 0, b"")
+        if isinstance(payload, Header):
+            properties = {_spec.pythonize(k): v for k, v in payload.properties.items() if v is not None}
+            return DecodedFrame(frame.channel, "header", "", properties, int(payload.size), b"")
+        if isinstance(payload, Body):
+            return DecodedFrame(frame.channel, "body", "", {}, 0, bytes(payload.content))
+        return DecodedFrame(frame.channel, "heartbeat", "", {}, 0, b"")

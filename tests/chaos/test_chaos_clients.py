@@ -29,6 +29,7 @@ from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.testing import Client as WireClient
 from peatio_ws.testing import client_frame, make_token, settings_for_tests
+from peatio_ws.testing.amqp import Harness
 from peatio_ws.testing.factory import stream_factory
 from tests.support.broker import bindings_of, queue_name_from_log
 from tests.support.cases import ChaosTestCase, new_uid
@@ -39,7 +40,6 @@ from tests.support.raw_client import closed_by_peer
 from tests.support.reactor_client import ws_connect
 from tests.support.streams import SeqTracker, at_least
 from tests.support.waiting import sleep, until
-from tests.unit.test_amqp import Harness
 
 #: WEBSOCKET_MAX_BUFFER's smallest allowed value.
 MIN_BUFFER = 65536

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from txamqp import codec, spec
 from txamqp.client import Closed, TwistedDelegate
-from txamqp.connection import Body, Frame, Heartbeat
+from txamqp.connection import Body, Frame, Header, Heartbeat, Method
 from txamqp.endpoint import AMQEndpoint
 from txamqp.factory import AMQFactory
 from txamqp.protocol import AMQChannel, AMQClient, FrameReceiver
@@ -335,3 +335,24 @@ class ConnectingTests(DoorCase):
             self.PIECE,
             f"buildProtocol passes {seen}",
         )
+
+
+class TestKitTests(DoorCase):
+    """8. Playing the broker in tests."""
+
+    PIECE = "8. FrameCodec (the test kit)"
+
+    def test_codec_round_trip(self) -> None:
+        """_pack_frame and _unpack_frame, Method/Header/Body and Method.DEFAULTS work as FrameCodec uses them."""
+        self.check_params(FrameReceiver._pack_frame, ["self", "frame"], self.PIECE)
+        self.check(isinstance(spec.Method.DEFAULTS, dict), self.PIECE, "txamqp.spec.Method.DEFAULTS")
+        self.check(params(Header.__init__)[:4] == ["self", "klass", "weight", "size"], self.PIECE, "Header")
+        self.check(params(Method.__init__)[:2] == ["self", "method"], self.PIECE, "Method")
+        codec_ = _txamqp.FrameCodec(_txamqp.load_spec(SPEC_PATH))
+        decoded = codec_.decode(codec_.method(1, "queue.declare", queue="q", passive=True))
+        self.check(decoded.name == "queue.declare" and decoded.fields["queue"] == "q", self.PIECE, str(decoded))
+        self.check(decoded.fields["passive"] is True, self.PIECE, str(decoded))
+        header = codec_.decode(codec_.header(1, "basic", 5, content_type="application/json"))
+        self.check((header.size, header.fields) == (5, {"content_type": "application/json"}), self.PIECE, str(header))
+        body = codec_.decode(codec_.body(1, "é".encode()))
+        self.check(body.body == "é".encode(), self.PIECE, str(body))

@@ -43,6 +43,7 @@ from peatio_ws.testing import (
     make_token,
     settings_for_tests,
 )
+from peatio_ws.testing.amqp import FakeBroker, Harness
 from peatio_ws.testing.factory import stream_factory
 from peatio_ws.websocket import Reply
 from tests.support.corpus import (
@@ -56,7 +57,6 @@ from tests.support.corpus import (
 from tests.support.corpus import handshake_with as upgrade_request
 from tests.support.corpus import victim_claims as _claims
 from tests.support.oracle import expected_reply
-from tests.unit.test_amqp import FakeBroker, Harness
 
 FULL = os.environ.get("PEATIO_WS_CHAOS", "").strip().lower() == "full"
 
