@@ -31,8 +31,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from twisted.python.failure import Failure
-
 from peatio_ws.config import KEYS, ConfigError, describe, load_settings, raw_values
 
 __all__ = ["main", "sample_payload"]
@@ -405,17 +403,15 @@ def _publish(args: argparse.Namespace) -> int:
         "RABBITMQ_EVENTS_EXCHANGE",
         "AMQP_SPEC",
     )
-    from peatio_ws.amqp import _txamqp as _txamqp_compat
+    from peatio_ws.amqp.publisher import Publisher
 
-    _txamqp_compat.install()
     try:
-        # Checked here for its clear error; AMQFactory loads it again by path.
-        _txamqp_compat.load_spec(config["AMQP_SPEC"])
+        # Checked here, before the reactor runs, for its clear error.
+        Publisher.check_spec(config["AMQP_SPEC"])
     except ConfigError as e:
         raise CliError(f"{PROG}: configuration error: {e}", USAGE) from None
     base = 100_000 + secrets.randbelow(900_000)
     bodies = [
-        # Always bytes: txAMQP miscounts the length of a non-ASCII str.
         (args.json if args.json is not None else json.dumps(sample_payload(args.event, i, order_id=base))).encode(
             "utf-8"
         )
@@ -425,101 +421,34 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 async def _publish_async(reactor: Any, args: argparse.Namespace, config: dict[str, Any], bodies: list[bytes]) -> int:
-    from twisted.internet.defer import gatherResults
-    from txamqp.content import Content
-    from txamqp.endpoint import AMQEndpoint
-    from txamqp.factory import AMQFactory
+    from peatio_ws.amqp.publisher import Publisher, PublisherError
 
     host, port = config["RABBITMQ_HOST"], config["RABBITMQ_PORT"]
     exchange = config["RABBITMQ_EVENTS_EXCHANGE"]
     routing_key = f"private.{args.uid}.{args.event}"
-    endpoint = AMQEndpoint(
-        reactor,
-        host,
-        port,
-        username=config["RABBITMQ_USER"],
-        password=config["RABBITMQ_PASSWORD"],
-        vhost=config["RABBITMQ_VHOST"],
-        heartbeat=0,
-        timeout=max(1, round(args.timeout)),
-    )
-    step = "connect"
-    client: Any = None
     try:
-        client = await endpoint.connect(AMQFactory(spec=config["AMQP_SPEC"], clock=reactor)).addTimeout(
-            args.timeout, reactor
+        # Declares the exchange as Peatio does, so declaring is harmless when it exists.
+        publisher = await Publisher.connect(
+            reactor,
+            host=host,
+            port=port,
+            user=config["RABBITMQ_USER"],
+            password=config["RABBITMQ_PASSWORD"],
+            vhost=config["RABBITMQ_VHOST"],
+            exchange=exchange,
+            spec=config["AMQP_SPEC"],
+            timeout=args.timeout,
         )
-        step = "open a channel"
-        channel = await client.channel(1)
-        await channel.channel_open().addTimeout(args.timeout, reactor)
-        step = f"declare the exchange {exchange!r}"
-        # As Peatio declares it, so declaring is harmless when it exists.
-        await channel.exchange_declare(exchange=exchange, type="topic", durable=False).addTimeout(
-            args.timeout, reactor
-        )
-        step = "publish"
-        sending = gatherResults(
-            [
-                channel.basic_publish(
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    content=Content(body, properties={"content-type": "application/json", "delivery-mode": 1}),
-                )
-                for body in bodies
-            ],
-            consumeErrors=True,
-        )
-        # A broken channel is reported by the close below; not as an unhandled error at exit.
-        sending.addErrback(lambda _: None)
-        # A round trip after the publishes: once the broker answers it has
-        # taken them (it handles a channel's frames in order).
-        await channel.channel_close().addTimeout(args.timeout, reactor)
-        step = "close"
-        channel0 = await client.channel(0)
-        await channel0.connection_close().addTimeout(args.timeout, reactor)
-    except Exception as e:
-        reason = _amqp_reason(e)
-        if step == "connect" and _hung_up(e):
-            reason = "the broker closed the connection during login (check RABBITMQ_USER, RABBITMQ_PASSWORD)"
-        raise CliError(f"{PROG}: RabbitMQ at {host}:{port}: could not {step}: {reason}") from None
-    finally:
-        if client is not None and client.transport is not None:
-            client.transport.loseConnection()
+        for body in bodies:
+            publisher.publish(routing_key, body)
+        # A round trip after the publishes (once the broker answers it has
+        # taken them), then the connection is closed.
+        await publisher.close()
+    except PublisherError as e:
+        raise CliError(f"{PROG}: RabbitMQ at {host}:{port}: {e}") from None
     what = "the given payload" if args.json is not None else f"sample {args.event} event"
     print(f"published {len(bodies)} x {what} to exchange {exchange} with routing key {routing_key}")
     return 0
-
-
-def _unwrap(error: BaseException) -> BaseException:
-    """txAMQP wraps the cause of a closed connection in Closed(Failure(...))."""
-    for _ in range(5):
-        inner = [a.value for a in getattr(error, "args", ()) if isinstance(a, Failure) and a.value is not None]
-        if not inner:
-            break
-        error = inner[0]
-    return error
-
-
-def _hung_up(error: BaseException) -> bool:
-    from twisted.internet.error import ConnectionDone, ConnectionLost
-
-    return isinstance(_unwrap(error), ConnectionDone | ConnectionLost)
-
-
-def _amqp_reason(error: BaseException) -> str:
-    """txAMQP's errors hold a Message; show its reply text, or time-outs plainly."""
-    from twisted.internet.defer import TimeoutError as DeferredTimeout
-
-    error = _unwrap(error)
-    if isinstance(error, DeferredTimeout):
-        return "timed out"
-    for arg in getattr(error, "args", ()):
-        fields = getattr(arg, "fields", None)
-        if fields:
-            texts = [str(f) for f in fields if isinstance(f, str | bytes)]
-            if texts:
-                return texts[0] if isinstance(texts[0], str) else texts[0].decode("utf-8", "replace")
-    return _one_line(error)
 
 
 def _one_line(error: BaseException) -> str:

@@ -15,8 +15,8 @@ naming the piece when an upgrade changes one):
     content header: a non-ASCII UTF-8 body never completes and
     desynchronises the connection. L{install} replaces C{Body.decode} with
     one returning C{Body(dec.decode_longbytes())}. Publishing C{str} is
-    broken the same way (its length is counted in characters): only ever
-    publish C{bytes}.
+    broken the same way (its length is counted in characters): we only
+    ever publish C{bytes}, and build the publish frames ourselves (9.).
 
  2. The spec file (L{load_spec}). The package ships none; C{txamqp.spec.load}
     reads the one Debian's C{amqp-specs} installs (AMQP_SPEC); we check
@@ -49,8 +49,8 @@ naming the piece when an upgrade changes one):
     C{connection.close} (reason: its Message) and on our close;
     C{check_heartbeat()} runs when heartbeats stopped and aborts the
     transport; C{channel_failed(channel, reason)} runs when the broker
-    closes a channel (from C{AMQChannel.do_close}). L{DeliveryClient}
-    records or forwards each.
+    closes a channel (from C{AMQChannel.do_close}). L{DeliveryClient} and
+    L{PublisherClient} record or forward each.
 
  7. Connecting. C{AMQEndpoint(reactor, host, port, username=, password=,
     vhost=, heartbeat=, timeout=)} from separate settings (its
@@ -62,6 +62,17 @@ naming the piece when an upgrade changes one):
  8. Playing the broker in tests (L{FrameCodec}): C{FrameReceiver._pack_frame}
     and C{_unpack_frame}, C{Frame}, C{Method}, C{Header}, C{Body} and
     C{txamqp.spec.Method.DEFAULTS}.
+
+ 9. Publishing (L{PublisherClient}). The frames of C{basic.publish} are
+    built by L{_wire.publish_frames} and written straight to the transport:
+    one write per message instead of a Deferred chain, and never a C{str}
+    body. That is safe because txAMQP writes each frame it queues
+    (C{AMQClient.outgoing}) at once, from C{writer}: none of its messages
+    is ever half-written when ours goes out. Bodies are cut at
+    C{MAX_LENGTH}, which C{TwistedDelegate.connection_tune} sets to the
+    negotiated C{frame_max}. Publisher confirms and returns reach the
+    delegate as C{basic_ack}, C{basic_nack} and C{basic_return_}
+    (C{Delegate.dispatch} names a handler C{<class>_<method>}, pythonized).
 """
 
 from __future__ import annotations
@@ -69,9 +80,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from txamqp import spec as _spec
@@ -88,12 +100,17 @@ from peatio_ws.logs import logger
 
 __all__ = [
     "Closed",
-    "DecodedFrame",
     "DeliveryClient",
     "DeliveryClientFactory",
     "FrameCodec",
+    "PublisherClient",
+    "PublisherClientFactory",
+    "PublisherListener",
+    "connection_dropped",
     "describe",
     "endpoint",
+    "error_text",
+    "has_method",
     "install",
     "installed",
     "load_spec",
@@ -163,6 +180,16 @@ def load_spec(path: str) -> Any:
     return loaded
 
 
+def has_method(spec: Any, name: str) -> bool:
+    """Whether the loaded C{spec} has method C{name} (C{"confirm.select"})."""
+    klass, _, method = name.partition(".")
+    try:
+        spec.classes.byname[klass].methods.byname[method]
+    except KeyError:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------------------
 # What txAMQP's errors say.
 
@@ -184,6 +211,36 @@ def describe(reason: object) -> str:
             return str(reason.method)
     text = str(reason).strip().splitlines()
     return text[0] if text and text[0] else type(reason).__name__
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """txAMQP wraps the cause of a closed connection in Closed(Failure(...))."""
+    for _ in range(5):
+        inner = [a.value for a in getattr(error, "args", ()) if isinstance(a, Failure) and a.value is not None]
+        if not inner:
+            break
+        error = inner[0]
+    return error
+
+
+def connection_dropped(error: BaseException) -> bool:
+    """Whether C{error} is, underneath, the TCP connection closing (not an AMQP refusal)."""
+    return isinstance(_unwrap(error), ConnectionDone | ConnectionLost)
+
+
+def error_text(error: BaseException) -> str:
+    """The broker's reply text when C{error} holds one; "timed out"; else the error on one line."""
+    error = _unwrap(error)
+    if isinstance(error, DeferredTimeout):
+        return "timed out"
+    for arg in getattr(error, "args", ()):
+        fields = getattr(arg, "fields", None)
+        if fields:
+            texts = [str(f) for f in fields if isinstance(f, str | bytes)]
+            if texts:
+                return texts[0] if isinstance(texts[0], str) else texts[0].decode("utf-8", "replace")
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())
 
 
 # ---------------------------------------------------------------------------
@@ -470,3 +527,118 @@ class FrameCodec:
         if isinstance(payload, Body):
             return DecodedFrame(frame.channel, "body", "", {}, 0, bytes(payload.content))
         return DecodedFrame(frame.channel, "heartbeat", "", {}, 0, b"")
+
+
+# ---------------------------------------------------------------------------
+# 6, 9. The publisher's client.
+
+
+class PublisherListener(Protocol):
+    """What a L{PublisherClient} reports (the publisher)."""
+
+    def confirmed(self, delivery_tag: int, multiple: bool, ok: bool) -> None: ...
+
+    def returned(self, routing_key: bytes, body: bytes, reply_code: int, reply_text: str) -> None: ...
+
+    def channel_failed(self, channel_id: int | None, reason: Any) -> None: ...
+
+    def connection_lost(self, reason: Failure) -> None: ...
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+class _PublisherDelegate(_Delegate):
+    """Hands confirms and returns to the client's listener."""
+
+    def basic_ack(self, ch: Any, msg: Any) -> None:
+        listener = self.client.listener
+        if listener is not None:
+            listener.confirmed(msg.delivery_tag, bool(msg.multiple), True)
+
+    def basic_nack(self, ch: Any, msg: Any) -> None:
+        listener = self.client.listener
+        if listener is not None:
+            listener.confirmed(msg.delivery_tag, bool(msg.multiple), False)
+
+    def basic_return_(self, ch: Any, msg: Any) -> None:
+        listener = self.client.listener
+        if listener is not None:
+            body = msg.content.body if msg.content is not None else b""
+            text = msg.reply_text
+            listener.returned(
+                _as_bytes(msg.routing_key),
+                _as_bytes(body),
+                int(msg.reply_code),
+                text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text),
+            )
+
+
+class PublisherClient(AMQClient):
+    """AMQClient that writes pre-built publish frames and reports to a L{PublisherListener}."""
+
+    def __init__(
+        self,
+        delegate: Any,
+        vhost: str,
+        spec: Any,
+        heartbeat: int = 0,
+        clock: IReactorTime | None = None,
+        insist: bool = False,
+    ) -> None:
+        super().__init__(_PublisherDelegate(), vhost, spec, heartbeat=heartbeat, clock=clock, insist=insist)
+        self.client_properties: dict[str, str] = {"product": "peatio-ws publisher"}
+        self.listener: PublisherListener | None = None
+        self.lost = False
+
+    @property
+    def frame_max(self) -> int:
+        """The largest frame the broker takes (negotiated at login)."""
+        return int(self.MAX_LENGTH)
+
+    @property
+    def writable(self) -> bool:
+        """Whether frames written now go out (the connection is neither closing nor gone)."""
+        transport = self.transport
+        return not (self.lost or self.closed or transport is None or getattr(transport, "disconnecting", False))
+
+    def write_frames(self, data: bytes) -> None:
+        """Write frames we built (L{_wire.publish_frames}); see 9. in the module docstring."""
+        self.transport.write(data)
+
+    def abort(self) -> None:
+        """Drop the connection now (no AMQP close)."""
+        if self.transport is not None and not self.lost:
+            self.transport.abortConnection()
+
+    def channel_failed(self, channel: Any, reason: Any) -> None:
+        if self.listener is not None:
+            self.listener.channel_failed(getattr(channel, "id", None), reason)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = True
+        try:
+            super().connectionLost(reason)
+        finally:
+            if self.listener is not None:
+                self.listener.connection_lost(reason)
+
+
+class PublisherClientFactory(AMQFactory):
+    """AMQFactory building L{PublisherClient}s, quietly."""
+
+    protocol = PublisherClient
+    noisy = False
+
+    def __init__(self, spec_path: str, clock: IReactorTime | None, client_properties: dict[str, str]) -> None:
+        super().__init__(spec=spec_path, clock=clock)
+        self._client_properties = client_properties
+        #: The client built (once connected over TCP, before login).
+        self.client: PublisherClient | None = None
+
+    def buildProtocol(self, addr: Any) -> PublisherClient:
+        client: PublisherClient = super().buildProtocol(addr)
+        client.client_properties = self._client_properties
+        self.client = client
+        return client

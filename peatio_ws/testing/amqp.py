@@ -7,13 +7,16 @@ L{MemoryReactorClock}; its connection attempts are answered by
 L{FakeBroker}, which decodes what the client writes (with txAMQP's own
 codec), answers it, and feeds what it has to say into the real protocol's
 C{dataReceived}, so the delivery fast path is exercised byte for byte.
+L{FakeBroker} also plays the broker for a L{Publisher}: it assembles the
+messages published (L{FakeBroker.published}) and confirms or returns them
+when told to.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
@@ -30,7 +33,7 @@ from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.testing.fakes import FakeConnection
 
-__all__ = ["EventsConnection", "FakeBroker", "Harness", "bind_keys", "spec"]
+__all__ = ["EventsConnection", "FakeBroker", "Harness", "Published", "bind_keys", "spec"]
 
 _specs: dict[str, Any] = {}
 
@@ -76,6 +79,7 @@ _REPLIES: dict[str, tuple[str, Any]] = {
     "connection.open": ("connection.open-ok", lambda f: {}),
     "channel.open": ("channel.open-ok", lambda f: {}),
     "exchange.declare": ("exchange.declare-ok", lambda f: {}),
+    "exchange.delete": ("exchange.delete-ok", lambda f: {}),
     "queue.declare": ("queue.declare-ok", lambda f: {"queue": f["queue"]}),
     "basic.qos": ("basic.qos-ok", lambda f: {}),
     "queue.bind": ("queue.bind-ok", lambda f: {}),
@@ -85,7 +89,28 @@ _REPLIES: dict[str, tuple[str, Any]] = {
     "queue.delete": ("queue.delete-ok", lambda f: {}),
     "channel.close": ("channel.close-ok", lambda f: {}),
     "connection.close": ("connection.close-ok", lambda f: {}),
+    "confirm.select": ("confirm.select-ok", lambda f: {}),
 }
+
+
+class Published(NamedTuple):
+    """One message a client published, as the broker assembled it."""
+
+    channel: int
+    exchange: str
+    routing_key: bytes
+    mandatory: bool
+    #: The content header's properties, by (pythonized) name: content_type, delivery_mode, ...
+    properties: dict[str, Any]
+    body: bytes
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+def _as_str(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 class FakeBroker:
@@ -96,11 +121,14 @@ class FakeBroker:
 
     C{hold} names methods to leave unanswered (until L{release}), C{fail}
     methods to refuse (C{name: (code, text)}), C{silent} makes it say
-    nothing at all.
+    nothing at all. C{spec} is the path of the spec to speak (AMQP_SPEC's
+    default when None; RabbitMQ's extended one for publisher confirms).
     """
 
-    def __init__(self, protocol: Any, frame_max: int = 131072, chunk: int | None = None) -> None:
-        self.spec = spec()
+    def __init__(
+        self, protocol: Any, frame_max: int = 131072, chunk: int | None = None, spec_path: str | None = None
+    ) -> None:
+        self.spec = spec(spec_path)
         self.codec = FrameCodec(self.spec)
         self.protocol = protocol
         self.frame_max = frame_max
@@ -119,6 +147,10 @@ class FakeBroker:
         self.next_tag = 1
         self.consumer_tag = ""
         self.exchange = ""
+        #: Messages published by the client, whole, in order.
+        self.published: list[Published] = []
+        #: Per channel: the basic.publish being assembled (fields, header, body so far).
+        self._incoming: dict[int, list[Any]] = {}
         protocol.makeConnection(self.transport)
 
     # -- from the client ---------------------------------------------------
@@ -149,7 +181,35 @@ class FakeBroker:
             frame = self.codec.decode(packet)
             if frame.kind == "method":
                 self.methods.append((frame.name, frame.fields))
-                self.answer(frame.channel, frame.name, frame.fields)
+                if frame.name == "basic.publish":
+                    self._incoming[frame.channel] = [frame.fields, None, []]
+                else:
+                    self.answer(frame.channel, frame.name, frame.fields)
+            elif frame.kind in ("header", "body"):
+                self._content(frame.channel, frame.kind, frame.fields, frame.size, frame.body)
+
+    def _content(self, channel: int, kind: str, properties: dict[str, Any], size: int, body: bytes) -> None:
+        incoming = self._incoming.get(channel)
+        assert incoming is not None, f"content on channel {channel} without basic.publish"
+        if kind == "header":
+            incoming[1] = (size, properties)
+        else:
+            incoming[2].append(body)
+        size, properties = incoming[1]
+        content = b"".join(incoming[2])
+        if len(content) >= size:
+            del self._incoming[channel]
+            fields = incoming[0]
+            self.published.append(
+                Published(
+                    channel,
+                    _as_str(fields["exchange"]),
+                    _as_bytes(fields["routing_key"]),
+                    bool(fields["mandatory"]),
+                    properties,
+                    content,
+                )
+            )
 
     def answer(self, channel: int, name: str, fields: dict[str, Any]) -> None:
         if name == "basic.ack":
@@ -231,6 +291,25 @@ class FakeBroker:
         data = body.encode() if isinstance(body, str) else body
         self.outbox.append(self.delivery(key, data, channel))
         return self.next_tag - 1
+
+    def confirm(self, delivery_tag: int, multiple: bool = False, channel: int = 1, ok: bool = True) -> None:
+        """Queue a publisher confirm (C{basic.ack}), or with C{ok=False} a C{basic.nack}."""
+        name = "basic.ack" if ok else "basic.nack"
+        self.send(channel, name, delivery_tag=delivery_tag, multiple=multiple)
+
+    def return_message(self, message: Published, reply_code: int = 312, reply_text: str = "NO_ROUTE") -> None:
+        """Queue the C{basic.return} of a message published with C{mandatory}."""
+        self.outbox.append(
+            self.method(
+                message.channel,
+                "basic.return",
+                reply_code=reply_code,
+                reply_text=reply_text,
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+            )
+            + self.content(message.channel, message.body)
+        )
 
     def pump(self) -> None:
         """Feed the client until neither side has anything more to say."""

@@ -19,6 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import TestCase
 
 from peatio_ws.amqp import EventConsumer
+from peatio_ws.amqp import Publisher as AmqpPublisher
 from peatio_ws.auth import Claims
 from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
@@ -231,6 +232,37 @@ class EventConsumerBrokerTests(TestCase):
             conn.payloads(),
             [b'{"order":' + chinese + b"}", b'{"trade":' + large + b"}", b'{"order":' + chinese + b"}"],
         )
+
+    async def test_the_publisher(self) -> None:
+        """
+        peatio_ws.amqp.Publisher in confirm mode: a message routed nowhere
+        comes back and is still confirmed; non-ASCII and multi-frame bodies
+        are confirmed and reach the member byte for byte.
+        """
+        conn = self.join("IDPUB")
+        await self.consumer()
+        returns: list[tuple[bytes, bytes, int, str]] = []
+        publisher = await AmqpPublisher.connect(
+            reactor,
+            host=HOST,
+            port=PORT,
+            user=USER,
+            password=PASSWORD,
+            exchange=self.exchange,
+            confirms=True,
+            on_return=lambda *args: returns.append(args),
+        )
+        self.addCleanup(lambda: Deferred.fromCoroutine(publisher.close()))
+        await within(publisher.publish("private.NOBODY.order", b"{}", mandatory=True), 10, "the confirm")
+        self.assertEqual(returns, [(b"private.NOBODY.order", b"{}", 312, "NO_ROUTE")])
+        chinese = json.dumps({"market": "比特币/人民币"}, ensure_ascii=False).encode()
+        large = json.dumps({"blob": "数" * (100 * 1024)}, ensure_ascii=False).encode()
+        confirms = [publisher.publish("private.IDPUB.order", body) for body in (chinese, large, chinese)]
+        for d in confirms:
+            await within(d, 10, "the confirms")
+        self.assertEqual(publisher.unconfirmed, 0)
+        await wait_for(lambda: len(conn.frames) == 3, 15, "three events")
+        self.assertEqual(conn.payloads(), [b'{"order":' + body + b"}" for body in (chinese, large, chinese)])
 
     async def test_malformed_and_stray_messages(self) -> None:
         """

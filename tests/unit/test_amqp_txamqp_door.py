@@ -20,12 +20,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from txamqp import codec, spec
 from txamqp.client import Closed, TwistedDelegate
 from txamqp.connection import Body, Frame, Header, Heartbeat, Method
+from txamqp.delegate import Delegate
 from txamqp.endpoint import AMQEndpoint
 from txamqp.factory import AMQFactory
 from txamqp.protocol import AMQChannel, AMQClient, FrameReceiver
 from txamqp.testing import AMQPump
 
 from peatio_ws.amqp import _txamqp, _wire
+from peatio_ws.amqp.publisher import RABBITMQ_EXTENDED_SPEC
 from peatio_ws.config import Settings
 
 WRITTEN_AGAINST = "0.8.2"
@@ -356,3 +358,70 @@ class TestKitTests(DoorCase):
         self.check((header.size, header.fields) == (5, {"content_type": "application/json"}), self.PIECE, str(header))
         body = codec_.decode(codec_.body(1, "é".encode()))
         self.check(body.body == "é".encode(), self.PIECE, str(body))
+
+
+class PublishingTests(DoorCase):
+    """9. Publishing."""
+
+    PIECE = "9. publishing (PublisherClient)"
+
+    def test_writer_is_synchronous(self) -> None:
+        """A frame txAMQP queues is written before the call that queued it returns."""
+        client = AMQClient(TwistedDelegate(), "/", spec.load(SPEC_PATH), clock=Clock())
+        transport = StringTransport()
+        client.makeConnection(transport)
+        transport.clear()
+        channel = self.successResultOf(client.channel(1))
+        channel.basic_ack(delivery_tag=1)
+        written = transport.value() == _wire.ack_frame(1, 1, multiple=False)
+        self.check(written, self.PIECE, "frames are not written at once")
+
+    def test_tune_sets_max_length(self) -> None:
+        """connection.tune sets MAX_LENGTH to the negotiated frame_max."""
+        client = AMQClient(TwistedDelegate(), "/", spec.load(SPEC_PATH), clock=Clock())
+        pump = AMQPump()
+        pump.connect(client)
+        pump.pumpMethod(0, "connection", "tune", channel_max=0, frame_max=4096, heartbeat=0)
+        self.check(client.MAX_LENGTH == 4096, self.PIECE, "connection_tune no longer sets MAX_LENGTH")
+
+    def test_dispatch_names(self) -> None:
+        """Delegate.dispatch calls <class>_<method>, pythonized: basic_ack, basic_nack, basic_return_."""
+        self.check(spec.pythonize("return") == "return_", self.PIECE, "pythonize('return')")
+        self.check_params(Delegate.dispatch, ["self", "channel", "message"], self.PIECE)
+        events: list[tuple[str, Any]] = []
+
+        class Listener:
+            def confirmed(self, delivery_tag: int, multiple: bool, ok: bool) -> None:
+                events.append(("confirmed", (delivery_tag, multiple, ok)))
+
+            def returned(self, routing_key: bytes, body: bytes, reply_code: int, reply_text: str) -> None:
+                events.append(("returned", (routing_key, body, reply_code, reply_text)))
+
+            def channel_failed(self, channel_id: int | None, reason: Any) -> None:
+                events.append(("channel_failed", channel_id))
+
+            def connection_lost(self, reason: Failure) -> None:
+                events.append(("lost", None))
+
+        _txamqp.install()
+        client = _txamqp.PublisherClient(None, "/", _txamqp.load_spec(RABBITMQ_EXTENDED_SPEC), clock=Clock())
+        client.listener = Listener()
+        pump = AMQPump()
+        pump.connect(client)
+        pump.pumpMethod(1, "basic", "ack", delivery_tag=3, multiple=True)
+        pump.pumpMethod(1, "basic", "nack", delivery_tag=4, multiple=False, requeue=False)
+        pump.pumpMethod(1, "basic", "return", reply_code=312, reply_text="NO_ROUTE", exchange="x", routing_key="k")
+        pump.pumpHeader(1, "basic", 0, 2)
+        pump.pumpBody(1, b"{}")
+        self.check(
+            events == [("confirmed", (3, True, True)), ("confirmed", (4, False, False)),
+                       ("returned", (b"k", b"{}", 312, "NO_ROUTE"))],
+            self.PIECE,
+            f"confirms and returns reach the delegate as {events}",
+        )
+
+    def test_extended_spec_has_confirms(self) -> None:
+        """RabbitMQ's extended spec loads as 0-9-1 and has confirm.select and basic.nack (publisher confirms)."""
+        extended = _txamqp.load_spec(RABBITMQ_EXTENDED_SPEC)
+        for name in ("confirm.select", "basic.nack", "basic.ack", "basic.return"):
+            self.check(_txamqp.has_method(extended, name), self.PIECE, f"the extended spec lacks {name}")
