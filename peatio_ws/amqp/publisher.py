@@ -238,9 +238,12 @@ class Publisher:
         mandatory: bool = False,
         content_type: str | None = DEFAULT_CONTENT_TYPE,
         persistent: bool = False,
+        exchange: str | None = None,
     ) -> Deferred[None]:
         """
-        Send one message (in order with every other of this publisher).
+        Send one message (in order with every other of this publisher), to
+        the publisher's exchange or to C{exchange} ("" is the default
+        exchange; nothing declares it).
 
         Without confirms the Deferred has fired already (the frames are
         written); with confirms it fires when the broker confirms, or fails
@@ -257,7 +260,7 @@ class Publisher:
         key = routing_key.encode("utf-8") if isinstance(routing_key, str) else routing_key
         frames = _wire.publish_frames(
             CHANNEL,
-            self._exchange,
+            self._exchange if exchange is None else exchange.encode("utf-8"),
             key,
             body,
             self.client.frame_max,

@@ -1,15 +1,18 @@
 """
-The one AMQP publisher of the suites, the benchmark's coordinator aside
-(its load publisher is a raw-socket generator, L{bench.amqpub}) and the
-demo (which publishes its sample stream through L{Publisher} too).
+The suites' publishers, the benchmark's coordinator aside (its load
+publisher is a raw-socket generator, L{bench.amqpub}) and the demo (which
+publishes its sample stream through L{Publisher} too). Every message they
+publish goes through the project's one AMQP publisher,
+L{peatio_ws.amqp.Publisher} (its connection, frames, confirms and returns).
 
- - L{Publisher}: one txAMQP connection and channel; publishes BYTES (txAMQP
-   mangles the length of non-ASCII str), declares and deletes exchanges and
-   queues; optionally in confirm mode.
- - L{ConfirmingPublisher}: numbered events on a L{Publisher} in confirm mode
-   with C{mandatory}, reconnecting by itself, that knows what became of
-   every event (L{ACCEPTED}, L{RETURNED}, L{NACKED}, L{UNCONFIRMED},
-   L{NOT_SENT}).
+ - L{Publisher}: a L{peatio_ws.amqp.Publisher} publishing BYTES to any
+   exchange (optionally in confirm mode), plus what the tests need besides:
+   declaring and deleting exchanges and queues (small helpers on the
+   library publisher's txAMQP client).
+ - L{ConfirmingPublisher}: numbered events on a L{peatio_ws.amqp.Publisher}
+   in confirm mode with C{mandatory}, reconnecting by itself, that knows
+   what became of every event (L{ACCEPTED}, L{RETURNED}, L{NACKED},
+   L{UNCONFIRMED}, L{NOT_SENT}).
 
 Both fail, never skip, when the broker is not there.
 """
@@ -24,17 +27,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
-from txamqp.client import Closed, TwistedDelegate
-from txamqp.content import Content
-from txamqp.endpoint import AMQEndpoint
-from txamqp.factory import AMQFactory
-from txamqp.protocol import AMQClient
 
-from peatio_ws.amqp import _txamqp as _txamqp_compat
+from peatio_ws.amqp import Nacked, NotConnected, PublisherError, Unconfirmed
+from peatio_ws.amqp import Publisher as AmqpPublisher
+from peatio_ws.amqp._txamqp import Closed
 from peatio_ws.config import Settings
-from tests.support.broker import RABBIT_SPEC
 from tests.support.waiting import sleep, until, within
 
 __all__ = [
@@ -47,20 +46,34 @@ __all__ = [
     "Publisher",
 ]
 
+#: The AMQP basic properties L{Publisher.publish} takes (as txAMQP named them).
+_PROPERTIES = frozenset({"content-type", "delivery-mode"})
+
+
+async def _connect(settings: Settings | None, seconds: float, **options: Any) -> AmqpPublisher:
+    """A L{peatio_ws.amqp.Publisher}; an AssertionError when the broker is not reachable."""
+    s = settings if settings is not None else Settings()
+    where = f"{s.rabbitmq_host}:{s.rabbitmq_port}"
+    try:
+        return await AmqpPublisher.connect(reactor, settings=s, timeout=seconds, name="peatio-ws tests", **options)
+    except PublisherError as e:
+        if e.step != "connect":
+            raise
+        raise AssertionError(f"RabbitMQ is not reachable at {where} ({s.rabbitmq_user}): {e}") from e
+
 
 class Publisher:
     """One connection to RabbitMQ and its channel 1, for publishing and for declaring and deleting things."""
 
-    def __init__(self, client: Any, channel: Any) -> None:
-        self.client = client
-        self.channel = channel
+    def __init__(self, publisher: AmqpPublisher) -> None:
+        #: The library publisher every message goes through.
+        self.publisher = publisher
 
     @classmethod
     async def connect(
         cls,
         settings: Settings | None = None,
         *,
-        factory: AMQFactory | None = None,
         confirm: bool = False,
         heartbeat: int = 0,
         seconds: float = 10.0,
@@ -68,42 +81,25 @@ class Publisher:
         """
         Connect to the broker of C{settings} (default: the local one, guest/guest)
         and open channel 1 (in confirm mode when C{confirm}); fails if the broker
-        is not there. C{factory} builds the client (default: a quiet L{AMQFactory}
-        on the settings' spec).
+        is not there. Declares nothing (L{declare_exchange}).
         """
-        _txamqp_compat.install()
-        s = settings if settings is not None else Settings()
-        where = f"{s.rabbitmq_host}:{s.rabbitmq_port}"
-        endpoint = AMQEndpoint(
-            reactor,
-            s.rabbitmq_host,
-            s.rabbitmq_port,
-            username=s.rabbitmq_user,
-            password=s.rabbitmq_password,
-            vhost=s.rabbitmq_vhost,
-            heartbeat=heartbeat,
-            timeout=5,
-        )
-        if factory is None:
-            factory = AMQFactory(spec=s.amqp_spec)
-            factory.noisy = False
-        try:
-            client = await within(endpoint.connect(factory), seconds, f"a connection to RabbitMQ at {where}")
-        except Exception as e:
-            raise AssertionError(f"RabbitMQ is not reachable at {where} ({s.rabbitmq_user}): {e}") from e
-        try:
-            channel = await client.channel(1)
-            await channel.channel_open()
-            if confirm:
-                await channel.confirm_select()
-        except Exception:
-            client.transport.abortConnection()
-            raise
-        return cls(client, channel)
+        # Exchange "": the default one, never declared; every publish names its exchange.
+        publisher = await _connect(settings, seconds, exchange="", declare=False, confirms=confirm, heartbeat=heartbeat)
+        return cls(publisher)
+
+    @property
+    def client(self) -> Any:
+        """The txAMQP client (for what this class does not do)."""
+        return self.publisher.client
+
+    @property
+    def channel(self) -> Any:
+        """Channel 1, the publishing one (for what this class does not do)."""
+        return self.publisher.channel
 
     @property
     def closed(self) -> bool:
-        return bool(self.client.closed or self.client.transport is None or self.channel.closed)
+        return not self.publisher.connected
 
     def publish(
         self,
@@ -114,17 +110,28 @@ class Publisher:
         mandatory: bool = False,
         properties: dict[str, Any] | None = None,
     ) -> Deferred[Any]:
-        """Publish one message; in order with every other publish of this publisher."""
+        """
+        Publish one message; in order with every other publish of this
+        publisher. C{properties}: C{content-type} and C{delivery-mode} (2 is
+        persistent) only. Fails (the Deferred) when not connected.
+        """
         if not isinstance(body, bytes):
             raise TypeError("publish bytes only: txAMQP corrupts frames of non-ASCII str")
-        key = routing_key.encode() if isinstance(routing_key, str) else routing_key
-        d: Deferred[Any] = self.channel.basic_publish(
-            exchange=exchange.encode(),
-            routing_key=key,
-            content=Content(body, properties=properties or {}),
-            mandatory=mandatory,
-        )
-        return d
+        props = properties or {}
+        unknown = set(props) - _PROPERTIES
+        if unknown:
+            raise ValueError(f"unsupported properties: {sorted(unknown)}")
+        try:
+            return self.publisher.publish(
+                routing_key,
+                body,
+                exchange=exchange,
+                mandatory=mandatory,
+                content_type=props.get("content-type"),
+                persistent=props.get("delivery-mode") == 2,
+            )
+        except NotConnected:
+            return fail()
 
     async def declare_exchange(self, exchange: str) -> None:
         """The events exchange as Peatio declares it: topic, not durable."""
@@ -171,20 +178,12 @@ class Publisher:
         C{force}, a broker that does not answer is not an error: the
         connection is aborted.
         """
-        if self.client.closed:
-            return
-        lost = self.client.disconnected.wait()
+        gone = self.client.closed
         try:
-            await self.client.close(within=2)
-        except Exception:
-            if not force:
+            await self.publisher.close()
+        except PublisherError:
+            if not (force or gone):
                 raise
-        try:
-            await within(lost, 5, "the publisher's connection to close")
-        except AssertionError:
-            if not force:
-                raise
-            self.client.transport.abortConnection()
 
 
 # ---------------------------------------------------------------------------
@@ -196,47 +195,6 @@ RETURNED = "returned"  # unroutable at that moment (no binding): returned, never
 NACKED = "nacked"  # the broker refused it
 UNCONFIRMED = "unconfirmed"  # the connection went before the confirm: unknown
 NOT_SENT = "not_sent"  # no connection to the broker at all: never sent
-
-
-class _ConfirmDelegate(TwistedDelegate):
-    """Hands confirms and returns to the publisher."""
-
-    publisher: ConfirmingPublisher
-
-    def basic_ack(self, ch: Any, msg: Any) -> None:
-        self.publisher._confirmed(self.client, msg.delivery_tag, msg.multiple, ACCEPTED)
-
-    def basic_nack(self, ch: Any, msg: Any) -> None:
-        self.publisher._confirmed(self.client, msg.delivery_tag, msg.multiple, NACKED)
-
-    def basic_return_(self, ch: Any, msg: Any) -> None:
-        self.publisher._returned(msg)
-
-
-class _ConfirmClient(AMQClient):
-    publisher: ConfirmingPublisher
-
-    def connectionLost(self, reason: Failure) -> None:
-        try:
-            super().connectionLost(reason)
-        finally:
-            self.publisher._lost(self)
-
-
-class _ConfirmFactory(AMQFactory):
-    protocol = _ConfirmClient
-    noisy = False
-
-    def __init__(self, publisher: ConfirmingPublisher) -> None:
-        super().__init__(spec=RABBIT_SPEC)
-        self.publisher = publisher
-
-    def buildProtocol(self, addr: Any) -> _ConfirmClient:
-        delegate = _ConfirmDelegate()
-        delegate.publisher = self.publisher
-        client = _ConfirmClient(delegate, vhost=self._vhost, spec=self._spec, heartbeat=self._heartbeat)
-        client.publisher = self.publisher
-        return client
 
 
 class ConfirmingPublisher:
@@ -257,9 +215,9 @@ class ConfirmingPublisher:
         self.published_at: dict[int, float] = {}
         self.confirmed_at: dict[int, float] = {}
         self.connects = 0
-        self._publisher: Publisher | None = None
-        self._pending: dict[int, int] = {}  # delivery tag -> seq
-        self._next_tag = 1
+        self._publisher: AmqpPublisher | None = None
+        #: Sequence numbers published on the current connection and not confirmed yet.
+        self._pending: set[int] = set()
         self._returned_seqs: set[int] = set()
         self._stopped = False
         self._connecting: Deferred[None] | None = None
@@ -274,15 +232,19 @@ class ConfirmingPublisher:
         await self._connect_until(seconds)
 
     async def _connect_once(self) -> None:
-        publisher = await Publisher.connect(self.settings, factory=_ConfirmFactory(self), confirm=True)
-        try:
-            await publisher.declare_exchange(self.exchange)
-        except Exception:
-            publisher.client.transport.abortConnection()
-            raise
+        # The connection may go while connecting: then there is no publisher to lose yet.
+        made: list[AmqpPublisher] = []
+        publisher = await _connect(
+            self.settings,
+            5.0,
+            exchange=self.exchange,
+            confirms=True,
+            on_return=self._returned,
+            on_lost=lambda reason: self._lost(made[0] if made else None, reason),
+        )
+        made.append(publisher)
         self._publisher = publisher
-        self._pending = {}
-        self._next_tag = 1
+        self._pending = set()
         self.connects += 1
 
     async def _connect_until(self, seconds: float) -> None:
@@ -300,15 +262,10 @@ class ConfirmingPublisher:
                     raise AssertionError(f"the publisher could not connect to RabbitMQ within {seconds} s: {e}") from e
                 await sleep(0.25)
 
-    def _current(self, client: Any) -> bool:
-        return self._publisher is not None and client is self._publisher.client
-
-    def _lost(self, client: _ConfirmClient) -> None:
-        if not self._current(client):
+    def _lost(self, publisher: AmqpPublisher | None, reason: Failure) -> None:
+        # The library failed every pending confirm (Unconfirmed) just before.
+        if publisher is None or publisher is not self._publisher:
             return
-        for seq in self._pending.values():
-            self.outcome[seq] = UNCONFIRMED
-        self._pending = {}
         self._publisher = None
         if not self._stopped and self._connecting is None:
             self._connecting = Deferred.fromCoroutine(self._reconnect())
@@ -323,36 +280,37 @@ class ConfirmingPublisher:
         """Publish event C{seq}; False (and L{NOT_SENT}) when not connected."""
         self.published_at[seq] = time.monotonic()
         publisher = self._publisher
-        if publisher is None or publisher.closed:
+        if publisher is None:
             self.outcome[seq] = NOT_SENT
             return False
-        tag = self._next_tag
-        self._next_tag += 1
-        self._pending[tag] = seq
+        try:
+            d = publisher.publish(routing_key, body, mandatory=True, content_type=None)
+        except NotConnected:
+            self.outcome[seq] = NOT_SENT
+            return False
+        self._pending.add(seq)
         self.outcome[seq] = UNCONFIRMED
-        d = publisher.publish(self.exchange, routing_key, body, mandatory=True)
-        # Fails only when the connection is going: the confirm never comes, and _lost says so.
-        d.addErrback(lambda _: None)
+        d.addCallbacks(self._confirmed, self._not_confirmed, callbackArgs=(seq,), errbackArgs=(seq,))
         return True
 
-    def _confirmed(self, client: Any, tag: int, multiple: bool, result: str) -> None:
-        if not self._current(client):
-            return
-        tags = [t for t in self._pending if t <= tag] if multiple else [tag]
-        now = time.monotonic()
-        for t in tags:
-            seq = self._pending.pop(t, None)
-            if seq is None:
-                continue
-            self.confirmed_at[seq] = now
-            if result == ACCEPTED and seq in self._returned_seqs:
-                self.outcome[seq] = RETURNED
-            else:
-                self.outcome[seq] = result
+    def _confirmed(self, _: None, seq: int) -> None:
+        self._pending.discard(seq)
+        self.confirmed_at[seq] = time.monotonic()
+        self.outcome[seq] = RETURNED if seq in self._returned_seqs else ACCEPTED
 
-    def _returned(self, msg: Any) -> None:
+    def _not_confirmed(self, failure: Failure, seq: int) -> None:
+        self._pending.discard(seq)
+        if failure.check(Nacked):
+            self.confirmed_at[seq] = time.monotonic()
+            self.outcome[seq] = NACKED
+        elif failure.check(Unconfirmed):
+            self.outcome[seq] = UNCONFIRMED
+        else:
+            failure.raiseException()
+
+    def _returned(self, routing_key: bytes, body: bytes, reply_code: int, reply_text: str) -> None:
         try:
-            seq = json.loads(msg.content.body)["seq"]
+            seq = json.loads(body)["seq"]
         except (ValueError, KeyError, TypeError):
             return
         self._returned_seqs.add(seq)
@@ -380,6 +338,8 @@ class ConfirmingPublisher:
             with contextlib.suppress(Exception):
                 await within(publisher.channel.exchange_delete(exchange=self.exchange.encode()), 5, "exchange.delete")
         if publisher is not None:
-            await publisher.close(force=True)
+            # Closing always ends with the connection gone (aborted if need be).
+            with contextlib.suppress(PublisherError):
+                await publisher.close()
         if self._connecting is not None:
             await within(self._connecting, 130, "the publisher's reconnect loop to stop")
