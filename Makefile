@@ -18,7 +18,7 @@ run: prepare
 ## RabbitMQ and Redis included; PEATIO_WS_MAKE_TEST=1: a missing promtool fails) under branch coverage,
 ## then the unit tests on the lowest versions setup.py accepts, then a plain `pip install .`.
 test:
-	@PREPARE_EXTRA_PACKAGES="chromium prometheus" scripts/prepare.sh
+	@PREPARE_EXTRA_PACKAGES="chromium prometheus systemd" scripts/prepare.sh
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	PEATIO_WS_MAKE_TEST=1 $(PY) -m coverage run -m twisted.trial --random=0 --temp-directory=.state/_trial_temp tests

@@ -63,6 +63,8 @@ setup(
             "mypy-zope>=1.0",
             "types-PyYAML",
             "coverage>=7.4",
+            # Only to test bench/charts.py (make bench's charts); not a dependency of the daemon.
+            "matplotlib>=3.7",
         ],
     },
     entry_points={"console_scripts": ["peatio-ws = peatio_ws.cli:main"]},

@@ -23,9 +23,9 @@ PY
 )
     echo "lowest: installing $(echo $pins | tr '\n' ' ')"
     # shellcheck disable=SC2086
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check $pins websockets hypothesis 2> >(quiet_pip >&2)
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check $pins websockets hypothesis matplotlib 2> >(quiet_pip >&2)
     touch "$stamp"
 fi
 "$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
     | grep -iE "^(twisted|autobahn|pyjwt|txamqp|txredisapi|pyyaml|prometheus.client|orjson) " | tr -s ' ' | paste -sd, -
-exec "$VENV/bin/python" -m twisted.trial --temp-directory=.state/_trial_lowest tests.unit
+PEATIO_WS_MAKE_TEST=1 exec "$VENV/bin/python" -m twisted.trial --temp-directory=.state/_trial_lowest tests.unit

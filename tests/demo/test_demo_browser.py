@@ -59,17 +59,21 @@ def find_chromium() -> str | None:
     """The Chromium binary: $CHROMIUM if set (None when it is not executable), else chromium on PATH."""
     explicit = os.environ.get("CHROMIUM")
     if explicit:
-        return shutil.which(explicit)
+        found = shutil.which(explicit)
+        if found is None:
+            # A CHROMIUM that names nothing is a mistake to report, not a reason to skip.
+            raise AssertionError(f"CHROMIUM={explicit!r} is not an executable")
+        return found
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def require_chromium() -> str:
-    """Chromium's path; skip without it, except in CI where it must be installed."""
+    """Chromium's path; skip without it, except under make test or CI, which install it."""
     path = find_chromium()
     if path is not None:
         return path
     message = "chromium is not installed (Debian: apt-get install chromium)"
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+    if os.environ.get("PEATIO_WS_MAKE_TEST") == "1" or os.environ.get("CI", "").lower() in ("true", "1", "yes"):
         raise AssertionError(f"{message}; CI must install it for the demo page's browser test")
     raise SkipTest(f"{message}: the demo page's browser test is skipped")
 

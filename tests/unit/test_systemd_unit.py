@@ -11,6 +11,7 @@ verifies copies whose C{ExecStart} points at this virtualenv's C{twistd}
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -211,10 +212,14 @@ class VerifyTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.analyze = shutil.which("systemd-analyze")
         if self.analyze is None:
-            raise self.skipTest(
+            message = (
                 "systemd-analyze not found: install Debian's 'systemd' package to verify the units "
                 "(the settings are still checked by ServiceUnitTests and TemplateUnitTests)"
             )
+            if os.environ.get("PEATIO_WS_MAKE_TEST") == "1":
+                # Under make test (which installs it) a missing tool fails, never skips.
+                self.fail(message)
+            raise self.skipTest(message)
         self.directory = Path(self.mktemp())
         self.directory.mkdir()
 
