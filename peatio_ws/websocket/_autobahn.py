@@ -43,9 +43,9 @@ class BoundedServerProtocol(WebSocketServerProtocol):
     # each instance attribute costs memory on every idle connection.
     #: How far the upgrade request has been searched for its end.
     _head_scanned = 0
-    #: Frames (and empty non-final frames) of the message being received.
-    _message_frames = 0
-    _empty_fragments = 0
+    #: Frames, and empty non-final frames, of the message being received:
+    #: one attribute, not two (see L{connection.StreamProtocol}'s budget).
+    _fragments = (0, 0)
     #: Set once the server refused what the client sent: nothing more is read.
     muted = False
 
@@ -137,17 +137,19 @@ class BoundedServerProtocol(WebSocketServerProtocol):
             self.inbound_frame()
 
     def onMessageBegin(self, isBinary: bool) -> None:
-        self._message_frames = self._empty_fragments = 0
+        self._fragments = (0, 0)
         super().onMessageBegin(isBinary)
 
     def onMessageFrameBegin(self, length: int) -> None:
         super().onMessageFrameBegin(length)
         if self.failedByMe:
             return
-        self._message_frames += 1
+        frames, empty = self._fragments
+        frames += 1
         if length == 0 and not self.current_frame.fin:
-            self._empty_fragments += 1
-        if self._message_frames > MAX_FRAMES_PER_MESSAGE or self._empty_fragments > MAX_EMPTY_FRAGMENTS:
+            empty += 1
+        self._fragments = (frames, empty)
+        if frames > MAX_FRAMES_PER_MESSAGE or empty > MAX_EMPTY_FRAGMENTS:
             self.too_many_frames()
 
 
