@@ -16,6 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from peatio_ws.framing import text_frame
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.testing import OMIT, MembershipRecorder, generate_rsa_key, make_token, settings_for_tests
@@ -914,3 +915,38 @@ class LetGoTests(ProtocolTestCase):
             protocol.dataReceived(client_frame(b"ping"))
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual([c for c in self.clock.getDelayedCalls() if cast(Any, c).func.__name__ == "_drop_now"], [])
+
+
+class BoundaryTests(ProtocolTestCase):
+    """Limits pinned at their exact boundary (a `>` turned `>=`, or a late timer, fails here)."""
+
+    def test_token_expiry_to_the_millisecond(self) -> None:
+        """The 4001 comes exactly at exp: not a millisecond before."""
+        client = self.connect()
+        exp = int(self.clock.seconds()) + 30
+        self.authenticate(client, uid="A", exp=exp)
+        self.clock.advance(exp - self.clock.seconds() - 0.001)
+        self.assertEqual(client.messages(), [])
+        self.assertIsNone(client.close_code())
+        self.clock.advance(0.001)
+        self.assertEqual(client.messages(), [EXPIRED])
+        self.assertEqual(client.close_code(), CloseCode.TOKEN_EXPIRED)
+
+    def test_slow_consumer_limit_is_inclusive(self) -> None:
+        """While paused, exactly WEBSOCKET_MAX_BUFFER bytes may be held; one byte more closes 4008."""
+        limit = 65536
+        self.build(websocket_max_buffer=limit)
+        client = self.connect()
+        self.authenticate(client, uid="A")
+        client.protocol.pauseProducing()
+        frame = text_frame(b"x" * 996)
+        self.assertEqual(len(frame), 1000)
+        for _ in range(limit // len(frame)):
+            self.assertTrue(client.protocol.send_frame(frame))
+        rest = limit - (limit // len(frame)) * len(frame)
+        last = text_frame(b"y" * (rest - 4))  # 126 <= rest - 4 < 65536: a 4-byte header
+        self.assertEqual(len(last), rest)
+        self.assertTrue(client.protocol.send_frame(last))
+        self.assertIsNone(client.close_code())
+        self.assertFalse(client.protocol.send_frame(text_frame(b"")))
+        self.assertEqual(client.close_code(), CloseCode.SLOW_CONSUMER)
