@@ -56,6 +56,7 @@ __all__ = [
     "LineThrottle",
     "escape",
     "escape_fields",
+    "held_note",
     "install",
     "json_observer",
     "logger",
@@ -340,3 +341,8 @@ class LineThrottle:
             return None
         self._state[key] = (now, 0)
         return held
+
+
+def held_note(count: int) -> str:
+    """What a throttled line says of the lines held back before it ("" when none were)."""
+    return f" ({count} more not logged)" if count else ""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from peatio_ws.config import Settings
-from peatio_ws.logs import LineThrottle, logger
+from peatio_ws.logs import LineThrottle, held_note, logger
 from peatio_ws.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class Admission:
                     "dropping{held}",
                     count=len(expired),
                     peer=expired[0].peer,
-                    held=f" ({held} more not logged)" if held else "",
+                    held=held_note(held),
                 )
         for proto in expired:
             self._handshaking.pop(proto, None)

@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from peatio_ws.auth import Claims
 from peatio_ws.framing import text_frame
-from peatio_ws.logs import logger
+from peatio_ws.logs import held_note, logger
 from peatio_ws.websocket import _transport
 from peatio_ws.websocket._autobahn import BoundedServerProtocol
 from peatio_ws.websocket.limits import refill
@@ -59,10 +59,6 @@ _STATE_CLOSED = WebSocketProtocol.STATE_CLOSED
 MAX_QUEUED_MESSAGES = 16
 #: Seconds a client closed for its inbound budget has to close its side before it is dropped.
 LET_GO_SECONDS = 1.0
-
-
-def _held(count: int) -> str:
-    return f" ({count} more not logged)" if count else ""
 
 
 class Dialect(Protocol):
@@ -201,7 +197,7 @@ class StreamProtocol(BoundedServerProtocol):
                 by="server",
                 code=code,
                 reason=reason,
-                held=_held(held),
+                held=held_note(held),
             )
         self.refuse(code, text)
 
@@ -222,7 +218,7 @@ class StreamProtocol(BoundedServerProtocol):
                     code=403,
                     reason="origin",
                     origin=(origin or "")[:200],
-                    held=_held(held),
+                    held=held_note(held),
                 )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
         self.dialect = factory.dialect_for(request)
@@ -393,7 +389,7 @@ class StreamProtocol(BoundedServerProtocol):
                 uid=claims.uid if claims is not None else None,
                 limit=limit,
                 reason=reason,
-                held=_held(held),
+                held=held_note(held),
             )
         if self.state == _STATE_OPEN:
             self.ended_by_server(CloseCode.POLICY_VIOLATION, reason)

@@ -77,6 +77,17 @@ def signed_raw(payload: str | bytes, header: dict[str, Any] | None = None) -> st
     return signing_input + "." + b64url(rs256_signature(signing_input))
 
 
+
+def refusal_problem(verifier: TokenVerifier, token: str, reason: str) -> str | None:
+    """None if C{token} is refused with C{reason}, else what went wrong instead."""
+    try:
+        verifier.verify(token)
+    except AuthError as e:
+        return None if e.reason == reason else f"reason {e.reason!r}, expected {reason!r}"
+    except Exception as e:
+        return f"raised {type(e).__name__}: {e}"
+    return "token verified"
+
 class VerifierMixin:
     """Builds a L{TokenVerifier} on a L{Clock} set to L{NOW}."""
 
@@ -602,17 +613,9 @@ class BadTokenTests(VerifierMixin, SynchronousTestCase):
             if isinstance(overrides, str):
                 assert overrides == "p256"
                 overrides = {"jwt_public_key": p256.public_key(), "jwt_algorithm": ("ES256",)}
-            verifier = self.verifier(**overrides)
-            token = factory()
-            try:
-                verifier.verify(token)
-            except AuthError as e:
-                if e.reason != reason:
-                    problems.append(f"{description}: reason {e.reason!r}, expected {reason!r}")
-            except Exception as e:
-                problems.append(f"{description}: raised {type(e).__name__}: {e}")
-            else:
-                problems.append(f"{description}: token verified")
+            problem = refusal_problem(self.verifier(**overrides), factory(), reason)
+            if problem is not None:
+                problems.append(f"{description}: {problem}")
         self.assertEqual(problems, [])
 
     def test_p256_token_verifies_with_its_key(self) -> None:
@@ -716,15 +719,9 @@ class UidTests(VerifierMixin, SynchronousTestCase):
         problems: list[str] = []
         for description, uid in self.BAD:
             self.assertFalse(valid_uid(uid), description)
-            try:
-                verifier.verify(self.token(uid=uid))
-            except AuthError as e:
-                if e.reason != "bad_uid":
-                    problems.append(f"{description}: reason {e.reason!r}")
-            except Exception as e:
-                problems.append(f"{description}: raised {type(e).__name__}: {e}")
-            else:
-                problems.append(f"{description}: token verified")
+            problem = refusal_problem(verifier, self.token(uid=uid), "bad_uid")
+            if problem is not None:
+                problems.append(f"{description}: {problem}")
         self.assertEqual(problems, [])
 
     def test_raw_json_surrogate(self) -> None:
