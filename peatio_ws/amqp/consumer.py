@@ -50,7 +50,7 @@ from peatio_ws.amqp._txamqp import Closed, DeliveryClient, describe
 from peatio_ws.amqp.bindings import Bindings
 from peatio_ws.amqp.routing import binding_key, event_label, parse_routing_key, valid_json, valid_uid
 from peatio_ws.config import Settings
-from peatio_ws.logs import logger
+from peatio_ws.logs import LineThrottle, logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 
@@ -153,8 +153,7 @@ class EventConsumer(Service):
         self._dropped_malformed = metrics.events_dropped.labels(reason="malformed")
         self._dropped_no_connection = metrics.events_dropped.labels(reason="no_connection")
         self._dropped_error = metrics.events_dropped.labels(reason="error")
-        self._malformed_logged_at = -1e9
-        self._malformed_unlogged = 0
+        self._malformed_throttle = LineThrottle(self._reactor)
 
         self._probe_timeout = settings.health_probe_timeout
         self._prober = LoopingCall(self._probe)
@@ -613,9 +612,8 @@ class EventConsumer(Service):
 
     def _log_malformed(self, routing_key: bytes, body: bytes) -> None:
         """At most one line a second: a broken producer must not flood the log."""
-        now = self._reactor.seconds()
-        if now - self._malformed_logged_at < 1.0:
-            self._malformed_unlogged += 1
+        suppressed = self._malformed_throttle("malformed")
+        if suppressed is None:
             return
         log.warn(
             "Dropped an event that is not JSON: routing key {routing_key}, {size} bytes, "
@@ -623,7 +621,5 @@ class EventConsumer(Service):
             routing_key=routing_key.decode("utf-8", "replace"),
             size=len(body),
             prefix=body[:32],
-            suppressed=self._malformed_unlogged,
+            suppressed=suppressed,
         )
-        self._malformed_logged_at = now
-        self._malformed_unlogged = 0
