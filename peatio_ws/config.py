@@ -236,6 +236,8 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "WEBSOCKET_MAX_HANDSHAKES": _integer(0),
     "WEBSOCKET_INBOUND_FRAMES_PER_SECOND": _integer(0),
     "WEBSOCKET_INBOUND_BYTES_PER_SECOND": _integer(0),
+    "RANGER_ORDERBOOK_MAX_INCREMENTS": _integer(0, 1_000_000),
+    "RANGER_MAX_STREAMS": _integer(1, 10_000),
     "JWT_PUBLIC_KEY": _public_key,
     "JWT_ALGORITHM": _algorithms,
     "JWT_ISSUER": _optional,
@@ -341,6 +343,8 @@ class Settings:
     websocket_max_handshakes: int = _DEFAULTS["websocket_max_handshakes"]
     websocket_inbound_frames_per_second: int = _DEFAULTS["websocket_inbound_frames_per_second"]
     websocket_inbound_bytes_per_second: int = _DEFAULTS["websocket_inbound_bytes_per_second"]
+    ranger_orderbook_max_increments: int = _DEFAULTS["ranger_orderbook_max_increments"]
+    ranger_max_streams: int = _DEFAULTS["ranger_max_streams"]
 
     jwt_public_key: Any = None
     jwt_algorithm: tuple[str, ...] = _DEFAULTS["jwt_algorithm"]

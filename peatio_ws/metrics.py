@@ -89,6 +89,27 @@ class Metrics:
         self.revocations = Counter(
             "peatio_ws_revocations", "Live sessions ended by revocation, by what named them", ["by"], registry=r
         )
+        self.dialect_connections = Gauge(
+            "peatio_ws_dialect_connections", "Open WebSocket connections by dialect (legacy, ranger)", ["dialect"],
+            registry=r,
+        )
+        # ranger's own names (peatio-core's ranger exports these), so its dashboards keep working.
+        self.ranger_connections = Gauge(
+            "ranger_connections_current", "Open ranger-dialect connections, by auth (member, anonymous)", ["auth"],
+            registry=r,
+        )
+        self.ranger_connections_total = Counter(
+            "ranger_connections", "Ranger-dialect connections opened, by auth (member, anonymous)", ["auth"],
+            registry=r,
+        )
+        self.public_events_received = Counter(
+            "peatio_ws_public_events_received", "Public events received from RabbitMQ, by stream family", ["event"],
+            registry=r,
+        )
+        self.public_copies = Counter(
+            "peatio_ws_public_copies", "Public event copies written to WebSocket connections, by stream family",
+            ["event"], registry=r,
+        )
         self.listener_up = Gauge("peatio_ws_listener_up", "1 while the WebSocket port is listening", registry=r)
         # Memory, CPU and open files against LimitNOFILE: what an operator
         # sizing a host for tens of thousands of sockets watches.

@@ -10,7 +10,7 @@ going through L{MembershipObserver}.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Protocol
 
 from peatio_ws.auth import Claims
@@ -37,6 +37,10 @@ class Connection(Protocol):
     def revoke(self) -> None:
         """End the session: its token was revoked."""
 
+    # A connection may also have private_streams: a set of the private event
+    # names it wants (the ranger dialect's subscriptions), or None for every
+    # event (the legacy dialect, and anything without the attribute).
+
 
 class MembershipObserver(Protocol):
     """Told when a member gets its first, or loses its last, connection."""
@@ -57,6 +61,9 @@ class Registry:
         self._by_uid: dict[str, set[Connection]] = {}
         self._by_jti: dict[str, set[Connection]] = {}
         self._claims: dict[Connection, Claims] = {}
+        #: uid -> how many of its connections choose their private events
+        #: (C{private_streams} is a set): only those members' events are filtered.
+        self._selective: dict[str, int] = {}
         self._observers: list[MembershipObserver] = []
         #: Frames held per connection while a batch is open (L{begin_batch}).
         self._batch: dict[Connection, list[bytes]] | None = None
@@ -82,6 +89,8 @@ class Registry:
         self._claims[conn] = claims
         self._by_jti.setdefault(claims.jti, set()).add(conn)
         if old is None:
+            if getattr(conn, "private_streams", None) is not None:
+                self._selective[claims.uid] = self._selective.get(claims.uid, 0) + 1
             members = self._by_uid.get(claims.uid)
             if members is None:
                 self._by_uid[claims.uid] = {conn}
@@ -97,6 +106,12 @@ class Registry:
         if claims is None:
             return
         self._unindex_jti(conn, claims.jti)
+        if getattr(conn, "private_streams", None) is not None:
+            left = self._selective.get(claims.uid, 0) - 1
+            if left > 0:
+                self._selective[claims.uid] = left
+            else:
+                self._selective.pop(claims.uid, None)
         members = self._by_uid.get(claims.uid)
         if members is not None:
             members.discard(conn)
@@ -144,30 +159,43 @@ class Registry:
     def deliver(self, uid: str, event: str, payload: bytes) -> int:
         """
         Send C{{"<event>": payload}} to every authenticated connection of
-        C{uid}; the frame is built once. Returns how many connections took it
-        (in a batch: how many it is held for).
+        C{uid} that wants it (a ranger connection only if subscribed to
+        C{event}); the frame is built once. Returns how many connections
+        took it (in a batch: how many it is held for).
         """
-        members = self._by_uid.get(uid)
+        members: Collection[Connection] | None = self._by_uid.get(uid)
         if not members:
             return 0
-        frame = text_frame(event_message(event, payload))
+        if uid in self._selective:
+            members = [c for c in members if (wanted := getattr(c, "private_streams", None)) is None or event in wanted]
+            if not members:
+                return 0
+        return self.fan_out(members, text_frame(event_message(event, payload)))
+
+    def fan_out(self, conns: Collection[Connection], frame: bytes) -> int:
+        """
+        Write C{frame} to each of C{conns} (held for the batch's end while
+        one is open). Returns how many took it (in a batch: how many it is
+        held for). The public streams' fan-out comes here too, so a read's
+        private and public frames reach each connection in one write.
+        """
         batch = self._batch
         if batch is not None:
-            for conn in members:
+            for conn in conns:
                 held = batch.get(conn)
                 if held is None:
                     batch[conn] = [frame]
                 else:
                     held.append(frame)
-            return len(members)
+            return len(conns)
         sent = 0
         # A copy: a write may close a slow connection, which leaves the set.
-        for conn in tuple(members):
+        for conn in tuple(conns):
             try:
                 if conn.send_frame(frame):
                     sent += 1
             except Exception:
-                log.failure("delivering {event} to {conn_id}", event=event, conn_id=conn.conn_id)
+                log.failure("delivering a frame to {conn_id}", conn_id=conn.conn_id)
         return sent
 
     def begin_batch(self) -> None:

@@ -33,6 +33,7 @@ from peatio_ws.listen import PortService, bound_port, listener_service
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.sdnotify import Notifier
+from peatio_ws.streams import PublicHub
 from peatio_ws.websocket import StreamFactory
 
 __all__ = ["STOP_STEP_TIMEOUT", "Daemon", "StartupError", "stop_once_on_signals"]
@@ -147,6 +148,7 @@ class Daemon(MultiService):
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else Metrics()
         self.registry = Registry(self.metrics)
+        self.hub = PublicHub(self.registry, self.metrics, settings.ranger_orderbook_max_increments)
         self.verifier = settings.token_verifier(reactor)
         self.notifier = notifier if notifier is not None else Notifier()
         if revocation is None:
@@ -158,7 +160,7 @@ class Daemon(MultiService):
         if consumer is None:
             from peatio_ws.amqp import EventConsumer
 
-            consumer = EventConsumer(settings, self.registry, self.metrics, reactor)
+            consumer = EventConsumer(settings, self.registry, self.metrics, reactor, hub=self.hub)
         # Any: the real classes or test doubles with the same surface.
         self.revocation: Any = cast(Any, revocation)
         self.consumer: Any = cast(Any, consumer)
@@ -171,6 +173,7 @@ class Daemon(MultiService):
             reactor,
             self.revocation,
             url=_factory_url(settings),
+            hub=self.hub,
         )
         self.listening = False
         self._bound = False

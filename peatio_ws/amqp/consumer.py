@@ -36,7 +36,7 @@ import re
 import secrets
 import socket
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
@@ -53,6 +53,10 @@ from peatio_ws.config import Settings
 from peatio_ws.logs import LineThrottle, logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
+from peatio_ws.streams.names import PUBLIC_BINDING, parse_public_key
+
+if TYPE_CHECKING:
+    from peatio_ws.streams import PublicHub
 
 __all__ = ["BIND_BATCH", "CONNECT_TIMEOUT", "SETUP_TIMEOUT", "STOP_TIMEOUT", "EventConsumer"]
 
@@ -115,6 +119,7 @@ class EventConsumer(Service):
         registry: Registry,
         metrics: Metrics,
         reactor: IReactorTime | None = None,
+        hub: PublicHub | None = None,
     ) -> None:
         _txamqp.install()
         if reactor is None:
@@ -126,6 +131,8 @@ class EventConsumer(Service):
         self._settings = settings
         self._registry = registry
         self._metrics = metrics
+        #: Where public events go (SPEC §7); None: they are not consumed at all.
+        self._hub = hub
         # Fails start-up with one line naming AMQP_SPEC if the spec is unusable.
         _txamqp.load_spec(settings.amqp_spec)
 
@@ -346,6 +353,9 @@ class EventConsumer(Service):
             arguments={"x-expires": self._expires_ms},
         )
         self._declared = True
+        if self._hub is not None:
+            # Every public event, from start-up, whoever is subscribed: the order-book stores stay warm.
+            await channel.queue_bind(queue=self._queue, exchange=self._exchange, routing_key=PUBLIC_BINDING)
         await channel.basic_qos(prefetch_count=s.rabbitmq_prefetch)
         session = _Session(client, channel)
         self._session = session
@@ -562,7 +572,10 @@ class EventConsumer(Service):
         self._registry.begin_batch()
         parsed = parse_routing_key(routing_key)
         if parsed is None:
-            self._dropped_bad_key.inc()
+            if routing_key.startswith(b"public."):
+                self._handle_public(routing_key, body, received)
+            else:
+                self._dropped_bad_key.inc()
             return
         uid, event = parsed
         if not valid_json(body):
@@ -584,6 +597,26 @@ class EventConsumer(Service):
             self._metrics.delivery_latency.observe(perf_counter() - received)
         else:
             self._dropped_no_connection.inc()
+
+    def _handle_public(self, routing_key: bytes, body: bytes, received: float) -> None:
+        """A public event (C{public.<id>.<event>}): the hub fans it out, in the same batch as the private ones."""
+        hub = self._hub
+        parsed = parse_public_key(routing_key)
+        if hub is None or parsed is None:
+            self._dropped_bad_key.inc()
+            return
+        if not valid_json(body):
+            self._dropped_malformed.inc()
+            self._log_malformed(routing_key, body)
+            return
+        try:
+            sent = hub.publish(parsed[0], parsed[1], body)
+        except Exception:
+            log.failure("Delivering public event {routing_key} failed", routing_key=routing_key.decode("ascii"))
+            self._dropped_error.inc()
+            return
+        if sent:
+            self._metrics.delivery_latency.observe(perf_counter() - received)
 
     def _read_done(self) -> None:
         """After the deliveries of one read: write the frames held, count the events (before the ack)."""

@@ -48,14 +48,19 @@ class Client:
         origin: str | None = None,
         host: str = "127.0.0.1",
         expect_open: bool = True,
+        headers: list[tuple[str, str]] | None = None,
     ) -> Client:
-        """Build a protocol from C{factory} for a peer at C{host}, and send it the upgrade request."""
+        """
+        Build a protocol from C{factory} for a peer at C{host}, and send it
+        the upgrade request (with C{headers} besides Host and the WebSocket ones).
+        """
         address = IPv4Address("TCP", host, 50000)
         protocol = factory.buildProtocol(address)
         transport = StringTransport(peerAddress=address)
         protocol.makeConnection(transport)
-        headers = [("Origin", origin)] if origin is not None else []
-        protocol.dataReceived(upgrade_request(path, "localhost:8080", headers, key=SAMPLE_KEY))
+        extra = [("Origin", origin)] if origin is not None else []
+        extra.extend(headers or ())
+        protocol.dataReceived(upgrade_request(path, "localhost:8080", extra, key=SAMPLE_KEY))
         client = cls(protocol, transport)
         if expect_open:
             assert transport.value().startswith(b"HTTP/1.1 101"), transport.value()[:200]

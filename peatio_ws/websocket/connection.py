@@ -37,6 +37,7 @@ from zope.interface import implementer
 from peatio_ws.auth import Claims
 from peatio_ws.framing import text_frame
 from peatio_ws.logs import held_note, logger
+from peatio_ws.streams.names import Stream
 from peatio_ws.websocket import _transport
 from peatio_ws.websocket._autobahn import BoundedServerProtocol
 from peatio_ws.websocket.limits import refill
@@ -67,11 +68,20 @@ class Dialect(Protocol):
     #: In every log line of its connections ("legacy").
     name: str
 
+    def upgrading(self, conn: StreamProtocol, request: ConnectionRequest) -> Deferred[None] | None:
+        """
+        Before the upgrade: raise (or fail the Deferred with) Autobahn's
+        C{ConnectionDeny} to refuse it; a Deferred while a check runs.
+        """
+
     def opened(self, conn: StreamProtocol) -> None:
         """The upgrade succeeded: greet the client."""
 
     def received(self, conn: StreamProtocol, payload: bytes, is_binary: bool) -> Deferred[Any] | None:
         """Answer one message; a Deferred while the answer waits (later messages wait for it)."""
+
+    def closed(self, conn: StreamProtocol) -> None:
+        """The connection is gone (every close path, once): let go of what the dialect holds for it."""
 
 
 @implementer(IPushProducer)
@@ -98,6 +108,18 @@ class StreamProtocol(BoundedServerProtocol):
     _budget: list[float] | None = None
     #: The drop of a client being let go after a 1008 (L{_let_go}).
     _drop_call: IDelayedCall | None = None
+    #: Ranger dialect state (SPEC §7), set only on its connections: the
+    #: subscriptions (insertion-ordered), the private event names wanted
+    #: (a set for a member: the registry filters on it; None: every event),
+    #: and, between the upgrade request and the open, the query's streams
+    #: and the header token's claims.
+    subscriptions: dict[str, Stream] | None = None
+    private_streams: set[str] | None = None
+    ranger_streams: list[str] = []  # noqa: RUF012 (never mutated: replaced per connection)
+    ranger_claims: Claims | None = None
+    #: Bytes written outside the slow-consumer limit (an order-book replay)
+    #: since the transport last resumed: not counted as held (SPEC §7).
+    _exempt = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -201,8 +223,9 @@ class StreamProtocol(BoundedServerProtocol):
             )
         self.refuse(code, text)
 
-    def onConnect(self, request: ConnectionRequest) -> None:
-        """Check the Origin and choose the dialect, before the upgrade."""
+    # Autobahn runs onConnect through txaio.as_future: a Deferred is waited for.
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]
+        """Check the Origin, choose the dialect and let it check the request, before the upgrade."""
         factory = self.factory
         origin = request.headers.get("origin")
         if not factory.origins.allows(origin):
@@ -222,14 +245,15 @@ class StreamProtocol(BoundedServerProtocol):
                 )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
         self.dialect = factory.dialect_for(request)
+        return self.dialect.upgrading(self, request)
 
     def onOpen(self) -> None:
         factory = self.factory
         self.forget_handshake()
         factory.admission.handshake_done(self)
         factory.connection_opened(self)
-        self.dialect.opened(self)
         self.log_line("opened")
+        self.dialect.opened(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._forget(wasClean, code, reason)
@@ -259,6 +283,7 @@ class StreamProtocol(BoundedServerProtocol):
             factory.registry.deauthenticate(self)
             self.claims = None
         if factory.connection_closed(self):
+            self.dialect.closed(self)
             self._close_line(was_clean, code, reason, uid)
         if self._counted:
             self._counted = False
@@ -522,6 +547,18 @@ class StreamProtocol(BoundedServerProtocol):
         """Write several ready event frames, in order, in one write (see L{Registry.end_batch})."""
         return self.send_frame(frames[0] if len(frames) == 1 else b"".join(frames))
 
+    def send_replay(self, frames: list[bytes]) -> None:
+        """
+        Write an order-book replay (snapshot and increments, bounded by
+        RANGER_ORDERBOOK_MAX_INCREMENTS) in one write: never counted against
+        WEBSOCKET_MAX_BUFFER, so subscribing never trips the slow-consumer close.
+        """
+        if self.state != _STATE_OPEN:
+            return
+        data = b"".join(frames)
+        self._exempt += len(data)
+        self.write(data)
+
     def write(self, frame: bytes) -> None:
         """Write a ready frame, with no limit applied (the caller checked, or it is a close path)."""
         _transport.write(self.transport, self._socket, frame)
@@ -544,7 +581,9 @@ class StreamProtocol(BoundedServerProtocol):
     def _held_bytes(self) -> int:
         """Bytes the transport holds beyond the kernel: exact for TCP, else an upper bound."""
         held = _transport.held_bytes(self.transport)
-        return self._written_while_paused if held is None else held
+        if held is None:
+            return self._written_while_paused
+        return max(0, held - self._exempt) if self._exempt else held
 
     # -- IPushProducer: the transport tells us when its buffer is full ----------------
 
@@ -555,6 +594,8 @@ class StreamProtocol(BoundedServerProtocol):
     def resumeProducing(self) -> None:
         self._paused = False
         self._written_while_paused = 0
+        if self._exempt:
+            self._exempt = 0
 
     def stopProducing(self) -> None:
         self._paused = True

@@ -24,12 +24,14 @@ from peatio_ws.config import Settings
 from peatio_ws.logs import LineThrottle, logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
+from peatio_ws.streams import PublicHub
 from peatio_ws.websocket._autobahn import bake_options
 from peatio_ws.websocket.admission import Admission
 from peatio_ws.websocket.connection import Dialect, StreamProtocol
 from peatio_ws.websocket.legacy import LEGACY
 from peatio_ws.websocket.limits import byte_burst
 from peatio_ws.websocket.origins import OriginPolicy
+from peatio_ws.websocket.ranger import RANGER, speaks_ranger
 
 if TYPE_CHECKING:
     from peatio_ws.redis import RevocationService
@@ -75,6 +77,7 @@ class StreamFactory(WebSocketServerFactory):
         revocation: RevocationService | None = None,
         url: str | None = None,
         handshake_timeouts: bool = True,
+        hub: PublicHub | None = None,
     ) -> None:
         super().__init__(url, server="peatio-ws")
         self.settings = settings
@@ -83,6 +86,8 @@ class StreamFactory(WebSocketServerFactory):
         self.metrics = metrics
         self.clock = clock
         self.revocation = revocation
+        #: The ranger dialect's public streams and order books (shared with the broker consumer).
+        self.hub = hub if hub is not None else PublicHub(registry, metrics, settings.ranger_orderbook_max_increments)
         self.origins = OriginPolicy(settings.websocket_allowed_origins)
         #: Lines a client can cause at will (refusals, limits) are written at most once a second per kind.
         self.log_throttle = LineThrottle(clock)
@@ -130,7 +135,9 @@ class StreamFactory(WebSocketServerFactory):
         return proto
 
     def dialect_for(self, request: ConnectionRequest) -> Dialect:
-        """The protocol a connection speaks, chosen from its upgrade request."""
+        """The protocol a connection speaks, chosen from its upgrade request (SPEC §7), never later."""
+        if speaks_ranger(request.path, request.headers, request.params):
+            return RANGER
         return LEGACY
 
     # -- bookkeeping ---------------------------------------------------------------
@@ -139,6 +146,7 @@ class StreamFactory(WebSocketServerFactory):
         self.connections.add(proto)
         self.metrics.connections.set(len(self.connections))
         self.metrics.connections_total.inc()
+        self.metrics.dialect_connections.labels(dialect=proto.dialect.name).inc()
 
     def connection_closed(self, proto: StreamProtocol) -> bool:
         """Forget C{proto}; True the first time only."""
@@ -146,6 +154,7 @@ class StreamFactory(WebSocketServerFactory):
             return False
         self.connections.discard(proto)
         self.metrics.connections.set(len(self.connections))
+        self.metrics.dialect_connections.labels(dialect=proto.dialect.name).dec()
         return True
 
     # -- keep-alive ----------------------------------------------------------------

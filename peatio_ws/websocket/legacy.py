@@ -13,6 +13,7 @@ import os
 from typing import Any, cast
 
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -38,6 +39,12 @@ class LegacyDialect:
 
     name = "legacy"
 
+    def upgrading(self, conn: StreamProtocol, request: ConnectionRequest) -> None:
+        """Any upgrade request is a legacy one: the token comes later, in a message."""
+        return None
+
+    def closed(self, conn: StreamProtocol) -> None:
+        """Nothing to let go of: the connection forgets its own authentication."""
     def opened(self, conn: StreamProtocol) -> None:
         conn.challenge = new_challenge()
         conn.write(text_frame(json.dumps({"challenge": conn.challenge}).encode("ascii")))

@@ -279,7 +279,7 @@ class TLSEndToEndTests(TestCase):
         service = listener_service(settings, factory, reactor)
         service.privilegedStartService()
         service.startService()
-        url = f"wss://{host}:{port_number(service)}/api/v2/ranger/private"
+        url = f"wss://{host}:{port_number(service)}/"
         try:
             received: dict[str, Any] = await deferToThread(_wss_challenge, url, str(self.pki.root))
             closing: Deferred[Any] = factory.close_all()

@@ -1,0 +1,304 @@
+# -*- test-case-name: tests.unit.test_ranger -*-
+"""
+The ranger dialect (SPEC §7: Peatio 2.x ranger and rango, what baseapp
+speaks): streams chosen in the URL and by subscribe messages, the JWT in
+the upgrade request's C{Authorization} header, public market streams beside
+the private ones.
+
+Chosen at the upgrade request (L{speaks_ranger}), never later. A header
+that does not verify, or none on a C{…/private} path, refuses the upgrade
+with HTTP 401: never a silent anonymous session. After that the
+connection's limits, keep-alive, expiry (4001), revocation (4003) and
+shutdown are the connection's, as for the legacy dialect.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from peatio_ws.auth import AuthError, Claims
+from peatio_ws.logs import held_note, logger
+from peatio_ws.streams.names import Stream, parse_stream
+from peatio_ws.websocket.limits import parse_client_json
+from peatio_ws.websocket.tokens import check_token
+
+if TYPE_CHECKING:
+    from peatio_ws.websocket.connection import StreamProtocol
+
+__all__ = ["RANGER", "RangerDialect", "RangerReply", "query_streams", "speaks_ranger", "wants_member"]
+
+_log = logger("peatio_ws.protocol")
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def _error(text: str) -> bytes:
+    return _compact({"error": text})
+
+
+class RangerReply:
+    """The exact texts of SPEC §7 (rango's), compact JSON."""
+
+    NOT_JSON = _error("Could not parse message: invalid JSON")
+    NOT_OBJECT = _error("Could not parse message: not a JSON object")
+    NOT_TEXT = _error("Could not parse message: binary frames are not accepted")
+    STREAMS_TYPE = _error("Could not parse message: streams must be a list of strings")
+    BAD_STREAM = _error(
+        "Could not parse message: invalid stream name (letters, digits, '_' and '-', at most one '.')"
+    )
+    NO_STREAMS = _error("No streams provided")
+    INVALID_EVENT = _error("Could not parse Type: Invalid event")
+
+    @staticmethod
+    def too_many(limit: int) -> bytes:
+        return _error(f"Too many streams: at most {limit} on one connection")
+
+    @staticmethod
+    def subscriptions(message: str, streams: Iterable[str]) -> bytes:
+        """C{{"success":{"message":"subscribed"|"unsubscribed","streams":[…]}}}."""
+        return _compact({"success": {"message": message, "streams": list(streams)}})
+
+
+# -- choosing the dialect ---------------------------------------------------------------
+
+
+def _last_segment(path: str) -> str:
+    return path.rstrip("/").rpartition("/")[2]
+
+
+def wants_member(path: str) -> bool:
+    """Whether C{path}'s last segment is C{private} (a trailing C{/} allowed): a token is required."""
+    return _last_segment(path) == "private"
+
+
+def speaks_ranger(path: str, headers: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
+    """
+    SPEC §7: ranger when the path's last segment is C{public} or C{private},
+    or the request has an C{Authorization} header, or its query has C{stream=}.
+    C{headers} have lower-case names (as Autobahn gives them).
+    """
+    return _last_segment(path) in ("public", "private") or "authorization" in headers or "stream" in params
+
+
+def query_streams(params: Mapping[str, Iterable[str]]) -> list[str]:
+    """
+    The stream names of the query: every C{stream=} value (already
+    URL-decoded), each possibly a comma list; empty names skipped, order kept.
+    """
+    names: list[str] = []
+    for value in params.get("stream", ()):
+        names.extend(name for name in value.split(",") if name)
+    return names
+
+
+def bearer_token(header: str) -> str | None:
+    """The token of C{Bearer <JWT>} (the scheme's case is not significant, RFC 7235), else None."""
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+# -- the dialect -----------------------------------------------------------------------------
+
+
+class RangerDialect:
+    """Stateless: a connection's subscriptions are on the connection (see L{peatio_ws.streams.hub})."""
+
+    name = "ranger"
+
+    # -- the upgrade request ------------------------------------------------------
+
+    def upgrading(self, conn: StreamProtocol, request: ConnectionRequest) -> Deferred[None] | None:
+        """
+        Keep the query's streams and check the token before the upgrade:
+        raises (or the Deferred fails with) L{ConnectionDeny} 401 when it
+        does not verify or a private path has none.
+        """
+        conn.ranger_streams = query_streams(request.params)
+        header = request.headers.get("authorization")
+        if header is None:
+            if wants_member(request.path):
+                self._refuse(conn, "no_token")
+            return None
+        token = bearer_token(header)
+        if token is None:
+            self._refuse(conn, "token_type")
+        factory = conn.factory
+        try:
+            result = check_token(factory.verifier, factory.revocation, cast(str, token), conn.conn_id)
+        except AuthError as e:
+            self._refuse(conn, e.reason)
+        if isinstance(result, Claims):
+            conn.ranger_claims = result
+            return None
+
+        def verified(claims: Claims) -> None:
+            conn.ranger_claims = claims
+
+        def failed(failure: Failure) -> None:
+            failure.trap(AuthError)
+            self._refuse(conn, cast(AuthError, failure.value).reason)
+
+        return result.addCallbacks(verified, failed)
+
+    @staticmethod
+    def _refuse(conn: StreamProtocol, reason: str) -> None:
+        """Count and log (throttled) a 401 for C{reason}, the rule that failed (never the token)."""
+        factory = conn.factory
+        factory.metrics.auth.labels(result="failure", reason=reason).inc()
+        factory.metrics.rejected.labels(reason="unauthorized").inc()
+        held = factory.log_throttle("unauthorized")
+        if held is not None:
+            _log.info(
+                "connection {conn_id} from {peer} refused at the handshake: closed by server: HTTP 401 "
+                "authentication failed: {reason}{held}",
+                conn_id=conn.conn_id,
+                peer=conn.peer,
+                by="server",
+                code=401,
+                reason=reason,
+                held=held_note(held),
+            )
+        raise ConnectionDeny(401, "Unauthorized")
+
+    # -- open ----------------------------------------------------------------------------
+
+    def opened(self, conn: StreamProtocol) -> None:
+        """Authenticate (the header's token), subscribe the query's streams, replay, then say what is subscribed."""
+        factory = conn.factory
+        claims = conn.ranger_claims
+        conn.ranger_claims = None
+        conn.subscriptions = {}
+        auth = "anonymous"
+        if claims is not None:
+            auth = "member"
+            # Before the registry learns of it: its private events are filtered from the start.
+            conn.private_streams = set()
+            conn.authenticated(claims)
+            factory.metrics.auth.labels(result="success", reason="ok").inc()
+            conn.log_line("authenticated as {uid}", uid_in_head=False)
+        factory.metrics.ranger_connections.labels(auth=auth).inc()
+        factory.metrics.ranger_connections_total.labels(auth=auth).inc()
+        names, conn.ranger_streams = conn.ranger_streams, []
+        streams, error = self._streams(names, conn, lenient=True)
+        if error is not None:
+            conn.reply(error)
+        self._subscribe(conn, streams, "subscribed")
+
+    def closed(self, conn: StreamProtocol) -> None:
+        """Every subscription goes; the connection is no longer counted."""
+        factory = conn.factory
+        if conn.subscriptions is None:
+            return
+        factory.hub.forget(conn)
+        conn.subscriptions = None
+        auth = "member" if conn.private_streams is not None else "anonymous"
+        factory.metrics.ranger_connections.labels(auth=auth).dec()
+
+    # -- messages ------------------------------------------------------------------------
+
+    def received(self, conn: StreamProtocol, payload: bytes, is_binary: bool) -> None:
+        """Answer one client message; the connection stays open after every error."""
+        if is_binary:
+            conn.reply(RangerReply.NOT_TEXT)
+            return
+        if payload == b"ping":
+            conn.reply(b"pong")
+            return
+        try:
+            message = parse_client_json(payload)
+        except ValueError:
+            conn.reply(RangerReply.NOT_JSON)
+            return
+        if not isinstance(message, dict):
+            conn.reply(RangerReply.NOT_OBJECT)
+            return
+        event = message.get("event")
+        if event != "subscribe" and event != "unsubscribe":
+            conn.reply(RangerReply.INVALID_EVENT)
+            return
+        if "streams" not in message:
+            conn.reply(RangerReply.NO_STREAMS)
+            return
+        names = message["streams"]
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            conn.reply(RangerReply.STREAMS_TYPE)
+            return
+        if not names:
+            conn.reply(RangerReply.NO_STREAMS)
+            return
+        if event == "unsubscribe":
+            unsubscribe: list[Stream] = []
+            for name in names:
+                stream = parse_stream(name)
+                if stream is None:
+                    conn.reply(RangerReply.BAD_STREAM)
+                    return
+                unsubscribe.append(stream)
+            conn.factory.hub.unsubscribe(conn, unsubscribe)
+            conn.reply(RangerReply.subscriptions("unsubscribed", cast(dict[str, Stream], conn.subscriptions)))
+            return
+        streams, error = self._streams(names, conn, lenient=False)
+        if error is not None:
+            # All or nothing: a message with a bad name, or too many, changes nothing.
+            conn.reply(error)
+            return
+        self._subscribe(conn, streams, "subscribed")
+
+    # -- subscribing ---------------------------------------------------------------------
+
+    @staticmethod
+    def _streams(names: list[str], conn: StreamProtocol, lenient: bool) -> tuple[list[Stream], bytes | None]:
+        """
+        The new streams C{names} would add (valid names, not subscribed yet,
+        private ones only for a member, within RANGER_MAX_STREAMS) and the
+        error to send when some are refused. C{lenient} (the URL's names:
+        the connection must open with what it can have) takes the valid ones
+        up to the limit; otherwise a refusal refuses them all.
+        """
+        limit = conn.factory.settings.ranger_max_streams
+        current = cast(dict[str, Stream], conn.subscriptions)
+        member = conn.private_streams is not None
+        if len(names) > limit + len(current) and not lenient:
+            return [], RangerReply.too_many(limit)
+        wanted: dict[str, Stream] = {}
+        error: bytes | None = None
+        for name in names:
+            stream = parse_stream(name)
+            if stream is None:
+                error = error or RangerReply.BAD_STREAM
+                continue
+            if name in current or name in wanted or (stream.ident is None and not member):
+                # Already subscribed; or private for an anonymous connection: not subscribed, not listed.
+                continue
+            if len(current) + len(wanted) >= limit:
+                error = RangerReply.too_many(limit)
+                if lenient:
+                    continue
+                break
+            wanted[name] = stream
+        if error is not None and not lenient:
+            return [], error
+        return list(wanted.values()), error
+
+    @staticmethod
+    def _subscribe(conn: StreamProtocol, streams: list[Stream], message: str) -> None:
+        """Subscribe C{streams}, write the order-book replay, then the subscribed reply."""
+        replay = conn.factory.hub.subscribe(conn, streams) if streams else []
+        if replay:
+            conn.send_replay(replay)
+        conn.reply(RangerReply.subscriptions(message, cast(dict[str, Stream], conn.subscriptions)))
+
+
+#: The one ranger dialect every ranger connection shares.
+RANGER = RangerDialect()
