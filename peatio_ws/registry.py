@@ -37,6 +37,9 @@ class Connection(Protocol):
     def revoke(self) -> None:
         """End the session: its token was revoked."""
 
+    def events_lost(self) -> None:
+        """End the session: events for it may have been lost (SPEC §8)."""
+
     # A connection may also have private_streams: a set of the private event
     # names it wants (the ranger dialect's subscriptions), or None for every
     # event (the legacy dialect, and anything without the attribute).
@@ -235,6 +238,18 @@ class Registry:
         count = 0
         for conn in targets:
             conn.revoke()
+            self.deauthenticate(conn)
+            count += 1
+        return count
+
+    def events_lost(self) -> int:
+        """
+        Events may have been lost for every member here (the process queue
+        was gone): end every authenticated session (1012); returns how many.
+        """
+        count = 0
+        for conn in tuple(self._claims):
+            conn.events_lost()
             self.deauthenticate(conn)
             count += 1
         return count

@@ -31,6 +31,8 @@ class FakeConnection:
         self.conn_id = conn_id
         self.frames: list[bytes] = []
         self.revoked = 0
+        #: How often it was told that events may have been lost (1012).
+        self.lost = 0
         self.accept = accept
         self.on_send = on_send
 
@@ -43,3 +45,6 @@ class FakeConnection:
 
     def revoke(self) -> None:
         self.revoked += 1
+
+    def events_lost(self) -> None:
+        self.lost += 1

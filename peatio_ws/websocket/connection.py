@@ -309,7 +309,11 @@ class StreamProtocol(BoundedServerProtocol):
         if reply is not None:
             self.write(text_frame(reply))
         self.stop_events()
-        self.sendClose(code, reason)
+        if code == 1000 or 3000 <= code <= 4999:
+            self.sendClose(code, reason)
+        else:
+            # 1001 and 1012, which Autobahn's sendClose refuses.
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
 
     def going_away(self) -> None:
         """Server shutdown: 1001, which Autobahn's sendClose refuses."""
@@ -325,6 +329,13 @@ class StreamProtocol(BoundedServerProtocol):
         if self.claims is not None:
             self.factory.registry.deauthenticate(self)
             self.claims = None
+
+    def events_lost(self) -> None:
+        """
+        Events for this member may have been lost (its queue was gone, SPEC
+        §8): close 1012 so the client reconnects and resyncs from the REST API.
+        """
+        self.close_with(CloseCode.SERVICE_RESTART, "Events may have been lost: reconnect and resync")
 
     def drop(self, reason: str) -> None:
         """Drop the TCP connection at once, without a close frame (1006 in the close line)."""

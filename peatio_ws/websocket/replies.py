@@ -36,6 +36,8 @@ class CloseCode:
     ABNORMAL = 1006
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
+    #: Events may have been lost (SPEC §8): reconnect, then resync from the REST API.
+    SERVICE_RESTART = 1012
     TOKEN_EXPIRED = 4001
     AUTH_TIMEOUT = 4002
     REVOKED = 4003
