@@ -206,6 +206,34 @@ def _redis_url(raw: Any) -> RedisAddress:
     )
 
 
+def parse_nodes(value: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    """
+    RabbitMQ nodes from C{host[:port]} entries separated by commas (an
+    entry without a port uses C{default_port}).
+
+    @raise ValueError: an empty entry, or a port that is not 1-65535.
+    """
+    nodes: list[tuple[str, int]] = []
+    for entry in value.split(","):
+        entry = entry.strip()
+        host, colon, port_text = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if not host or not host.strip():
+            raise ValueError(f"has an empty host in {value!r}")
+        port = default_port
+        if colon:
+            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                raise ValueError(f"has a bad port in {entry!r} (1-65535)")
+            port = int(port_text)
+        nodes.append((host.strip(), port))
+    return tuple(nodes)
+
+
+def _rabbitmq_hosts(raw: Any) -> str:
+    value = _required(raw)
+    parse_nodes(value, 5672)
+    return value
+
+
 def _public_key(raw: Any) -> Any:
     return load_public_key(_required(raw))
 
@@ -246,7 +274,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "JWT_ISSUED_AT_LEEWAY": _optional_seconds,
     "JWT_EXPIRATION_LEEWAY": _optional_seconds,
     "JWT_NOT_BEFORE_LEEWAY": _optional_seconds,
-    "RABBITMQ_HOST": _required,
+    "RABBITMQ_HOST": _rabbitmq_hosts,
     "RABBITMQ_PORT": _integer(1, 65535),
     "RABBITMQ_USER": _required,
     "RABBITMQ_PASSWORD": _text,
@@ -256,6 +284,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "RABBITMQ_PREFETCH": _integer(0, 65535),
     "RABBITMQ_QUEUE_EXPIRES": _positive_seconds,
     "RABBITMQ_UNBIND_DELAY": _seconds,
+    "RABBITMQ_QUEUE_TYPE": _choice("classic", "quorum"),
     "AMQP_SPEC": _readable_file,
     "REDIS_URL": _redis_url,
     "REDIS_REVOCATION_WHEN_DOWN": _choice("allow", "deny"),
@@ -365,6 +394,7 @@ class Settings:
     rabbitmq_prefetch: int = _DEFAULTS["rabbitmq_prefetch"]
     rabbitmq_queue_expires: float = _DEFAULTS["rabbitmq_queue_expires"]
     rabbitmq_unbind_delay: float = _DEFAULTS["rabbitmq_unbind_delay"]
+    rabbitmq_queue_type: str = _DEFAULTS["rabbitmq_queue_type"]
     amqp_spec: str = _DEFAULTS["amqp_spec"]
 
     redis_url: RedisAddress = _DEFAULTS["redis_url"]
@@ -375,6 +405,11 @@ class Settings:
     health_probe_interval: float = _DEFAULTS["health_probe_interval"]
     health_probe_timeout: float = _DEFAULTS["health_probe_timeout"]
     log_format: str = _DEFAULTS["log_format"]
+
+    @property
+    def rabbitmq_nodes(self) -> tuple[tuple[str, int], ...]:
+        """The RabbitMQ nodes to try in turn: RABBITMQ_HOST's entries, RABBITMQ_PORT where one has no port."""
+        return parse_nodes(self.rabbitmq_host, self.rabbitmq_port)
 
     @property
     def tls(self) -> bool:

@@ -76,8 +76,13 @@ class Metrics:
         )
         self.queue_lost = Counter(
             "peatio_ws_rabbitmq_queue_lost",
-            "Reconnects that found this process's queue gone (expired, or the broker restarted): "
-            "events routed to it meanwhile were lost",
+            "Times this process's queue was found gone (deleted, expired, or lost by the broker): every "
+            "authenticated connection was closed with 1012",
+            registry=r,
+        )
+        self.broker_cancels = Counter(
+            "peatio_ws_rabbitmq_consumer_cancelled",
+            "Times RabbitMQ cancelled our consumer (consumer_cancel_notify: the queue was deleted)",
             registry=r,
         )
         self.bindings = Gauge("peatio_ws_rabbitmq_bindings", "Member bindings on this process's queue", registry=r)

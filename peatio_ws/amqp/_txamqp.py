@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from io import BytesIO
 from time import perf_counter
 from typing import Any, NamedTuple, Protocol
 
@@ -88,6 +89,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from txamqp import spec as _spec
 from txamqp.client import Closed, TwistedDelegate
+from txamqp.codec import Codec
 from txamqp.connection import Body, Frame, Header, Method
 from txamqp.endpoint import AMQEndpoint
 from txamqp.factory import AMQFactory
@@ -99,6 +101,7 @@ from peatio_ws.config import ConfigError
 from peatio_ws.logs import logger
 
 __all__ = [
+    "CAPABILITIES",
     "Closed",
     "DeliveryClient",
     "DeliveryClientFactory",
@@ -133,12 +136,36 @@ def _decode_body(spec: Any, dec: Any) -> Any:
     return Body(dec.decode_longbytes())
 
 
+def _encode_table(self: Any, tbl: dict[str, Any]) -> None:
+    """C{Codec.encode_table}, with booleans (C{t}) and nested tables (C{F}) besides strings and integers."""
+    out = BytesIO()
+    codec = Codec(out)
+    for key, value in tbl.items():
+        codec.encode_shortstr(key)
+        if isinstance(value, bool):
+            codec.write(b"t")
+            codec.encode_octet(1 if value else 0)
+        elif isinstance(value, dict):
+            codec.write(b"F")
+            codec.encode_table(value)
+        elif isinstance(value, (str, bytes)):
+            codec.write(b"S")
+            codec.encode_longstr(value)
+        else:
+            codec.write(b"I")
+            codec.encode_long(value)
+    data = out.getvalue()
+    self.encode_long(len(data))
+    self.write(data)
+
+
 def install() -> None:
     """Apply the work-arounds; safe to call any number of times."""
     global _installed
     if _installed:
         return
     Body.decode = staticmethod(_decode_body)
+    Codec.encode_table = _encode_table
     warnings.filterwarnings(
         "ignore", message=_RETURNVALUE_WARNING, category=DeprecationWarning, module=_TXAMQP_MODULES
     )
@@ -147,7 +174,7 @@ def install() -> None:
 
 def installed() -> bool:
     """Whether L{install} has run (and the body decoder is ours)."""
-    return bool(Body.decode is _decode_body)
+    return bool(Body.decode is _decode_body and Codec.encode_table is _encode_table)
 
 
 def load_spec(path: str) -> Any:
@@ -259,6 +286,19 @@ class _Delegate(TwistedDelegate):
         )
 
 
+class _DeliveryDelegate(_Delegate):
+    """The consumer's delegate: also hears the broker cancel our consumer (the queue was deleted)."""
+
+    def basic_cancel(self, ch: Any, msg: Any) -> None:
+        listener = self.client.cancel_listener
+        if listener is not None:
+            listener(self.client, _as_bytes(msg.consumer_tag))
+
+
+#: What the consumer announces at login: the broker tells it (basic.cancel) when its queue goes.
+CAPABILITIES = {"consumer_cancel_notify": True}
+
+
 def endpoint(
     reactor: Any,
     host: str,
@@ -312,9 +352,9 @@ class DeliveryClient(AMQClient):
         clock: IReactorTime | None = None,
         insist: bool = False,
     ) -> None:
-        super().__init__(_Delegate(), vhost, spec, heartbeat=heartbeat, clock=clock, insist=insist)
-        #: Announced at login (strings only: txAMQP's table encoder knows nothing else).
-        self.client_properties: dict[str, str] = {"product": "peatio-ws"}
+        super().__init__(_DeliveryDelegate(), vhost, spec, heartbeat=heartbeat, clock=clock, insist=insist)
+        #: Announced at login (L{_encode_table} writes the nested capabilities table).
+        self.client_properties: dict[str, Any] = {"product": "peatio-ws", "capabilities": dict(CAPABILITIES)}
         self._reader = DeliveryReader()
         self._handler: DeliveryHandler | None = None
         self._read_done: Callable[[], None] | None = None
@@ -323,6 +363,8 @@ class DeliveryClient(AMQClient):
         self.lost_listener: Callable[[DeliveryClient, Failure], None] | None = None
         #: C{channel_listener(client, channel_id, reason)} when the broker closes a channel.
         self.channel_listener: Callable[[DeliveryClient, int | None, Any], None] | None = None
+        #: C{cancel_listener(client, consumer_tag)} when the broker cancels a consumer of ours.
+        self.cancel_listener: Callable[[DeliveryClient, bytes], None] | None = None
         #: What the broker said when it closed the connection, if it did.
         self.close_reason: object = None
         #: Where the connection stands with ClientService (L{_clientservice}).
@@ -454,7 +496,7 @@ class DeliveryClientFactory(AMQFactory):
 
     def buildProtocol(self, addr: Any) -> DeliveryClient:
         client: DeliveryClient = super().buildProtocol(addr)
-        client.client_properties = self._client_properties
+        client.client_properties = {**self._client_properties, "capabilities": dict(CAPABILITIES)}
         self._built(client)
         return client
 

@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 from peatio_ws.amqp import _clientservice, _txamqp
 from peatio_ws.amqp._txamqp import Closed, DeliveryClient, describe
 from peatio_ws.amqp.bindings import Bindings
+from peatio_ws.amqp.nodes import NodeRotation
 from peatio_ws.amqp.routing import binding_key, event_label, parse_routing_key, valid_json, valid_uid
 from peatio_ws.config import Settings
 from peatio_ws.logs import LineThrottle, logger
@@ -176,24 +177,32 @@ class EventConsumer(Service):
             {"product": "peatio-ws", "connection_name": self.queue_name},
             self._built,
         )
-        endpoint = _txamqp.endpoint(
-            reactor,
-            settings.rabbitmq_host,
-            settings.rabbitmq_port,
-            user=settings.rabbitmq_user,
-            password=settings.rabbitmq_password,
-            vhost=settings.rabbitmq_vhost,
-            heartbeat=settings.rabbitmq_heartbeat,
-            timeout=CONNECT_TIMEOUT,
+        self._nodes = NodeRotation(
+            [
+                (
+                    f"{host}:{port}",
+                    _txamqp.endpoint(
+                        reactor,
+                        host,
+                        port,
+                        user=settings.rabbitmq_user,
+                        password=settings.rabbitmq_password,
+                        vhost=settings.rabbitmq_vhost,
+                        heartbeat=settings.rabbitmq_heartbeat,
+                        timeout=CONNECT_TIMEOUT,
+                    ),
+                )
+                for host, port in settings.rabbitmq_nodes
+            ]
         )
         self._service = ClientService(
             _clientservice.GuardedEndpoint(
-                endpoint,
+                self._nodes,
                 reactor,
                 CONNECT_TIMEOUT,
                 self._attempting,
                 self._attempt_failed,
-                f"{settings.rabbitmq_host}:{settings.rabbitmq_port}",
+                settings.rabbitmq_host,
             ),
             factory,
             retryPolicy=self._retry_delay,
@@ -299,15 +308,16 @@ class EventConsumer(Service):
     def _built(self, client: DeliveryClient) -> None:
         client.lost_listener = self._connection_lost
         client.channel_listener = self._channel_failed
+        client.cancel_listener = self._cancelled
         self._connection = client
 
     def _attempting(self) -> None:
-        s = self._settings
+        host, _, port = self._nodes.upcoming.rpartition(":")
         log.info(
             "RabbitMQ: connecting to {host}:{port} (vhost {vhost})",
-            host=s.rabbitmq_host,
-            port=s.rabbitmq_port,
-            vhost=s.rabbitmq_vhost,
+            host=host,
+            port=int(port),
+            vhost=self._settings.rabbitmq_vhost,
         )
 
     def _attempt_failed(self, failure: Failure) -> None:
@@ -336,21 +346,21 @@ class EventConsumer(Service):
         # As Peatio declares it: a topic exchange, neither durable nor auto-deleted.
         await channel.exchange_declare(exchange=self._exchange, type="topic", durable=False)
         if self._declared and not await self._queue_survived(client):
-            self._metrics.queue_lost.inc()
-            log.warn(
-                "RabbitMQ: queue {queue} was gone (unused for RABBITMQ_QUEUE_EXPIRES={expires:g} s, or the broker "
-                "restarted): events for members connected here published meanwhile are lost; declaring it again",
-                queue=self.queue_name,
-                expires=s.rabbitmq_queue_expires,
-            )
+            self._events_lost()
         # Not exclusive, not auto-delete: it outlives a short disconnect, and
-        # x-expires removes it once no one has used it for a while.
+        # x-expires removes it once no one has used it for a while. A quorum
+        # queue (durable, as RabbitMQ requires) also outlives a broker restart
+        # and the loss of a cluster node, with its messages.
+        quorum = s.rabbitmq_queue_type == "quorum"
+        arguments: dict[str, Any] = {"x-expires": self._expires_ms}
+        if quorum:
+            arguments["x-queue-type"] = "quorum"
         await channel.queue_declare(
             queue=self._queue,
-            durable=False,
+            durable=quorum,
             exclusive=False,
             auto_delete=False,
-            arguments={"x-expires": self._expires_ms},
+            arguments=arguments,
         )
         self._declared = True
         if self._hub is not None:
@@ -426,6 +436,41 @@ class EventConsumer(Service):
                 "RabbitMQ: connection lost: {reason}",
                 reason=describe(client.close_reason if client.close_reason is not None else reason),
             )
+
+    def _events_lost(self) -> None:
+        """
+        The queue was gone (deleted, expired, the broker restarted or lost
+        it): events for the members here may have been lost. Never silently
+        (SPEC §8): every authenticated connection is closed with 1012, so its
+        client reconnects and resyncs; every order book waits for its next
+        snapshot. The queue is then declared again and every binding restored.
+        """
+        self._metrics.queue_lost.inc()
+        closed = self._registry.events_lost()
+        if self._hub is not None:
+            self._hub.market_lost()
+        log.warn(
+            "RabbitMQ: queue {queue} was gone (deleted, unused for RABBITMQ_QUEUE_EXPIRES={expires:g} s, or lost "
+            "by the broker): events published meanwhile may be lost; closed {closed} authenticated connections "
+            "with 1012 and declaring it again",
+            queue=self.queue_name,
+            expires=self._settings.rabbitmq_queue_expires,
+            closed=closed,
+        )
+
+    def _cancelled(self, client: DeliveryClient, consumer_tag: bytes) -> None:
+        """
+        The broker cancelled our consumer (consumer_cancel_notify): the
+        queue was deleted, or its node is gone. Reconnect at once: the
+        set-up finds out what was lost, says so (1012) and declares again.
+        """
+        session = self._session
+        if consumer_tag != self._consumer_tag or session is None or session.client is not client or self._stopped:
+            return
+        self._metrics.broker_cancels.inc()
+        log.warn("RabbitMQ cancelled our consumer of {queue} (the queue was deleted?); reconnecting",
+                 queue=self.queue_name)
+        client.abort()
 
     def _channel_failed(self, client: DeliveryClient, channel_id: int | None, reason: Any) -> None:
         if channel_id == PROBE_CHANNEL:

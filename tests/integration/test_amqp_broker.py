@@ -24,7 +24,8 @@ from peatio_ws.auth import Claims
 from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
-from tests.support.broker import HOST, PASSWORD, PORT, USER, close_connection_named, queue_counts
+from tests.support.broker import HOST, PASSWORD, PORT, USER, close_connection_named, queue_counts, rabbitmqctl
+from tests.support.daemon import free_port
 from tests.support.publisher import Publisher
 from tests.support.waiting import sleep, within
 from tests.support.waiting import until as wait_for
@@ -36,6 +37,7 @@ class FakeConnection:
     def __init__(self, conn_id: str) -> None:
         self.conn_id = conn_id
         self.frames: list[bytes] = []
+        self.lost = 0
 
     def send_frame(self, frame: bytes) -> bool:
         self.frames.append(frame)
@@ -43,6 +45,10 @@ class FakeConnection:
 
     def revoke(self) -> None:
         pass
+
+    def events_lost(self) -> None:
+        """Told that events may have been lost (the daemon would close it with 1012)."""
+        self.lost += 1
 
     def payloads(self) -> list[bytes]:
         """The raw messages sent, unframed."""
@@ -216,6 +222,9 @@ class EventConsumerBrokerTests(TestCase):
         self.assertEqual(seqs, list(range(total)))
         self.assertEqual(self.value("peatio_ws_rabbitmq_connects_total"), 2)
         self.assertEqual(self.value("peatio_ws_rabbitmq_up"), 1)
+        # The queue was intact: nothing was lost, no one is told so (SPEC §8).
+        self.assertEqual(conn.lost, 0)
+        self.assertEqual(self.value("peatio_ws_rabbitmq_queue_lost_total"), 0)
 
     async def test_non_ascii_and_large_bodies(self) -> None:
         """Non-ASCII UTF-8 bodies and a 1 MB body arrive byte for byte."""
@@ -297,3 +306,49 @@ class EventConsumerBrokerTests(TestCase):
         await within(consumer.stopService(), 15, "the consumer to stop")
         self.assertFalse(consumer.up)
         self.assertFalse(await self.publisher.queue_exists(consumer.queue_name))
+
+    # -- continuity (SPEC §8) ------------------------------------------------------
+
+    async def test_deleted_queue_is_never_a_silent_gap(self) -> None:
+        """
+        An operator deletes the queue while we consume: the broker cancels
+        our consumer (consumer_cancel_notify), every authenticated
+        connection is told (1012), the queue comes back with its bindings,
+        and events flow again.
+        """
+        first = self.join("IDGONE1")
+        other = self.join("IDGONE2")
+        consumer = await self.consumer()
+        self.publish("private.IDGONE1.order", {"id": 1})
+        await wait_for(lambda: len(first.frames) == 1, 10, "the first event")
+        await self.publisher.delete_queue(consumer.queue_name)
+        await wait_for(lambda: first.lost == 1 and other.lost == 1, 15, "1012 to every authenticated connection")
+        self.assertEqual(self.value("peatio_ws_rabbitmq_consumer_cancelled_total"), 1)
+        self.assertEqual(self.value("peatio_ws_rabbitmq_queue_lost_total"), 1)
+        self.assertEqual(len(self.registry), 0)
+        await within(consumer.when_consuming(), 15, "the consumer to consume again")
+        back = self.join("IDGONE1")
+        await wait_for(lambda: "IDGONE1" in consumer.bound, 10, "the member bound again")
+        self.publish("private.IDGONE1.order", {"id": 2})
+        await wait_for(lambda: back.events() == [{"order": {"id": 2}}], 10, "events after the queue came back")
+        self.assertEqual(first.lost, 1)
+
+    async def test_quorum_queue(self) -> None:
+        """RABBITMQ_QUEUE_TYPE=quorum: the process queue is a durable quorum queue, and events flow."""
+        conn = self.join("IDQUORUM")
+        consumer = await self.consumer(rabbitmq_queue_type="quorum")
+        listing = await rabbitmqctl("list_queues", "name", "type", "durable")
+        [line] = [row for row in listing.splitlines() if row.startswith(consumer.queue_name + "\t")]
+        self.assertEqual(line.split("\t")[1:], ["quorum", "true"])
+        for i in range(20):
+            self.publish("private.IDQUORUM.trade", {"id": i})
+        await wait_for(lambda: len(conn.frames) == 20, 10, "20 events through the quorum queue")
+        self.assertEqual([e["trade"]["id"] for e in conn.events()], list(range(20)))
+
+    async def test_nodes_tried_in_turn(self) -> None:
+        """RABBITMQ_HOST lists nodes: a node that refuses sends the consumer to the next one."""
+        conn = self.join("IDNODES")
+        refusing = free_port()
+        await self.consumer(rabbitmq_host=f"127.0.0.1:{refusing},{HOST}:{PORT}")
+        self.publish("private.IDNODES.order", {"id": 1})
+        await wait_for(lambda: len(conn.frames) == 1, 10, "an event through the second node")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import re
+from io import BytesIO
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -195,6 +196,42 @@ class LoginTests(DoorCase):
                         mechanisms="AMQPLAIN", locales="en_US")
         [start_ok] = pump.outgoing[0]
         self.check(start_ok.payload.args[0] == {"connection_name": "door"}, self.PIECE, "client-properties not sent")
+
+
+    def test_encode_table_signature(self) -> None:
+        """Codec.encode_table(self, tbl) is what install replaces, and decode_table reads t and F back."""
+        self.check_params(codec.Codec.encode_table, ["self", "tbl"], self.PIECE)
+        _txamqp.install()
+        out = BytesIO()
+        codec.Codec(out).encode_table({"a": "b", "n": 7, "capabilities": {"consumer_cancel_notify": True}})
+        decoded = codec.Codec(BytesIO(out.getvalue())).decode_table()
+        self.check(
+            decoded == {"a": "b", "n": 7, "capabilities": {"consumer_cancel_notify": True}},
+            self.PIECE,
+            f"a nested table with a boolean did not round-trip: {decoded!r}",
+        )
+
+    def test_capabilities_sent_and_cancel_heard(self) -> None:
+        """The consumer announces consumer_cancel_notify, and a broker basic.cancel reaches cancel_listener."""
+        _txamqp.install()
+        heard: list[bytes] = []
+        factory = _txamqp.DeliveryClientFactory(SPEC_PATH, Clock(), {"connection_name": "door"}, lambda c: None)
+        client = factory.buildProtocol(None)
+        client.cancel_listener = lambda c, tag: heard.append(tag)
+        pump = AMQPump()
+        pump.connect(client)
+        client.start({"LOGIN": "u", "PASSWORD": "p"}, "AMQPLAIN", "en_US")
+        pump.pumpMethod(0, "connection", "start", version_major=0, version_minor=9, server_properties={},
+                        mechanisms="AMQPLAIN", locales="en_US")
+        [start_ok] = pump.outgoing[0]
+        self.check(
+            start_ok.payload.args[0] == {"connection_name": "door", "capabilities": {"consumer_cancel_notify": True}},
+            self.PIECE,
+            f"client properties sent: {start_ok.payload.args[0]!r}",
+        )
+        client.channel(1)
+        pump.pumpMethod(1, "basic", "cancel", consumer_tag="q.1", no_wait=True)
+        self.check(heard == [b"q.1"], self.PIECE, f"basic.cancel from the broker reached the listener as {heard!r}")
 
 
 class FastPathTests(DoorCase):
