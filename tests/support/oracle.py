@@ -10,11 +10,20 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from typing import Any
 
 from peatio_ws.websocket import Reply
 
-__all__ = ["AUTHENTICATED", "AUTH_FAILED", "TOO_MANY", "expected_reply", "strict_json"]
+__all__ = [
+    "AUTHENTICATED",
+    "AUTH_FAILED",
+    "TOO_MANY",
+    "expected_reply",
+    "forwardable",
+    "private_key_names",
+    "strict_json",
+]
 
 #: The replies as JSON clients parse them.
 AUTHENTICATED = {"success": {"message": "Authenticated."}}
@@ -100,3 +109,48 @@ def expected_reply(payload: bytes, binary: bool) -> bytes:
     if not isinstance(value, str) or value.partition(" ")[0] != "Bearer":
         return Reply.TOKEN_TYPE
     return Reply.AUTH_FAILED
+
+
+_PRIVATE_KEY = re.compile(rb"private\.([^.]+)\.([^.]+)", re.DOTALL)
+
+
+def private_key_names(key: bytes) -> tuple[str, str] | None:
+    """
+    SPEC §4's routing key, read by a regular expression rather than the
+    server's split: C{(uid, event)} of C{private.<uid>.<event>} (two
+    non-empty parts without a dot, in UTF-8), else None.
+    """
+    match = _PRIVATE_KEY.fullmatch(key)
+    if match is None:
+        return None
+    try:
+        return match.group(1).decode("utf-8"), match.group(2).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def forwardable(body: bytes) -> bool:
+    """
+    SPEC §4's body rule, as a reference: one JSON value in UTF-8 (NaN and
+    Infinity are not JSON), at most 1024 levels deep, no byte order mark.
+    The standard decoder, given the stack that depth needs.
+    """
+    if _nesting(body) > 1024:
+        return False
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+
+    def constant(name: str) -> Any:
+        raise ValueError(name)
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 5000))
+    try:
+        json.loads(text, parse_constant=constant)
+    except (ValueError, RecursionError):
+        return False
+    finally:
+        sys.setrecursionlimit(limit)
+    return True
