@@ -154,6 +154,9 @@ class PublicHub:
         if recipients:
             sent = self._registry.fan_out(recipients, frame)
         subscribers = self._subscribers.get(name)
+        if subscribers and recipients:
+            # A subscriber of both <m>.ob-inc and <m>.ob-snap gets the snapshot once.
+            subscribers = subscribers.difference(recipients)
         if subscribers:
             sent += self._registry.fan_out(subscribers, frame)
         if sent:
