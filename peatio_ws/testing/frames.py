@@ -159,6 +159,13 @@ class Frame:
             return None
         return close_code(self.payload)
 
+    @property
+    def close_reason(self) -> str | None:
+        """The reason of a close frame (after its two code bytes), else None."""
+        if self.opcode != CLOSE:
+            return None
+        return self.payload[2:].decode("utf-8")
+
 
 def parse_frames(data: bytes | bytearray) -> tuple[list[Frame], bytes]:
     """The server frames in C{data}, and the incomplete rest."""

@@ -25,7 +25,6 @@ from peatio_ws.auth import (
     check_key_matches,
     load_public_key,
 )
-from peatio_ws.config import Settings
 from peatio_ws.testing import (
     OMIT,
     b64url,
@@ -634,14 +633,16 @@ class BadTokenTests(VerifierMixin, SynchronousTestCase):
         token = _header_swapped(self.token(), alg="HS256")
         self.assertEqual(self.assertRaises(AuthError, self.verifier().verify, token).reason, "algorithm")
 
-    def test_settings_leeways_fixed_at_construction(self) -> None:
-        """The verifier reads leeways from the Settings it was built with."""
+    def test_settings_leeways_reach_the_verifier(self) -> None:
+        """Settings.token_verifier applies JWT_EXPIRATION_LEEWAY=30: 29 s past exp verifies, 30 s past does not."""
         settings = settings_for_tests(jwt_expiration_leeway=30.0)
         clock = Clock()
         clock.advance(NOW)
         verifier = settings.token_verifier(clock)
-        verifier.verify(make_token(now=NOW, exp=NOW - 20))
-        self.assertIsInstance(settings, Settings)
+        claims = verifier.verify(make_token(now=NOW - 100, exp=NOW - 29, uid="IDLEEWAY"))
+        self.assertEqual((claims.uid, claims.expires_at), ("IDLEEWAY", NOW + 1))
+        late = make_token(now=NOW - 100, exp=NOW - 30)
+        self.assertEqual(self.assertRaises(AuthError, verifier.verify, late).reason, "expired")
 
 
 def _uid_of_bytes(size: int, tail: str = "") -> str:

@@ -300,6 +300,9 @@ class MessageFuzzTests(_FuzzCase):
             client.send(payload, opcode=2 if binary else 1)
         frames = client.received()
         self.assertEqual(close_codes(frames), [1009])
+        # The size limit fired, not another (a frame budget would be 1008).
+        [reason] = [frame.close_reason for frame in frames if frame.close_reason is not None]
+        self.assertIn(f"exceeds payload limit of {MAX_MESSAGE} octets", reason)
         self.assertEqual(text_payloads(frames), [])
         self.room.check_no_leak(client)
 

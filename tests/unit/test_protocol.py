@@ -486,10 +486,15 @@ class TimerTests(ProtocolTestCase):
 
 class LimitTests(ProtocolTestCase):
     def test_message_too_big(self) -> None:
-        """A message larger than WEBSOCKET_MAX_MESSAGE_SIZE closes with 1009."""
+        """A message larger than WEBSOCKET_MAX_MESSAGE_SIZE closes with 1009, the reason naming that limit."""
         client = self.connect()
-        client.send("x" * (self.settings.websocket_max_message_size + 1))
+        limit = self.settings.websocket_max_message_size
+        client.send("x" * (limit + 1))
         self.assertEqual(client.close_code(), CloseCode.MESSAGE_TOO_BIG)
+        [close] = [frame for frame in client.frames if frame.close_code is not None]
+        self.assertEqual(
+            close.close_reason, f"received WebSocket message size {limit + 1} exceeds payload limit of {limit} octets"
+        )
 
     def test_message_at_limit(self) -> None:
         """A message of exactly the limit is handled normally."""
