@@ -1,7 +1,15 @@
 """
-The demo's feed: publishes the sample stream on RabbitMQ about every
-tick, through the test kit's publisher, and reconnects when the broker goes
-away (warning once).
+The demo's feed: publishes the sample stream on RabbitMQ every tick,
+through the test kit's publisher (so through L{peatio_ws.amqp.Publisher}),
+and reconnects when the broker goes away (warning once).
+
+Beside the private events, a public market (L{SampleBook}): each tick a
+few order-book increments (C{public.<m>.ob-inc}, consecutive sequences) and
+the trades among them (C{public.<m>.trades}), and a snapshot
+(C{public.<m>.ob-snap}) every C{snapshot_period} seconds, and first thing
+after every (re)connect: what was not published meanwhile is a gap, and the
+daemon heals its clients with the next snapshot. With C{gap_every}, every
+so many increments one is not published, on purpose, to watch it do that.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 
 from demo.console import say
-from demo.sample import SampleStream
+from demo.sample import SampleBook, SampleStream
 from peatio_ws.config import Settings
 from tests.support.publisher import Publisher
 
@@ -26,13 +34,31 @@ class SampleFeed:
 
     RETRY = 3.0
 
-    def __init__(self, reactor: Any, settings: Settings, exchange: str, stream: SampleStream, interval: float) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        settings: Settings,
+        exchange: str,
+        stream: SampleStream,
+        interval: float,
+        book: SampleBook | None = None,
+        snapshot_period: float = 10.0,
+        gap_every: int = 0,
+    ) -> None:
         self.reactor = reactor
         self.settings = settings
         self.exchange = exchange
         self.stream = stream
         self.interval = interval
+        self.book = book
+        self.snapshot_period = snapshot_period
+        self.gap_every = gap_every
         self.published = 0
+        #: Order-book increments made, and those left out on purpose (L{gap_every}).
+        self.increments = 0
+        self.skipped = 0
+        #: When the next order-book snapshot is due (0: at the next tick).
+        self._next_snapshot = 0.0
         self._publisher: Publisher | None = None
         self._connecting = False
         self._next_attempt = 0.0
@@ -55,11 +81,29 @@ class SampleFeed:
                 self._connect()
             return
         for uid, event, payload in self.stream.tick():
-            # Bytes only: txAMQP 0.8.2 counts a str body in characters.
-            body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
-            d = publisher.publish(self.exchange, f"private.{uid}.{event}", body, properties=PROPERTIES)
-            d.addErrback(self._publish_failed)
-            self.published += 1
+            self._publish(publisher, f"private.{uid}.{event}", payload)
+        book = self.book
+        if book is not None:
+            market = book.market.name
+            now = self.reactor.seconds()
+            if now >= self._next_snapshot:
+                self._publish(publisher, f"public.{market}.ob-snap", book.snapshot())
+                self._next_snapshot = now + self.snapshot_period
+            for _ in range(book.rng.randint(1, 3)):
+                for event, payload in book.step():
+                    if event == "ob-inc":
+                        self.increments += 1
+                        if self.gap_every and self.increments % self.gap_every == 0:
+                            self.skipped += 1  # "lost": the daemon holds the book back until the next snapshot
+                            continue
+                    self._publish(publisher, f"public.{market}.{event}", payload)
+
+    def _publish(self, publisher: Publisher, routing_key: str, payload: dict[str, Any]) -> None:
+        # Bytes only: txAMQP 0.8.2 counts a str body in characters.
+        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        d = publisher.publish(self.exchange, routing_key, body, properties=PROPERTIES)
+        d.addErrback(self._publish_failed)
+        self.published += 1
 
     def _publish_failed(self, failure: Any) -> None:
         self._publisher = None
@@ -83,6 +127,7 @@ class SampleFeed:
     def _connected(self, publisher: Publisher) -> None:
         self._connecting = False
         self._publisher = publisher
+        self._next_snapshot = 0.0  # increments may have been lost: a snapshot first
         if self._warned:
             say("publisher: connected to RabbitMQ again")
         self._warned = False

@@ -9,8 +9,10 @@ private stream in a browser:
    (L{tests.support.daemon.DaemonProcess}, the runner the tests use too);
  - a tiny HTTP server on 127.0.0.1 serving the page in this directory and
    a DEVELOPMENT-ONLY token endpoint (L{demo.site});
- - a stream of realistic sample orders and trades for a couple of members
-   (L{demo.sample}), published on RabbitMQ about every second (L{demo.feed}).
+ - a stream of realistic sample orders and trades for a couple of members,
+   and the public order book and trades of one market (L{demo.sample}),
+   published on RabbitMQ about every second (L{demo.feed}); the page shows
+   the market through the ranger dialect's public path (SPEC §7).
 
 Ctrl-C stops it all: the publisher, the web server, then the daemon (SIGTERM,
 so connected pages see close code 1001).
@@ -26,6 +28,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 if __package__ in (None, ""):  # `python demo/run.py` without PYTHONPATH=.: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,7 +39,7 @@ from twisted.internet.task import LoopingCall
 from demo.console import say
 from demo.devkey import DevKey, load_or_create_key, sync_env_file
 from demo.feed import SampleFeed
-from demo.sample import SampleStream
+from demo.sample import MARKET_NAMES, SampleBook, SampleStream
 from demo.site import DEV_NOTE, LOOPBACK_NAMES, UID_PATTERN, build_site
 from peatio_ws.config import ConfigError, Settings, load_settings
 from tests.support.daemon import DaemonProcess, loopback
@@ -46,6 +49,8 @@ from tests.support.paths import REPO
 DEFAULT_MEMBERS = ("ID1A2B3C4D5E", "IDF6E5D4C3B2")
 #: The development key, beside what ``make dev-key`` writes.
 DEV_KEY = REPO / ".dev" / "jwt-private.pem"
+#: Where baseapp finds the public market streams (OpenDAX's rangerUrl + /public/).
+RANGER_PUBLIC_PATH = "/api/v2/ranger/public/"
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -76,8 +81,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--members", default=",".join(DEFAULT_MEMBERS),
                         help="comma list of uids to publish sample events for")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between sample ticks (default 1)")
+    parser.add_argument("--market", default="btcusd", choices=MARKET_NAMES,
+                        help="the market whose public order book and trades are published and shown (default btcusd)")
+    parser.add_argument("--snapshot-period", type=float, default=10.0,
+                        help="seconds between order-book snapshots (default 10); increments in between")
+    parser.add_argument("--gap-every", type=int, default=0, metavar="N",
+                        help="leave out every N-th order-book increment, to watch the daemon hold the book back "
+                             "until the next snapshot (default 0: never)")
     parser.add_argument("--exchange", help="events exchange (default RABBITMQ_EVENTS_EXCHANGE)")
     parser.add_argument("--ws-url", help="WebSocket URL the page starts with (default ws://<page host>:<port>/)")
+    parser.add_argument("--ranger-url",
+                        help="the ranger public path the market panel connects to "
+                             f"(default: {RANGER_PUBLIC_PATH} on the --ws-url server, or on the page's host)")
     parser.add_argument("--token-lifetime", type=int, default=3600, help="seconds a dev token is valid (default 3600)")
     parser.add_argument("--seed", type=int, help="seed of the sample stream (for repeatable runs)")
     args = parser.parse_args(argv)
@@ -88,6 +103,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.member_list = members
     if args.interval <= 0:
         parser.error("--interval must be positive")
+    if args.snapshot_period <= 0:
+        parser.error("--snapshot-period must be positive")
+    if args.gap_every < 0:
+        parser.error("--gap-every must be 0 (never) or positive")
     return args
 
 
@@ -180,9 +199,13 @@ def _serve(
         [FilteringLogObserver(textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.warn)])],
         redirectStandardIO=False,
     )
+    ranger_url = args.ranger_url or (urljoin(args.ws_url, RANGER_PUBLIC_PATH) if args.ws_url else None)
     page_config = {
         "wsUrl": args.ws_url,
         "wsPort": settings.websocket_port,
+        "rangerUrl": ranger_url,
+        "rangerPath": RANGER_PUBLIC_PATH,
+        "market": args.market,
         "members": args.member_list,
         "devTokens": True,
         "devNote": DEV_NOTE,
@@ -203,7 +226,12 @@ def _serve(
     publisher: SampleFeed | None = None
     if not args.no_publisher:
         stream = SampleStream(args.member_list, random.Random(args.seed))  # noqa: S311 - sample data
-        publisher = SampleFeed(reactor, settings, exchange, stream, args.interval)
+        market = next(m for m in stream.markets if m.name == args.market)
+        book_rng = random.Random(None if args.seed is None else args.seed + 1)  # noqa: S311 - sample data
+        book = SampleBook(market, book_rng)
+        publisher = SampleFeed(
+            reactor, settings, exchange, stream, args.interval, book, args.snapshot_period, args.gap_every
+        )
         publisher.start()
 
     status = {"code": 0}
@@ -241,8 +269,12 @@ def _serve(
     say("peatio-ws demo is running")
     say(f"  WebSocket : {ws_url}" + ("" if daemon is not None else "  (daemon not started by the demo)"))
     say(f"  key       : {key.path} ({key.algorithm}, development only)")
+    say(f"  market    : {ranger_url or urljoin(ws_url, RANGER_PUBLIC_PATH)}"
+        f"?stream={args.market}.ob-inc&stream={args.market}.trades")
     if publisher is not None:
         say(f"  events    : sample orders and trades for {members} every {args.interval:g} s on '{exchange}'")
+        say(f"              and {args.market}'s order book (a snapshot every {args.snapshot_period:g} s) and trades"
+            + (f"; every {args.gap_every}th increment left out" if args.gap_every else ""))
     say("")
     say(f"  Open {url}")
     first = args.member_list[0] if args.member_list else DEFAULT_MEMBERS[0]
@@ -251,7 +283,8 @@ def _serve(
     say("")
     reactor.run()
     if publisher is not None:
-        say(f"demo: published {publisher.published} sample events")
+        skipped = f" ({publisher.skipped} increments left out on purpose)" if publisher.skipped else ""
+        say(f"demo: published {publisher.published} sample events{skipped}")
     return status["code"]
 
 
