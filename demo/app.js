@@ -1,14 +1,24 @@
-// peatio-ws live demo: a plain WebSocket client for the private stream.
-// No build step, no dependencies. The protocol (SPEC section 3, docs/protocol.md):
+// peatio-ws live demo: plain WebSocket clients, no build step, no dependencies.
+// The private stream, legacy dialect (SPEC section 3, docs/protocol.md):
 //   server: {"challenge":"..."}            on open
 //   client: {"jwt":"Bearer <JWT>"}         to authenticate (again after every reconnect)
 //   server: {"success":{"message":"Authenticated."}} or {"error":{"message":"..."}}
 //   server: {"order":{...}}, {"trade":{...}}, ... the member's own events
 //   client: ping (text) -> server: pong (text). Protocol-level pings are answered by the browser.
+// The market panel, ranger dialect (SPEC section 7), a second WebSocket, anonymous:
+//   <ranger>/public/?stream=<m>.ob-inc&stream=<m>.trades
+//   server: {"<m>.ob-snap":{"asks":[[p,v],...],"bids":[...],"sequence":N}}, then the stored
+//           {"<m>.ob-inc":{"asks"|"bids":[p,v],"sequence":N+1}}, ..., then
+//           {"success":{"message":"subscribed","streams":[...]}}; later more ob-inc (volume "0"
+//           deletes the level), ob-snap, and {"<m>.trades":{"trades":[{tid,price,amount,taker_type,date}]}}.
+//   An ob-inc applies only if its sequence is the previous one + 1 (as baseapp checks); otherwise the
+//   book waits for the next ob-snap and ignores increments until then.
 'use strict';
 
 (function () {
   const MAX_ROWS = 50;          // rows kept per table
+  const BOOK_LEVELS = 8;        // order-book levels shown per side
+  const MARKET_TRADES = 15;     // public trades shown
   const MAX_LOG = 200;          // messages kept in the log
   const BACKOFF_BASE_MS = 500;  // first reconnect delay (before jitter)
   const BACKOFF_CAP_MS = 30000; // longest reconnect delay
@@ -29,6 +39,11 @@
     log: $('log'), orders: $('orders').tBodies[0], trades: $('trades').tBodies[0],
     ordersCount: $('orders-count'), tradesCount: $('trades-count'),
     ordersEmpty: $('orders-empty'), tradesEmpty: $('trades-empty'),
+    marketName: $('market-name'), marketStatus: $('market-status'), marketUrl: $('market-url'),
+    bookSequence: $('book-sequence'), bookCounts: $('book-counts'), book: $('book'),
+    asks: $('book-asks'), bids: $('book-bids'), spread: $('spread'),
+    marketTrades: $('market-trades').tBodies[0], marketTradesCount: $('market-trades-count'),
+    marketTradesEmpty: $('market-trades-empty'),
   };
 
   const s = {
@@ -367,6 +382,258 @@
     trim(el.trades);
   }
 
+
+  // -- the market panel: public streams on the ranger dialect ------------------------------------
+
+  const m = {
+    market: 'btcusd',
+    url: '',             // the ranger public URL, streams included
+    ws: null,
+    attempt: 0,
+    timer: null,
+    asks: new Map(),     // Number(price) -> [price text, volume text]
+    bids: new Map(),
+    sequence: null,      // the sequence of the last snapshot or increment applied
+    primed: false,       // a snapshot and every increment since: increments apply
+    why: '',             // why the book waits
+    counts: { snapshots: 0, applied: 0, ignored: 0, trades: 0 },
+    digits: { price: 0, volume: 0 }, // decimal places shown, the most the book has had
+  };
+
+  function setMarketStatus(state, text) {
+    el.marketStatus.dataset.state = state;
+    el.marketStatus.textContent = text;
+  }
+
+  function marketConnect() {
+    m.timer = null;
+    let ws;
+    try {
+      ws = new WebSocket(m.url);
+    } catch (e) {
+      log('•', 'market: cannot connect to ' + JSON.stringify(m.url) + ': ' + e.message, 'error');
+      setMarketStatus('disconnected', 'Disconnected: invalid URL');
+      return;
+    }
+    m.ws = ws;
+    setMarketStatus('connecting', 'Connecting…');
+    ws.onopen = () => {
+      log('•', 'market: connected to ' + m.url);
+      bookWaits('waiting for the replay');
+    };
+    ws.onmessage = (event) => marketReceive(ws, event);
+    ws.onclose = (event) => {
+      if (ws !== m.ws) return;
+      m.ws = null;
+      m.primed = false;
+      showBookState();
+      const meaning = CLOSE_MEANINGS[event.code] || 'unknown';
+      log('•', 'market: closed: code ' + event.code + ' (' + meaning + ')', event.code === 1000 ? '' : 'error');
+      const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** m.attempt);
+      const delay = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
+      m.attempt += 1;
+      setMarketStatus('reconnecting', 'Reconnecting in ' + (delay / 1000).toFixed(1) + ' s (closed with ' +
+        event.code + ' ' + meaning + ')');
+      m.timer = setTimeout(marketConnect, delay);
+    };
+  }
+
+  function marketReceive(ws, event) {
+    if (ws !== m.ws || typeof event.data !== 'string' || event.data === 'pong') return;
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch (e) {
+      log('←', 'market: ' + event.data, 'error');
+      return;
+    }
+    const type = message && typeof message === 'object' ? Object.keys(message)[0] : undefined;
+    const payload = type !== undefined ? message[type] : undefined;
+    if (type === m.market + '.ob-snap') {
+      applySnapshot(payload);
+    } else if (type === m.market + '.ob-inc') {
+      applyIncrement(payload);
+    } else if (type === m.market + '.trades') {
+      showMarketTrades(payload);
+    } else if (type === 'success' || type === 'error') {
+      // Control replies only: the market's own frames would flood the log.
+      log('←', event.data, type);
+      if (type === 'success') {
+        m.attempt = 0;
+        if (!m.primed) bookWaits('waiting for snapshot');
+      }
+    }
+  }
+
+  function isSequence(value) {
+    return typeof value === 'number' && Number.isInteger(value);
+  }
+
+  function levelsOf(value) {
+    // A single [price, volume] (Peatio's increments) or a list of them (snapshots; some producers' increments).
+    if (!Array.isArray(value)) return [];
+    if (value.length === 2 && !Array.isArray(value[0])) return [value];
+    return value.filter((level) => Array.isArray(level) && level.length >= 2);
+  }
+
+  function setLevel(side, level) {
+    const price = Number(level[0]);
+    if (!Number.isFinite(price)) return;
+    if (Number(level[1]) === 0) side.delete(price);
+    else side.set(price, [String(level[0]), String(level[1])]);
+  }
+
+  function applySnapshot(p) {
+    if (!p || typeof p !== 'object' || !isSequence(p.sequence)) {
+      m.counts.ignored += 1;
+      bookWaits('a snapshot without a sequence: waiting for the next one');
+      return;
+    }
+    m.asks.clear();
+    m.bids.clear();
+    for (const level of levelsOf(p.asks)) setLevel(m.asks, level);
+    for (const level of levelsOf(p.bids)) setLevel(m.bids, level);
+    m.sequence = p.sequence;
+    m.primed = true;
+    m.why = '';
+    m.counts.snapshots += 1;
+    setMarketStatus('live', 'Live');
+    renderBook();
+  }
+
+  function applyIncrement(p) {
+    const sequence = p && typeof p === 'object' ? p.sequence : undefined;
+    if (!m.primed) {
+      m.counts.ignored += 1;
+      showBookState();
+      return;
+    }
+    if (!isSequence(sequence) || sequence !== m.sequence + 1) {
+      m.counts.ignored += 1;
+      bookWaits('sequence gap: expected ' + (m.sequence + 1) + ', got ' + JSON.stringify(sequence) +
+        '; waiting for snapshot');
+      return;
+    }
+    for (const level of levelsOf(p.asks)) setLevel(m.asks, level);
+    for (const level of levelsOf(p.bids)) setLevel(m.bids, level);
+    m.sequence = sequence;
+    m.counts.applied += 1;
+    renderBook();
+  }
+
+  // Until the next snapshot: increments are ignored, the book shown is stale.
+  function bookWaits(why) {
+    m.primed = false;
+    m.why = why;
+    setMarketStatus('waiting', why.charAt(0).toUpperCase() + why.slice(1));
+    showBookState();
+  }
+
+  function showBookState() {
+    const state = m.primed ? 'primed' : 'waiting';
+    el.book.dataset.state = state;
+    el.bookSequence.dataset.state = state;
+    el.bookSequence.textContent = (m.sequence === null ? '—' : String(m.sequence)) +
+      (m.primed ? '' : '  (waiting for snapshot)');
+    const c = m.counts;
+    el.bookCounts.textContent = c.snapshots + (c.snapshots === 1 ? ' snapshot, ' : ' snapshots, ') +
+      c.applied + (c.applied === 1 ? ' increment' : ' increments') + ' applied, ' + c.ignored + ' ignored';
+  }
+
+  function decimals(text) {
+    const dot = text.indexOf('.');
+    return dot < 0 ? 0 : text.length - dot - 1;
+  }
+
+  // Peatio's decimals come trimmed ("64296.3"): shown with as many places as the longest, so they line up.
+  function places(texts) {
+    return texts.reduce((most, text) => Math.max(most, decimals(text)), 0);
+  }
+
+  function padded(text, digits) {
+    const value = Number(text);
+    return Number.isFinite(value) && decimals(text) < digits ? value.toFixed(digits) : text;
+  }
+
+  function renderSide(tbody, levels, className, priceDigits, volumeDigits) {
+    // Cumulative depth from the best price outwards, as a bar behind the volume.
+    let total = 0;
+    const rows = levels.map(([price, volume]) => {
+      total += Number(volume);
+      return { price, volume, total };
+    });
+    const deepest = total || 1;
+    if (className === 'ask') rows.reverse(); // asks above the spread, the best one lowest
+    tbody.replaceChildren(...rows.map(({ price, volume, total: depth }) => {
+      const row = document.createElement('tr');
+      row.className = className;
+      row.dataset.price = price;
+      row.dataset.volume = volume;
+      cell(row, className, 'side');
+      cell(row, padded(price, priceDigits), 'num price');
+      const v = cell(row, padded(volume, volumeDigits), 'num depth');
+      v.style.setProperty('--depth', (100 * depth / deepest).toFixed(1) + '%');
+      return row;
+    }));
+  }
+
+  function renderBook() {
+    const asks = [...m.asks.keys()].sort((a, b) => a - b).slice(0, BOOK_LEVELS).map((k) => m.asks.get(k));
+    const bids = [...m.bids.keys()].sort((a, b) => b - a).slice(0, BOOK_LEVELS).map((k) => m.bids.get(k));
+    const shown = asks.concat(bids);
+    const priceDigits = Math.max(m.digits.price, places(shown.map((level) => level[0])));
+    const volumeDigits = Math.max(m.digits.volume, places(shown.map((level) => level[1])));
+    m.digits = { price: priceDigits, volume: volumeDigits };
+    renderSide(el.asks, asks, 'ask', priceDigits, volumeDigits);
+    renderSide(el.bids, bids, 'bid', priceDigits, volumeDigits);
+    if (asks.length && bids.length) {
+      el.spread.textContent = 'spread ' + (Number(asks[0][0]) - Number(bids[0][0])).toFixed(priceDigits) +
+        '  ·  ' + m.asks.size + ' asks, ' + m.bids.size + ' bids';
+    } else {
+      el.spread.textContent = '—';
+    }
+    showBookState();
+  }
+
+  function showMarketTrades(p) {
+    const trades = p && Array.isArray(p.trades) ? p.trades : [];
+    for (const t of [...trades].reverse()) {
+      if (!t || typeof t !== 'object') continue;
+      m.counts.trades += 1;
+      const row = document.createElement('tr');
+      row.dataset.id = String(t.tid);
+      const date = typeof t.date === 'number' ? new Date(t.date * 1000) : null;
+      timeCell(row, date && !isNaN(date) ? date.toISOString() : t.date);
+      sideCell(row, t.taker_type);
+      cell(row, padded(String(t.price), m.digits.price), 'num');
+      cell(row, padded(String(t.amount), m.digits.volume), 'num');
+      el.marketTrades.prepend(row);
+      flash(row);
+    }
+    while (el.marketTrades.rows.length > MARKET_TRADES) el.marketTrades.rows[el.marketTrades.rows.length - 1].remove();
+    el.marketTradesCount.textContent = m.counts.trades + (m.counts.trades === 1 ? ' trade' : ' trades');
+    el.marketTradesEmpty.hidden = m.counts.trades > 0;
+  }
+
+  function startMarket(url, market) {
+    m.market = market;
+    const streams = [market + '.ob-inc', market + '.trades'].sort(); // baseapp sorts them too
+    el.marketName.textContent = market;
+    let target;
+    try {
+      target = new URL(url);
+    } catch (e) {
+      log('•', 'market: not a WebSocket URL: ' + JSON.stringify(url), 'error');
+      setMarketStatus('disconnected', 'Disconnected: invalid URL');
+      return;
+    }
+    for (const stream of streams) target.searchParams.append('stream', stream);
+    m.url = target.href;
+    el.marketUrl.textContent = m.url;
+    showBookState();
+    marketConnect();
+  }
+
   // -- start-up --------------------------------------------------------------------------------
 
   async function loadConfig() {
@@ -405,8 +672,19 @@
     el.disconnect.addEventListener('click', disconnect);
     el.ping.addEventListener('click', ping);
     el.generate.addEventListener('click', generateToken);
-    document.body.dataset.ready = 'true';
     setStatus('disconnected', 'Disconnected');
+    // The market panel starts at once: public streams need no token.
+    const market = params.get('market') || (config && config.market) || 'btcusd';
+    let rangerUrl = params.get('ranger') || (config && config.rangerUrl);
+    if (!rangerUrl) {
+      try {
+        rangerUrl = new URL((config && config.rangerPath) || '/api/v2/ranger/public/', el.wsUrl.value).href;
+      } catch (e) {
+        rangerUrl = '';
+      }
+    }
+    if (rangerUrl) startMarket(rangerUrl, market);
+    document.body.dataset.ready = 'true';
 
     // ?uid=ID...&autoconnect=1: generate a development token, connect and authenticate.
     if (params.get('autoconnect') === '1' && config && config.devTokens) {
