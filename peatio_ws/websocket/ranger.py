@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -143,6 +144,11 @@ class RangerDialect:
             return None
 
         def verified(claims: Claims) -> None:
+            if conn.state == WebSocketProtocol.STATE_CLOSED:
+                # The client left while the check ran. Autobahn would still
+                # complete the upgrade and open (register, subscribe, count)
+                # a connection that is gone for good: refuse it instead.
+                raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "Connection closed")
             conn.ranger_claims = claims
 
         def failed(failure: Failure) -> None:
@@ -269,8 +275,6 @@ class RangerDialect:
         limit = conn.factory.settings.ranger_max_streams
         current = cast(dict[str, Stream], conn.subscriptions)
         member = conn.private_streams is not None
-        if len(names) > limit + len(current) and not lenient:
-            return [], RangerReply.too_many(limit)
         wanted: dict[str, Stream] = {}
         error: bytes | None = None
         for name in names:
