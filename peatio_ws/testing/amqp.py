@@ -31,6 +31,7 @@ from peatio_ws.auth import Claims
 from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
+from peatio_ws.streams import PublicHub
 from peatio_ws.testing.fakes import FakeConnection
 
 __all__ = ["EventsConnection", "FakeBroker", "Harness", "Published", "bind_keys", "spec"]
@@ -343,9 +344,13 @@ class FakeBroker:
 
 
 class Harness:
-    """An EventConsumer on a memory reactor, with its real registry and metrics."""
+    """
+    An EventConsumer on a memory reactor, with its real registry and
+    metrics; with C{public=True}, also a real L{PublicHub} (C{hub}) for the
+    public events (SPEC §7).
+    """
 
-    def __init__(self, test: SynchronousTestCase, **settings: Any) -> None:
+    def __init__(self, test: SynchronousTestCase, *, public: bool = False, **settings: Any) -> None:
         defaults: dict[str, Any] = {
             "rabbitmq_heartbeat": 0,
             "rabbitmq_events_exchange": "peatio.events.test",
@@ -360,7 +365,10 @@ class Harness:
         self.reactor = MemoryReactorClock()
         self.metrics = Metrics()
         self.registry = Registry(self.metrics)
-        self.consumer = EventConsumer(self.settings, self.registry, self.metrics, reactor=self.reactor)
+        self.hub = (
+            PublicHub(self.registry, self.metrics, self.settings.ranger_orderbook_max_increments) if public else None
+        )
+        self.consumer = EventConsumer(self.settings, self.registry, self.metrics, reactor=self.reactor, hub=self.hub)
         self.attempts = 0
         self.events: list[LogEvent] = []
         observer = cast(ILogObserver, self.events.append)

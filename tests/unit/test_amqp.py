@@ -31,6 +31,7 @@ from peatio_ws.auth import Claims
 from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
+from peatio_ws.streams.names import parse_stream
 from peatio_ws.testing.amqp import EventsConnection as FakeConnection
 from peatio_ws.testing.amqp import FakeBroker, Harness, bind_keys
 
@@ -881,3 +882,189 @@ class LifecycleTests(SynchronousTestCase):
         settings = dataclasses.replace(Settings(), rabbitmq_events_exchange="x.y")
         consumer = EventConsumer(settings, Registry(), Metrics(), reactor=MemoryReactorClock())
         self.assertFalse(consumer.up)
+
+
+class PublicSubscriber(FakeConnection):
+    """A ranger connection as the hub sees it (subscriptions, private_streams), recording each write."""
+
+    def __init__(self, conn_id: str, member: bool = False) -> None:
+        super().__init__(conn_id)
+        self.subscriptions: dict[str, Any] = {}
+        self.private_streams: set[str] | None = set() if member else None
+        self.writes: list[list[bytes]] = []
+
+    def send_frames(self, frames: list[bytes]) -> bool:
+        self.writes.append(list(frames))
+        self.frames.extend(frames)
+        return True
+
+
+class PublicEventTests(SynchronousTestCase):
+    """SPEC §7: public.<id>.<event> from start-up, handed to the hub; only with a hub."""
+
+    def subscribe(self, h: Harness, conn: PublicSubscriber, *names: str) -> list[bytes]:
+        assert h.hub is not None
+        parsed = [parse_stream(name) for name in names]
+        return h.hub.subscribe(conn, [p for p in parsed if p is not None])
+
+    def received(self, h: Harness, event: str) -> float:
+        return h.value("peatio_ws_public_events_received_total", event=event)
+
+    def test_no_hub_no_public_binding(self) -> None:
+        """Without a hub nothing public is bound, and a public key is just a bad one."""
+        h = Harness(self)
+        h.join("ID1")
+        broker = h.consuming()
+        self.assertEqual(bind_keys(broker), [b"private.ID1.*"])
+        broker.deliver("public.btcusd.trades", "{}")
+        broker.pump()
+        self.assertEqual(h.dropped("bad_routing_key"), 1)
+
+    def test_binds_public_at_set_up(self) -> None:
+        """With a hub, public.*.* is bound at set-up, before consuming, whoever is connected."""
+        h = Harness(self, public=True)
+        broker = h.consuming()
+        names = broker.names()
+        self.assertEqual(bind_keys(broker), [b"public.*.*"])
+        [fields] = broker.named("queue.bind")
+        self.assertEqual((fields["queue"], fields["exchange"]), (h.consumer.queue_name, "peatio.events.test"))
+        self.assertLess(names.index("queue.bind"), names.index("basic.consume"))
+        # Only members count as member bindings.
+        self.assertEqual(h.value("peatio_ws_rabbitmq_bindings"), 0)
+
+    def test_public_binding_only_at_set_up(self) -> None:
+        """Members coming and going bind and unbind their own key only; a reconnect binds public.*.* again."""
+        h = Harness(self, public=True, rabbitmq_unbind_delay=0)
+        h.join("ID0")
+        broker = h.consuming()
+        self.assertEqual(sorted(bind_keys(broker)), [b"private.ID0.*", b"public.*.*"])
+        conn = h.join("ID1")
+        broker.pump()
+        h.leave(conn)
+        h.reactor.advance(0)
+        broker.pump()
+        self.assertEqual(bind_keys(broker).count(b"public.*.*"), 1)
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.ID1.*"])
+        broker.drop()
+        h.reactor.advance(60)
+        broker2 = h.connect()
+        self.assertEqual(sorted(bind_keys(broker2)), [b"private.ID0.*", b"public.*.*"])
+
+    def test_handed_to_the_hub(self) -> None:
+        """public.<id>.<event> reaches the subscribers of <id>.<event>, payload as published; acked."""
+        h = Harness(self, public=True)
+        broker = h.consuming()
+        subscriber, other = PublicSubscriber("s"), PublicSubscriber("o")
+        self.subscribe(h, subscriber, "btcusd.trades")
+        self.subscribe(h, other, "ethusd.trades")
+        body = b'{"tid":1, "price":"1.5"}'
+        tag = broker.deliver("public.btcusd.trades", body)
+        broker.pump()
+        self.assertEqual(subscriber.events(), [{"btcusd.trades": {"tid": 1, "price": "1.5"}}])
+        self.assertTrue(subscriber.frames[0].endswith(b'{"btcusd.trades":' + body + b"}"))
+        self.assertEqual(other.frames, [])
+        self.assertEqual(broker.acks, [(tag, True)])
+        self.assertEqual(self.received(h, "trades"), 1)
+        self.assertEqual(h.value("peatio_ws_public_copies_total", event="trades"), 1)
+        self.assertEqual(h.dropped("bad_routing_key") + h.dropped("no_connection"), 0)
+
+    def test_one_write_per_read_in_broker_order(self) -> None:
+        """A read's public and private frames reach a connection in one write, in the broker's order."""
+        h = Harness(self, public=True)
+        member = PublicSubscriber("m", member=True)
+        self.subscribe(h, member, "order", "btcusd.trades")
+        h.registry.authenticate(member, Claims(uid="ID1", jti="j", expires_at=None))
+        broker = h.consuming()
+        broker.deliver("public.btcusd.trades", '{"n":1}')
+        broker.deliver("private.ID1.order", '{"n":2}')
+        broker.deliver("private.ID1.trade", '{"n":3}')
+        broker.deliver("public.btcusd.trades", '{"n":4}')
+        broker.pump()
+        self.assertEqual(len(member.writes), 1)
+        self.assertEqual(
+            member.events(), [{"btcusd.trades": {"n": 1}}, {"order": {"n": 2}}, {"btcusd.trades": {"n": 4}}]
+        )
+
+    def test_order_books_warm_from_start_up(self) -> None:
+        """Order-book events with no subscriber are stored: the first subscriber is replayed at once."""
+        h = Harness(self, public=True)
+        broker = h.consuming()
+        broker.deliver("public.btcusd.ob-snap", '{"asks":[],"bids":[],"sequence":1}')
+        broker.deliver("public.btcusd.ob-inc", '{"asks":["1","2"],"sequence":2}')
+        broker.pump()
+        replay = self.subscribe(h, PublicSubscriber("late"), "btcusd.ob-inc")
+        self.assertEqual(
+            [json.loads(f[2:]) for f in replay],
+            [{"btcusd.ob-snap": {"asks": [], "bids": [], "sequence": 1}},
+             {"btcusd.ob-inc": {"asks": ["1", "2"], "sequence": 2}}],
+        )
+
+    def test_malformed_public_body(self) -> None:
+        """A public body that is not JSON is counted, logged, acked and never reaches the hub."""
+        h = Harness(self, public=True)
+        broker = h.consuming()
+        subscriber = PublicSubscriber("s")
+        self.subscribe(h, subscriber, "btcusd.trades", "btcusd.ob-inc")
+        bodies = [b"not json", b"", b"\xff", b'{"a":NaN}', b'{"sequence":1']
+        for body in bodies:
+            broker.deliver("public.btcusd.trades", body)
+        tag = broker.deliver("public.btcusd.ob-snap", b"{")
+        broker.pump()
+        self.assertEqual(h.dropped("malformed"), len(bodies) + 1)
+        self.assertEqual(subscriber.frames, [])
+        self.assertEqual(self.received(h, "trades") + self.received(h, "ob-snap"), 0)
+        self.assertEqual(broker.acks, [(tag, True)])
+        [line] = h.logged("not JSON")
+        self.assertIn("public.btcusd.trades", formatEvent(line))
+        # The book never saw the malformed snapshot: not followed, not broken.
+        assert h.hub is not None
+        book = h.hub.books["btcusd"]
+        self.assertEqual((book.sequence, book.broken), (None, False))
+
+    def test_bad_public_keys(self) -> None:
+        """Public keys of any other shape are counted as bad keys, acked, and never reach the hub."""
+        h = Harness(self, public=True)
+        broker = h.consuming()
+        subscriber = PublicSubscriber("s")
+        self.subscribe(h, subscriber, "btcusd.trades")
+        keys = [
+            b"public", b"public.", b"public.btcusd", b"public.btcusd.trades.x", b"public..trades",
+            b"public.btcusd.", b"public.btc*.trades", b"public.btcusd.#", b"public.\xff.trades",
+            b"public." + b"a" * 65 + b".trades", b"public.btcusd." + b"t" * 65,
+        ]
+        for key in keys:
+            broker.deliver(key, "{}")
+        tag = broker.deliver("public.btcusd.trades", "{}")
+        broker.pump()
+        self.assertEqual(h.dropped("bad_routing_key"), len(keys))
+        self.assertEqual(len(subscriber.frames), 1)
+        self.assertEqual(self.received(h, "trades"), 1)
+        self.assertEqual(sum(self.received(h, e) for e in ("other", "trades")), 1)
+        self.assertEqual(broker.acks, [(tag, True)])
+
+    def test_part_length_boundary(self) -> None:
+        """Parts of MAX_PART (64) characters are public keys; 65 are not."""
+        h = Harness(self, public=True)
+        broker = h.consuming()
+        broker.deliver(b"public." + b"a" * 64 + b"." + b"b" * 64, "{}")
+        broker.deliver(b"public." + b"a" * 65 + b".b", "{}")
+        broker.pump()
+        self.assertEqual(self.received(h, "other"), 1)
+        self.assertEqual(h.dropped("bad_routing_key"), 1)
+
+    def test_hub_failure(self) -> None:
+        """An unexpected error in the hub is logged and counted; the message is acked, the consumer goes on."""
+        h = Harness(self, public=True)
+        broker = h.consuming()
+        assert h.hub is not None
+
+        def explode(ident: str, event: str, body: bytes) -> int:
+            raise RuntimeError("boom")
+
+        h.hub.publish = explode  # type: ignore[method-assign]
+        tag = broker.deliver("public.btcusd.trades", "{}")
+        broker.pump()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(h.dropped("error"), 1)
+        self.assertEqual(broker.acks, [(tag, True)])
+        self.assertTrue(h.consumer.up)
