@@ -292,3 +292,70 @@ class SinkConsumer(Publisher):
                 first = now
             last = now
         return {"received": got, "first": first, "last": last}
+
+
+# ---------------------------------------------------------------------------
+# Public events (SPEC §7): public.<id>.<event>, one sequence for the stream
+
+
+def publish_bodies(pub: Publisher, exchange: str, routing_key: str, bodies: Sequence[bytes]) -> dict[str, float]:
+    """C{bodies} as they are (a snapshot, a store's increments), in order; synced when they are in."""
+    ex, key = exchange.encode(), routing_key.encode()
+    t0 = time.monotonic()
+    for i in range(0, len(bodies), 200):
+        pub.sock.sendall(b"".join(pub.message(ex, key, b) for b in bodies[i : i + 200]))
+    t1 = time.monotonic()
+    pub.sync()
+    return {"t0": t0, "t1": t1, "sent": len(bodies)}
+
+
+def publish_public_burst(
+    pub: Publisher,
+    exchange: str,
+    routing_key: str,
+    seq0: int,
+    n: int,
+    tail: bytes,
+    size: int,
+    batch: int = 200,
+    time_limit: float = 120.0,
+) -> dict[str, float]:
+    """C{n} public events of C{size} bytes, sequence C{seq0}, C{seq0 + 1}, ..., as fast as the broker takes them."""
+    ex, key = exchange.encode(), routing_key.encode()
+    make, body = pub.message, events.public_body
+    t0 = time.monotonic()
+    deadline = t0 + time_limit
+    sent = 0
+    while sent < n and time.monotonic() < deadline:
+        parts = [make(ex, key, body(seq0 + i, tail, size)) for i in range(sent, min(n, sent + batch))]
+        pub.sock.sendall(b"".join(parts))
+        sent += len(parts)
+    t1 = time.monotonic()
+    pub.sync()
+    return {"t0": t0, "t1": t1, "sent": sent, "synced": time.monotonic()}
+
+
+def publish_public_rate(
+    pub: Publisher, exchange: str, routing_key: str, seq0: int, rate: float, duration: float, tail: bytes, size: int
+) -> dict[str, float]:
+    """Public events at a steady C{rate} per second for C{duration} seconds, each stamped just before it is sent."""
+    ex, key = exchange.encode(), routing_key.encode()
+    make, body = pub.message, events.public_body
+    n = int(rate * duration)
+    t0 = time.monotonic()
+    sent = 0
+    late = 0.0
+    while sent < n:
+        now = time.monotonic()
+        if now > t0 + duration + 10:
+            break
+        due = min(n, int((now - t0) * rate) + 1)
+        if due > sent:
+            late = max(late, (now - t0) - sent / rate)
+            pub.sock.sendall(b"".join(make(ex, key, body(seq0 + i, tail, size)) for i in range(sent, due)))
+            sent = due
+        else:
+            time.sleep(max(0.0, min(0.0005, t0 + sent / rate - now)))
+    t1 = time.monotonic()
+    pub.sync()
+    return {"t0": t0, "t1": t1, "sent": sent, "max_late": late}

@@ -16,6 +16,7 @@ C{python -m bench.charts FILE} draws them again from a saved file).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import traceback
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import charts
+from bench import charts, public
 from bench.scenarios import Bench, Options
 from bench.sysinfo import machine
 from bench.workers import event_loop_name, raise_nofile
@@ -40,6 +41,9 @@ SCENARIOS = (
     "floor",
     "broker",
     "hotpath",
+    "public",
+    "tickers",
+    "replay",
 )
 
 
@@ -57,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fanout-connections", type=int, help="connections of the one member in the fan-out scenarios")
     p.add_argument("--clients", type=int, help="load-generating client processes")
     p.add_argument("--latency-seconds", type=float, help="how long each steady-rate latency run publishes")
+    p.add_argument(
+        "--public-sizes", help="subscriber counts of the public ob-inc scenario, comma-separated (1,100,1000,10000)"
+    )
+    p.add_argument("--tickers-connections", type=int, help="subscribers of global.tickers in the tickers scenario")
     p.add_argument(
         "--daemon-env",
         action="append",
@@ -89,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         o.client_procs = args.clients
     if args.latency_seconds:
         o.latency_seconds = args.latency_seconds
+    if args.public_sizes:
+        o.public_sizes = tuple(int(x) for x in args.public_sizes.split(","))
+    if args.tickers_connections:
+        o.tickers_connections = args.tickers_connections
     for item in args.daemon_env:
         key, sep, value = item.partition("=")
         if not sep:
@@ -98,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "capacity" in chosen and nofile < o.capacity + 1000:
         print(f"open-file limit is {nofile}: capacity lowered to {nofile - 1000}", file=sys.stderr)
         o.capacity = max(100, nofile - 1000)
+    if "tickers" in chosen and nofile < o.tickers_connections + 1000:
+        print(f"open-file limit is {nofile}: tickers subscribers lowered to {nofile - 1000}", file=sys.stderr)
+        o.tickers_connections = max(100, nofile - 1000)
     t0 = time.monotonic()
     info = machine()
     info["client_loop"] = event_loop_name()
@@ -113,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("fanout", "capacity", "auth", "scale", "baseline", "floor", "broker"):
         if name in chosen:
             steps.append((name, getattr(bench, name)))
+    for name, run in (("replay", public.replay), ("public", public.obinc), ("tickers", public.tickers)):
+        if name in chosen:
+            steps.append((name, functools.partial(run, bench)))
     failed = []
     for name, step in steps:
         try:

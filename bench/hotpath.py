@@ -87,6 +87,60 @@ def delivery(members: int = 1000, n: int = 100_000, read_size: int = 65536) -> d
     return {"events": n, "us_per_event": 1e6 * cpu / n}
 
 
+def public_fanout(subscribers: int = 10_000, reads: int = 8, per_read: int = 25) -> dict[str, float]:
+    """
+    Python CPU per copy of one market's ob-inc, from AMQP bytes to frames
+    written on C{subscribers} anonymous ranger connections (in memory):
+    C{reads} reads of C{per_read} increments each, as the daemon gets them
+    when the broker delivers faster than it writes.
+    """
+    from peatio_ws.streams import PublicHub
+
+    clock = Clock()
+    clock.advance(time.time())
+    settings = settings_for_tests(
+        websocket_auth_timeout=0.0, rabbitmq_heartbeat=0, rabbitmq_events_exchange="peatio.events.bench"
+    )
+    metrics = Metrics()
+    registry = Registry(metrics)
+    hub = PublicHub(registry, metrics, settings.ranger_orderbook_max_increments)
+    reactor = MemoryReactorClock()
+    consumer = EventConsumer(settings, registry, metrics, reactor=reactor, hub=hub)
+    consumer.startService()
+    host, port, amqp_factory, _, _ = reactor.tcpClients[0]
+    broker = FakeBroker(amqp_factory.buildProtocol(IPv4Address("TCP", host, port)))
+    broker.pump()
+    assert consumer.up
+    factory = _factory(settings, registry, metrics, clock)
+    factory.hub = hub
+    protocol: Any = broker.protocol
+    seq = events.SEQ0
+    protocol.dataReceived(broker.delivery(b"public.btcusd.ob-snap", events.snapshot_body(seq)))
+    path = "/api/v2/ranger/public/?stream=btcusd.ob-inc"
+    clients = [Client.connect(factory, path=path) for _ in range(subscribers)]
+    for c in clients:
+        c.transport.clear()
+    cpu = 0.0
+    size = 0
+    gc.collect()
+    for _ in range(reads):
+        wire = b"".join(
+            broker.delivery(b"public.btcusd.ob-inc", events.public_body(seq + i, events.OB_INC_TAIL, 128))
+            for i in range(1, per_read + 1)
+        )
+        seq += per_read
+        t0 = time.process_time()
+        protocol.dataReceived(wire)
+        cpu += time.process_time() - t0
+        size = len(clients[-1].transport.value())
+        for c in clients:
+            c.transport.clear()
+    assert size == per_read * events.PublicLayout("btcusd.ob-inc", 128).frame, size
+    consumer.stopService()
+    copies = subscribers * reads * per_read
+    return {"copies": copies, "us_per_copy": 1e6 * cpu / copies, "ms_per_read": 1000 * cpu / reads}
+
+
 def connect(n: int = 3000) -> dict[str, float]:
     """Python CPU per handshake + authentication, and tracemalloc bytes kept per connection."""
     clock = Clock()
@@ -123,6 +177,11 @@ def connect(n: int = 3000) -> dict[str, float]:
 def main() -> int:
     d = delivery()
     print(f"delivery (in-process, 1,000 members x 1 connection): {d['us_per_event']:.1f} µs Python CPU per event")
+    f = public_fanout()
+    print(
+        f"public fan-out (in-process, 10,000 ob-inc subscribers, 25 increments per read): {f['us_per_copy']:.3f} µs "
+        f"Python CPU per copy, {f['ms_per_read']:.1f} ms per read"
+    )
     c = connect()
     print(
         f"connect + auth (in-process): {c['us_per_connection']:.0f} µs Python CPU per connection; "

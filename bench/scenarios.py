@@ -57,6 +57,20 @@ class Options:
     #: For the capacity scenario: 15,000 connections within 20,000 files per process.
     capacity_procs: int = 4
     concurrency: int = 100
+    #: Public fan-out (bench.public): subscribers of one market's ob-inc, added size after size.
+    public_sizes: tuple[int, ...] = (1, 100, 1000, 10_000)
+    #: A burst is this many copies (events x subscribers), within these many events.
+    public_copies: int = 3_000_000
+    public_min_events: int = 300
+    public_max_events: int = 30_000
+    #: The steady run offers this many copies/s (the issue's goal), within this many events/s.
+    public_offered: float = 1_000_000.0
+    public_max_rate: float = 2000.0
+    tickers_connections: int = 15_000
+    tickers_events: int = 100
+    tickers_rate: float = 10.0
+    replay_probes: int = 200
+    replay_increments: int = 1000
     profile: bool = False
     verbose: bool = False
     daemon_env: dict[str, str] = field(default_factory=dict)
@@ -77,6 +91,13 @@ class Options:
             client_procs=2,
             capacity_procs=2,
             concurrency=50,
+            public_sizes=(1, 100, 1000),
+            public_copies=1_000_000,
+            public_min_events=100,
+            public_max_events=10_000,
+            tickers_connections=2000,
+            tickers_events=100,
+            replay_probes=50,
             profile=self.profile,
             verbose=self.verbose,
             daemon_env=self.daemon_env,

@@ -178,6 +178,27 @@ async def _client_loop(conn: Connection) -> None:
         specs = [(uid, None if raw else tokens[uid]) for uid in uids]
         return await pool.open(host, port, specs, concurrency, timeout, time.monotonic() + time_limit)
 
+    async def open_public(
+        host: str,
+        port: int,
+        path: str,
+        stream: str,
+        size: int,
+        n: int,
+        concurrency: int,
+        timeout: float,
+        time_limit: float = 120.0,
+    ) -> dict[str, Any]:
+        from bench.events import PublicLayout
+
+        layout = PublicLayout(stream, size)
+        return await pool.open_public(host, port, path, layout, n, concurrency, timeout, time.monotonic() + time_limit)
+
+    async def replay_probe(host: str, port: int, path: str, stream: str, size: int, n: int, timeout: float) -> Any:
+        from bench.events import PublicLayout
+
+        return await pool.replay_probe(host, port, path, PublicLayout(stream, size), n, timeout)
+
     async def expect(counts: dict[str, int], latency: bool = False) -> dict[str, Any]:
         pool.expect(counts, latency)
         return {"expected": sum(c.expected for c in pool.clients)}
@@ -198,6 +219,8 @@ async def _client_loop(conn: Connection) -> None:
     handlers: dict[str, Callable[..., Any]] = {
         "prepare": prepare,
         "open": open_,
+        "open_public": open_public,
+        "replay_probe": replay_probe,
         "expect": expect,
         "wait": wait,
         "report": report,
@@ -242,13 +265,36 @@ def publisher_main(conn: Connection) -> None:
         state["pub"].delete_exchange(exchange)
         return {"ok": True}
 
+    def bodies(exchange: str, routing_key: str, bodies: list[bytes]) -> dict[str, Any]:
+        return amqpub.publish_bodies(state["pub"], exchange, routing_key, bodies)
+
+    def public_burst(exchange: str, routing_key: str, seq0: int, n: int, tail: bytes, size: int) -> dict[str, Any]:
+        return amqpub.publish_public_burst(state["pub"], exchange, routing_key, seq0, n, tail, size)
+
+    def public_rate(
+        exchange: str, routing_key: str, seq0: int, rate: float, duration: float, tail: bytes, size: int
+    ) -> dict[str, Any]:
+        return amqpub.publish_public_rate(state["pub"], exchange, routing_key, seq0, rate, duration, tail, size)
+
     def close() -> dict[str, Any]:
         pub = state.pop("pub", None)
         if pub is not None:
             pub.close()
         return {"ok": True}
 
-    _serve(conn, {"connect": connect, "burst": burst, "rate": rate, "delete_exchange": delete_exchange, "close": close})
+    _serve(
+        conn,
+        {
+            "connect": connect,
+            "burst": burst,
+            "rate": rate,
+            "delete_exchange": delete_exchange,
+            "bodies": bodies,
+            "public_burst": public_burst,
+            "public_rate": public_rate,
+            "close": close,
+        },
+    )
 
 
 def hotpath_main(conn: Connection) -> None:
@@ -257,7 +303,7 @@ def hotpath_main(conn: Connection) -> None:
     def run() -> dict[str, Any]:
         from bench import hotpath
 
-        return {"delivery": hotpath.delivery(), "connect": hotpath.connect()}
+        return {"delivery": hotpath.delivery(), "public": hotpath.public_fanout(), "connect": hotpath.connect()}
 
     _serve(conn, {"run": run})
 
