@@ -46,7 +46,16 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from twisted.logger import ILogObserver, Logger, LogPublisher, formatEvent, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogPublisher,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+    globalLogPublisher,
+    timeFormatRFC3339,
+)
 from twisted.python.components import Componentized
 from zope.interface import implementer, provider
 
@@ -54,6 +63,7 @@ __all__ = [
     "EscapingObserver",
     "JSONLinesObserver",
     "LineThrottle",
+    "TextFormatter",
     "escape",
     "escape_fields",
     "held_note",
@@ -316,6 +326,63 @@ def install(application: object) -> bool:
         return False
     application.setComponent(ILogObserver, json_observer())
     return True
+
+
+# ---------------------------------------------------------------------------
+# Text lines, fast
+
+
+class TextFormatter:
+    """
+    Twisted's classic text line (C{formatEventAsClassicLogText}: time,
+    C{[namespace#level]}, message, continuation lines indented), the same
+    bytes, about seven times cheaper for the events the daemon writes on
+    every connection: the time is formatted once per second, and a plain
+    C{log_format} is filled in with C{str.format_map} instead of Twisted's
+    Python-level formatter (58 µs a line, three lines a connection, were a
+    third of the CPU a connection costs; docs/benchmarks.md). Anything
+    else (a failure, a legacy event, a format C{format_map} cannot fill)
+    goes to Twisted's own function.
+    """
+
+    __slots__ = ("_second", "_stamp", "_time_format")
+
+    def __init__(self, time_format: str | None = timeFormatRFC3339) -> None:
+        self._time_format = time_format
+        self._second: int | None = None
+        self._stamp = "-"
+
+    def __call__(self, event: dict[str, Any]) -> str | None:
+        text_format = event.get("log_format")
+        when = event.get("log_time")
+        if (
+            type(text_format) is not str
+            or "log_failure" in event
+            or "log_flattened" in event
+            or self._time_format is None
+            or not isinstance(when, (int, float))
+        ):
+            return formatEventAsClassicLogText(event, formatTime=lambda w: formatTime(w, self._time_format))
+        try:
+            text = text_format.format_map(event)
+        except Exception:
+            return formatEventAsClassicLogText(event, formatTime=lambda w: formatTime(w, self._time_format))
+        if not text:
+            return None
+        second = int(when // 1)
+        if second != self._second:
+            self._stamp = formatTime(when, self._time_format)
+            self._second = second
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
+        else:
+            try:
+                system = str(system)
+            except Exception:
+                system = "UNFORMATTABLE"
+        return f"{self._stamp} [{system}] {text}".replace("\n", "\n\t") + "\n"
 
 
 class LineThrottle:

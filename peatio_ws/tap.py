@@ -64,14 +64,16 @@ def makeService(options: Options) -> IService:
     """Build the daemon's service tree (not started: twistd starts it)."""
     from twisted.internet import reactor
 
-    from peatio_ws import logs
+    from peatio_ws import _twistd, logs
     from peatio_ws.service import Daemon, stop_once_on_signals
 
     if options.parent is not None:
         # Run by twistd (or twist), which adds its log observers once this
         # returns: put the escaping first, for what other libraries log;
-        # and the reactor, not running yet, takes its signal handlers later.
+        # make its text observer the fast one (same lines, wherever they
+        # go); and the reactor, not running yet, takes its signal handlers later.
         logs.protect_process_logging()
+        _twistd.use_fast_text_log()
         stop_once_on_signals(reactor)
     try:
         return Daemon(options.settings, reactor)
