@@ -5,6 +5,9 @@ Headless Debian Chromium loads the page from the demo runner (``demo/run.py``,
 here without its own daemon), which talks to a real daemon (L{DaemonProcess})
 and the real RabbitMQ. The browser is driven over the Chrome DevTools
 Protocol with the ``websockets`` library, as a user would: typing, clicking.
+The market panel (public streams, ranger dialect) is checked against the
+real daemon fed by the runner's sample book, and its sequence rule against
+a scripted ranger server (L{ScriptedRanger}).
 
 Chromium is the Debian package ``chromium``. Without it the browser tests
 skip locally and fail in CI (``CI=true``). A screenshot of the page with live
@@ -18,12 +21,14 @@ import contextlib
 import itertools
 import json
 import os
+import queue
 import random
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,8 +38,9 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from websockets.sync.client import ClientConnection, connect
+from websockets.sync.server import Server, ServerConnection, serve
 
-from demo.sample import SampleStream
+from demo.sample import SampleBook, SampleStream, sample_markets
 from peatio_ws.testing import private_key_pem, rsa_key
 from tests.support.cases import new_uid
 from tests.support.daemon import DaemonProcess, free_port, run_cli
@@ -200,9 +206,13 @@ class Chromium:
                 "[...document.querySelectorAll('#log li')].slice(0, 12)"
                 ".map(li => [...li.children].map(c => c.textContent).join(' '))"
             )
+            market = self.evaluate(
+                "['market-status', 'book-sequence', 'book-counts']"
+                ".map(id => document.getElementById(id).textContent).join(' | ')"
+            )
         except Exception as e:
             return f"(page unreadable: {e})"
-        return f"status: {status}\nmessages (newest first):\n  " + "\n  ".join(log or []) + (
+        return f"status: {status}\nmarket: {market}\nmessages (newest first):\n  " + "\n  ".join(log or []) + (
             "\nproblems: " + "; ".join(text for _, text in self.problems) if self.problems else ""
         )
 
@@ -340,6 +350,116 @@ def key_file(case: SynchronousTestCase) -> Path:
     return path
 
 
+#: The market panel as the page shows it, read in one go (the page cannot change in between):
+#: the status, the sequence, the counts, and the levels shown (as published), best first.
+BOOK_STATE = """(() => {
+    const levels = (id) => [...document.getElementById(id).rows].map(r => [r.dataset.price, r.dataset.volume]);
+    return {
+        state: document.getElementById('market-status').dataset.state,
+        status: document.getElementById('market-status').textContent,
+        primed: document.getElementById('book').dataset.state === 'primed',
+        sequence: document.getElementById('book-sequence').textContent,
+        counts: document.getElementById('book-counts').textContent,
+        asks: levels('book-asks').reverse(),
+        bids: levels('book-bids'),
+        spread: document.getElementById('spread').textContent,
+        trades: [...document.querySelectorAll('#market-trades tbody tr')]
+            .map(r => [...r.cells].map(c => c.textContent)),
+    };
+})()"""
+#: The levels a side shows on the page.
+BOOK_LEVELS = 8
+
+
+class BookReplica:
+    """
+    The order book as a ranger client keeps it, from the frames of one
+    market: the reference the page is compared with. The daemon never sends
+    a gap, so any increment that is not the previous sequence + 1 fails.
+    """
+
+    def __init__(self, market: str) -> None:
+        self.market = market
+        self.asks: dict[Decimal, list[str]] = {}
+        self.bids: dict[Decimal, list[str]] = {}
+        self.sequence: int | None = None
+        self.snapshots = 0
+        #: Sequence -> the levels a page shows then (best first, as published).
+        self.seen: dict[int, tuple[list[list[str]], list[list[str]]]] = {}
+
+    def feed(self, frame: str) -> None:
+        message = json.loads(frame)
+        (name, payload), = message.items()
+        if name == f"{self.market}.ob-snap":
+            self.asks = {Decimal(p): [p, v] for p, v in payload["asks"]}
+            self.bids = {Decimal(p): [p, v] for p, v in payload["bids"]}
+            self.snapshots += 1
+        elif name == f"{self.market}.ob-inc":
+            assert self.sequence is not None, f"an increment before any snapshot: {frame}"
+            assert payload["sequence"] == self.sequence + 1, f"a gap after {self.sequence}: {frame}"
+            for side, levels in (("asks", self.asks), ("bids", self.bids)):
+                if side in payload:
+                    price, volume = payload[side]
+                    if Decimal(volume) == 0:
+                        levels.pop(Decimal(price), None)
+                    else:
+                        levels[Decimal(price)] = [price, volume]
+        else:
+            return
+        self.sequence = payload["sequence"]
+        self.seen[self.sequence] = (
+            [self.asks[k] for k in sorted(self.asks)[:BOOK_LEVELS]],
+            [self.bids[k] for k in sorted(self.bids, reverse=True)[:BOOK_LEVELS]],
+        )
+
+    def drain(self, ws: ClientConnection, until: int, timeout: float = 10.0) -> None:
+        """Read frames until the sequence reaches C{until}."""
+        deadline = time.monotonic() + timeout
+        while self.sequence is None or self.sequence < until:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"the reference client is at {self.sequence}, not at {until}")
+            frame = ws.recv(timeout=left)
+            assert isinstance(frame, str)
+            self.feed(frame)
+
+
+class ScriptedRanger:
+    """
+    A ranger server that says exactly what the test tells it, on
+    127.0.0.1, to check the page's own sequence rule (the daemon never
+    sends a gap, so only a scripted server can).
+    """
+
+    def __init__(self) -> None:
+        self.frames: queue.Queue[str] = queue.Queue()
+        self.paths: list[str] = []
+        self._stop = threading.Event()
+        self.server: Server = serve(self._handle, "127.0.0.1", 0)
+        self.port = self.server.socket.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}/api/v2/ranger/public/"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="scripted-ranger", daemon=True)
+        self._thread.start()
+
+    def _handle(self, connection: ServerConnection) -> None:
+        assert connection.request is not None
+        self.paths.append(connection.request.path)
+        while not self._stop.is_set():
+            try:
+                frame = self.frames.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            connection.send(frame)
+
+    def send(self, name: str, payload: Any) -> None:
+        self.frames.put(json.dumps({name: payload}, separators=(",", ":")))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.server.shutdown()
+        self._thread.join(10)
+
+
 ORDER_FIELDS = frozenset({"id", "side", "ord_type", "price", "avg_price", "state", "market", "created_at",
                           "origin_volume", "remaining_volume", "executed_volume", "trades_count"})
 TRADE_FIELDS = frozenset({"id", "price", "amount", "total", "market", "side", "created_at", "order_id"})
@@ -385,6 +505,57 @@ class SampleStreamTests(SynchronousTestCase):
         self.assertGreater(states.get("cancel", 0), 10)
 
 
+class SampleBookTests(SynchronousTestCase):
+    """The demo's public market: increments continue the sequence, and replay to the next snapshot."""
+
+    def test_book(self) -> None:
+        book = SampleBook(sample_markets()[0], random.Random(2))
+        snapshot = book.snapshot()
+        self.assertEqual(set(snapshot), {"asks", "bids", "sequence"})
+        self.assertEqual(snapshot["sequence"], 1)
+        D = Decimal
+        asks = {D(p): D(v) for p, v in snapshot["asks"]}
+        bids = {D(p): D(v) for p, v in snapshot["bids"]}
+        self.assertEqual([D(p) for p, _ in snapshot["asks"]], sorted(asks))
+        self.assertEqual([D(p) for p, _ in snapshot["bids"]], sorted(bids, reverse=True))
+        sequence, trades, deletes = snapshot["sequence"], 0, 0
+        for _ in range(2000):
+            for event, payload in book.step():
+                json.dumps(payload)
+                if event == "trades":
+                    (trade,) = payload["trades"]
+                    self.assertEqual(set(trade), {"tid", "price", "amount", "taker_type", "date"})
+                    self.assertIn(trade["taker_type"], ("buy", "sell"))
+                    self.assertGreater(D(trade["amount"]), 0)
+                    # A taker eats the best level of the other side.
+                    best = min(asks) if trade["taker_type"] == "buy" else max(bids)
+                    self.assertEqual(D(trade["price"]), best)
+                    trades += 1
+                    continue
+                self.assertEqual(event, "ob-inc")
+                self.assertEqual(payload["sequence"], sequence + 1)
+                sequence = payload["sequence"]
+                (side,) = set(payload) - {"sequence"}
+                price, volume = payload[side]
+                levels = asks if side == "asks" else bids
+                if volume == "0":
+                    deletes += 1
+                    self.assertIn(D(price), levels)
+                    del levels[D(price)]
+                else:
+                    self.assertGreater(D(volume), 0)
+                    levels[D(price)] = D(volume)
+                self.assertGreater(min(asks), max(bids), "the book never crosses")
+                self.assertGreaterEqual(min(len(asks), len(bids)), 3)
+        # A snapshot continues the sequence (the last increment's) and is the increments' book.
+        snapshot = book.snapshot()
+        self.assertEqual(snapshot["sequence"], sequence)
+        self.assertEqual({D(p): D(v) for p, v in snapshot["asks"]}, asks)
+        self.assertEqual({D(p): D(v) for p, v in snapshot["bids"]}, bids)
+        self.assertGreater(trades, 200)
+        self.assertGreater(deletes, 200)
+
+
 class DemoServerTests(SynchronousTestCase):
     """The runner's own web side: only the page's files, and the dev token endpoint's guards."""
 
@@ -403,6 +574,8 @@ class DemoServerTests(SynchronousTestCase):
         status, config = self.runner.request("/config.json")
         self.assertEqual(status, 200)
         self.assertEqual(config["wsUrl"], "ws://127.0.0.1:1/")
+        self.assertEqual(config["rangerUrl"], "ws://127.0.0.1:1/api/v2/ranger/public/")
+        self.assertEqual(config["market"], "btcusd")
         self.assertEqual(config["members"], ["ID1A2B3C4D5E", "IDF6E5D4C3B2"])
 
     def test_dev_token(self) -> None:
@@ -522,6 +695,69 @@ class DemoBrowserTests(SynchronousTestCase):
         print(f"\ndemo screenshot: {shot}")
         self.assert_no_page_errors()
 
+    def test_market_panel(self) -> None:
+        """
+        The market panel, anonymous on the ranger public path: the book shows
+        levels and a sequence that advances, trades appear, and the book is the
+        one a reference client builds from the same frames. The runner leaves
+        out an increment now and then: the daemon holds the book back until the
+        next snapshot, so the page never sees a gap (nothing ignored).
+        """
+        page = self.browser
+        runner = self.start_runner("--seed", "11", "--snapshot-period", "2", "--gap-every", "25")
+        ranger = f"{self.daemon.url}api/v2/ranger/public/?stream=btcusd.ob-inc&stream=btcusd.trades"
+        with connect(ranger, open_timeout=10) as reference:
+            page.navigate(runner.base)
+            self.assertEqual(page.evaluate("document.getElementById('market-url').textContent"), ranger)
+            page.wait_for("document.getElementById('market-status').dataset.state === 'live'", "a live book")
+            log = page.evaluate("document.getElementById('log').textContent")
+            self.assertIn('{"success":{"message":"subscribed","streams":["btcusd.ob-inc","btcusd.trades"]}}', log)
+            page.wait_for(
+                "document.getElementById('book-asks').rows.length >= 3 && "
+                "document.getElementById('book-bids').rows.length >= 3",
+                "three levels a side",
+            )
+            first = self.book(page)
+            self.assertLess(Decimal(first["bids"][0][0]), Decimal(first["asks"][0][0]))
+            self.assertRegex(first["spread"], r"^spread \d")
+            page.wait_for(
+                f"parseInt(document.getElementById('book-sequence').textContent) >= {first['seq'] + 15}",
+                "the sequence to advance",
+            )
+            page.wait_for("document.querySelectorAll('#market-trades tbody tr').length >= 2", "market trades")
+            taker, price, amount = self.book(page)["trades"][0][1:]
+            self.assertIn(taker, ("buy", "sell"))
+            self.assertGreater(Decimal(price), 0)
+            self.assertGreater(Decimal(amount), 0)
+            # A left-out increment (--gap-every) healed by the daemon's next snapshot.
+            page.wait_for("parseInt(document.getElementById('book-counts').textContent) >= 2",
+                          "a second snapshot, after a gap", timeout=30)
+            # The page's book is the reference client's at the same sequence.
+            replica = BookReplica("btcusd")
+            for _ in range(20):
+                shown = self.book(page)
+                if shown["primed"] and shown["seq"] is not None:
+                    replica.drain(reference, shown["seq"])
+                    if shown["seq"] in replica.seen:
+                        break
+                time.sleep(0.1)
+            else:
+                self.fail(f"no sequence of the page's is one the reference client saw: {shown}")
+            self.assertEqual((shown["asks"], shown["bids"]), replica.seen[shown["seq"]])
+            self.assertEqual(len(shown["asks"]), min(BOOK_LEVELS, len(replica.asks)))
+            self.assertGreaterEqual(replica.snapshots, 2, "the reference client got the healing snapshot too")
+            self.assertTrue(shown["counts"].endswith(" 0 ignored"), "the daemon never sends a gap")
+        shot = page.screenshot(Path("demo-market-screenshot.png").resolve())
+        print(f"\nmarket screenshot: {shot}")
+        self.assert_no_page_errors()
+
+    def book(self, page: Chromium) -> dict[str, Any]:
+        """The market panel's state, its sequence as a number (None while there is none)."""
+        state: dict[str, Any] = page.evaluate(BOOK_STATE)
+        number = state["sequence"].split()[0]
+        state["seq"] = int(number) if number.isdigit() else None
+        return state
+
     def test_reconnect(self) -> None:
         """?autoconnect=1 logs in; after a daemon restart the page reconnects and re-authenticates."""
         page = self.browser
@@ -565,3 +801,86 @@ class DemoBrowserTests(SynchronousTestCase):
         self.assertEqual(page.evaluate("document.getElementById('reconnects').textContent"), "0")
         self.assertEqual(page.evaluate("document.getElementById('status').dataset.state"), "disconnected")
         self.assert_no_page_errors()
+
+
+class MarketSequenceTests(SynchronousTestCase):
+    """The page's own sequence rule, as baseapp's, against a scripted ranger server."""
+
+    def setUp(self) -> None:
+        binary = require_chromium()
+        self.ranger = ScriptedRanger()
+        self.addCleanup(self.ranger.stop)
+        self.runner = DemoRunner(key_file(self), None, "--no-publisher", "--ws-url", "ws://127.0.0.1:1/",
+                                 "--ranger-url", self.ranger.url)
+        self.addCleanup(self.runner.cleanup)
+        self.runner.wait_ready()
+        self.browser = Chromium(binary)
+        self.addCleanup(self.browser.stop)
+        self.browser.start()
+
+    def shows(self, condition: str, what: str) -> dict[str, Any]:
+        """Wait until the market panel's state (C{s}) meets C{condition}; that state."""
+        state: dict[str, Any] = self.browser.wait_for(f"(s => ({condition}) && s)({BOOK_STATE})", what)
+        return state
+
+    def test_sequence(self) -> None:
+        page, server = self.browser, self.ranger
+        page.navigate(self.runner.base)
+        self.shows("s.state === 'waiting'", "the connection")
+        self.assertEqual(server.paths, ["/api/v2/ranger/public/?stream=btcusd.ob-inc&stream=btcusd.trades"])
+        # An increment before any snapshot: ignored.
+        server.send("btcusd.ob-inc", {"asks": ["1", "1"], "sequence": 9})
+        self.shows("s.counts.endsWith(' 1 ignored')", "an ignored increment")
+        server.send("btcusd.ob-snap", {
+            "asks": [["101", "2"], ["100.5", "1"], ["102", "3"]],
+            "bids": [["99.5", "1.5"], ["99", "2.5"], ["98", "0.5"]],
+            "sequence": 10,
+        })
+        server.send("btcusd.ob-inc", {"asks": ["100.5", "0"], "sequence": 11})  # deletes the level
+        server.send("btcusd.ob-inc", {"bids": [["99.75", "4"], ["98", "0"]], "sequence": 12})  # a list of pairs
+        server.send("success", {"message": "subscribed", "streams": ["btcusd.ob-inc", "btcusd.trades"]})
+        state = self.shows("s.sequence === '12'", "sequence 12")
+        self.assertEqual(state["state"], "live")
+        self.assertEqual(state["asks"], [["101", "2"], ["102", "3"]])
+        self.assertEqual(state["bids"], [["99.75", "4"], ["99.5", "1.5"], ["99", "2.5"]])
+        self.assertEqual(state["counts"], "1 snapshot, 2 increments applied, 1 ignored")
+        self.assertTrue(state["spread"].startswith("spread 1.25"), state["spread"])
+        # Shown with the same number of decimals.
+        prices = page.evaluate("[...document.querySelectorAll('#book .price')].map(c => c.textContent)")
+        self.assertEqual(prices, ["102.00", "101.00", "99.75", "99.50", "99.00"])
+
+        server.send("btcusd.trades", {"trades": [
+            {"tid": 8, "price": "101", "amount": "0.25", "taker_type": "sell", "date": 1700000001},
+            {"tid": 7, "price": "101", "amount": "0.5", "taker_type": "buy", "date": 1700000000},
+        ]})
+        state = self.shows("s.trades.length === 2", "two trades")
+        self.assertEqual([row[1:] for row in state["trades"]], [["sell", "101.00", "0.25"], ["buy", "101.00", "0.5"]])
+
+        # A gap: the page waits for a snapshot and ignores increments until then.
+        server.send("btcusd.ob-inc", {"asks": ["103", "1"], "sequence": 14})
+        state = self.shows("s.state === 'waiting'", "waiting after a gap")
+        self.assertIn("expected 13, got 14", state["status"])
+        self.assertIn("waiting for snapshot", state["sequence"])
+        self.assertTrue(state["sequence"].startswith("12"))
+        server.send("btcusd.ob-inc", {"asks": ["103", "1"], "sequence": 15})
+        server.send("btcusd.ob-inc", {"asks": ["104", "1"], "sequence": 13})
+        state = self.shows("s.counts.endsWith(' 4 ignored')", "increments ignored while waiting")
+        self.assertEqual(state["asks"], [["101", "2"], ["102", "3"]], "the book did not change")
+        self.assertFalse(state["primed"])
+
+        # The next snapshot primes the book again.
+        server.send("btcusd.ob-snap", {"asks": [["105", "1"]], "bids": [["104", "2"], ["103.5", "1"]], "sequence": 20})
+        server.send("btcusd.ob-inc", {"bids": ["104", "0"], "sequence": 21})
+        state = self.shows("s.sequence === '21'", "sequence 21")
+        self.assertEqual((state["state"], state["asks"], state["bids"]), ("live", [["105", "1"]], [["103.5", "1"]]))
+        self.assertEqual(state["counts"], "2 snapshots, 3 increments applied, 4 ignored")
+        # A sequence that is not a number is a gap too (baseapp compares numbers).
+        server.send("btcusd.ob-inc", {"asks": ["106", "1"], "sequence": "22"})
+        state = self.shows("s.state === 'waiting'", "waiting after a string sequence")
+        # Another market's frames are not this book's.
+        server.send("ethusd.ob-snap", {"asks": [], "bids": [], "sequence": 1})
+        server.send("btcusd.ob-snap", {"asks": [["107", "1"]], "bids": [], "sequence": 30})
+        state = self.shows("s.sequence === '30'", "sequence 30")
+        self.assertEqual(state["counts"], "3 snapshots, 3 increments applied, 5 ignored")
+        self.assertEqual(page.evaluate("document.getElementById('spread').textContent"), "—")
+        self.assertEqual(self.browser.problems, [], "the page logged errors")
