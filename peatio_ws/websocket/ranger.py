@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
+from weakref import WeakSet
 
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -113,9 +114,19 @@ def bearer_token(header: str) -> str | None:
 
 
 class RangerDialect:
-    """Stateless: a connection's subscriptions are on the connection (see L{peatio_ws.streams.hub})."""
+    """
+    A connection's subscriptions are on the connection (see
+    L{peatio_ws.streams.hub}); the dialect holds only the connections whose
+    upgrade waits on the revocation check.
+    """
 
     name = "ranger"
+
+    def __init__(self) -> None:
+        #: Upgrades waiting on the revocation check. Meanwhile Autobahn reads
+        #: whatever else arrives as another upgrade request: answered, it
+        #: would open the connection twice.
+        self._checking: WeakSet[StreamProtocol] = WeakSet()
 
     # -- the upgrade request ------------------------------------------------------
 
@@ -125,6 +136,8 @@ class RangerDialect:
         raises (or the Deferred fails with) L{ConnectionDeny} 401 when it
         does not verify or a private path has none.
         """
+        if conn in self._checking:
+            raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "Upgrade request already received")
         conn.ranger_streams = query_streams(request.params)
         header = request.headers.get("authorization")
         if header is None:
@@ -155,7 +168,14 @@ class RangerDialect:
             failure.trap(AuthError)
             self._refuse(conn, cast(AuthError, failure.value).reason)
 
-        return result.addCallbacks(verified, failed)
+        checking = self._checking
+        checking.add(conn)
+
+        def checked(outcome: Any) -> Any:
+            checking.discard(conn)
+            return outcome
+
+        return result.addBoth(checked).addCallbacks(verified, failed)
 
     @staticmethod
     def _refuse(conn: StreamProtocol, reason: str) -> None:

@@ -400,6 +400,32 @@ class UpgradeAuthTests(RangerTestCase):
         self.assertEqual(len(self.registry), 0)
         self.assertEqual(len(self.factory.connections), 0)
 
+    def test_second_upgrade_request_while_checking(self) -> None:
+        """
+        Autobahn reads whatever arrives while the check is pending as another
+        upgrade request: it must not open the connection twice (two 101s,
+        counted twice, opened twice). The connection is refused instead.
+        """
+        self.revocation.hold = True
+        for second in (
+            [("Authorization", "Bearer " + self.token(uid="U2"))],  # checked too
+            [],  # on /public: anonymous, answered at once
+        ):
+            client = self.request("/public?stream=order", self.token(uid="U1"), open=False)
+            client.protocol.dataReceived(upgrade_request("/public?stream=a.b", "localhost:8080", second))
+            for pending in self.revocation.pending:
+                pending.callback(False)
+            self.revocation.pending.clear()
+            self.assertNotIn(b"HTTP/1.1 101", client.transport.value(), second)
+            self.assertTrue(client.transport.disconnecting)
+            client.lose()
+            self.assertEqual(len(self.registry), 0)
+            self.assertEqual(len(self.factory.connections), 0)
+            self.assertEqual(self.value("ranger_connections_current", auth="member"), 0)
+            self.assertEqual(self.value("ranger_connections_current", auth="anonymous"), 0)
+            self.assertEqual(self.value("peatio_ws_dialect_connections", dialect="ranger"), 0)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_token_never_logged(self) -> None:
         """Neither a refused nor an accepted token appears in any log line."""
         events = self.logs()
