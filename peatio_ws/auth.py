@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from peatio_ws._pyjwt import verifying_jwt
 from peatio_ws.uids import valid_uid
 
 __all__ = [
@@ -177,6 +179,9 @@ def _optional_str(claims: dict[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]*={0,2}\.[A-Za-z0-9_-]*={0,2}\.[A-Za-z0-9_-]*={0,2}")
+
+
 class TokenVerifier:
     """
     Checks a token's signature and claims. It is given exactly what it
@@ -206,7 +211,7 @@ class TokenVerifier:
         leeways = leeways or {}
         self._leeway = {claim: float(leeways.get(claim, 0.0)) for claim in ("exp", "nbf", "iat")}
         self._clock = clock
-        self._jwt = jwt.PyJWT(
+        self._jwt = verifying_jwt(
             options={
                 "verify_signature": True,
                 "verify_exp": False,
@@ -224,9 +229,10 @@ class TokenVerifier:
         """
         @raise AuthError: the token does not verify; C{reason} says why.
         """
-        # A compact JWS has exactly three segments. Said here, not left to
-        # PyJWT, whose error for other counts differs between versions.
-        if token.count(".") != 2:
+        # A compact JWS: three base64url segments. Said here, not left to
+        # PyJWT, whose checks differ between versions (junk characters were
+        # accepted before 2.13).
+        if _COMPACT_JWS.fullmatch(token) is None:
             raise AuthError("malformed")
         try:
             claims = self._jwt.decode(token, self._key, algorithms=self._algorithms)

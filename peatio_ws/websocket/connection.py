@@ -117,8 +117,11 @@ class StreamProtocol(BoundedServerProtocol):
     private_streams: set[str] | None = None
     ranger_streams: list[str] = []  # noqa: RUF012 (never mutated: replaced per connection)
     ranger_claims: Claims | None = None
-    #: Bytes written outside the slow-consumer limit (an order-book replay)
-    #: since the transport last resumed: not counted as held (SPEC §7).
+    #: Bytes of the last order-book replay the transport may still hold: not
+    #: counted as held (SPEC §7). Only the last replay's, and never more than
+    #: the transport holds (it sends in order, so what it holds of a replay
+    #: only shrinks): a client that does not read and subscribes again and
+    #: again is not given room for each replay.
     _exempt = 0
 
     def __init__(self) -> None:
@@ -563,12 +566,15 @@ class StreamProtocol(BoundedServerProtocol):
         Write an order-book replay (snapshot and increments, bounded by
         RANGER_ORDERBOOK_MAX_INCREMENTS) in one write: never counted against
         WEBSOCKET_MAX_BUFFER, so subscribing never trips the slow-consumer close.
+        Only the latest replay is exempt: what earlier ones left unsent counts.
         """
         if self.state != _STATE_OPEN:
             return
         data = b"".join(frames)
-        self._exempt += len(data)
         self.write(data)
+        held = _transport.held_bytes(self.transport)
+        # (A transport that does not say what it holds: the estimate never counts writes like this one.)
+        self._exempt = 0 if held is None else min(len(data), held)
 
     def write(self, frame: bytes) -> None:
         """Write a ready frame, with no limit applied (the caller checked, or it is a close path)."""
@@ -594,7 +600,12 @@ class StreamProtocol(BoundedServerProtocol):
         held = _transport.held_bytes(self.transport)
         if held is None:
             return self._written_while_paused
-        return max(0, held - self._exempt) if self._exempt else held
+        exempt = self._exempt
+        if not exempt:
+            return held
+        if held < exempt:
+            self._exempt = exempt = held
+        return held - exempt
 
     # -- IPushProducer: the transport tells us when its buffer is full ----------------
 
