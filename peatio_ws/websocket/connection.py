@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -247,7 +248,7 @@ class StreamProtocol(BoundedServerProtocol):
                     held=held_note(held),
                 )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
-        self.dialect = factory.dialect_for(request)
+        self.dialect = factory.dialect_for(request, urlsplit(self.http_request_uri).query)
         return self.dialect.upgrading(self, request)
 
     def onOpen(self) -> None:

@@ -134,9 +134,12 @@ class StreamFactory(WebSocketServerFactory):
         proto.conn_id = f"{self.id_prefix}-{self._next_id}"
         return proto
 
-    def dialect_for(self, request: ConnectionRequest) -> Dialect:
-        """The protocol a connection speaks, chosen from its upgrade request (SPEC §7), never later."""
-        if speaks_ranger(request.path, request.headers, request.params):
+    def dialect_for(self, request: ConnectionRequest, query: str = "") -> Dialect:
+        """
+        The protocol a connection speaks, chosen from its upgrade request
+        (SPEC §7; C{query}: the raw query string), never later.
+        """
+        if speaks_ranger(request.path, request.headers, request.params, query):
             return RANGER
         return LEGACY
 

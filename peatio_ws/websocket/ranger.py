@@ -15,6 +15,7 @@ shutdown are the connection's, as for the legacy dialect.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 from weakref import WeakSet
@@ -72,6 +73,9 @@ class RangerReply:
 # -- choosing the dialect ---------------------------------------------------------------
 
 
+_STREAM_PARAMETER = re.compile(r"(?:^|[&;])stream=")
+
+
 def _last_segment(path: str) -> str:
     return path.rstrip("/").rpartition("/")[2]
 
@@ -81,13 +85,20 @@ def wants_member(path: str) -> bool:
     return _last_segment(path) == "private"
 
 
-def speaks_ranger(path: str, headers: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
+def speaks_ranger(path: str, headers: Mapping[str, Any], params: Mapping[str, Any], query: str = "") -> bool:
     """
     SPEC §7: ranger when the path's last segment is C{public} or C{private},
-    or the request has an C{Authorization} header, or its query has C{stream=}.
-    C{headers} have lower-case names (as Autobahn gives them).
+    or the request has an C{Authorization} header, or its query has
+    C{stream=} (even empty: C{params}, parsed, drops blank values, so the
+    raw C{query} is looked at too). C{headers} have lower-case names (as
+    Autobahn gives them).
     """
-    return _last_segment(path) in ("public", "private") or "authorization" in headers or "stream" in params
+    return (
+        _last_segment(path) in ("public", "private")
+        or "authorization" in headers
+        or "stream" in params
+        or _STREAM_PARAMETER.search(query) is not None
+    )
 
 
 def query_streams(params: Mapping[str, Iterable[str]]) -> list[str]:
@@ -157,11 +168,6 @@ class RangerDialect:
             return None
 
         def verified(claims: Claims) -> None:
-            if conn.state == WebSocketProtocol.STATE_CLOSED:
-                # The client left while the check ran. Autobahn would still
-                # complete the upgrade and open (register, subscribe, count)
-                # a connection that is gone for good: refuse it instead.
-                raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "Connection closed")
             conn.ranger_claims = claims
 
         def failed(failure: Failure) -> None:
@@ -173,6 +179,13 @@ class RangerDialect:
 
         def checked(outcome: Any) -> Any:
             checking.discard(conn)
+            if conn.state == WebSocketProtocol.STATE_CLOSED:
+                # The connection went while the check ran (the client left, or
+                # sent a second upgrade request). Autobahn would still complete
+                # the upgrade, opening (registering, subscribing, counting) a
+                # connection gone for good, or answer one that is closed: the
+                # upgrade ends here, answered neither way.
+                return Deferred()
             return outcome
 
         return result.addBoth(checked).addCallbacks(verified, failed)
