@@ -285,6 +285,24 @@ class UpgradeAuthTests(RangerTestCase):
         self.assertEqual(client.messages(), [subscribed()])
         self.assertEqual(len(self.registry), 1)
 
+    def test_header_name_case(self) -> None:
+        """The header's name is case-insensitive."""
+        for name in ("authorization", "AUTHORIZATION", "AuThOrIzAtIoN"):
+            client = Client.connect(
+                self.factory, path="/private", headers=[(name, "Bearer " + self.token(uid="U-" + name))]
+            )
+            self.addCleanup(client.lose)
+            self.assertEqual(client.messages(), [subscribed()], name)
+        self.assertEqual(len(self.registry), 3)
+
+    def test_two_headers_is_401(self) -> None:
+        """Two Authorization headers, even each with a good token, are refused: never one picked."""
+        headers = [("Authorization", "Bearer " + self.token(uid=uid)) for uid in ("A", "B")]
+        client = Client.connect(self.factory, path="/public", headers=headers, expect_open=False)
+        self.addCleanup(client.lose)
+        self.assertEqual(client.handshake_status(), 401)
+        self.assertEqual(len(self.registry), 0)
+
     def test_bad_token_is_401(self) -> None:
         """A token that does not verify is refused with HTTP 401, on every path, never made anonymous."""
         cases = [
