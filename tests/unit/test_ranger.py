@@ -429,6 +429,21 @@ class UpgradeAuthTests(RangerTestCase):
         self.assertEqual(len(self.registry), 0)
         self.assertEqual(len(self.factory.connections), 0)
 
+    def test_handshake_timeout_while_checking(self) -> None:
+        """A check slower than WEBSOCKET_HANDSHAKE_TIMEOUT: the socket is dropped, and its answer opens nothing."""
+        self.build(websocket_handshake_timeout=3.0)
+        self.revocation.hold = True
+        client = self.request("/private?stream=order", self.token(uid="U1"), open=False)
+        self.clock.advance(3.0)
+        self.assertTrue(client.transport.disconnecting)
+        # Answered before the transport reports the connection lost, then after.
+        self.revocation.pending.pop().callback(False)
+        client.lose()
+        self.assertNotIn(b"HTTP/1.1 101", client.transport.value())
+        self.assertEqual(len(self.registry), 0)
+        self.assertEqual(len(self.factory.connections), 0)
+        self.assertEqual(self.value("peatio_ws_dialect_connections", dialect="ranger"), 0)
+
     def test_second_upgrade_request_while_checking(self) -> None:
         """
         Autobahn reads whatever arrives while the check is pending as another
