@@ -68,8 +68,19 @@ class Registry:
         #: (C{private_streams} is a set): only those members' events are filtered.
         self._selective: dict[str, int] = {}
         self._observers: list[MembershipObserver] = []
-        #: Frames held per connection while a batch is open (L{begin_batch}).
-        self._batch: dict[Connection, list[bytes]] | None = None
+        #: While a batch is open (L{begin_batch}): frames held per connection (for
+        #: few recipients, until the first event for many); then the frames held
+        #: in order, each with the index of its recipients; the distinct
+        #: recipients (a snapshot each); and where to find a collection seen before.
+        self._batch: (
+            tuple[
+                dict[Connection, list[bytes]],
+                list[tuple[int, bytes]],
+                list[tuple[Connection, ...]],
+                dict[int, int],
+            ]
+            | None
+        ) = None
 
     def add_observer(self, observer: MembershipObserver) -> None:
         """Tell C{observer} of members joining and leaving from now on."""
@@ -184,13 +195,28 @@ class Registry:
         """
         batch = self._batch
         if batch is not None:
-            for conn in conns:
-                held = batch.get(conn)
-                if held is None:
-                    batch[conn] = [frame]
-                else:
-                    held.append(frame)
-            return len(conns)
+            early, held, recipients, seen = batch
+            if not recipients and len(conns) < 16:
+                # Few recipients (a member's connections) and nothing held for many yet: per connection.
+                for conn in conns:
+                    frames = early.get(conn)
+                    if frames is None:
+                        early[conn] = [frame]
+                    else:
+                        frames.append(frame)
+                return len(conns)
+            # From the first event for many (a market's subscribers) on: held once for
+            # all its recipients, kept as a snapshot once per batch, not once per connection.
+            snapshot = tuple(conns)
+            if not snapshot:
+                return 0
+            index = seen.get(id(conns))
+            if index is None or recipients[index] != snapshot:
+                index = len(recipients)
+                recipients.append(snapshot)
+                seen[id(conns)] = index
+            held.append((index, frame))
+            return len(snapshot)
         sent = 0
         # A copy: a write may close a slow connection, which leaves the set.
         for conn in tuple(conns):
@@ -210,23 +236,89 @@ class Registry:
         connection and read instead of one per event.
         """
         if self._batch is None:
-            self._batch = {}
+            self._batch = ({}, [], [], {})
 
     def end_batch(self) -> None:
-        """Write what the batch holds, each connection's frames in order; never raises."""
+        """
+        Write what the batch holds, each connection's frames in order, in
+        one write; never raises. The connections that were recipients of the
+        same events (a market's subscribers) share one list of frames, made
+        once.
+        """
         batch, self._batch = self._batch, None
-        if not batch:
+        if batch is None:
             return
-        for conn, frames in batch.items():
-            try:
-                send_frames = getattr(conn, "send_frames", None)
-                if send_frames is not None:
-                    send_frames(frames)
-                else:
-                    for frame in frames:
-                        conn.send_frame(frame)
-            except Exception:
-                log.failure("delivering {count} events to {conn_id}", count=len(frames), conn_id=conn.conn_id)
+        early, held, recipients, _ = batch
+        if not held:
+            for conn, frames in early.items():
+                try:
+                    send_frames = getattr(conn, "send_frames", None)
+                    if send_frames is not None:
+                        send_frames(frames)
+                    else:
+                        for frame in frames:
+                            conn.send_frame(frame)
+                except Exception:
+                    log.failure("delivering {count} events to {conn_id}", count=len(frames), conn_id=conn.conn_id)
+            return
+        frames_of: list[list[bytes]] = [[] for _ in recipients]
+        for index, frame in held:
+            frames_of[index].append(frame)
+        if len(recipients) == 1 and not early:
+            for conn in recipients[0]:
+                self._write(conn, frames_of[0])
+            return
+        # Which recipients each connection is among: most are among one only.
+        first: dict[Connection, int] = {}
+        more: dict[Connection, list[int]] = {}
+        for index, conns in enumerate(recipients):
+            for conn in conns:
+                was = first.setdefault(conn, index)
+                if was != index:
+                    also = more.get(conn)
+                    if also is None:
+                        more[conn] = [was, index]
+                    elif also[-1] != index:
+                        also.append(index)
+        numbered: list[list[tuple[int, bytes]]] = []
+        if more:
+            numbered = [[] for _ in recipients]
+            for position, (index, frame) in enumerate(held):
+                numbered[index].append((position, frame))
+        merged: dict[tuple[int, ...], list[bytes]] = {}
+        for conn, index in first.items():
+            indexes = more.get(conn) if more else None
+            if indexes is None:
+                frames = frames_of[index]
+            else:
+                # Among several: their frames merged back into the batch's order, once per combination.
+                key = tuple(indexes)
+                found = merged.get(key)
+                if found is None:
+                    entries = [entry for i in indexes for entry in numbered[i]]
+                    entries.sort()
+                    found = merged[key] = [frame for _, frame in entries]
+                frames = found
+            if early:
+                before = early.pop(conn, None)
+                if before is not None:
+                    frames = before + frames
+            self._write(conn, frames)
+        for conn, frames in early.items():
+            self._write(conn, frames)
+
+    @staticmethod
+    def _write(conn: Connection, frames: list[bytes]) -> None:
+        """Write C{frames} to C{conn}, in one write where it can; never raises."""
+        try:
+            send_frames = getattr(conn, "send_frames", None)
+            if send_frames is not None:
+                send_frames(frames)
+            else:
+                for frame in frames:
+                    conn.send_frame(frame)
+        except Exception:
+            log.failure("delivering {count} events to {conn_id}", count=len(frames), conn_id=conn.conn_id)
 
     def revoke(self, uid: str | None = None, jti: str | None = None) -> int:
         """End the live sessions of member C{uid} or of token C{jti}; returns how many."""
