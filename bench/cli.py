@@ -194,6 +194,76 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def _upper(r: dict[str, Any]) -> str:
+    """Public latency: p50 / p99 / max (upper bounds), and the p99's lower bound."""
+    p, low = r.get("latency", {}), r.get("latency_low", {})
+    if not p.get("n"):
+        return "-"
+    return f"{p['p50']:.1f} / {p['p99']:.1f} / {p['max']:.1f} ms (p99 >= {low.get('p99', 0):.1f})"
+
+
+def _public_rows(res: dict[str, Any], row: Callable[..., None]) -> None:
+    """The public fan-out's rows (bench.public): ob-inc by subscribers, its floor, global.tickers, the replay."""
+
+    def run(r: dict[str, Any]) -> str:
+        return (
+            f"{_loss(r)}; server {r['server_us_per_event']:.2f} µs CPU per copy, {r['daemon_core']:.0f}% of a core; "
+            f"{r['events_per_read']:.1f} frames per client read; CPU: {_cpu(r)}"
+        )
+
+    for item in res.get("public_obinc", []):
+        n, b, st = item["subscribers"], item["burst"], item["steady"]
+        row(f"9. public: 1 market's ob-inc x {n:,} subscribers, burst (copies/s)", "-", _f(b["rate"]), None, run(b))
+        goal = n >= 10_000
+        offered = st["offered_rate"] * n
+        row(
+            f"9b. the same, steady {st['offered_rate']:,.0f} events/s ({offered:,.0f} copies/s offered): "
+            "copies/s delivered; latency p50 / p99 / max",
+            ">= 1,000,000/s, p99 < 50 ms" if goal else "-",
+            f"{_f(st['rate'])}; {_upper(st)}",
+            (st["rate"] >= 1e6 * 0.98 and st["latency"].get("p99", 1e9) < 50 and not st["missing"]) if goal else None,
+            run(st),
+        )
+    fl = res.get("public_floor")
+    if fl and "burst" in fl:
+        n = fl["subscribers"]
+        row(
+            f"9c. floor: the same frames to {n:,} plain TCP sockets, one send each per pass: burst; steady",
+            "-",
+            f"{_f(fl['burst']['rate'])}; {_f(fl['steady']['rate'])}, {_upper(fl['steady'])}",
+            None,
+            f"burst: {run(fl['burst'])}; steady: {run(fl['steady'])}",
+        )
+    t = res.get("public_tickers")
+    if t:
+        n = t["subscribers"]
+        row(
+            f"10. public: global.tickers x {n:,} subscribers, burst (copies/s)",
+            "-",
+            _f(t["burst"]["rate"]),
+            None,
+            run(t["burst"]),
+        )
+        st = t["steady"]
+        row(
+            f"10b. the same, steady {st['offered_rate']:g} events/s: copies/s delivered; latency p50 / p99 / max",
+            "-",
+            f"{_f(st['rate'])}; {_upper(st)}",
+            None,
+            run(st),
+        )
+    for stored, r in sorted(res.get("public_replay", {}).items(), key=lambda kv: int(kv[0])):
+        row(
+            f"11. a new ob-inc subscriber, {int(stored):,} increments stored: connect to subscribed reply "
+            "p50 / p99 (ms); daemon CPU per subscriber",
+            "-",
+            f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}; {r['daemon_ms_per_subscriber']:.2f} ms",
+            None,
+            f"{r['subscribers']} one after the other, each closed once subscribed; "
+            f"{r['replayed_per_subscriber']:.0f} frames replayed each, {r['replay_errors']} gaps",
+        )
+
+
 def render(info: dict[str, str], res: dict[str, Any], notes: list[str], elapsed: float) -> str:
     """The results as a Markdown table, with the goals."""
     tp = res.get("throughput")
@@ -363,13 +433,17 @@ def render(info: dict[str, str], res: dict[str, Any], notes: list[str], elapsed:
         )
     if hot:
         d, c = hot["delivery"], hot["connect"]
+        pub = hot.get("public")
         row(
             "8. in-process hot paths (Python CPU, no kernel)",
             "-",
-            f"{d['us_per_event']:.1f} µs per event; {c['us_per_connection']:.0f} µs per connect + auth",
+            f"{d['us_per_event']:.1f} µs per event; {c['us_per_connection']:.0f} µs per connect + auth"
+            + (f"; {pub['us_per_copy']:.3f} µs per public copy" if pub else ""),
             None,
-            f"{c['kib_per_connection']:.2f} KiB kept per connection (tracemalloc, with the test client)",
+            f"{c['kib_per_connection']:.2f} KiB kept per connection (tracemalloc, with the test client)"
+            + ("; public: 10,000 ob-inc subscribers, 25 increments per read" if pub else ""),
         )
+    _public_rows(res, row)
     lines = [
         f"peatio-ws benchmark, {info['date']}: {info['nproc']} x {info['cpu']}, {info['memory']}, "
         f"Linux {info['kernel']}; Python {info['python']}, Twisted {info['twisted']}, Autobahn {info['autobahn']}, "

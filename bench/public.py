@@ -23,6 +23,7 @@ frame of its read), with the lower bounds beside them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from array import array
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from bench import events
 from bench.profile import Profiler
 from bench.sysinfo import CpuMeter
-from bench.workers import Worker, call_all
+from bench.workers import Worker, call_all, floor_main
 from tests.support.daemon import DaemonProcess
 from tests.support.paths import REPO
 from tests.support.probes import metric
@@ -299,6 +300,74 @@ def obinc(b: Bench) -> None:
             _log_run(b, f"ob-inc x {n:,}, steady {rate:,.0f} events/s", steady)
             out.append({"subscribers": n, "connect": connected, "burst": r, "steady": steady})
             b.results["public_obinc"] = out
+    if o.public_sizes:
+        largest = max(o.public_sizes)
+        b.log(f"public floor: {largest:,} plain TCP sockets, one send per socket and pass")
+        b.results["public_floor"] = floor(b, largest)
+
+
+def floor(b: Bench, n: int, size: int = OB_INC_SIZE, tail: bytes = events.OB_INC_TAIL) -> dict[str, Any]:
+    """
+    The floor of the public fan-out on this machine: one Python process
+    writing each pass's events to C{n} plain TCP sockets, one send per
+    socket and pass (L{bench.workers.floor_main}'s C{public}), at the
+    largest size's burst and steady rate, read by the same clients.
+    """
+    o = b.o
+    stream = f"{MARKET}.ob-inc"
+    layout_args = {"stream": stream, "size": size}
+    w = Worker("floor", floor_main)
+    out: dict[str, Any] = {"subscribers": n}
+    try:
+        port = w.call("listen")["port"]
+        with b.clients() as workers:
+            for i, worker in enumerate(workers):
+                worker.send(
+                    "open_public",
+                    host="127.0.0.1",
+                    port=port,
+                    path=None,
+                    n=n // len(workers) + (1 if i < n % len(workers) else 0),
+                    concurrency=o.concurrency,
+                    timeout=30.0,
+                    time_limit=120.0,
+                    **layout_args,
+                )
+            accepted = w.call("accept", wait=130, n=n, wait_s=120.0)
+            for worker in workers:
+                worker.recv(150)
+            groups = {"floor": [w.pid], "clients": [x.pid for x in workers]}
+            burst_n = max(o.public_min_events, min(o.public_max_events, o.public_copies // n))
+            rate = min(o.public_max_rate, o.public_offered / n)
+            # The first event tells the clients where the sequence starts.
+            call_all(workers, "expect", 30, counts={stream: 1})
+            w.call("public", wait=60, n=1, rate=0.0, tail=tail, **layout_args)
+            call_all(workers, "wait", 60, timeout=30, idle=5.0)
+            for label, k, r_ in (("burst", burst_n, 0.0), ("steady", int(rate * o.latency_seconds), rate)):
+                call_all(workers, "expect", 30, counts={stream: k}, latency=bool(r_))
+                meter = CpuMeter(groups).start()
+                sent = w.call("public", wait=300, n=k, rate=r_, tail=tail, **layout_args)
+                reports = call_all(workers, "wait", 360, timeout=300, idle=5.0, latencies=bool(r_))
+                cpu = meter.stop()
+                r = _aggregate(reports)
+                r.update(
+                    subscribers=accepted["accepted"],
+                    published=sent["sent"],
+                    passes=sent["passes"],
+                    cpu=cpu,
+                    cpu_others=meter.top_others,
+                    server_us_per_event=1e6 * meter.seconds["floor"] / max(1, r["received"]),
+                    daemon_core=cpu["floor"],
+                )
+                if r_:
+                    r["offered_rate"] = r_
+                out[label] = r
+                _log_run(b, f"floor x {n:,}, {label}", r)
+    finally:
+        with contextlib.suppress(Exception):
+            w.call("close", wait=10)
+        w.stop()
+    return out
 
 
 def tickers(b: Bench) -> None:

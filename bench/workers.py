@@ -181,7 +181,7 @@ async def _client_loop(conn: Connection) -> None:
     async def open_public(
         host: str,
         port: int,
-        path: str,
+        path: str | None,
         stream: str,
         size: int,
         n: int,
@@ -392,6 +392,41 @@ def floor_main(conn: Connection) -> None:
             i = due
         return {"t0": t0, "t1": time.monotonic(), "sent": n}
 
+    def public(n: int, rate: float, stream: str, tail: bytes, size: int) -> dict[str, Any]:
+        """
+        C{n} public events of C{stream}, each pass writing every event due
+        (all of them for a burst, C{rate} 0) to every connection in one send:
+        what the daemon does per read, without the broker, Twisted or WebSocket
+        bookkeeping. Each event is stamped with the time it was due.
+        """
+        from peatio_ws.framing import event_message, text_frame
+
+        socks: list[socket.socket] = state["socks"]
+        seq0 = state.get("public_seq", events.SEQ0) + 1
+        t0 = time.monotonic()
+        t0_ns = time.monotonic_ns()
+        i = passes = 0
+        while i < n:
+            due = n if not rate else min(n, int((time.monotonic() - t0) * rate) + 1)
+            if due <= i:
+                time.sleep(0.0005)
+                continue
+            data = b"".join(
+                text_frame(
+                    event_message(
+                        stream,
+                        events.public_body(seq0 + k, tail, size, None if not rate else t0_ns + int(1e9 * k / rate)),
+                    )
+                )
+                for k in range(i, due)
+            )
+            for c in socks:
+                c.sendall(data)
+            passes += 1
+            i = due
+        state["public_seq"] = seq0 + n - 1
+        return {"t0": t0, "t1": time.monotonic(), "sent": n, "passes": passes, "max_late": 0.0}
+
     def close() -> dict[str, Any]:
         for c in state.get("socks", []):
             c.close()
@@ -399,7 +434,7 @@ def floor_main(conn: Connection) -> None:
             state["listener"].close()
         return {"ok": True}
 
-    _serve(conn, {"listen": listen, "accept": accept, "burst": burst, "close": close})
+    _serve(conn, {"listen": listen, "accept": accept, "burst": burst, "public": public, "close": close})
 
 
 def worker_pids(workers: Sequence[Worker]) -> list[int]:

@@ -192,11 +192,12 @@ class PublicClient(BenchClient):
     of frames in the read.
     """
 
-    def __init__(self, host: str, port: int, path: str, layout: PublicLayout) -> None:
+    def __init__(self, host: str, port: int, path: str | None, layout: PublicLayout) -> None:
         super().__init__(host, port, None, None)
+        #: None: raw TCP (the floor), event frames from the first byte.
         self.path = path
         self.layout = layout
-        self.state = HANDSHAKE
+        self.state = HANDSHAKE if path is not None else OPEN
         #: Upper and lower latency bound (ns) and frame count of each read, when recording.
         self.weights: array[int] | None = None
         self.lows: array[int] | None = None
@@ -220,6 +221,9 @@ class PublicClient(BenchClient):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if self.path is None:
+            self.ready.set_result(None)
+            return
         self.transport.write(frames.upgrade_request(self.path, f"{self.host}:{self.port}"))
 
     def data_received(self, data: bytes) -> None:
@@ -340,8 +344,8 @@ async def connect(host: str, port: int, token: str | None, latencies: array[int]
     return proto
 
 
-async def connect_public(host: str, port: int, path: str, layout: PublicLayout, timeout: float) -> PublicClient:
-    """One anonymous ranger connection on C{path}, once it has its subscribed reply."""
+async def connect_public(host: str, port: int, path: str | None, layout: PublicLayout, timeout: float) -> PublicClient:
+    """One anonymous ranger connection on C{path}, once it has its subscribed reply (None: raw TCP, the floor)."""
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
         loop.create_connection(lambda: PublicClient(host, port, path, layout), host, port), timeout
@@ -466,7 +470,7 @@ class ClientPool:
         self,
         host: str,
         port: int,
-        path: str,
+        path: str | None,
         layout: PublicLayout,
         n: int,
         concurrency: int,
