@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test prepare lint unit lowest coverage check-install bench chaos demo dev-key clean
+.PHONY: run test prepare lint unit lowest coverage check-install bench chaos demo dev-key clean mutation
 
 ## Install what is missing, then run the daemon in the foreground on the defaults. Without a
 ## JWT_PUBLIC_KEY, a development key pair is made in .dev/ (and said so, loudly).
@@ -73,6 +73,13 @@ chaos: prepare
 		tests.chaos.test_chaos_clients tests.chaos.test_chaos_hostile || status=$$?; \
 	echo; echo "== chaos figures =="; \
 	$(PY) -m tests.support.figures .state/_trial_chaos/chaos-figures.txt; exit $$status
+
+## Mutation testing of the modules where a silent bug costs most (auth, registry, routing, uids, the
+## legacy dialect, the order-book store, stream names) against their unit tests, each in a clone of
+## the committed HEAD in /tmp (mutmut 2.5.1 in .venv-mutation). Slow: not in `make test`, run it
+## before a release. `make mutation ARGS="uids routing"` for some modules; docs/testing.md has the scores.
+mutation: prepare
+	scripts/mutation.sh $(ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .state _trial_temp .mypy_cache .ruff_cache .venv-lowest
