@@ -5,6 +5,7 @@ Unit tests for L{peatio_ws.amqp.routing}: the event contract's pure helpers
 
 from __future__ import annotations
 
+import orjson
 from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.amqp import MAX_UID_BYTES, binding_key, event_label, parse_routing_key, valid_json, valid_uid
@@ -76,3 +77,14 @@ class HelperTests(SynchronousTestCase):
         ]
         for body in bad:
             self.assertFalse(valid_json(body), body[:20])
+
+    def test_valid_json_second_look(self) -> None:
+        """
+        JSON that orjson refuses but is valid (an escaped lone surrogate, a
+        number beyond a double) is still forwardable: the second look says so.
+        """
+        for body in [b'"\\ud800"', b'{"a":"\\udfff"}', b"1e400", b'{"price":-1e999}']:
+            with self.assertRaises(orjson.JSONDecodeError):
+                orjson.loads(body)
+            self.assertTrue(valid_json(body), body)
+
