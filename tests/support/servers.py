@@ -20,6 +20,9 @@ same for anything a crashed test run left behind).
    Erlang cookie, data, log and configuration files, and no plugins.
    Asynchronous (a start takes a few seconds, and the reactor must keep
    running meanwhile); C{rabbitmqctl} always with C{-n} its own node.
+ - L{PrivateRabbitCluster}: three such nodes sharing one private C{epmd}
+   and one Erlang cookie, joined into one cluster with C{rabbitmqctl
+   join_cluster}; each node killed and started again on its own.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import secrets
@@ -36,9 +40,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
@@ -47,12 +53,21 @@ from tests.support import broker
 from tests.support.daemon import free_port
 from tests.support.waiting import until, until_blocking, within
 
-__all__ = ["PrivateRabbit", "PrivateRedis", "private_rabbit", "private_redis"]
+__all__ = [
+    "PrivateRabbit",
+    "PrivateRabbitCluster",
+    "PrivateRedis",
+    "private_rabbit",
+    "private_rabbit_cluster",
+    "private_redis",
+]
 
 HOST = "127.0.0.1"
 
+T = TypeVar("T")
+
 #: Every private server not cleaned up yet: killed at interpreter exit.
-_LIVE: set[PrivateRedis | PrivateRabbit] = set()
+_LIVE: set[PrivateRedis | PrivateRabbit | PrivateRabbitCluster] = set()
 
 
 @atexit.register
@@ -229,6 +244,48 @@ def private_redis(case: TestCase) -> PrivateRedis:
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 
 
+class _Erlang:
+    """
+    What Erlang nodes that talk to each other share: an C{epmd} of our own
+    on a free 127.0.0.1 port (started once, by its PID ours), and a
+    C{HOME} holding one Erlang cookie (under C{dir}, which the owner
+    removes). One per L{PrivateRabbit}, or one for a whole
+    L{PrivateRabbitCluster}.
+    """
+
+    def __init__(self, dir: Path) -> None:
+        self.port = free_port()
+        self.home = dir / "home"
+        self.home.mkdir()
+        cookie = self.home / ".erlang.cookie"
+        cookie.write_text(secrets.token_hex(16).upper())
+        cookie.chmod(0o400)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        return {"HOME": str(self.home), "ERL_EPMD_PORT": str(self.port), "ERL_EPMD_ADDRESS": HOST}
+
+    def start(self) -> None:
+        """Start our epmd unless it runs; bounded wait until it accepts."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update(self.env())
+        self.process = subprocess.Popen(
+            [shutil.which("epmd") or "/usr/bin/epmd", "-port", str(self.port), "-address", HOST],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        until_blocking(lambda: _answers(self.port), 10, f"the private epmd on port {self.port}", interval=0.02)
+
+    def kill(self) -> None:
+        """SIGKILL our epmd (its PID), and reap it."""
+        _signal(self.process, signal.SIGKILL)
+        _reap(self.process, 10)
+
+
 class PrivateRabbit:
     """
     A RabbitMQ node of the test's own, from the Debian package's scripts:
@@ -242,16 +299,25 @@ class PrivateRabbit:
     of the node's VM (C{beam.smp}): the VM's PID is that shell's one child
     (checked against the node's pid file at start), and L{kill} SIGKILLs
     exactly that PID.
+
+    A node of a L{PrivateRabbitCluster} is made by the cluster: its
+    directory inside the cluster's, and the cluster's C{epmd} and cookie
+    (C{erlang}), which the node neither starts nor stops.
     """
 
-    def __init__(self) -> None:
-        self.node = f"peatio-ws-test-{secrets.token_hex(4)}@localhost"
+    def __init__(self, *, name: str | None = None, dir: Path | None = None, erlang: _Erlang | None = None) -> None:
+        self.node = f"{name or 'peatio-ws-test-' + secrets.token_hex(4)}@localhost"
         self.port = free_port()
         self.dist_port = free_port()
-        self.epmd_port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="peatio-ws-rabbit-"))
+        if dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="peatio-ws-rabbit-"))
+        else:
+            dir.mkdir()
+            self.dir = dir
+        #: Our own epmd and cookie, or a cluster's (then not ours to stop).
+        self._owns_erlang = erlang is None
+        self.erlang = _Erlang(self.dir) if erlang is None else erlang
         self.process: subprocess.Popen[bytes] | None = None
-        self.epmd: subprocess.Popen[bytes] | None = None
         #: Seconds each start took (until await_startup and the AMQP port), in order.
         self.start_seconds: list[float] = []
         #: Seconds the last L{cleanup} took to stop the node.
@@ -260,13 +326,14 @@ class PrivateRabbit:
 
     # -- set-up ------------------------------------------------------------------
 
+    @property
+    def epmd_port(self) -> int:
+        return self.erlang.port
+
     def _write_files(self) -> None:
         d = self.dir
-        for sub in ("home", "mnesia", "log"):
+        for sub in ("mnesia", "log"):
             (d / sub).mkdir()
-        cookie = d / "home" / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(16).upper())
-        cookie.chmod(0o400)
         (d / "enabled_plugins").write_text("[].\n")
         (d / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq/rabbitmq-env.conf (the shared node's name)
         (d / "rabbitmq.conf").write_text(f"listeners.tcp.1 = {HOST}:{self.port}\n")
@@ -275,13 +342,11 @@ class PrivateRabbit:
         """The environment of the node and of its rabbitmqctl: nothing inherited from the shared node's."""
         d = self.dir
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update(self.erlang.env())
         env.update(
             {
-                "HOME": str(d / "home"),
                 "LANG": "C.UTF-8",
                 "LC_ALL": "C.UTF-8",
-                "ERL_EPMD_PORT": str(self.epmd_port),
-                "ERL_EPMD_ADDRESS": HOST,
                 "ERL_CRASH_DUMP": str(d / "erl_crash.dump"),
                 "RABBITMQ_NODENAME": self.node,
                 "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
@@ -347,26 +412,13 @@ class PrivateRabbit:
 
     # -- processes -----------------------------------------------------------------
 
-    def _start_epmd(self) -> None:
-        if self.epmd is not None and self.epmd.poll() is None:
-            return
-        self.epmd = subprocess.Popen(
-            [shutil.which("epmd") or "/usr/bin/epmd", "-port", str(self.epmd_port), "-address", HOST],
-            env=self._env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        what = f"the private epmd on port {self.epmd_port}"
-        until_blocking(lambda: _answers(self.epmd_port), 10, what, interval=0.02)
-
     async def start(self, seconds: float = 90.0) -> PrivateRabbit:
         """Start the node (again, on the same data directory); bounded wait until it is up."""
         if self.running:
             raise AssertionError(f"{self.node} is already running")
         _LIVE.add(self)
         started = time.monotonic()
-        self._start_epmd()
+        self.erlang.start()
         with (self.dir / "log" / "startup.log").open("ab") as out:
             self.process = subprocess.Popen(
                 [str(RABBITMQ_BIN / "rabbitmq-server")],
@@ -465,10 +517,10 @@ class PrivateRabbit:
     # -- clean-up --------------------------------------------------------------------
 
     def kill_all(self) -> None:
-        """SIGKILL our node and our epmd (by their PIDs), reap them, remove the directory."""
+        """SIGKILL our node and our epmd (by their PIDs; not a cluster's epmd), reap them, remove the directory."""
         self.kill()
-        _signal(self.epmd, signal.SIGKILL)
-        _reap(self.epmd, 10)
+        if self._owns_erlang:
+            self.erlang.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     async def cleanup(self) -> None:
@@ -494,3 +546,174 @@ async def private_rabbit(case: TestCase) -> PrivateRabbit:
     rabbit = PrivateRabbit()
     case.addCleanup(lambda: Deferred.fromCoroutine(rabbit.cleanup()))
     return await rabbit.start()
+
+
+async def _together(coroutines: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run C{coroutines} at the same time; their results, or the first one's failure (the others go on)."""
+    try:
+        return await gatherResults([Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True)
+    except FirstError as e:
+        e.subFailure.raiseException()
+        raise  # not reached: raiseException raises
+
+
+class PrivateRabbitCluster:
+    """
+    A RabbitMQ cluster of the test's own on this one machine: C{size}
+    (three) L{PrivateRabbit} nodes C{peatio-ws-cluster-<hex>-<n>@localhost},
+    each with its own AMQP port, distribution port and data directory
+    (inside the cluster's temporary directory), all sharing one private
+    C{epmd} and one Erlang cookie. L{start} starts them together, then
+    nodes 2.. each C{stop_app}, C{join_cluster <node 1>} and C{start_app}
+    (C{rabbitmqctl -n <their node>}), and waits until every node's
+    C{cluster_status} lists them all running.
+
+    A node (L{nodes}) is killed with its L{PrivateRabbit.kill} (SIGKILL of
+    its VM's PID) and started again with its L{PrivateRabbit.start}: it
+    comes back as the same node, on its data, in the cluster; then
+    L{await_running} until the others see it.
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="peatio-ws-rabbit-cluster-"))
+        self.erlang = _Erlang(self.dir)
+        tag = secrets.token_hex(4)
+        self.nodes = [
+            PrivateRabbit(name=f"peatio-ws-cluster-{tag}-{n}", dir=self.dir / f"node{n}", erlang=self.erlang)
+            for n in range(1, size + 1)
+        ]
+        #: Seconds the last L{start} took: all nodes up, then joined, then seen running by every node.
+        self.start_seconds: float | None = None
+        #: Seconds of its phases: "boot" (every node up on its own), "join" (nodes 2.. joined).
+        self.phase_seconds: dict[str, float] = {}
+
+    def __getitem__(self, index: int) -> PrivateRabbit:
+        return self.nodes[index]
+
+    @property
+    def hosts(self) -> str:
+        """Every node's AMQP address, in order: C{127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3}."""
+        return ",".join(f"{HOST}:{node.port}" for node in self.nodes)
+
+    @property
+    def daemon_env(self) -> dict[str, str]:
+        """What a daemon under test needs to use the cluster: every node, in RABBITMQ_HOST."""
+        return {"RABBITMQ_HOST": self.hosts}
+
+    @property
+    def names(self) -> list[str]:
+        """The nodes' Erlang names, in order."""
+        return [node.node for node in self.nodes]
+
+    @property
+    def running(self) -> list[PrivateRabbit]:
+        """The nodes whose VM runs (whether or not the others see them yet)."""
+        return [node for node in self.nodes if node.running]
+
+    def node_named(self, name: str) -> PrivateRabbit:
+        """The node whose Erlang name is C{name} (as rabbitmqctl lists it)."""
+        for node in self.nodes:
+            if node.node == name:
+                return node
+        raise AssertionError(f"{name!r} is not a node of this cluster ({', '.join(self.names)})")
+
+    async def start(self, seconds: float = 240.0) -> PrivateRabbitCluster:
+        """Start every node, join nodes 2.. to node 1, and wait until all run together; bounded."""
+        if self.running:
+            raise AssertionError("the private cluster has nodes running already")
+        _LIVE.add(self)
+        deadline = time.monotonic() + seconds
+        started = time.monotonic()
+        self.erlang.start()
+        await _together(node.start(seconds) for node in self.nodes)
+        self.phase_seconds["boot"] = time.monotonic() - started
+        first, others = self.nodes[0], self.nodes[1:]
+        # One join at a time (each changes the cluster's schema); the stops and starts together.
+        await _together(node.stop_app() for node in others)
+        for node in others:
+            await node.ctl("join_cluster", first.node, seconds=max(30.0, deadline - time.monotonic()))
+        await _together(node.start_app(max(30.0, deadline - time.monotonic())) for node in others)
+        self.phase_seconds["join"] = time.monotonic() - started - self.phase_seconds["boot"]
+        await self.await_running(max(30.0, deadline - time.monotonic()))
+        self.start_seconds = time.monotonic() - started
+        return self
+
+    async def ctl(self, *args: str, seconds: float = 30.0) -> str:
+        """rabbitmqctl ARGS on the first node that runs (L{PrivateRabbit.ctl})."""
+        for node in self.nodes:
+            if node.running:
+                return await node.ctl(*args, seconds=seconds)
+        raise AssertionError("no node of the private cluster runs")
+
+    async def cluster_status(self, node: PrivateRabbit | None = None) -> dict[str, Any]:
+        """C{rabbitmqctl cluster_status} (as JSON) as C{node} (default: the first running one) sees it."""
+        args = ("cluster_status", "--formatter", "json")
+        out = await (node.ctl(*args) if node is not None else self.ctl(*args))
+        status: dict[str, Any] = json.loads(out)
+        return status
+
+    async def running_nodes(self, node: PrivateRabbit | None = None) -> list[str]:
+        """The names of the nodes C{node} (default: the first running one) sees running, sorted."""
+        return sorted((await self.cluster_status(node)).get("running_nodes", []))
+
+    async def views(self) -> dict[str, list[str]]:
+        """
+        Each running node's name, and the nodes it sees running, sorted
+        (asked of them all at once); the error instead when its
+        C{rabbitmqctl cluster_status} fails.
+        """
+
+        async def view(node: PrivateRabbit) -> tuple[str, list[str]]:
+            try:
+                return node.node, await self.running_nodes(node)
+            except AssertionError as e:
+                return node.node, [str(e)]
+
+        return dict(await _together(view(node) for node in self.running))
+
+    async def await_running(self, seconds: float = 90.0) -> None:
+        """
+        Until every node whose VM runs sees exactly the nodes whose VM runs
+        running (itself included: its app is up; a killed node's gone, a
+        restarted one's back); bounded.
+        """
+        expected = sorted(node.node for node in self.running)
+        seen: dict[str, list[str]] = {}
+
+        async def agreed() -> bool:
+            seen.update(await self.views())
+            return all(view == expected for view in seen.values())
+
+        try:
+            await until(agreed, seconds, f"the cluster's nodes to see {expected} running", interval=0.5)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; they see: {seen}") from None
+
+    def kill_all(self) -> None:
+        """SIGKILL every node and our epmd (by their PIDs), reap them, remove the directory."""
+        try:
+            for node in self.nodes:
+                with contextlib.suppress(Exception):
+                    node.kill_all()
+            self.erlang.kill()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    async def cleanup(self) -> None:
+        """
+        SIGKILL every node (by its PID: their data is thrown away, a clean
+        stop of a cluster only takes longer), our epmd; remove the directory.
+        """
+        try:
+            self.kill_all()
+        finally:
+            for node in self.nodes:
+                _LIVE.discard(node)
+            _LIVE.discard(self)
+
+
+async def private_rabbit_cluster(case: TestCase, seconds: float = 240.0) -> PrivateRabbitCluster:
+    """A started L{PrivateRabbitCluster}, cleaned up with C{case} (registered before it starts)."""
+    cluster = PrivateRabbitCluster()
+    case.addCleanup(lambda: Deferred.fromCoroutine(cluster.cleanup()))
+    return await cluster.start(seconds)
