@@ -32,6 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,8 @@ class Chromium:
         self.ws: ClientConnection | None = None
         self.session: str | None = None
         self.problems: list[tuple[str, str]] = []  # (source, text) of page errors
+        #: More to say when the page did not get where it should (the daemon's state, say).
+        self.context: Callable[[], str] = str
         self._ids = itertools.count(1)
 
     def start(self, timeout: float = 20.0) -> None:
@@ -212,9 +215,10 @@ class Chromium:
             )
         except Exception as e:
             return f"(page unreadable: {e})"
+        context = self.context()
         return f"status: {status}\nmarket: {market}\nmessages (newest first):\n  " + "\n  ".join(log or []) + (
             "\nproblems: " + "; ".join(text for _, text in self.problems) if self.problems else ""
-        )
+        ) + (f"\n{context}" if context else "")
 
     def type_into(self, element_id: str, text: str) -> None:
         """Replace an input's text as typing would."""
@@ -610,8 +614,14 @@ class DemoBrowserTests(SynchronousTestCase):
         self.addCleanup(self.daemon.cleanup)
         self.daemon.start()
         self.browser = Chromium(binary)
+        self.browser.context = self.daemon_state
         self.addCleanup(self.browser.stop)
         self.browser.start()
+
+    def daemon_state(self) -> str:
+        """For a failure's description: whether the daemon still runs, its last log lines if not."""
+        status = self.daemon.exited()
+        return "" if status is None else f"the daemon exited (status {status}):\n{self.daemon.tail(40)}"
 
     def start_runner(self, *args: str) -> DemoRunner:
         """The demo runner, publishing its sample stream for this test's member."""
@@ -706,7 +716,8 @@ class DemoBrowserTests(SynchronousTestCase):
         page = self.browser
         runner = self.start_runner("--seed", "11", "--snapshot-period", "2", "--gap-every", "25")
         ranger = f"{self.daemon.url}api/v2/ranger/public/?stream=btcusd.ob-inc&stream=btcusd.trades"
-        with connect(ranger, open_timeout=10) as reference:
+        # Unbounded: its reader keeps answering the daemon's pings while the test is busy with the page.
+        with connect(ranger, open_timeout=10, max_queue=None) as reference:
             page.navigate(runner.base)
             self.assertEqual(page.evaluate("document.getElementById('market-url').textContent"), ranger)
             page.wait_for("document.getElementById('market-status').dataset.state === 'live'", "a live book")
@@ -759,10 +770,15 @@ class DemoBrowserTests(SynchronousTestCase):
         return state
 
     def test_reconnect(self) -> None:
-        """?autoconnect=1 logs in; after a daemon restart the page reconnects and re-authenticates."""
+        """
+        ?autoconnect=1 logs in; after a daemon restart the page reconnects and
+        re-authenticates, and the market panel reconnects and is live again
+        from the new daemon's first snapshot.
+        """
         page = self.browser
-        page.navigate(f"{self.start_runner().base}?uid={self.uid}&autoconnect=1")
+        page.navigate(f"{self.start_runner('--snapshot-period', '2').base}?uid={self.uid}&autoconnect=1")
         page.wait_for("document.getElementById('status').dataset.state === 'authenticated'", "Authenticated.")
+        page.wait_for("document.getElementById('market-status').dataset.state === 'live'", "a live book")
 
         old = self.daemon
         old.stop()
@@ -784,6 +800,12 @@ class DemoBrowserTests(SynchronousTestCase):
         self.assertGreaterEqual(successes, 2)
         self.publish_order(ORDER_ID + 1)
         self.order_row(ORDER_ID + 1)
+        self.assertIn("market: closed: code 1001", page.evaluate("document.getElementById('log').textContent"))
+        page.wait_for(
+            "document.getElementById('market-status').dataset.state === 'live' && "
+            "parseInt(document.getElementById('book-counts').textContent) >= 2",
+            "the book live again after the restart", timeout=30,
+        )
         self.assert_no_page_errors(network_ok=True)
 
     def test_token_expiry(self) -> None:
