@@ -159,6 +159,53 @@ def _encode_table(self: Any, tbl: dict[str, Any]) -> None:
     self.write(data)
 
 
+#: Field types of RabbitMQ's tables (its "errata" to 0-9-1) with fixed-size values.
+_FIXED_FIELDS = {b"b": "!b", b"B": "!B", b"s": "!h", b"u": "!H", b"I": "!i", b"i": "!I", b"l": "!q", b"L": "!Q",
+                 b"f": "!f", b"d": "!d", b"T": "!Q"}
+
+
+def _decode_field(codec: Any, kind: bytes) -> Any:
+    fixed = _FIXED_FIELDS.get(kind)
+    if fixed is not None:
+        return codec.unpack(fixed)
+    if kind == b"S":
+        return codec.decode_longstr()
+    if kind == b"t":
+        return codec.decode_octet() != 0
+    if kind == b"F":
+        return codec.decode_table()
+    if kind == b"V":
+        return None
+    if kind == b"x":
+        return codec.read(codec.unpack("!L"))
+    if kind == b"D":
+        scale = codec.unpack("!B")
+        return codec.unpack("!i") / 10**scale
+    if kind == b"A":
+        size = codec.unpack("!L")
+        start = codec.nread
+        items = []
+        while codec.nread - start < size:
+            items.append(_decode_field(codec, codec.read(1)))
+        return items
+    raise ValueError(f"unknown AMQP field type {kind!r}")
+
+
+def _decode_table(self: Any) -> dict[str, Any]:
+    """
+    C{Codec.decode_table}, reading every field type RabbitMQ sends: txAMQP's
+    knows S, I, F and t only, and raises on the C{l} of the
+    C{x-delivery-count} header a quorum queue puts on redeliveries.
+    """
+    size = self.decode_long()
+    start = self.nread
+    result: dict[str, Any] = {}
+    while self.nread - start < size:
+        key = self.decode_shortstr()
+        result[key] = _decode_field(self, self.read(1))
+    return result
+
+
 def install() -> None:
     """Apply the work-arounds; safe to call any number of times."""
     global _installed
@@ -166,6 +213,7 @@ def install() -> None:
         return
     Body.decode = staticmethod(_decode_body)
     Codec.encode_table = _encode_table
+    Codec.decode_table = _decode_table
     warnings.filterwarnings(
         "ignore", message=_RETURNVALUE_WARNING, category=DeprecationWarning, module=_TXAMQP_MODULES
     )
@@ -174,7 +222,9 @@ def install() -> None:
 
 def installed() -> bool:
     """Whether L{install} has run (and the body decoder is ours)."""
-    return bool(Body.decode is _decode_body and Codec.encode_table is _encode_table)
+    return bool(
+        Body.decode is _decode_body and Codec.encode_table is _encode_table and Codec.decode_table is _decode_table
+    )
 
 
 def load_spec(path: str) -> Any:

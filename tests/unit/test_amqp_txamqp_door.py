@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import re
+import struct
 from io import BytesIO
 from typing import Any
 
@@ -210,6 +211,26 @@ class LoginTests(DoorCase):
             self.PIECE,
             f"a nested table with a boolean did not round-trip: {decoded!r}",
         )
+
+    def test_decode_table_every_rabbitmq_type(self) -> None:
+        """Codec.decode_table(self), replaced: reads RabbitMQ's field types (quorum redeliveries carry an l)."""
+        self.check_params(codec.Codec.decode_table, ["self"], self.PIECE)
+        _txamqp.install()
+        fields = (
+            b"\x10x-delivery-count" + b"l" + struct.pack("!q", 1)
+            + b"\x01b" + b"b" + struct.pack("!b", -1)
+            + b"\x01s" + b"s" + struct.pack("!h", -2)
+            + b"\x01d" + b"d" + struct.pack("!d", 0.5)
+            + b"\x01T" + b"T" + struct.pack("!Q", 7)
+            + b"\x01V" + b"V"
+            + b"\x01A" + b"A" + struct.pack("!L", 6) + b"t\x01" + b"B\x09" + b"V" + b"V"
+            + b"\x01D" + b"D" + struct.pack("!B", 2) + struct.pack("!i", 150)
+        )
+        data = struct.pack("!L", len(fields)) + fields
+        decoded = codec.Codec(BytesIO(data)).decode_table()
+        expected = {"x-delivery-count": 1, "b": -1, "s": -2, "d": 0.5, "T": 7, "V": None, "A": [True, 9, None, None],
+                    "D": 1.5}
+        self.check(decoded == expected, self.PIECE, f"RabbitMQ's field types decoded as {decoded!r}")
 
     def test_capabilities_sent_and_cancel_heard(self) -> None:
         """The consumer announces consumer_cancel_notify, and a broker basic.cancel reaches cancel_listener."""
