@@ -67,7 +67,8 @@ def _port_in_use(host: str, port: int) -> bool:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="demo/run.py",
-        description="peatio-ws live demo: daemon, demo page, dev tokens and a stream of sample orders and trades.",
+        description="peatio-ws live demo: daemon, demo page, dev tokens, a stream of sample orders and trades, "
+        "and one market's public order book and trades.",
     )
     parser.add_argument("--http-host", default=os.environ.get("DEMO_HTTP_HOST", "127.0.0.1"),
                         help="address of the demo web server (default 127.0.0.1; env DEMO_HTTP_HOST)")
