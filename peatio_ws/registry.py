@@ -265,8 +265,10 @@ class Registry:
         for index, frame in held:
             frames_of[index].append(frame)
         if len(recipients) == 1 and not early:
+            # One tuple for all: a connection may join it once for everyone (StreamProtocol.send_frames).
+            everyone = tuple(frames_of[0])
             for conn in recipients[0]:
-                self._write(conn, frames_of[0])
+                self._write(conn, everyone)
             return
         # Which recipients each connection is among: most are among one only.
         first: dict[Connection, int] = {}
@@ -285,11 +287,12 @@ class Registry:
             numbered = [[] for _ in recipients]
             for position, (index, frame) in enumerate(held):
                 numbered[index].append((position, frame))
-        merged: dict[tuple[int, ...], list[bytes]] = {}
+        shared = [tuple(frames) for frames in frames_of]
+        merged: dict[tuple[int, ...], tuple[bytes, ...]] = {}
         for conn, index in first.items():
             indexes = more.get(conn) if more else None
             if indexes is None:
-                frames = frames_of[index]
+                theirs = shared[index]
             else:
                 # Among several: their frames merged back into the batch's order, once per combination.
                 key = tuple(indexes)
@@ -297,18 +300,18 @@ class Registry:
                 if found is None:
                     entries = [entry for i in indexes for entry in numbered[i]]
                     entries.sort()
-                    found = merged[key] = [frame for _, frame in entries]
-                frames = found
+                    found = merged[key] = tuple([frame for _, frame in entries])
+                theirs = found
             if early:
                 before = early.pop(conn, None)
                 if before is not None:
-                    frames = before + frames
-            self._write(conn, frames)
+                    theirs = (*before, *theirs)
+            self._write(conn, theirs)
         for conn, frames in early.items():
             self._write(conn, frames)
 
     @staticmethod
-    def _write(conn: Connection, frames: list[bytes]) -> None:
+    def _write(conn: Connection, frames: list[bytes] | tuple[bytes, ...]) -> None:
         """Write C{frames} to C{conn}, in one write where it can; never raises."""
         try:
             send_frames = getattr(conn, "send_frames", None)

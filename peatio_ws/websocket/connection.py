@@ -558,9 +558,33 @@ class StreamProtocol(BoundedServerProtocol):
         _transport.write(self.transport, self._socket, frame)
         return True
 
-    def send_frames(self, frames: list[bytes]) -> bool:
-        """Write several ready event frames, in order, in one write (see L{Registry.end_batch})."""
-        return self.send_frame(frames[0] if len(frames) == 1 else b"".join(frames))
+    #: The last frames joined by L{send_frames} when given as a tuple, and
+    #: their bytes, shared by every connection (one list, changed in place):
+    #: the registry gives every subscriber of a market the same tuple in a
+    #: read, joined once. (Immutable, and held here, so the same object is
+    #: always the same frames.)
+    _joined: list[Any] = [(), b""]  # noqa: RUF012
+
+    def send_frames(self, frames: list[bytes] | tuple[bytes, ...]) -> bool:
+        """
+        Write several ready event frames, in order, in one write (see
+        L{Registry.end_batch}); the same limits as L{send_frame}.
+        """
+        if len(frames) == 1:
+            data = frames[0]
+        else:
+            joined = self._joined
+            if joined[0] is frames:
+                data = joined[1]
+            else:
+                data = b"".join(frames)
+                if type(frames) is tuple:
+                    joined[0] = frames
+                    joined[1] = data
+        if self._paused or self.state != _STATE_OPEN:
+            return self.send_frame(data)
+        _transport.write(self.transport, self._socket, data)
+        return True
 
     def send_replay(self, frames: list[bytes]) -> None:
         """

@@ -7,14 +7,19 @@ gets exactly its frames, in the order they were delivered, in one write.
 
 from __future__ import annotations
 
+import json
 import random
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.auth import Claims
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
-from peatio_ws.testing import FakeConnection
+from peatio_ws.testing import FakeConnection, make_token, settings_for_tests
+from peatio_ws.testing.factory import stream_factory
+from peatio_ws.testing.wsclient import Client
+from peatio_ws.websocket import CloseCode
 
 #: More recipients than the registry keeps per connection (its per-connection path is for fewer).
 MANY = 40
@@ -168,3 +173,68 @@ class ManyRecipientsTests(SynchronousTestCase):
             self.registry.end_batch()
             for conn in pool:
                 self.assertEqual(conn.writes, [expected[conn]] if expected[conn] else [], f"seed {seed}")
+
+
+class SharedFramesTests(SynchronousTestCase):
+    """
+    Real connections (L{StreamProtocol}, in memory) given one batch's frames
+    for many: each writes them in one write, joined once for all, and the
+    slow-consumer limit still holds for each.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.metrics = Metrics()
+        self.registry = Registry(self.metrics)
+        self.factory = stream_factory(
+            settings_for_tests(websocket_max_buffer=100_000), self.clock, registry=self.registry, metrics=self.metrics
+        )
+
+    def member(self) -> Client:
+        client = Client.connect(self.factory)
+        self.addCleanup(client.lose)
+        client.messages()
+        client.send_json({"jwt": "Bearer " + make_token(now=self.clock.seconds(), uid="U")})
+        self.assertEqual(client.messages(), [{"success": {"message": "Authenticated."}}])
+        return client
+
+    def test_one_write_each(self) -> None:
+        """Each of many connections of a member gets the batch's frames in one write, in order."""
+        clients = [self.member() for _ in range(MANY)]
+        before = [len(client.transport.value()) for client in clients]
+        writes: list[bytes] = []
+        transport = clients[0].transport
+        original = transport.write
+
+        def write(data: bytes) -> None:
+            writes.append(data)
+            original(data)
+
+        transport.write = write  # type: ignore[method-assign]
+        self.registry.begin_batch()
+        for n in range(3):
+            self.assertEqual(self.registry.deliver("U", "order", b'{"id":%d}' % n), MANY)
+        self.assertEqual([len(c.transport.value()) for c in clients], before)
+        self.registry.end_batch()
+        self.assertEqual(len(writes), 1)
+        self.assertEqual({c.transport.value()[n:] for c, n in zip(clients, before, strict=True)}, {writes[0]})
+        for client in clients:
+            self.assertEqual([m["order"]["id"] for m in client.messages()], [0, 1, 2])
+
+    def test_slow_consumer_among_many(self) -> None:
+        """A connection that stops reading is closed with 4008 past its limit; the others get everything."""
+        clients = [self.member() for _ in range(MANY)]
+        slow = clients[0]
+        slow.protocol.pauseProducing()
+        payload = json.dumps({"x": "y" * 10_000}).encode()
+        for _ in range(3):
+            self.registry.begin_batch()
+            for _ in range(4):
+                self.registry.deliver("U", "order", payload)
+            self.registry.end_batch()
+        self.assertEqual(slow.close_code(), CloseCode.SLOW_CONSUMER)
+        self.assertEqual(self.metrics.slow_consumer_closes._value.get(), 1)
+        for client in clients[1:]:
+            self.assertEqual(len(client.messages()), 12)
+            self.assertIsNone(client.close_code())
