@@ -457,7 +457,7 @@
       showMarketTrades(payload);
     } else if (type === 'success' || type === 'error') {
       // Control replies only: the market's own frames would flood the log.
-      log('←', event.data, type);
+      log('←', 'market: ' + event.data, type);
       if (type === 'success') {
         m.attempt = 0;
         if (!m.primed) bookWaits('waiting for snapshot');
