@@ -202,9 +202,15 @@ class _HubCollector(Collector):
         subscriptions = GaugeMetricFamily(
             "peatio_ws_subscriptions", "Ranger subscriptions by stream family", labels=["stream"]
         )
+        # Ruby ranger's name too (its dashboards), by family rather than by stream name.
+        ranger = GaugeMetricFamily(
+            "ranger_subscriptions_current", "Ranger subscriptions by stream family", labels=["stream"]
+        )
         for label, count in sorted(self._hub.subscription_counts().items()):
             subscriptions.add_metric([label], count)
+            ranger.add_metric([label], count)
         yield subscriptions
+        yield ranger
         sequence = GaugeMetricFamily(
             "peatio_ws_orderbook_sequence", "The last order-book sequence followed, by market", labels=["market"]
         )

@@ -218,9 +218,9 @@ class RangerDialect:
         claims = conn.ranger_claims
         conn.ranger_claims = None
         conn.subscriptions = {}
-        auth = "anonymous"
+        auth = "public"
         if claims is not None:
-            auth = "member"
+            auth = "private"
             # Before the registry learns of it: its private events are filtered from the start.
             conn.private_streams = set()
             conn.authenticated(claims)
@@ -241,7 +241,7 @@ class RangerDialect:
             return
         factory.hub.forget(conn)
         conn.subscriptions = None
-        auth = "member" if conn.private_streams is not None else "anonymous"
+        auth = "private" if conn.private_streams is not None else "public"
         factory.metrics.ranger_connections.labels(auth=auth).dec()
 
     # -- messages ------------------------------------------------------------------------

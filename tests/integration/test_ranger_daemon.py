@@ -299,7 +299,7 @@ class RangerDaemonTests(ChaosTestCase):
 
         # /metrics on the monitoring port.
         text = self.daemon.metrics()
-        self.assertEqual(metric(text, "ranger_connections_current", auth="anonymous"), 3, text)
+        self.assertEqual(metric(text, "ranger_connections_current", auth="public"), 3, text)
         self.assertEqual(metric(text, "peatio_ws_orderbook_sequence", market=m), 2, text)
         self.assertEqual(metric(text, "peatio_ws_orderbook_replayable", market=m), 1, text)
         self.assertEqual(metric(text, "peatio_ws_subscriptions", stream="ob-inc"), 3, text)
@@ -547,7 +547,7 @@ class RangerDaemonTests(ChaosTestCase):
         self.assertEqual(await legacy.login(make_token(uid=alice), WAIT), AUTHENTICATED)
         # Both members bound on the process queue before anything is published for them.
         await self.until_metric_is("peatio_ws_rabbitmq_bindings", 2, "alice's and bob's bindings")
-        self.assertEqual(self.gauge(self.daemon, "ranger_connections_current", auth="member"), 2)
+        self.assertEqual(self.gauge(self.daemon, "ranger_connections_current", auth="private"), 2)
 
         balances1 = json.dumps({"currency": "btc", "balance": "1.0", "locked": "0.0"}).encode()
         order = json.dumps({"id": 31, "side": "buy", "ord_type": "limit", "price": "100.5", "state": "wait",
@@ -593,7 +593,7 @@ class RangerDaemonTests(ChaosTestCase):
         self.assertEqual(await a.next_json(WAIT), subscribed(["order"]))
         await a.gone(WAIT)
         self.assertEqual(a.close_code, 4001, a.messages)
-        await self.until_metric_is("ranger_connections_current", 0, "the member connection uncounted", auth="member")
+        await self.until_metric_is("ranger_connections_current", 0, "the member connection uncounted", auth="private")
 
     async def test_revocation_closes_4003_and_refuses_401(self) -> None:
         """
@@ -630,15 +630,15 @@ class RangerDaemonTests(ChaosTestCase):
         a = await self.ranger(ranger_path(PUBLIC_PATH, ["order", *baseapp_streams(m), "trade"]))
         self.assertEqual(a.status, 101)
         self.assertEqual(await a.next_json(WAIT), subscribed(baseapp_streams(m)))
-        self.assertEqual(self.gauge(self.daemon, "ranger_connections_current", auth="anonymous"), 1)
-        self.assertEqual(self.gauge(self.daemon, "ranger_connections_current", auth="member"), 0)
+        self.assertEqual(self.gauge(self.daemon, "ranger_connections_current", auth="public"), 1)
+        self.assertEqual(self.gauge(self.daemon, "ranger_connections_current", auth="private"), 0)
         # A comma list in one value, on opendax 2-3's rewritten root path (//?stream=): ranger too.
         b = await self.ranger("//?stream=" + ",".join(["global.tickers", f"{m}.trades"]))
         self.assertEqual(await b.next_json(WAIT), subscribed(["global.tickers", f"{m}.trades"]))
-        await self.until_metric_is("ranger_connections_current", 2, "two anonymous connections", auth="anonymous")
+        await self.until_metric_is("ranger_connections_current", 2, "two anonymous connections", auth="public")
         a.abort()
         b.abort()
-        await self.until_metric_is("ranger_connections_current", 0, "both uncounted", auth="anonymous")
+        await self.until_metric_is("ranger_connections_current", 0, "both uncounted", auth="public")
         self.assertEqual(self.gauge(self.daemon, "peatio_ws_subscriptions", stream="trades"), 0)
 
     # -- continuity and shutdown --------------------------------------------------------------------
@@ -735,8 +735,8 @@ class RangerDaemonTests(ChaosTestCase):
         self.assertEqual(public.status, 401, "a bad token on /public")
         await within_gone(public, "a bad token on /public")
 
-        self.assertEqual(self.gauge(self.daemon, "ranger_connections_current", auth="member"), 0)
-        self.assertEqual(self.gauge(self.daemon, "ranger_connections_current", auth="anonymous"), 0)
+        self.assertEqual(self.gauge(self.daemon, "ranger_connections_current", auth="private"), 0)
+        self.assertEqual(self.gauge(self.daemon, "ranger_connections_current", auth="public"), 0)
         # Still serving: the same path with a good token is let in.
         ok = await self.ranger(private, make_token(uid=uid))
         self.assertEqual(ok.status, 101)
@@ -753,7 +753,7 @@ class RangerDaemonTests(ChaosTestCase):
         client.send_text(json.dumps({"jwt": "Bearer " + make_token(uid=new_uid())}))
         self.assertEqual(await client.next_json(WAIT), AUTHENTICATED)
         self.assertEqual(self.gauge(self.daemon, "peatio_ws_dialect_connections", dialect="legacy"), 1)
-        self.assertEqual(self.gauge(self.daemon, "ranger_connections_current", auth="anonymous"), 0)
+        self.assertEqual(self.gauge(self.daemon, "ranger_connections_current", auth="public"), 0)
 
 
 async def within_gone(client: WsClient, what: str) -> None:

@@ -416,7 +416,7 @@ class UpgradeAuthTests(RangerTestCase):
         self.assertEqual(len(self.registry), 0)
         self.assertEqual(len(self.factory.connections), 0)
         self.assertEqual(self.hub.subscription_counts(), {})
-        self.assertEqual(self.value("ranger_connections_current", auth="member"), 0)
+        self.assertEqual(self.value("ranger_connections_current", auth="private"), 0)
         self.assertEqual(self.value("peatio_ws_dialect_connections", dialect="ranger"), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -465,8 +465,8 @@ class UpgradeAuthTests(RangerTestCase):
             client.lose()
             self.assertEqual(len(self.registry), 0)
             self.assertEqual(len(self.factory.connections), 0)
-            self.assertEqual(self.value("ranger_connections_current", auth="member"), 0)
-            self.assertEqual(self.value("ranger_connections_current", auth="anonymous"), 0)
+            self.assertEqual(self.value("ranger_connections_current", auth="private"), 0)
+            self.assertEqual(self.value("ranger_connections_current", auth="public"), 0)
             self.assertEqual(self.value("peatio_ws_dialect_connections", dialect="ranger"), 0)
         self.assertEqual(self.flushLoggedErrors(), [])
 
@@ -850,10 +850,10 @@ class LifecycleTests(RangerTestCase):
         """Closing by the server, then the client's answer: the gauges are back to zero."""
         client = self.open("/private?stream=order&stream=btcusd.trades", self.token(exp=int(self.clock.seconds()) + 5),
                            "order", "btcusd.trades")
-        self.assertEqual(self.value("ranger_connections_current", auth="member"), 1)
+        self.assertEqual(self.value("ranger_connections_current", auth="private"), 1)
         self.clock.advance(5)
         client.answer_close()
-        self.assertEqual(self.value("ranger_connections_current", auth="member"), 0)
+        self.assertEqual(self.value("ranger_connections_current", auth="private"), 0)
         self.assertEqual(self.value("peatio_ws_dialect_connections", dialect="ranger"), 0)
         self.assertEqual(self.value("peatio_ws_subscriptions", stream="order"), 0)
 
@@ -1015,15 +1015,15 @@ class MetricsTests(RangerTestCase):
         anonymous = [self.open() for _ in range(2)]
         member = self.member()
         self.refused("/private")
-        self.assertEqual(self.value("ranger_connections_current", auth="anonymous"), 2)
-        self.assertEqual(self.value("ranger_connections_current", auth="member"), 1)
+        self.assertEqual(self.value("ranger_connections_current", auth="public"), 2)
+        self.assertEqual(self.value("ranger_connections_current", auth="private"), 1)
         anonymous[0].lose()
         anonymous[0].lose()
         member.lose()
-        self.assertEqual(self.value("ranger_connections_current", auth="anonymous"), 1)
-        self.assertEqual(self.value("ranger_connections_current", auth="member"), 0)
-        self.assertEqual(self.value("ranger_connections_total", auth="anonymous"), 2)
-        self.assertEqual(self.value("ranger_connections_total", auth="member"), 1)
+        self.assertEqual(self.value("ranger_connections_current", auth="public"), 1)
+        self.assertEqual(self.value("ranger_connections_current", auth="private"), 0)
+        self.assertEqual(self.value("ranger_connections_total", auth="public"), 2)
+        self.assertEqual(self.value("ranger_connections_total", auth="private"), 1)
 
     def test_subscriptions_by_stream(self) -> None:
         """peatio_ws_subscriptions{stream}: by family, read at scrape time."""

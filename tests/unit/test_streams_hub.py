@@ -352,6 +352,9 @@ class CollectorTests(HubTestCase):
         self.assertEqual(self.value("peatio_ws_subscriptions", stream="tickers"), 1)
         self.assertEqual(self.value("peatio_ws_subscriptions", stream="kline-1m"), 1)
         self.assertEqual(self.value("peatio_ws_subscriptions", stream="order"), 1)
+        # Ruby ranger's name for the same figure (its dashboards).
+        self.assertEqual(self.value("ranger_subscriptions_current", stream="trades"), 3)
+        self.assertEqual(self.value("ranger_subscriptions_current", stream="ob-inc"), 2)
         self.assertEqual(self.value("peatio_ws_subscriptions", stream="other"), 1)
         # The anonymous connection's "trade" was not taken.
         self.assertIsNone(self.value("peatio_ws_subscriptions", stream="trade"))
