@@ -262,6 +262,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "WEBSOCKET_AUTH_ATTEMPTS_PER_MINUTE": _integer(0),
     "WEBSOCKET_HANDSHAKE_TIMEOUT": _positive_seconds,
     "WEBSOCKET_MAX_HANDSHAKES": _integer(0),
+    "WEBSOCKET_NEW_CONNECTIONS_PER_SECOND": _integer(0),
     "WEBSOCKET_INBOUND_FRAMES_PER_SECOND": _integer(0),
     "WEBSOCKET_INBOUND_BYTES_PER_SECOND": _integer(0),
     "RANGER_ORDERBOOK_MAX_INCREMENTS": _integer(0, 1_000_000),
@@ -370,6 +371,7 @@ class Settings:
     websocket_auth_attempts_per_minute: int = _DEFAULTS["websocket_auth_attempts_per_minute"]
     websocket_handshake_timeout: float = _DEFAULTS["websocket_handshake_timeout"]
     websocket_max_handshakes: int = _DEFAULTS["websocket_max_handshakes"]
+    websocket_new_connections_per_second: int = _DEFAULTS["websocket_new_connections_per_second"]
     websocket_inbound_frames_per_second: int = _DEFAULTS["websocket_inbound_frames_per_second"]
     websocket_inbound_bytes_per_second: int = _DEFAULTS["websocket_inbound_bytes_per_second"]
     ranger_orderbook_max_increments: int = _DEFAULTS["ranger_orderbook_max_increments"]

@@ -100,11 +100,15 @@ class Metrics:
         )
         # ranger's own names (peatio-core's ranger exports these), so its dashboards keep working.
         self.ranger_connections = Gauge(
-            "ranger_connections_current", "Open ranger-dialect connections, by auth (private: a member's, public: anonymous; ranger's values)", ["auth"],
+            "ranger_connections_current",
+            "Open ranger-dialect connections, by auth (private: a member's, public: anonymous; ranger's values)",
+            ["auth"],
             registry=r,
         )
         self.ranger_connections_total = Counter(
-            "ranger_connections", "Ranger-dialect connections opened, by auth (private: a member's, public: anonymous; ranger's values)", ["auth"],
+            "ranger_connections",
+            "Ranger-dialect connections opened, by auth (private: a member's, public: anonymous; ranger's values)",
+            ["auth"],
             registry=r,
         )
         self.public_events_received = Counter(

@@ -79,10 +79,10 @@ class BoundedServerProtocol(WebSocketServerProtocol):
         if transport is not None and not transport.disconnecting:
             transport.pauseProducing()
 
-    def refuse(self, code: int, text: str) -> None:
-        """Answer the upgrade request with HTTP C{code} and close; read nothing more."""
+    def refuse(self, code: int, text: str, headers: list[tuple[str, str]] | None = None) -> None:
+        """Answer the upgrade request with HTTP C{code} (and C{headers}) and close; read nothing more."""
         self.mute()
-        self.failHandshake(text, code)
+        self.failHandshake(text, code, headers)
 
     def fail(self, code: int, reason: str) -> None:
         """Close with C{code} (any code, 1008 included, which sendClose refuses), then read nothing more."""

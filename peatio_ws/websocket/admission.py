@@ -1,13 +1,17 @@
 # -*- test-case-name: tests.unit.test_protocol -*-
 """
 Who may open a socket, and for how long it may take its handshake: the
-per-address limit (WEBSOCKET_MAX_CONNECTIONS_PER_IP), the process-wide cap on
-sockets still in their upgrade request (WEBSOCKET_MAX_HANDSHAKES), and their
-deadline (WEBSOCKET_HANDSHAKE_TIMEOUT) kept by one sweep timer for all.
+pace of new sockets (WEBSOCKET_NEW_CONNECTIONS_PER_SECOND: in a reconnect
+storm, a quick 503 to the excess rather than a reactor starved for the
+connections already open), the per-address limit
+(WEBSOCKET_MAX_CONNECTIONS_PER_IP), the process-wide cap on sockets still in
+their upgrade request (WEBSOCKET_MAX_HANDSHAKES), and their deadline
+(WEBSOCKET_HANDSHAKE_TIMEOUT) kept by one sweep timer for all.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -15,6 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from peatio_ws.config import Settings
 from peatio_ws.logs import LineThrottle, held_note, logger
 from peatio_ws.metrics import Metrics
+from peatio_ws.websocket.limits import refill
 
 if TYPE_CHECKING:
     from peatio_ws.websocket.connection import StreamProtocol
@@ -36,6 +41,8 @@ class Admission:
         #: Sockets whose upgrade request is not complete, with their deadlines, oldest first.
         self._handshaking: dict[StreamProtocol, float] = {}
         self._sweep_call: IDelayedCall | None = None
+        #: The new-socket budget (a token bucket: tokens, when filled), full at first.
+        self._pace = [math.inf, 0.0]
 
     def admit(self, proto: StreamProtocol) -> str | None:
         """
@@ -44,6 +51,15 @@ class Admission:
         reason it is refused.
         """
         settings = self._settings
+        rate = settings.websocket_new_connections_per_second
+        if rate > 0:
+            now = self._clock.seconds()
+            pace = self._pace
+            tokens = refill(pace[0], pace[1], now, rate, rate)
+            if tokens < 1:
+                pace[0], pace[1] = tokens, now
+                return "pace"
+            pace[0], pace[1] = tokens - 1, now
         cap = settings.websocket_max_handshakes
         if cap > 0 and len(self._handshaking) >= cap:
             return "handshake_limit"

@@ -25,6 +25,7 @@ connection that opened gets exactly one close line saying who closed it
 from __future__ import annotations
 
 import math
+import random
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -225,7 +226,10 @@ class StreamProtocol(BoundedServerProtocol):
                 reason=reason,
                 held=held_note(held),
             )
-        self.refuse(code, text)
+        # A 503 says when to come back, spread over a few seconds: clients of a
+        # restarted node that honour it do not all return at the same instant.
+        headers = [("Retry-After", str(random.randint(1, 5)))] if code == 503 else None  # noqa: S311 (jitter)
+        self.refuse(code, text, headers)
 
     # Autobahn runs onConnect through txaio.as_future: a Deferred is waited for.
     def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]

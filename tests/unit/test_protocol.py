@@ -745,6 +745,42 @@ class HostileInputTests(ProtocolTestCase):
         self.addCleanup(admitted.connectionLost, Failure(ConnectionDone()))
         self.assertEqual(transport.value(), b"")
 
+    def test_new_connections_paced(self) -> None:
+        """
+        WEBSOCKET_NEW_CONNECTIONS_PER_SECOND=3: three sockets at once are
+        admitted (a second's worth), the fourth gets 503 at once with a
+        Retry-After of 1 to 5 s; a third of a second later one more is admitted.
+        """
+        self.build(websocket_new_connections_per_second=3)
+        for n in range(3):
+            admitted, transport = raw_connect(self.factory, f"10.0.0.{n}")
+            self.addCleanup(admitted.connectionLost, Failure(ConnectionDone()))
+            self.assertEqual(transport.value(), b"")
+        refused, transport = raw_connect(self.factory, "10.0.1.1")
+        self.addCleanup(refused.connectionLost, Failure(ConnectionDone()))
+        self.assertEqual(status(transport), 503)
+        self.assertRegex(transport.value().decode("latin-1"), r"\r\nRetry-After: [1-5]\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.rejected("pace"), 1)
+        self.clock.advance(1 / 3 - 0.001)
+        early, transport = raw_connect(self.factory, "10.0.1.2")
+        self.addCleanup(early.connectionLost, Failure(ConnectionDone()))
+        self.assertEqual(status(transport), 503)
+        self.clock.advance(0.002)
+        later, transport = raw_connect(self.factory, "10.0.1.3")
+        self.addCleanup(later.connectionLost, Failure(ConnectionDone()))
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.rejected("pace"), 2)
+
+    def test_pace_off_by_default(self) -> None:
+        """0 (the default): no pace; 200 sockets in the same instant are all admitted."""
+        self.assertEqual(self.settings.websocket_new_connections_per_second, 0)
+        for n in range(200):
+            admitted, transport = raw_connect(self.factory, f"10.1.{n // 250}.{n % 250}")
+            self.addCleanup(admitted.connectionLost, Failure(ConnectionDone()))
+            self.assertEqual(transport.value(), b"")
+        self.assertIsNone(self.rejected("pace"))
+
     def test_frames_per_message(self) -> None:
         """A message may come in MAX_FRAMES_PER_MESSAGE frames; one more closes 1008."""
         for frames, code in ((MAX_FRAMES_PER_MESSAGE, None), (MAX_FRAMES_PER_MESSAGE + 1, CloseCode.POLICY_VIOLATION)):
