@@ -10,6 +10,10 @@ the trades among them (C{public.<m>.trades}), and a snapshot
 after every (re)connect: what was not published meanwhile is a gap, and the
 daemon heals its clients with the next snapshot. With C{gap_every}, every
 so many increments one is not published, on purpose, to watch it do that.
+
+Every order event is recorded in the demo's L{OrderLedger} as it is
+published: what the stand-in for the exchange's REST API answers from
+(L{demo.site}), which the page reloads its orders from after a close 1012.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 
 from demo.console import say
+from demo.orders import OrderLedger
 from demo.sample import SampleBook, SampleStream
 from peatio_ws.config import Settings
 from tests.support.publisher import Publisher
@@ -44,6 +49,7 @@ class SampleFeed:
         book: SampleBook | None = None,
         snapshot_period: float = 10.0,
         gap_every: int = 0,
+        ledger: OrderLedger | None = None,
     ) -> None:
         self.reactor = reactor
         self.settings = settings
@@ -53,6 +59,8 @@ class SampleFeed:
         self.book = book
         self.snapshot_period = snapshot_period
         self.gap_every = gap_every
+        #: The exchange's own record of its orders (what its REST API would answer).
+        self.ledger = ledger if ledger is not None else OrderLedger()
         self.published = 0
         #: Order-book increments made, and those left out on purpose (L{gap_every}).
         self.increments = 0
@@ -81,6 +89,9 @@ class SampleFeed:
                 self._connect()
             return
         for uid, event, payload in self.stream.tick():
+            if event == "order":
+                # The exchange's state, whether or not the event reaches anyone.
+                self.ledger.record(uid, payload)
             self._publish(publisher, f"private.{uid}.{event}", payload)
         book = self.book
         if book is not None:

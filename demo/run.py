@@ -7,12 +7,16 @@ private stream in a browser:
  - a development key pair in ``.dev/`` (L{demo.devkey});
  - the daemon, ``twistd -n peatio-ws`` from this checkout, trusting that key
    (L{tests.support.daemon.DaemonProcess}, the runner the tests use too);
- - a tiny HTTP server on 127.0.0.1 serving the page in this directory and
-   a DEVELOPMENT-ONLY token endpoint (L{demo.site});
+ - a tiny HTTP server on 127.0.0.1 serving the page in this directory,
+   a DEVELOPMENT-ONLY token endpoint, and a stand-in for the exchange's
+   REST API, C{GET /api/v2/peatio/market/orders} (L{demo.site});
  - a stream of realistic sample orders and trades for a couple of members,
    and the public order book and trades of one market (L{demo.sample}),
    published on RabbitMQ about every second (L{demo.feed}); the page shows
-   the market through the ranger dialect's public path (SPEC §7).
+   the market through the ranger dialect's public path (SPEC §7). Every
+   order published is kept (L{demo.orders}): when the daemon closes the
+   page with 1012 (events may have been lost, SPEC §8) the page reconnects
+   and reloads its orders from that endpoint.
 
 Ctrl-C stops it all: the publisher, the web server, then the daemon (SIGTERM,
 so connected pages see close code 1001).
@@ -39,8 +43,9 @@ from twisted.internet.task import LoopingCall
 from demo.console import say
 from demo.devkey import DevKey, load_or_create_key, sync_env_file
 from demo.feed import SampleFeed
+from demo.orders import OrderLedger
 from demo.sample import MARKET_NAMES, SampleBook, SampleStream
-from demo.site import DEV_NOTE, LOOPBACK_NAMES, UID_PATTERN, build_site
+from demo.site import DEV_NOTE, LOOPBACK_NAMES, ORDERS_PATH, UID_PATTERN, build_site
 from peatio_ws.config import ConfigError, Settings, load_settings
 from tests.support.daemon import DaemonProcess, loopback
 from tests.support.paths import REPO
@@ -207,13 +212,16 @@ def _serve(
         "rangerUrl": ranger_url,
         "rangerPath": RANGER_PUBLIC_PATH,
         "market": args.market,
+        "ordersUrl": ORDERS_PATH,
         "members": args.member_list,
         "devTokens": True,
         "devNote": DEV_NOTE,
     }
     on_loopback = args.http_host in LOOPBACK_NAMES
     allowed = (LOOPBACK_NAMES | {args.http_host}) if on_loopback else None
-    site = build_site(key, page_config, args.token_lifetime, allowed)
+    # What the stand-in for the exchange's REST API knows: the orders the feed published.
+    ledger = OrderLedger()
+    site = build_site(key, page_config, args.token_lifetime, allowed, ledger)
     try:
         port = reactor.listenTCP(args.http_port, site, interface=args.http_host)
     except CannotListenError as e:
@@ -231,7 +239,7 @@ def _serve(
         book_rng = random.Random(None if args.seed is None else args.seed + 1)  # noqa: S311 - sample data
         book = SampleBook(market, book_rng)
         publisher = SampleFeed(
-            reactor, settings, exchange, stream, args.interval, book, args.snapshot_period, args.gap_every
+            reactor, settings, exchange, stream, args.interval, book, args.snapshot_period, args.gap_every, ledger
         )
         publisher.start()
 
@@ -276,6 +284,8 @@ def _serve(
         say(f"  events    : sample orders and trades for {members} every {args.interval:g} s on '{exchange}'")
         say(f"              and {args.market}'s order book (a snapshot every {args.snapshot_period:g} s) and trades"
             + (f"; every {args.gap_every}th increment left out" if args.gap_every else ""))
+        say(f"  orders    : {urljoin(url, ORDERS_PATH)} (stand-in for the exchange's REST API: "
+            "the page reloads from it after a close 1012)")
     say("")
     say(f"  Open {url}")
     first = args.member_list[0] if args.member_list else DEFAULT_MEMBERS[0]
