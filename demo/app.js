@@ -5,6 +5,10 @@
 //   server: {"success":{"message":"Authenticated."}} or {"error":{"message":"..."}}
 //   server: {"order":{...}}, {"trade":{...}}, ... the member's own events
 //   client: ping (text) -> server: pong (text). Protocol-level pings are answered by the browser.
+//   close 1012 "Events may have been lost: reconnect and resync" (SPEC section 8): the order list may be
+//   wrong. The page says so, reconnects as usual and, once authenticated again, replaces its orders with
+//   the exchange's list: GET /api/v2/peatio/market/orders (Authorization: Bearer <JWT>), which the demo
+//   runner answers from the orders it published (a stand-in for Peatio's REST API).
 // The market panel, ranger dialect (SPEC section 7), a second WebSocket, anonymous:
 //   <ranger>/public/?stream=<m>.ob-inc&stream=<m>.trades
 //   server: {"<m>.ob-snap":{"asks":[[p,v],...],"bids":[...],"sequence":N}}, then the stored
@@ -24,7 +28,7 @@
   const BACKOFF_CAP_MS = 30000; // longest reconnect delay
   const CLOSE_MEANINGS = {
     1000: 'normal closure', 1001: 'server going away', 1006: 'connection lost',
-    1009: 'message too big', 1011: 'server error',
+    1009: 'message too big', 1011: 'server error', 1012: 'events may have been lost',
     4001: 'token expired', 4002: 'authentication timeout', 4003: 'session revoked',
     4008: 'client too slow', 4029: 'too many authentication attempts',
   };
@@ -44,6 +48,7 @@
     asks: $('book-asks'), bids: $('book-bids'), spread: $('spread'),
     marketTrades: $('market-trades').tBodies[0], marketTradesCount: $('market-trades-count'),
     marketTradesEmpty: $('market-trades-empty'),
+    resync: $('resync'), resyncText: $('resync-text'), resyncNow: $('resync-now'), resyncDismiss: $('resync-dismiss'),
   };
 
   const s = {
@@ -57,6 +62,10 @@
     pingAt: 0,
     counts: { order: 0, trade: 0 },
     orderRows: new Map(), // order id -> <tr>
+    ordersUrl: 'api/v2/peatio/market/orders', // the exchange's REST API (the demo runner's stand-in)
+    resyncDue: false,    // closed with 1012: reload the orders once authenticated again
+    resyncRun: 0,        // the latest reload (an older one's answer is ignored)
+    held: null,          // order events that arrive during a reload: applied after it, in order
   };
 
   // -- status and log --------------------------------------------------------------
@@ -165,12 +174,15 @@
       const claims = claimsOf(s.token);
       const until = claims.exp ? ' until ' + new Date(claims.exp * 1000).toLocaleTimeString() : '';
       setStatus('authenticated', 'Authenticated as ' + (claims.uid || 'member') + until);
+      // Events flow again: now the list from the REST API, with what arrives meanwhile on top.
+      if (s.resyncDue) resync();
     } else if (type === 'error') {
       s.authenticated = false;
       const text = payload && payload.message ? payload.message : 'error';
       setStatus('connected', 'Connected, not authenticated: ' + text);
     } else if (type === 'order') {
-      showOrder(payload);
+      if (s.held) s.held.push(payload);
+      else showOrder(payload, 'event');
     } else if (type === 'trade') {
       showTrade(payload);
     }
@@ -183,6 +195,11 @@
     const meaning = CLOSE_MEANINGS[event.code] || 'unknown';
     log('•', 'closed: code ' + event.code + ' (' + meaning + ')' + (event.reason ? ' “' + event.reason + '”' : ''),
       event.code === 1000 ? '' : 'error');
+    if (event.code === 1012) {
+      s.resyncDue = true;
+      notice('lost', 'Events may have been lost: the server closed the connection with 1012. Reconnecting, then ' +
+        'reloading your orders from the REST API; until then the orders below may be wrong.');
+    }
     if (!s.wanted) {
       setStatus('disconnected', 'Disconnected');
     } else if (NO_RECONNECT.has(event.code)) {
@@ -251,6 +268,69 @@
     if (!s.ws || s.ws.readyState !== WebSocket.OPEN) return;
     s.pingAt = performance.now();
     send('ping');
+  }
+
+  // -- resync after 1012 --------------------------------------------------------------------
+
+  function notice(state, text) {
+    el.resync.dataset.state = state;
+    el.resync.hidden = state === 'idle';
+    el.resyncText.textContent = text;
+    el.resyncNow.hidden = state !== 'failed';
+    el.resyncDismiss.hidden = state !== 'resynced' && state !== 'failed';
+  }
+
+  // The exchange's list replaces the page's: events that may have been lost are in it. Order events
+  // that arrive while it loads wait, and are applied after it in order, so nothing newer is undone.
+  async function resync() {
+    s.resyncDue = false;
+    const run = ++s.resyncRun;
+    s.held = [];
+    const url = new URL(s.ordersUrl, location.href);
+    url.searchParams.set('limit', String(MAX_ROWS));
+    notice('resyncing', 'Events may have been lost (close 1012). Reconnected; reloading your orders from ' +
+      url.pathname + ' …');
+    log('•', 'resync: GET ' + url.pathname + url.search);
+    let orders;
+    try {
+      const response = await fetch(url, { headers: { Authorization: 'Bearer ' + s.token }, cache: 'no-store' });
+      const body = await response.json().catch(() => null);
+      if (!response.ok || !Array.isArray(body)) {
+        throw new Error((body && Array.isArray(body.errors) ? body.errors.join(', ') + ', ' : '') +
+          'HTTP ' + response.status);
+      }
+      orders = body;
+    } catch (e) {
+      if (run !== s.resyncRun) return;
+      releaseHeld();
+      notice('failed', 'Events may have been lost (close 1012) and the orders could not be reloaded (' + e.message +
+        '): the list below may be wrong.');
+      log('•', 'resync failed: ' + e.message, 'error');
+      return;
+    }
+    if (run !== s.resyncRun) return;
+    replaceOrders(orders);
+    const applied = releaseHeld();
+    notice('resynced', 'Events may have been lost (close 1012): reconnected and reloaded ' + orders.length +
+      (orders.length === 1 ? ' order' : ' orders') + ' from the REST API at ' + new Date().toLocaleTimeString() +
+      (applied ? ', then applied ' + applied + (applied === 1 ? ' event' : ' events') + ' that came meanwhile' : '') +
+      '.');
+    log('•', 'resync: ' + orders.length + ' orders from ' + url.pathname + ' replace the list', 'success');
+  }
+
+  function releaseHeld() {
+    const held = s.held || [];
+    s.held = null;
+    for (const o of held) showOrder(o, 'event');
+    return held.length;
+  }
+
+  function replaceOrders(orders) {
+    el.orders.replaceChildren();
+    s.orderRows.clear();
+    for (const o of [...orders].reverse()) showOrder(o, 'rest'); // newest first: the newest goes on top last
+    el.ordersEmpty.hidden = el.orders.rows.length > 0;
+    el.ordersEmpty.textContent = 'No orders.';
   }
 
   // -- the development token -----------------------------------------------------------
@@ -329,16 +409,21 @@
     }
   }
 
-  // One row per order, showing its latest state; an update moves it to the top.
-  function showOrder(o) {
+  // One row per order, showing its latest state; an update moves it to the top. source: 'event'
+  // (from the stream) or 'rest' (from the REST API, after a 1012).
+  function showOrder(o, source) {
     if (!o || typeof o !== 'object') return;
-    s.counts.order += 1;
-    el.ordersCount.textContent = s.counts.order + (s.counts.order === 1 ? ' event' : ' events');
+    if (source === 'event') {
+      s.counts.order += 1;
+      el.ordersCount.textContent = s.counts.order + (s.counts.order === 1 ? ' event' : ' events');
+    }
     el.ordersEmpty.hidden = true;
     const id = String(o.id);
     const row = document.createElement('tr');
     row.dataset.id = id;
     row.dataset.state = String(o.state);
+    row.dataset.source = source;
+    if (source === 'rest') row.title = 'reloaded from the REST API';
     timeCell(row, o.created_at);
     cell(row, o.id, 'id');
     cell(row, o.market !== undefined ? o.market : o.market_id);
@@ -356,7 +441,7 @@
     if (old) old.remove();
     s.orderRows.set(id, row);
     el.orders.prepend(row);
-    flash(row);
+    if (source === 'event') flash(row);
     trim(el.orders, (r) => s.orderRows.delete(r.dataset.id));
   }
 
@@ -672,6 +757,9 @@
     el.disconnect.addEventListener('click', disconnect);
     el.ping.addEventListener('click', ping);
     el.generate.addEventListener('click', generateToken);
+    el.resyncNow.addEventListener('click', () => { if (s.token) resync(); });
+    el.resyncDismiss.addEventListener('click', () => notice('idle', ''));
+    if (config && config.ordersUrl) s.ordersUrl = config.ordersUrl;
     setStatus('disconnected', 'Disconnected');
     // The market panel starts at once: public streams need no token.
     const market = params.get('market') || (config && config.market) || 'btcusd';

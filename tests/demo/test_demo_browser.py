@@ -7,7 +7,9 @@ and the real RabbitMQ. The browser is driven over the Chrome DevTools
 Protocol with the ``websockets`` library, as a user would: typing, clicking.
 The market panel (public streams, ranger dialect) is checked against the
 real daemon fed by the runner's sample book, and its sequence rule against
-a scripted ranger server (L{ScriptedRanger}).
+a scripted ranger server (L{ScriptedRanger}). A close 1012 is made for real,
+by deleting the daemon's queue on the broker: the page reloads its orders
+from the runner's stand-in for the exchange's REST API.
 
 Chromium is the Debian package ``chromium``. Without it the browser tests
 skip locally and fail in CI (``CI=true``). A screenshot of the page with live
@@ -41,8 +43,11 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import Server, ServerConnection, serve
 
+from demo.orders import OrderLedger, QueryError
 from demo.sample import SampleBook, SampleStream, sample_markets
-from peatio_ws.testing import private_key_pem, rsa_key
+from demo.site import ORDERS_PATH
+from peatio_ws.testing import generate_rsa_key, make_token, private_key_pem, rsa_key
+from tests.support.broker import queue_name_from_log
 from tests.support.cases import new_uid
 from tests.support.daemon import DaemonProcess, free_port, run_cli
 from tests.support.paths import REPO
@@ -60,6 +65,33 @@ CHROMIUM_FLAGS = [
 ]
 WIDTH, HEIGHT = 1280, 1000
 ORDER_ID = 4242424242
+#: Deletes one queue with the project's publisher (queue.delete over AMQP, as an operator might), in a
+#: process of its own: these tests run no reactor. The queue is named on the command line.
+DELETE_QUEUE = """
+import sys
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
+from tests.support.publisher import Publisher
+
+async def main(queue):
+    publisher = await Publisher.connect()
+    try:
+        await publisher.delete_queue(queue)
+    finally:
+        await publisher.close()
+
+react(lambda reactor: Deferred.fromCoroutine(main(sys.argv[1])))
+"""
+
+
+def delete_queue(name: str) -> None:
+    """Delete the queue C{name} on the machine's broker (only a queue of a daemon the test started)."""
+    result = subprocess.run(
+        [sys.executable, "-c", DELETE_QUEUE, name], cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"deleting queue {name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
 
 
 def find_chromium() -> str | None:
@@ -560,6 +592,52 @@ class SampleBookTests(SynchronousTestCase):
         self.assertGreater(deletes, 200)
 
 
+class OrderLedgerTests(SynchronousTestCase):
+    """The stand-in exchange's record of the orders the demo published, queried as Peatio's REST API."""
+
+    def order(self, order_id: int, state: str = "wait", market: str = "btcusd") -> dict[str, Any]:
+        return {"id": order_id, "side": "buy", "ord_type": "limit", "price": "1.5", "avg_price": "0.0",
+                "state": state, "market": market, "created_at": "2026-11-24T09:30:00Z", "origin_volume": "2.0",
+                "remaining_volume": "2.0", "executed_volume": "0.0", "trades_count": 0}
+
+    def test_latest_state_newest_first(self) -> None:
+        ledger = OrderLedger()
+        for order_id in (11, 12, 13):
+            ledger.record("ID1", self.order(order_id))
+        ledger.record("ID1", self.order(12, "cancel"))  # an update replaces the order's state
+        ledger.record("ID2", self.order(14))
+        ledger.record("ID1", {"no": "id"})  # not an order: ignored
+        orders, total, page, limit = ledger.query("ID1", {})
+        self.assertEqual(([o["id"] for o in orders], total, page, limit), ([13, 12, 11], 3, 1, 100))
+        self.assertEqual(orders[1]["state"], "cancel")
+        self.assertEqual(set(orders[0]), set(self.order(13)) | {"updated_at"})
+        self.assertRegex(orders[0]["updated_at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertEqual(ledger.query("ID3", {})[:2], ([], 0))
+        orders[0]["state"] = "changed"  # a copy: the ledger's own state is untouched
+        self.assertEqual(ledger.query("ID1", {})[0][0]["state"], "wait")
+
+    def test_filters_and_pages(self) -> None:
+        ledger = OrderLedger(keep=5)
+        for order_id in range(1, 8):
+            ledger.record("ID1", self.order(order_id, "done" if order_id % 2 else "wait",
+                                            "ethusd" if order_id == 6 else "btcusd"))
+        ids = lambda params: [o["id"] for o in ledger.query("ID1", params)[0]]  # noqa: E731
+        self.assertEqual(ids({}), [7, 6, 5, 4, 3], "the oldest beyond keep are forgotten")
+        self.assertEqual(ids({"state": "done"}), [7, 5, 3])
+        self.assertEqual(ids({"market": "ethusd"}), [6])
+        self.assertEqual(ids({"limit": "2"}), [7, 6])
+        self.assertEqual(ids({"limit": "2", "page": "3"}), [3])
+        self.assertEqual(ids({"limit": "2", "page": "4"}), [])
+        self.assertEqual(ids({"order_by": "asc", "limit": "2"}), [3, 4])
+        self.assertEqual(ledger.query("ID1", {"limit": "2", "page": "2"})[1:], (5, 2, 2))
+        for params, code in (({"limit": "0"}, "invalid_limit"), ({"limit": "1001"}, "invalid_limit"),
+                             ({"limit": "x"}, "non_integer_limit"), ({"page": "0"}, "invalid_page"),
+                             ({"state": "open"}, "invalid_state"), ({"order_by": "up"}, "invalid_order_by")):
+            with self.assertRaises(QueryError) as caught:
+                ledger.query("ID1", params)
+            self.assertEqual(caught.exception.code, f"market.order.{code}", params)
+
+
 class DemoServerTests(SynchronousTestCase):
     """The runner's own web side: only the page's files, and the dev token endpoint's guards."""
 
@@ -599,6 +677,37 @@ class DemoServerTests(SynchronousTestCase):
         self.assertEqual(
             self.runner.request("/dev/token", b'{"uid": "ID1"}', {**json_type, "Host": "evil.example"})[0], 403
         )
+
+    def orders(self, token: str | None, query: str = "", host: str | None = None) -> tuple[int, Any, Any]:
+        """(status, JSON body, headers) of GET ORDERS_PATH with C{token} as the member's Bearer token."""
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        if host is not None:
+            headers["Host"] = host
+        request = urllib.request.Request(self.runner.base + ORDERS_PATH.lstrip("/") + query, headers=headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - http://127.0.0.1
+                return response.status, json.loads(response.read()), response.headers
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read()), e.headers
+
+    def test_orders_endpoint(self) -> None:
+        """The stand-in for Peatio's GET /api/v2/peatio/market/orders: the member's token, its list, Peatio's errors."""
+        json_type = {"Content-Type": "application/json"}
+        status, body = self.runner.request("/dev/token", b'{"uid": "ID1A2B3C4D5E"}', json_type)
+        self.assertEqual(status, 200, body)
+        status, orders, headers = self.orders(body["token"])
+        self.assertEqual((status, orders), (200, []), "nothing published: no orders")
+        self.assertEqual((headers["Total"], headers["Page"], headers["Per-Page"]), ("0", "1", "100"))
+        self.assertEqual(headers["Content-Type"], "application/json; charset=utf-8")
+        self.assertEqual(self.orders(body["token"], "?limit=2&page=2&state=done&market=btcusd")[:2], (200, []))
+        self.assertEqual(self.orders(body["token"], "?limit=0")[:2], (422, {"errors": ["market.order.invalid_limit"]}))
+        # Without a token, or with one the demo's key did not sign: Peatio's 401.
+        refused = (401, {"errors": ["jwt.decode_and_verify"]})
+        self.assertEqual(self.orders(None)[:2], refused)
+        self.assertEqual(self.orders("not.a.token")[:2], refused)
+        self.assertEqual(self.orders(make_token(generate_rsa_key(), uid="ID1A2B3C4D5E"))[:2], refused)
+        self.assertEqual(self.orders(make_token(uid="ID1A2B3C4D5E", lifetime=-60))[:2], refused, "expired")
+        self.assertEqual(self.orders(body["token"], host="evil.example")[0], 403)
 
     def test_ctrl_c(self) -> None:
         self.assertEqual(self.runner.stop(), 0, self.runner.text())
@@ -806,7 +915,117 @@ class DemoBrowserTests(SynchronousTestCase):
             "parseInt(document.getElementById('book-counts').textContent) >= 2",
             "the book live again after the restart", timeout=30,
         )
+        # 1001 is not 1012: no notice, nothing reloaded (events published meanwhile are not replayed, though).
+        self.assertEqual(page.evaluate("document.getElementById('resync').dataset.state"), "idle")
+        self.assertTrue(page.evaluate("document.getElementById('resync').hidden"))
+        self.assertNotIn("resync", page.evaluate("document.getElementById('log').textContent"))
         self.assert_no_page_errors(network_ok=True)
+
+    def rest_orders(self, token: str) -> dict[int, dict[str, Any]]:
+        """The member's orders as the runner's stand-in for the REST API lists them, by id."""
+        request = urllib.request.Request(  # noqa: S310 - http://127.0.0.1
+            self.runner.base + ORDERS_PATH.lstrip("/") + "?limit=1000", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - http://127.0.0.1
+            return {o["id"]: o for o in json.loads(response.read())}
+
+    def shown_orders(self) -> dict[int, list[str]]:
+        """The orders table: id -> [state, executed volume, where the row came from ('event' or 'rest')]."""
+        rows: list[list[str]] = self.browser.evaluate(
+            "[...document.querySelectorAll('#orders tbody tr')]"
+            ".map(r => [r.dataset.id, r.dataset.state, r.cells[8].textContent, r.dataset.source])"
+        )
+        return {int(row[0]): row[1:] for row in rows}
+
+    def test_resync_after_lost_events(self) -> None:
+        """
+        Close 1012 for real (SPEC §8): the daemon's queue is deleted on the
+        broker while the page is connected, and the runner's sample stream
+        publishes while it is gone: those events are lost. The page says so,
+        reconnects, and replaces its orders with the list of the runner's
+        stand-in for the REST API, without a reload: an order whose final
+        state was lost shows it (from the REST API), an order the exchange
+        never knew (the test's own, published with `peatio-ws publish`) is
+        gone, and then the page's list is the exchange's.
+
+        The daemon is frozen (SIGSTOP, by its PID) from before the delete
+        until a lost event is certain: otherwise it would declare its queue
+        again within milliseconds of the broker's cancel, and whether an
+        event fell into the gap would be luck.
+        """
+        page = self.browser
+        runner = self.start_runner("--seed", "3")
+        page.navigate(f"{runner.base}?uid={self.uid}&autoconnect=1")
+        page.wait_for("document.getElementById('status').dataset.state === 'authenticated'", "Authenticated.")
+        self.publish_order(ORDER_ID)
+        self.order_row(ORDER_ID)
+        page.wait_for("document.querySelectorAll('#orders tbody tr').length >= 4", "a few sample orders", timeout=20)
+        token = page.evaluate("document.getElementById('token').value")
+        # What the notice says, state by state; and a mark a reload would wipe.
+        page.evaluate("""(() => {
+            window.notices = [];
+            const notice = document.getElementById('resync');
+            new MutationObserver(() => {
+                const last = window.notices[window.notices.length - 1];
+                if (!last || last[0] !== notice.dataset.state) {
+                    window.notices.push([notice.dataset.state, document.getElementById('resync-text').textContent]);
+                }
+            }).observe(notice, {attributes: true, attributeFilter: ['data-state']});
+            window.sameDocument = true;
+        })()""")
+        queue = queue_name_from_log(self.daemon.log_text())
+        pid = self.daemon.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            delete_queue(queue)
+            # From now on every event the runner publishes is lost: no queue is bound to the exchange.
+            before = self.rest_orders(token)
+            found: list[dict[str, Any]] = []
+
+            def final_state_lost() -> bool:
+                found[:] = [
+                    o for o in self.rest_orders(token).values()
+                    if o["state"] in ("done", "cancel") and before.get(o["id"], {}).get("state") != o["state"]
+                ]
+                return bool(found)
+
+            until_blocking(final_state_lost, 30, "the runner to finish or cancel an order while the queue is gone")
+            lost = found[0]
+            self.assertNotEqual(self.shown_orders().get(lost["id"], [None])[0], lost["state"])
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+        page.wait_for("document.getElementById('resync').dataset.state === 'resynced'",
+                      "the orders reloaded after the 1012", timeout=30)
+        notices = page.evaluate("window.notices")
+        self.assertEqual([state for state, _ in notices], ["lost", "resyncing", "resynced"])
+        self.assertIn("Events may have been lost", notices[0][1])
+        self.assertIn("1012", notices[0][1])
+        self.assertIn("Reconnecting, then reloading your orders from the REST API", notices[0][1])
+        self.assertRegex(notices[2][1], r"reconnected and reloaded \d+ orders? from the REST API")
+        self.assertTrue(page.evaluate("window.sameDocument === true"), "the page was not reloaded")
+        log = page.evaluate("document.getElementById('log').textContent")
+        self.assertIn("closed: code 1012 (events may have been lost) “Events may have been lost: reconnect and resync”",
+                      log)
+        self.assertIn(f"resync: GET {ORDERS_PATH}?limit=50", log)
+        self.assertNotEqual(page.evaluate("document.getElementById('reconnects').textContent"), "0")
+        self.assertEqual(page.evaluate("document.getElementById('status').dataset.state"), "authenticated")
+        # The lost final state, from the REST API (nothing more is ever published for a finished order).
+        shown = self.shown_orders()
+        self.assertEqual((shown[lost["id"]][0], shown[lost["id"]][2]), (lost["state"], "rest"))
+        self.assertNotIn(ORDER_ID, shown, "the list was replaced, not merged")
+        # The daemon found its queue gone and said so with 1012 (SPEC §8).
+        self.assertIn("closed 1 authenticated connections with 1012", self.daemon.log_text())
+
+        # From now on the stream keeps the page's list the exchange's.
+        def same() -> bool:
+            rest = {i: [o["state"], o["executed_volume"]] for i, o in self.rest_orders(token).items()}
+            return {i: row[:2] for i, row in self.shown_orders().items()} == rest
+
+        until_blocking(same, 20, "the page's orders to be the REST API's")
+        shot = page.screenshot(Path("demo-resync-screenshot.png").resolve())
+        print(f"\nresync screenshot: {shot}")
+        self.assert_no_page_errors()
 
     def test_token_expiry(self) -> None:
         """Token expired. and close 4001: the page stops and asks for a new token instead of reconnecting."""
