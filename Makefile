@@ -86,7 +86,9 @@ clean:
 	find . -name dropin.cache -delete
 
 ## Try it in five minutes: the daemon, a development key pair (.dev/, reused), the demo page on
-## http://127.0.0.1:8090/ with a dev-only token endpoint, and sample orders and trades every second.
+## http://127.0.0.1:8090/ with a dev-only token endpoint, and sample orders and trades every second;
+## a market panel (ranger public streams: one market's order book and trades); after a close 1012
+## the page reconnects and reloads its orders from the demo's stand-in for the REST API.
 ## Ctrl-C stops everything. Options: make demo ARGS="--http-port 8091 --interval 0.5" (see --help).
 demo: prepare
 	@exec $(PY) demo/run.py $(ARGS)
