@@ -6,7 +6,10 @@ Scenarios: throughput, latency (both on one daemon: 1,000 members x 1
 connection), fanout (1 member x 200 connections), capacity (15,000 idle
 authenticated connections: memory, then latency), auth (handshakes + RS256
 per second), scale (2 daemons with SO_REUSEPORT), baseline (websockets +
-aio-pika bridge), floor (plain TCP sockets).
+aio-pika bridge), floor (plain TCP sockets); the ranger dialect's public
+fan-out (L{bench.public}): public (one market's ob-inc to 1, 100, 1,000 and
+10,000 subscribers, and its floor), tickers (global.tickers to 15,000),
+replay (a new ob-inc subscriber with 1,000 stored increments).
 
 Results also go to bench/results/<date>.json (and the profiles, with
 C{--profile}, next to it), with PNG charts beside it (<date>-<chart>.png;
