@@ -77,6 +77,19 @@ def signed_raw(payload: str | bytes, header: dict[str, Any] | None = None) -> st
 
 
 
+def secp112r1_pem() -> str:
+    """A PEM public key on secp112r1, a curve cryptography cannot load: a P-256 key with its curve OID swapped."""
+    der = base64.b64decode("".join(public_key_pem(generate_ec_key()).splitlines()[1:-1]))
+    p256 = bytes.fromhex("06082a8648ce3d030107")
+    secp112r1 = bytes.fromhex("06052b81040006")
+    assert der[:4] == bytes.fromhex("30593013"), der[:4]
+    patched = bytearray(der.replace(p256, secp112r1))
+    patched[1] -= len(p256) - len(secp112r1)
+    patched[3] -= len(p256) - len(secp112r1)
+    body = base64.b64encode(bytes(patched)).decode()
+    return f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"
+
+
 def refusal_problem(verifier: TokenVerifier, token: str, reason: str) -> str | None:
     """None if C{token} is refused with C{reason}, else what went wrong instead."""
     try:
@@ -174,16 +187,7 @@ class LoadPublicKeyTests(SynchronousTestCase):
 
     def test_unsupported_curve(self) -> None:
         """A PEM public key on a curve cryptography cannot load is a ValueError, not another exception."""
-        der = base64.b64decode("".join(public_key_pem(generate_ec_key()).splitlines()[1:-1]))
-        p256 = bytes.fromhex("06082a8648ce3d030107")
-        secp112r1 = bytes.fromhex("06052b81040006")
-        self.assertEqual(der[:4], bytes.fromhex("30593013"))
-        patched = bytearray(der.replace(p256, secp112r1))
-        patched[1] -= len(p256) - len(secp112r1)
-        patched[3] -= len(p256) - len(secp112r1)
-        body = base64.b64encode(bytes(patched)).decode()
-        pem = f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"
-        error = self.assertRaises(ValueError, load_public_key, pem)
+        error = self.assertRaises(ValueError, load_public_key, secp112r1_pem())
         self.assertIn("unsupported", str(error))
 
     def test_unsupported_key_type(self) -> None:
@@ -740,3 +744,138 @@ class UidTests(VerifierMixin, SynchronousTestCase):
         """A bad uid in a token signed by someone else is a signature failure: claims are read only once trusted."""
         token = make_token(other_rsa_key(), now=NOW, uid="a.b")
         self.assertEqual(self.assertRaises(AuthError, self.verifier().verify, token).reason, "signature")
+
+
+class OperatorMessageTests(SynchronousTestCase):
+    """
+    The exact sentences an operator reads when JWT_PUBLIC_KEY or
+    JWT_ALGORITHM is refused at start-up: each follows the setting's name
+    ("JWT_PUBLIC_KEY is a private key; ..."), so each is pinned whole.
+    """
+
+    def test_load_public_key(self) -> None:
+        cases = [
+            ("abcde", "is not URL-safe base64 of a PEM public key"),
+            (
+                base64.urlsafe_b64encode(private_key_pem(rsa_key()).encode()).decode(),
+                "is a private key; configure the public key only (never ship the private key)",
+            ),
+            (base64.urlsafe_b64encode(b"hello world").decode(), "does not decode to a PEM public key"),
+            (public_key_b64(generate_rsa_key(1024)), "is a 1024-bit RSA key; at least 2048 bits are required"),
+            # Not ASCII: refused as a PEM that does not decode, not with another exception.
+            ("-----BEGIN PUBLIC KEY-----\nMIIBIjé\n-----END PUBLIC KEY-----\n", "does not decode to a PEM public key"),
+        ]
+        for value, message in cases:
+            self.assertEqual(str(self.assertRaises(ValueError, load_public_key, value)), message, value[:30])
+
+    def test_unsupported_kinds(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import x25519
+
+        public = x25519.X25519PrivateKey.generate().public_key()
+        pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        error = self.assertRaises(ValueError, load_public_key, pem.decode())
+        self.assertEqual(str(error), f"has an unsupported key type {type(public).__name__}")
+        # A curve cryptography cannot load: its own words, in brackets.
+        error = self.assertRaises(ValueError, load_public_key, secp112r1_pem())
+        self.assertRegex(str(error), r"\Ais a public key of an unsupported kind \(.+\)\Z")
+
+    def test_check_algorithm_names(self) -> None:
+        cases: list[tuple[tuple[str, ...], str]] = [
+            ((), "must name at least one algorithm, e.g. RS256"),
+            (("RS256", "none"), "'none' is never allowed: tokens must be signed"),
+            (("HS256",), "HS256 is not allowed: HMAC with a public key lets anyone forge tokens"),
+            (
+                ("RS1024",),
+                "unknown algorithm 'RS1024'; use one of "
+                "ES256, ES256K, ES384, ES512, EdDSA, PS256, PS384, PS512, RS256, RS384, RS512",
+            ),
+        ]
+        for names, message in cases:
+            self.assertEqual(str(self.assertRaises(ValueError, check_algorithm_names, names)), message, names)
+
+    def test_check_key_matches(self) -> None:
+        """The key is described as the operator knows it: RSA and its size, EC and its curve, Ed25519, Ed448."""
+        from cryptography.hazmat.primitives.asymmetric import ed448
+
+        cases = [
+            (rsa_key().public_key(), "ES256", "RSA 2048-bit"),
+            (generate_ec_key(ec.SECP256R1()).public_key(), "ES384", "EC secp256r1"),
+            (generate_ed25519_key().public_key(), "RS256", "Ed25519"),
+            (ed448.Ed448PrivateKey.generate().public_key(), "ES256", "Ed448"),
+        ]
+        for key, name, described in cases:
+            error = self.assertRaises(ValueError, check_key_matches, key, (name,))
+            self.assertEqual(str(error), f"{name} does not fit the JWT_PUBLIC_KEY given ({described})")
+
+
+class KeyAndCurveTests(VerifierMixin, SynchronousTestCase):
+    def test_every_ec_curve(self) -> None:
+        """Each ES algorithm fits its own curve only, and a token signed on it verifies."""
+        curves = {"ES256": ec.SECP256R1(), "ES256K": ec.SECP256K1(), "ES384": ec.SECP384R1(), "ES512": ec.SECP521R1()}
+        keys = {name: generate_ec_key(curve) for name, curve in curves.items()}
+        for name, key in keys.items():
+            check_key_matches(key.public_key(), (name,))
+            for other in curves:
+                if other != name:
+                    self.assertRaises(ValueError, check_key_matches, key.public_key(), (other,))
+            verifier = self.verifier(jwt_public_key=key.public_key(), jwt_algorithm=(name,))
+            self.assertEqual(verifier.verify(make_token(key, algorithm=name, now=NOW, uid="U" + name)).uid, "U" + name)
+
+    def test_base64_of_any_length(self) -> None:
+        """Unpadded base64 of any length loads: the padding put back is exactly what is missing."""
+        pem = public_key_pem(rsa_key()).encode()
+        lengths = set()
+        for extra in range(15):
+            text = base64.urlsafe_b64encode(pem + b"\n" * extra).rstrip(b"=").decode()
+            lengths.add(len(text) % 20)
+            self.assertEqual(numbers(load_public_key(text)), rsa_key().public_key().public_numbers(), extra)
+        # Every remainder an unpadded encoding can have, modulo both 4 and 5.
+        self.assertEqual(lengths, {n for n in range(20) if n % 4 != 1})
+
+
+class ClaimsTests(SynchronousTestCase):
+    def test_profile_defaults(self) -> None:
+        """Only uid, jti and expires_at are needed; the profile claims are None unless given."""
+        claims = Claims("U", "j", None)
+        self.assertEqual((claims.email, claims.role, claims.level, claims.state), (None, None, None, None))
+
+    def test_immutable_and_slotted(self) -> None:
+        """Claims cannot be changed once made (the registry indexes them), and carry no per-instance dict."""
+        import dataclasses
+
+        claims = Claims("U", "j", None)
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            claims.uid = "V"  # type: ignore[misc]
+        self.assertFalse(hasattr(claims, "__dict__"))
+        self.assertEqual(Claims.__slots__, ("uid", "jti", "expires_at", "email", "role", "level", "state"))
+
+
+class NoLeewayTests(SynchronousTestCase):
+    """A verifier given no leeways has none: exp, nbf and iat are exact."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.verifier = TokenVerifier(rsa_key().public_key(), ["RS256"], self.clock)
+
+    def reason(self, **claims: Any) -> str | None:
+        try:
+            self.verifier.verify(make_token(now=NOW, **claims))
+        except AuthError as e:
+            return e.reason
+        return None
+
+    def test_exact(self) -> None:
+        self.assertEqual(self.reason(exp=NOW), "expired")
+        self.assertIsNone(self.reason(exp=NOW + 1))
+        self.assertEqual(self.verifier.verify(make_token(now=NOW, exp=NOW + 1)).expires_at, NOW + 1)
+        self.assertEqual(self.reason(nbf=NOW + 1), "not_yet_valid")
+        self.assertIsNone(self.reason(nbf=NOW))
+        self.assertEqual(self.reason(iat=NOW + 1), "issued_in_future")
+        self.assertIsNone(self.reason(iat=NOW))
+
+    def test_subject_of_another_type(self) -> None:
+        """A sub that is not a string is refused as any other wrong subject ("subject", never "invalid")."""
+        for sub in (42, ["session"], {"session": 1}, None, True):
+            self.assertEqual(self.reason(sub=sub), "subject", sub)
