@@ -12,8 +12,9 @@
 # own .mutmut-cache, and the unit tests that cover that module as the runner
 # (trial with this checkout's .venv, PYTHONPATH set to the clone).
 #
-# Environment: MUTATION_WORKDIR (default: a new /tmp/peatio-ws-mutation.XXXXXX),
-# MUTATION_NICE (default 19). The results stay in the work directory; a
+# Environment: MUTATION_WORKDIR (default: a new /tmp/peatio-ws-mutation.XXXXXX;
+# an existing one keeps each module's clone and cache, so an interrupted run
+# resumes where it stopped), MUTATION_NICE (default 19). The results stay in the work directory; a
 # summary is also copied to .state/mutation-summary.txt. docs/testing.md
 # records the last scores and explains every surviving mutant.
 set -euo pipefail
@@ -33,7 +34,7 @@ MODULES=(
     "names|peatio_ws/streams/names.py|tests.unit.test_streams_names tests.unit.test_mutants_streams"
     "orderbook|peatio_ws/streams/orderbook.py|tests.unit.test_streams_orderbook tests.unit.test_streams_hub tests.unit.test_mutants_streams"
     "legacy|peatio_ws/websocket/legacy.py|tests.unit.test_protocol tests.unit.test_connection_logs tests.unit.test_mutants_streams"
-    "registry|peatio_ws/registry.py|tests.unit.test_registry"
+    "registry|peatio_ws/registry.py|tests.unit.test_registry tests.unit.test_registry_batch"
     "auth|peatio_ws/auth.py|tests.unit.test_auth tests.unit.test_pyjwt_door"
 )
 
@@ -77,8 +78,9 @@ SUMMARY=$WORK/summary.txt
 head=$(git rev-parse --short HEAD)
 started=$(date +%s)
 {
-    echo "mutation testing of $head with mutmut $MUTMUT_VERSION, $(date -u +%Y-%m-%dT%H:%MZ)"
-    printf '%-10s %-32s %7s %7s %5s %9s  %s\n' module file killed total score timeouts "survivors (mutmut ids)"
+    echo "mutation testing of $REPO (HEAD $head) with mutmut $MUTMUT_VERSION, $(date -u +%Y-%m-%dT%H:%MZ)"
+    printf '%-10s %-8s %-31s %6s %6s %6s %8s  %s\n' module commit file killed total score timeouts \
+        "survivors (mutmut ids)"
 } >"$SUMMARY"
 
 ids() { "$MUTMUT" result-ids "$1" 2>/dev/null | tr -s ' \n' ' ' | sed 's/^ //; s/ $//'; }
@@ -122,7 +124,9 @@ EOF
     total=$((killed + nt + ns + untested))
     caught=$((killed + nt))
     score=$(awk -v k="$caught" -v t="$total" 'BEGIN { if (t) printf "%.1f%%", 100 * k / t; else print "-" }')
-    printf '%-10s %-32s %7s %7s %5s %9s  %s\n' "$name" "$path" "$caught" "$total" "$score" "$nt" "${survived:--}" >>"$SUMMARY"
+    commit=$(git -C "$clone" rev-parse --short HEAD)
+    printf '%-10s %-8s %-31s %6s %6s %6s %8s  %s\n' "$name" "$commit" "$path" "$caught" "$total" "$score" "$nt" \
+        "${survived:--}" >>"$SUMMARY"
     [ "$untested" -eq 0 ] || echo "  $name: $untested mutants untested (the run was interrupted?)" >>"$SUMMARY"
     log "$name: $caught of $total killed ($score) in $(($(date +%s) - t0)) s; survivors: ${survived:-none}"
 done
