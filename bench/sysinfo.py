@@ -11,6 +11,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import pwd
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -44,8 +45,21 @@ def pids_named(comm: str, arg: bytes = b"") -> list[int]:
 
 
 def rabbitmq_pids() -> list[int]:
-    """The RabbitMQ server's Erlang VM (not rabbitmqctl's, which is a beam.smp too)."""
-    return pids_named("beam.smp", b"rabbit\x00boot")
+    """
+    The RabbitMQ server's Erlang VM (not rabbitmqctl's, which is a beam.smp
+    too): the system service's (user rabbitmq) when there is one, not the
+    nodes a test suite may start beside it.
+    """
+    found = pids_named("beam.smp", b"rabbit\x00boot")
+    service = [pid for pid in found if _owner(pid) == "rabbitmq"]
+    return service or found
+
+
+def _owner(pid: int) -> str:
+    try:
+        return pwd.getpwuid(Path(f"/proc/{pid}").stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return ""
 
 
 def busy_now(seconds: float = 1.0) -> tuple[float, list[str]]:
@@ -69,6 +83,7 @@ class CpuMeter:
         self._all0: dict[int, tuple[str, float]] = {}
         self.top_others: list[str] = []
         self.seconds: dict[str, float] = {}
+        self._last: dict[int, float] = {}
 
     @staticmethod
     def _everyone() -> dict[int, tuple[str, float]]:
@@ -81,7 +96,10 @@ class CpuMeter:
         return out
 
     def _sample(self) -> dict[str, float]:
-        return {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.groups.items()}
+        # Per process, so that one which ends during the window (its CPU no
+        # longer readable) counts what it had used at the start, not minus it.
+        self._last.update({p: cpu_seconds(p) or self._last.get(p, 0.0) for pids in self.groups.values() for p in pids})
+        return {name: sum(self._last[p] for p in pids) for name, pids in self.groups.items()}
 
     def start(self) -> CpuMeter:
         self._t0 = time.monotonic()
