@@ -732,7 +732,8 @@ class Bench:
             w.stop()
         self.results["hotpath"] = r
         self.log(
-            f"hot paths: delivery {r['delivery']['us_per_event']:.1f} µs per event; connect + auth "
+            f"hot paths: delivery {r['delivery']['us_per_event']:.1f} µs per event; public fan-out to 10,000 "
+            f"{r['public']['us_per_copy']:.3f} µs per copy; connect + auth "
             f"{r['connect']['us_per_connection']:.0f} µs, {r['connect']['kib_per_connection']:.2f} KiB per connection"
         )
 
