@@ -11,12 +11,15 @@ going through L{MembershipObserver}.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from peatio_ws.auth import Claims
 from peatio_ws.framing import event_message, text_frame
 from peatio_ws.logs import logger
 from peatio_ws.metrics import Metrics
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 __all__ = ["Connection", "MembershipObserver", "Registry"]
 
@@ -46,7 +49,12 @@ class Connection(Protocol):
 
 
 class MembershipObserver(Protocol):
-    """Told when a member gets its first, or loses its last, connection."""
+    """
+    Told when a member gets its first, or loses its last, connection. An
+    observer may also have C{events_flowing(uid) -> Deferred | None}: a
+    Deferred firing once the member's events reach this process (its
+    binding is in place), None when they already do (the consumer).
+    """
 
     def member_joined(self, uid: str) -> None: ...
 
@@ -88,11 +96,14 @@ class Registry:
 
     # -- membership ------------------------------------------------------
 
-    def authenticate(self, conn: Connection, claims: Claims) -> None:
+    def authenticate(self, conn: Connection, claims: Claims) -> Deferred[None] | None:
         """
         Record that C{conn} is authenticated as C{claims.uid}: a first
         authentication adds it, the same uid refreshes its claims (nothing is
-        subscribed twice), another uid moves it.
+        subscribed twice), another uid moves it. Returns a Deferred firing
+        once the member's events reach this process, or None when they do
+        already (or no observer can say): a dialect tells the client it is
+        authenticated only then, so nothing published after that is missed.
         """
         old = self._claims.get(conn)
         if old is not None and old.uid != claims.uid:
@@ -113,6 +124,12 @@ class Registry:
             else:
                 members.add(conn)
         self._update_gauges()
+        for observer in self._observers:
+            flowing = getattr(observer, "events_flowing", None)
+            waiting = flowing(claims.uid) if flowing is not None else None
+            if waiting is not None:
+                return cast("Deferred[None]", waiting)
+        return None
 
     def deauthenticate(self, conn: Connection) -> None:
         """Forget C{conn}; safe to call for a connection never authenticated."""

@@ -152,6 +152,8 @@ class EventConsumer(Service):
         self._consuming = False
         self._stopped = False
         self._waiters: list[Deferred[None]] = []
+        #: uid -> who waits for its binding (L{events_flowing}).
+        self._flowing: dict[str, list[Deferred[None]]] = {}
 
         self._counters: dict[str, tuple[Any, Any]] = {}
         #: Events received and copies delivered in the current read, by event:
@@ -484,6 +486,7 @@ class EventConsumer(Service):
     def _set_down(self) -> None:
         self._consuming = False
         self._metrics.broker_up.set(0)
+        self._release_flowing()
 
     # -- health probe --------------------------------------------------------
 
@@ -556,6 +559,30 @@ class EventConsumer(Service):
             return
         self._bindings.join(uid)
 
+    def events_flowing(self, uid: str) -> Deferred[None] | None:
+        """
+        A Deferred firing once C{uid}'s binding is in place (its events reach
+        us); None when it is already, or when no binding can be waited for
+        (not consuming: the broker is away, nothing flows for anyone). Fired
+        too, so no one waits for ever, when the connection is lost or we stop.
+        """
+        if uid in self._bindings.bound or not self._consuming or self._stopped or not valid_uid(uid):
+            return None
+        d: Deferred[None] = Deferred()
+        self._flowing.setdefault(uid, []).append(d)
+        return d
+
+    def _release_flowing(self, uid: str | None = None) -> None:
+        """Fire the waiters of C{uid} (of everyone when None)."""
+        if uid is None:
+            waiting = [d for ds in self._flowing.values() for d in ds]
+            self._flowing.clear()
+        else:
+            waiting = self._flowing.pop(uid, [])
+        for d in waiting:
+            if not d.called:
+                d.callback(None)
+
     def member_left(self, uid: str) -> None:
         """Unbind after RABBITMQ_UNBIND_DELAY, unless the member comes back."""
         self._bindings.leave(uid, stopping=self._stopped)
@@ -600,6 +627,8 @@ class EventConsumer(Service):
     def _bind_done(self, _: object, uid: str, bound: bool) -> None:
         self._bindings.done(uid, bound)
         self._metrics.bindings.set(len(self._bindings.bound))
+        if bound and self._flowing:
+            self._release_flowing(uid)
 
     def _op_failed(self, failure: Failure, uid: str) -> Failure:
         self._bindings.failed(uid)

@@ -60,6 +60,8 @@ _STATE_CLOSED = WebSocketProtocol.STATE_CLOSED
 
 #: Messages that may wait behind an authentication still checking Redis.
 MAX_QUEUED_MESSAGES = 16
+#: Seconds the reply to an authentication may wait for the member's binding (L{StreamProtocol.authenticated}).
+EVENTS_FLOWING_WAIT = 5.0
 #: Seconds a client closed for its inbound budget has to close its side before it is dropped.
 LET_GO_SECONDS = 1.0
 
@@ -462,10 +464,16 @@ class StreamProtocol(BoundedServerProtocol):
         if self.claims is None:
             self.close_with(CloseCode.AUTH_TIMEOUT, "Authentication timeout")
 
-    def authenticated(self, claims: Claims) -> None:
-        """The member is C{claims}: events from now on, until the token expires (4001)."""
+    def authenticated(self, claims: Claims) -> Deferred[None] | None:
+        """
+        The member is C{claims}: events from now on, until the token expires
+        (4001). Returns a Deferred firing once the member's events reach
+        this process (its binding is in place; at most L{EVENTS_FLOWING_WAIT}
+        seconds), or None when they already do: the dialect tells the client
+        it is authenticated then, so nothing published after is missed.
+        """
         factory = self.factory
-        factory.registry.authenticate(self, claims)
+        flowing = factory.registry.authenticate(self, claims)
         self.claims = claims
         self._cancel(self._auth_timer)
         self._auth_timer = None
@@ -474,6 +482,12 @@ class StreamProtocol(BoundedServerProtocol):
         if claims.expires_at is not None:
             delay = max(0.0, claims.expires_at - factory.clock.seconds())
             self._expiry_timer = factory.clock.callLater(delay, self._token_expired)
+        if flowing is None:
+            return None
+        # Bounded: a broker slow to bind must not hold the reply for ever (it is then sent regardless).
+        flowing.addTimeout(EVENTS_FLOWING_WAIT, factory.clock)
+        flowing.addErrback(lambda failure: None)
+        return flowing
 
     def unauthenticated(self) -> None:
         """A failed re-authentication: no more events, and the auth timeout runs again."""
@@ -521,6 +535,11 @@ class StreamProtocol(BoundedServerProtocol):
         if pending is not None:
             self._busy = pending
             pending.addBoth(self._finished_pending)
+
+    def hold_messages(self, pending: Deferred[Any]) -> None:
+        """Queue the client's messages until C{pending} fires (the dialect is still answering the open)."""
+        self._busy = pending
+        pending.addBoth(self._finished_pending)
 
     def _finished_pending(self, result: object) -> None:
         self._busy = None

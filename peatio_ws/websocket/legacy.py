@@ -100,8 +100,7 @@ class LegacyDialect:
             self._failed(conn, e.reason)
             return None
         if isinstance(result, Claims):
-            self._succeeded(conn, result)
-            return None
+            return self._succeeded(conn, result)
 
         def failed(failure: Failure) -> None:
             failure.trap(AuthError)
@@ -127,12 +126,25 @@ class LegacyDialect:
             )
         conn.reply(Reply.AUTH_FAILED)
 
-    @staticmethod
-    def _succeeded(conn: StreamProtocol, claims: Claims) -> None:
+    def _succeeded(self, conn: StreamProtocol, claims: Claims) -> Deferred[None] | None:
+        """
+        Authenticated: the reply goes once the member's events reach this
+        process (SPEC §3.2: "the connection now receives that member's
+        events"); a Deferred until then.
+        """
         if conn.state != _STATE_OPEN:
-            return
+            return None
         previous = conn.claims
-        conn.authenticated(claims)
+        flowing = conn.authenticated(claims)
+        if flowing is None:
+            self._say_authenticated(conn, claims, previous)
+            return None
+        return flowing.addCallback(lambda _: self._say_authenticated(conn, claims, previous))
+
+    @staticmethod
+    def _say_authenticated(conn: StreamProtocol, claims: Claims, previous: Claims | None) -> None:
+        if conn.state != _STATE_OPEN or conn.claims is not claims:
+            return
         conn.factory.metrics.auth.labels(result="success", reason="ok").inc()
         if previous is None:
             conn.log_line("authenticated as {uid}", uid_in_head=False)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["RANGER", "RangerDialect", "RangerReply", "query_streams", "speaks_ranger", "wants_member"]
 
 _log = logger("peatio_ws.protocol")
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
 
 
 def _compact(value: Any) -> bytes:
@@ -219,15 +220,26 @@ class RangerDialect:
         conn.ranger_claims = None
         conn.subscriptions = {}
         auth = "public"
+        flowing = None
         if claims is not None:
             auth = "private"
             # Before the registry learns of it: its private events are filtered from the start.
             conn.private_streams = set()
-            conn.authenticated(claims)
+            flowing = conn.authenticated(claims)
             factory.metrics.auth.labels(result="success", reason="ok").inc()
             conn.log_line("authenticated as {uid}", uid_in_head=False)
         factory.metrics.ranger_connections.labels(auth=auth).inc()
         factory.metrics.ranger_connections_total.labels(auth=auth).inc()
+        if flowing is None:
+            self._open_streams(conn)
+        else:
+            # The subscribed reply goes once the member's events reach us; messages wait till then.
+            conn.hold_messages(flowing.addCallback(lambda _: self._open_streams(conn)))
+
+    def _open_streams(self, conn: StreamProtocol) -> None:
+        """Subscribe the query's streams, replay, then say what is subscribed."""
+        if conn.subscriptions is None or conn.state != _STATE_OPEN:
+            return
         names, conn.ranger_streams = conn.ranger_streams, []
         streams, error = self._streams(names, conn, lenient=True)
         if error is not None:

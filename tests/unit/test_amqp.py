@@ -161,6 +161,40 @@ class BindingTests(SynchronousTestCase):
         self.assertEqual(bind_keys(broker), [b"private.ID1.*"])
         self.assertEqual(h.value("peatio_ws_rabbitmq_bindings"), 1)
 
+    def test_events_flowing_once_bound(self) -> None:
+        """
+        authenticate() returns a Deferred firing once the member's binding is
+        in place (bind-ok), and None for a member already bound: a dialect
+        says "Authenticated." only then, so nothing published after is missed.
+        """
+        h = Harness(self)
+        broker = h.consuming()
+        conn = FakeConnection("ID1-a")
+        flowing = h.registry.authenticate(conn, Claims(uid="ID1", jti="j1", expires_at=None))
+        assert flowing is not None
+        fired: list[object] = []
+        flowing.addCallback(fired.append)
+        self.assertEqual(fired, [])
+        broker.pump()
+        self.assertEqual(bind_keys(broker), [b"private.ID1.*"])
+        self.assertEqual(fired, [None])
+        second = h.registry.authenticate(FakeConnection("ID1-b"), Claims(uid="ID1", jti="j2", expires_at=None))
+        self.assertIsNone(second)
+
+    def test_events_flowing_never_hangs(self) -> None:
+        """Waiters are released when the connection is lost; nothing is waited for while not consuming."""
+        h = Harness(self)
+        broker = h.consuming()
+        flowing = h.registry.authenticate(FakeConnection("ID2-a"), Claims(uid="ID2", jti="j", expires_at=None))
+        assert flowing is not None
+        fired: list[object] = []
+        flowing.addCallback(fired.append)
+        broker.drop()
+        self.assertEqual(fired, [None])
+        self.assertFalse(h.consumer.up)
+        later = h.registry.authenticate(FakeConnection("ID3-a"), Claims(uid="ID3", jti="k", expires_at=None))
+        self.assertIsNone(later)
+
     def test_join_while_disconnected(self) -> None:
         """A member joining before the connection is bound once connected."""
         h = Harness(self)

@@ -23,7 +23,7 @@ from peatio_ws.testing import OMIT, MembershipRecorder, generate_rsa_key, make_t
 from peatio_ws.testing.factory import stream_factory
 from peatio_ws.testing.wsclient import Client, client_frame
 from peatio_ws.websocket import CloseCode, StreamFactory
-from peatio_ws.websocket.connection import LET_GO_SECONDS
+from peatio_ws.websocket.connection import EVENTS_FLOWING_WAIT, LET_GO_SECONDS
 from peatio_ws.websocket.factory import PING_SLICE, PING_SLICE_GAP
 from peatio_ws.websocket.legacy import new_challenge
 from peatio_ws.websocket.limits import MAX_EMPTY_FRAGMENTS, MAX_FRAMES_PER_MESSAGE, MAX_JSON_DEPTH, MAX_REQUEST_HEAD
@@ -275,6 +275,74 @@ class AuthenticationTests(ProtocolTestCase):
             self.assertEqual(client.messages(), [AUTH_FAILED])
             self.clock.advance(31)
         self.assertIsNone(client.close_code())
+
+
+class Binder:
+    """A registry observer standing in for the consumer: members' bindings complete when the test says."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Deferred[None]] = {}
+
+    def member_joined(self, uid: str) -> None:
+        self.pending[uid] = Deferred()
+
+    def member_left(self, uid: str) -> None:
+        pass
+
+    def events_flowing(self, uid: str) -> Deferred[None] | None:
+        d = self.pending.get(uid)
+        if d is None or d.called:
+            return None
+        waiter: Deferred[None] = Deferred()
+        d.addCallback(lambda _: waiter.callback(None))
+        return waiter
+
+
+class EventsFlowingTests(ProtocolTestCase):
+    """SPEC §3.2: after "Authenticated." the connection receives the member's events: the reply waits for that."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.binder = Binder()
+        self.registry.add_observer(self.binder)
+
+    def test_reply_waits_for_the_binding(self) -> None:
+        client = self.connect()
+        client.send_json({"jwt": "Bearer " + self.token(uid="IDWAIT")})
+        self.assertEqual(client.messages(), [])
+        # Messages sent meanwhile wait too, answered in order afterwards.
+        client.send("ping")
+        self.assertEqual(client.messages(), [])
+        self.binder.pending["IDWAIT"].callback(None)
+        self.assertEqual(client.messages(), [AUTHENTICATED, "pong"])
+        self.assertEqual(self.publish("IDWAIT"), 1)
+
+    def test_reply_sent_regardless_after_the_wait(self) -> None:
+        """A broker slow to bind holds the reply EVENTS_FLOWING_WAIT seconds at most."""
+        client = self.connect()
+        client.send_json({"jwt": "Bearer " + self.token(uid="IDSLOW")})
+        self.clock.advance(EVENTS_FLOWING_WAIT - 0.01)
+        self.assertEqual(client.messages(), [])
+        self.clock.advance(0.02)
+        self.assertEqual(client.messages(), [AUTHENTICATED])
+
+    def test_no_wait_when_already_flowing(self) -> None:
+        """A second connection of a bound member is answered at once."""
+        first = self.connect()
+        first.send_json({"jwt": "Bearer " + self.token(uid="IDBOUND")})
+        self.binder.pending["IDBOUND"].callback(None)
+        self.assertEqual(first.messages(), [AUTHENTICATED])
+        second = self.connect()
+        self.authenticate(second, uid="IDBOUND")
+
+    def test_closed_while_waiting(self) -> None:
+        """A client gone before its binding is in place gets nothing, and nothing fails."""
+        client = self.connect()
+        client.send_json({"jwt": "Bearer " + self.token(uid="IDGONE")})
+        client.lose()
+        self.binder.pending["IDGONE"].callback(None)
+        self.assertEqual(client.messages(), [])
+        self.assertEqual(len(self.registry), 0)
 
 
 class ReauthenticationTests(ProtocolTestCase):

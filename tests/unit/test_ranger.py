@@ -1055,3 +1055,34 @@ class MetricsTests(RangerTestCase):
         self.assertEqual(self.value("peatio_ws_orderbook_broken", market="btcusd"), 1)
         self.assertEqual(self.value("peatio_ws_orderbook_waiting", market="btcusd"), 1)
         self.assertEqual(self.value("peatio_ws_orderbook_gaps_total", market="btcusd"), 1)
+
+
+# -- the subscribed reply waits for the member's events ---------------------------------------
+
+
+class EventsFlowingTests(RangerTestCase):
+    """A member's subscribed reply goes once its events reach this process (its binding is in place)."""
+
+    def test_subscribed_waits_for_the_binding(self) -> None:
+        waiting: dict[str, Deferred[None]] = {}
+
+        class Binder:
+            def member_joined(self, uid: str) -> None:
+                waiting[uid] = Deferred()
+
+            def member_left(self, uid: str) -> None:
+                pass
+
+            def events_flowing(self, uid: str) -> Deferred[None] | None:
+                return waiting[uid]
+
+        self.registry.add_observer(Binder())
+        client = self.request("/private?stream=order", self.token(uid="U9"))
+        self.assertEqual(client.messages(), [])
+        # A message sent meanwhile waits for the reply, and is answered after it.
+        client.send("ping")
+        self.assertEqual(client.messages(), [])
+        waiting["U9"].callback(None)
+        self.assertEqual(client.messages(), [subscribed("order"), "pong"])
+        self.registry.deliver("U9", "order", b'{"id":1}')
+        self.assertEqual(client.messages(), [{"order": {"id": 1}}])
