@@ -207,7 +207,11 @@ class HalfOpenTests(ChaosTestCase):
         )
         await self.until_metric(daemon, "peatio_ws_connections", lambda v: v == 1, 10, "only the keeper left")
         await self.until_metric(daemon, "peatio_ws_rabbitmq_bindings", lambda v: v == 1, 10, "only one binding left")
-        self.assertEqual(await bindings_of(queue), [(daemon.exchange, f"private.{keeper_uid}.*")])
+        # Besides the public events' binding every process has from start-up (SPEC §7).
+        self.assertEqual(
+            sorted(await bindings_of(queue)),
+            [(daemon.exchange, f"private.{keeper_uid}.*"), (daemon.exchange, "public.*.*")],
+        )
         # The keeper answered its pings and still receives.
         await keeper.wait(lambda: keeper.pings >= 2, 10, "two pings")
         self.assertFalse(keeper.lost)
@@ -279,7 +283,8 @@ class ChurnTests(ChaosTestCase):
             for name in ("peatio_ws_connections", "peatio_ws_authenticated_connections", "peatio_ws_members"):
                 await self.until_metric(daemon, name, lambda v: v == 0, 30, f"{name} back to 0")
             await self.until_metric(daemon, "peatio_ws_rabbitmq_bindings", lambda v: v == 0, 30, "bindings back to 0")
-            self.assertEqual(await bindings_of(queue), [])
+            # Only the public events' binding every process has from start-up (SPEC §7).
+            self.assertEqual(await bindings_of(queue), [(daemon.exchange, "public.*.*")])
 
         await run(warm_up)
         await settled()
@@ -482,6 +487,8 @@ class UnbindTimerChurnTests(SynchronousTestCase):
             # Every fifth member comes back within the delay: its binding is kept, not redone.
             uid = f"ID{(i // 5) if i % 5 == 4 else i:010d}"
             client.send_json({"jwt": "Bearer " + make_token(uid=uid, now=now)})
+            # "Authenticated." waits for the member's binding: let the broker answer it.
+            broker.pump()
             self.assertEqual(client.messages()[-1], AUTHENTICATED)
             (client.answer_close if i % 2 else client.lose)()
             broker.pump()

@@ -203,7 +203,9 @@ class HostileInputTests(ChaosTestCase):
 
         bad_keys: list[str | bytes] = [
             "private..order", f"private.{victim_uid}", f"private.{victim_uid}.", f"private.{victim_uid}.order.x",
-            f"public.{victim_uid}.order", f"PRIVATE.{victim_uid}.order", "private", "", ".", "..",
+            # public.<id>.<event> is SPEC §7's (the hub's, for ranger subscribers): its malformed shapes are bad.
+            f"public.{victim_uid}", f"public.{victim_uid}.order.x", f"public..{victim_uid}",
+            f"PRIVATE.{victim_uid}.order", "private", "", ".", "..",
             b"private.\xff\xfe.order", f"private.{victim_uid}.".encode() + b"\xff",
         ]
         bad_bodies = [b"not json", b"", b"\xff\xfe", b"{", b'{"a":NaN}', b"[" * 3000 + b"]" * 3000, b"\xef\xbb\xbf{}"]
