@@ -41,11 +41,15 @@ def _factory(settings: Settings, registry: Registry, metrics: Metrics, clock: Cl
     return stream_factory(settings, clock, registry=registry, metrics=metrics)
 
 
-def _connect(factory: StreamFactory, token: str) -> Client:
+def _connect(factory: StreamFactory, token: str, broker: FakeBroker | None = None) -> Client:
     client = Client.connect(factory)
     client.messages()
     client.send_json({"jwt": "Bearer " + token})
     reply = client.messages()
+    if not reply and broker is not None:
+        # The reply waits for the member's binding (bind-ok) when a consumer is there.
+        broker.pump()
+        reply = client.messages()
     assert reply == [{"success": {"message": "Authenticated."}}], reply
     client.transport.clear()
     return client
@@ -69,7 +73,7 @@ def delivery(members: int = 1000, n: int = 100_000, read_size: int = 65536) -> d
     assert consumer.up
     factory = _factory(settings, registry, metrics, clock)
     uids = [f"HP{i:05d}" for i in range(members)]
-    clients = [_connect(factory, make_token(now=clock.seconds(), uid=uid, exp=None)) for uid in uids]
+    clients = [_connect(factory, make_token(now=clock.seconds(), uid=uid, exp=None), broker) for uid in uids]
     broker.pump()  # the binds
     keys = [f"private.{uid}.{events.EVENT}".encode() for uid in uids]
     wire = b"".join(broker.delivery(keys[i % members], events.body(i // members + 1, i)) for i in range(n))
