@@ -65,11 +65,12 @@ bench: prepare
 	$(PY) -m bench $(ARGS)
 
 ## The fault-injection suite, long version (PEATIO_WS_CHAOS=full; `make test` runs the quick one):
-## broker, Redis and client faults and hostile input against the real servers. Prints the figures
+## broker faults (one node, and a three-node cluster losing its nodes), Redis and client faults and
+## hostile input against the real servers. Prints the figures
 ## (also on failure), kept in .state/_trial_chaos/chaos-figures.txt; docs/reliability.md explains them.
 chaos: prepare
 	@status=0; PEATIO_WS_CHAOS=full $(PY) -m twisted.trial --temp-directory=.state/_trial_chaos \
-		tests.unit.test_fuzz tests.chaos.test_chaos tests.chaos.test_chaos_redis \
+		tests.unit.test_fuzz tests.chaos.test_chaos tests.chaos.test_chaos_cluster tests.chaos.test_chaos_redis \
 		tests.chaos.test_chaos_clients tests.chaos.test_chaos_hostile || status=$$?; \
 	echo; echo "== chaos figures =="; \
 	$(PY) -m tests.support.figures .state/_trial_chaos/chaos-figures.txt; exit $$status
