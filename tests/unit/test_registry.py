@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import provider
 
 from peatio_ws.auth import Claims
 from peatio_ws.framing import event_message, text_frame
@@ -182,3 +185,245 @@ class FramingTests(SynchronousTestCase):
         """The event name is JSON-escaped and the payload kept byte for byte."""
         self.assertEqual(event_message("order", b'{"a": 1}'), b'{"order":{"a": 1}}')
         self.assertEqual(json.loads(event_message('we"ird', b"[]")), {'we"ird': []})
+
+
+class Ranger(FakeConnection):
+    """A connection that chooses its private events (the ranger dialect's C{private_streams})."""
+
+    def __init__(self, conn_id: str, *streams: str) -> None:
+        super().__init__(conn_id)
+        self.private_streams = set(streams)
+
+
+class SelectiveDeliveryTests(SynchronousTestCase):
+    """A connection with C{private_streams} gets only those of its member's events; others get all."""
+
+    def setUp(self) -> None:
+        self.registry = Registry(Metrics())
+
+    def events(self, conn: FakeConnection) -> list[str]:
+        return [next(iter(parse_frames(frame)[0][0].json)) for frame in conn.frames]
+
+    def test_beside_a_legacy_connection(self) -> None:
+        legacy, ranger = FakeConnection("l"), Ranger("r", "order")
+        self.registry.authenticate(legacy, claims("U", "1"))
+        self.registry.authenticate(ranger, claims("U", "2"))
+        self.assertEqual(self.registry.deliver("U", "order", b"{}"), 2)
+        self.assertEqual(self.registry.deliver("U", "trade", b"{}"), 1)
+        self.assertEqual((self.events(legacy), self.events(ranger)), (["order", "trade"], ["order"]))
+
+    def test_nobody_wants_it(self) -> None:
+        """Only connections that chose other events: nobody gets it, and none is counted."""
+        ranger = Ranger("r", "order")
+        self.registry.authenticate(ranger, claims("U"))
+        self.assertEqual(self.registry.deliver("U", "trade", b"{}"), 0)
+        self.assertEqual(self.registry.deliver("U", "order", b"{}"), 1)
+        self.assertEqual(self.events(ranger), ["order"])
+
+    def test_choice_outlives_a_sibling(self) -> None:
+        """Two choosing connections of one member: when one goes, the other still gets only its events."""
+        first, second = Ranger("r1", "order"), Ranger("r2", "order")
+        self.registry.authenticate(first, claims("U", "1"))
+        self.registry.authenticate(second, claims("U", "2"))
+        self.registry.deauthenticate(first)
+        self.assertEqual(self.registry.deliver("U", "trade", b"{}"), 0)
+        self.registry.deauthenticate(second)
+        third = Ranger("r3", "order")
+        self.registry.authenticate(third, claims("U", "3"))
+        self.assertEqual(self.registry.deliver("U", "trade", b"{}"), 0)
+        self.assertEqual(self.registry.deliver("U", "order", b"{}"), 1)
+        self.assertEqual((second.frames, self.events(third)), ([], ["order"]))
+
+    def test_legacy_leaving_keeps_the_choice(self) -> None:
+        legacy, ranger = FakeConnection("l"), Ranger("r", "order")
+        self.registry.authenticate(legacy, claims("U", "1"))
+        self.registry.authenticate(ranger, claims("U", "2"))
+        self.registry.deauthenticate(legacy)
+        self.assertEqual(self.registry.deliver("U", "trade", b"{}"), 0)
+        self.assertEqual(ranger.frames, [])
+
+    def test_nothing_kept_of_members_gone(self) -> None:
+        """
+        Once every connection of a member has gone (or moved to another
+        member), the registry keeps nothing of it: no index entry, no count
+        of its choosing connections (which would grow with every member
+        ever seen).
+        """
+        conns = [Ranger("r1", "order"), Ranger("r2", "trade"), FakeConnection("l"), Ranger("r3")]
+        for i, conn in enumerate(conns):
+            self.registry.authenticate(conn, claims("U", str(i)))
+        self.registry.authenticate(conns[3], claims("V", "v"))
+        for conn in conns:
+            self.registry.deauthenticate(conn)
+        self.assertEqual(len(self.registry), 0)
+        state: dict[str, Any] = vars(self.registry)
+        self.assertEqual(
+            {name: state[name] for name in ("_by_uid", "_by_jti", "_claims", "_selective")},
+            {"_by_uid": {}, "_by_jti": {}, "_claims": {}, "_selective": {}},
+        )
+
+
+class Recorder(FakeConnection):
+    """Keeps the very object each C{send_frames} was given (to see which connections share one)."""
+
+    def __init__(self, conn_id: str) -> None:
+        super().__init__(conn_id)
+        self.given: list[Any] = []
+
+    def send_frames(self, frames: Any) -> bool:
+        self.given.append(frames)
+        return True
+
+
+#: The fewest recipients of one event held once for all of them (Registry.fan_out).
+SHARED_FROM = 16
+
+
+class BatchSharingTests(SynchronousTestCase):
+    """
+    In a batch, an event for many connections is held once and each set
+    of connections that got the same events gets one tuple of frames,
+    which L{StreamProtocol.send_frames} joins once for all of them.
+    """
+
+    def setUp(self) -> None:
+        self.registry = Registry(Metrics())
+
+    def conns(self, count: int, prefix: str = "c") -> list[Recorder]:
+        return [Recorder(f"{prefix}{i}") for i in range(count)]
+
+    def test_many_share_one_tuple(self) -> None:
+        """From SHARED_FROM recipients on, every connection is given the same tuple, once."""
+        conns = self.conns(SHARED_FROM)
+        self.registry.begin_batch()
+        self.registry.fan_out(set(conns), b"A")
+        self.registry.fan_out(set(conns), b"B")
+        self.registry.end_batch()
+        [given] = conns[0].given
+        self.assertEqual(given, (b"A", b"B"))
+        for conn in conns:
+            self.assertEqual(len(conn.given), 1)
+            self.assertIs(conn.given[0], given)
+
+    def test_few_each_their_own(self) -> None:
+        """Below SHARED_FROM, each connection's frames are its own (as a member's connections are)."""
+        conns = self.conns(SHARED_FROM - 1)
+        self.registry.begin_batch()
+        self.registry.fan_out(set(conns), b"A")
+        self.registry.fan_out(set(conns), b"B")
+        self.registry.end_batch()
+        self.assertEqual([[list(g) for g in conn.given] for conn in conns], [[[b"A", b"B"]]] * len(conns))
+        self.assertEqual(len({id(conn.given[0]) for conn in conns}), len(conns))
+
+    def test_same_events_same_tuple(self) -> None:
+        """Connections among the same several recipients share one merged tuple, in the batch's order."""
+        shared = self.conns(2, "s")
+        first, second = set(self.conns(20, "x")) | set(shared), set(self.conns(20, "y")) | set(shared)
+        self.registry.begin_batch()
+        self.registry.fan_out(first, b"A")
+        self.registry.fan_out(second, b"B")
+        self.registry.fan_out(first, b"C")
+        self.registry.end_batch()
+        [one], [two] = shared[0].given, shared[1].given
+        self.assertEqual(one, (b"A", b"B", b"C"))
+        self.assertIs(one, two)
+
+    def test_few_after_many_keep_their_order(self) -> None:
+        """Once an event for many is held, an event for one connection comes after it, not before."""
+        conns = self.conns(20)
+        self.registry.begin_batch()
+        self.registry.fan_out(set(conns), b"A")
+        self.assertEqual(self.registry.fan_out([conns[0]], b"B"), 1)
+        self.registry.end_batch()
+        self.assertEqual([list(g) for g in conns[0].given], [[b"A", b"B"]])
+        self.assertEqual([list(g) for g in conns[1].given], [[b"A"]])
+
+    def test_nobody_after_many(self) -> None:
+        """An event for no connection at all is held for none, before or after events for many."""
+        conns = self.conns(20)
+        self.registry.begin_batch()
+        self.assertEqual(self.registry.fan_out(set(), b"0"), 0)
+        self.assertEqual(self.registry.fan_out(set(conns), b"A"), 20)
+        self.assertEqual(self.registry.fan_out(set(), b"B"), 0)
+        self.assertEqual(self.registry.fan_out([], b"C"), 0)
+        self.registry.end_batch()
+        self.assertEqual([list(g) for g in conns[0].given], [[b"A"]])
+
+
+class Failing(FakeConnection):
+    def send_frame(self, frame: bytes) -> bool:
+        raise RuntimeError("boom")
+
+    def send_frames(self, frames: Any) -> bool:
+        raise RuntimeError("boom")
+
+
+class FailureLogTests(SynchronousTestCase):
+    """A connection that raises is logged, under peatio_ws.registry, saying what was lost and whose."""
+
+    def setUp(self) -> None:
+        self.registry = Registry(Metrics())
+        self.events: list[dict[str, Any]] = []
+
+        @provider(ILogObserver)
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_failure") is not None:
+                self.events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def lines(self) -> list[tuple[str, str]]:
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), len(self.events))
+        return [(event["log_namespace"], formatEvent(event)) for event in self.events]
+
+    def test_immediate(self) -> None:
+        self.registry.authenticate(Broken("bad"), claims("U"))
+        self.registry.deliver("U", "order", b"{}")
+        self.assertEqual(self.lines(), [("peatio_ws.registry", "delivering a frame to bad")])
+
+    def test_batch_of_few(self) -> None:
+        self.registry.authenticate(Failing("bad"), claims("U"))
+        self.registry.begin_batch()
+        self.registry.deliver("U", "order", b"{}")
+        self.registry.deliver("U", "trade", b"{}")
+        self.registry.end_batch()
+        self.assertEqual(self.lines(), [("peatio_ws.registry", "delivering 2 events to bad")])
+
+    def test_batch_of_many(self) -> None:
+        conns: list[FakeConnection] = [FakeConnection(f"c{i}") for i in range(SHARED_FROM)]
+        conns.append(Failing("bad"))
+        self.registry.begin_batch()
+        self.registry.fan_out(set(conns), b"A")
+        self.registry.fan_out(set(conns), b"B")
+        self.registry.fan_out(set(conns), b"C")
+        self.registry.end_batch()
+        self.assertEqual(self.lines(), [("peatio_ws.registry", "delivering 3 events to bad")])
+        self.assertEqual(conns[0].frames, [b"A", b"B", b"C"])
+
+
+class EndOfSessionCountTests(SynchronousTestCase):
+    """revoke and events_lost say how many sessions they ended, exactly."""
+
+    def setUp(self) -> None:
+        self.registry = Registry(Metrics())
+        self.conns = [FakeConnection("a"), FakeConnection("b"), FakeConnection("c")]
+        self.registry.authenticate(self.conns[0], claims("U", "1"))
+        self.registry.authenticate(self.conns[1], claims("U", "2"))
+        self.registry.authenticate(self.conns[2], claims("V", "1"))
+
+    def test_revoke_nothing_named(self) -> None:
+        self.assertEqual(self.registry.revoke(), 0)
+        self.assertEqual([c.revoked for c in self.conns], [0, 0, 0])
+
+    def test_revoke_a_member(self) -> None:
+        self.assertEqual(self.registry.revoke(uid="U"), 2)
+        self.assertEqual([c.revoked for c in self.conns], [1, 1, 0])
+        self.assertEqual(self.registry.revoke(jti="1"), 1)
+
+    def test_events_lost(self) -> None:
+        self.assertEqual(self.registry.events_lost(), 3)
+        self.assertEqual([c.lost for c in self.conns], [1, 1, 1])
+        self.assertEqual((len(self.registry), self.registry.members()), (0, []))
+        self.assertEqual(self.registry.events_lost(), 0)
+
