@@ -14,7 +14,8 @@
 #
 # Environment: MUTATION_WORKDIR (default: a new /tmp/peatio-ws-mutation.XXXXXX;
 # an existing one keeps each module's clone and cache, so an interrupted run
-# resumes where it stopped), MUTATION_NICE (default 19). The results stay in the work directory; a
+# resumes where it stopped), MUTATION_NICE (default 19), MUTATION_MIN_TIMEOUT
+# (default 120: seconds a mutant's test run may take before it counts as hung). The results stay in the work directory; a
 # summary is also copied to .state/mutation-summary.txt. docs/testing.md
 # records the last scores and explains every surviving mutant.
 set -euo pipefail
@@ -74,6 +75,10 @@ case "$(cd "$WORK" && pwd)/" in
     "$REPO"/*) die "MUTATION_WORKDIR must be outside the checkout ($REPO): mutmut edits files in place" ;;
 esac
 NICE=(nice -n "${MUTATION_NICE:-19}")
+MIN_TIMEOUT=${MUTATION_MIN_TIMEOUT:-120}
+RUNNING=""
+# mutmut runs in a session of its own (so that a hung one can be stopped whole): stop it with us.
+trap '[ -z "$RUNNING" ] || kill -- "-$RUNNING" 2>/dev/null || true' EXIT
 SUMMARY=$WORK/summary.txt
 head=$(git rev-parse --short HEAD)
 started=$(date +%s)
@@ -85,6 +90,61 @@ started=$(date +%s)
 
 ids() { "$MUTMUT" result-ids "$1" 2>/dev/null | tr -s ' \n' ' ' | sed 's/^ //; s/ $//'; }
 count() { local n=0 _; for _ in $1; do n=$((n + 1)); done; echo "$n"; }
+
+# Mark the mutants of a status untested again, so that the next `mutmut run` tries them.
+retry() {
+    "$MUTVENV/bin/python" -c 'import sqlite3, sys
+db = sqlite3.connect(".mutmut-cache")
+db.execute("UPDATE Mutant SET status = ? WHERE status = ?", ("untested", sys.argv[1]))
+db.commit()' "$1"
+}
+
+# One module: the unmutated run first (it must pass; its time sets mutmut's
+# timeout, ten times as long, with a floor of MUTATION_MIN_TIMEOUT seconds so
+# that a loaded machine does not turn a survivor into a "timeout"), then
+# mutmut, watched: mutmut 2.5.1's worker process can die (a cache lookup
+# failing now and then), leaving the main process waiting for ever; it is
+# then stopped and the run resumed. Timeouts are tried once more.
+run_module() {
+    local name=$1 path=$2 clone=$3 log=$WORK/$1.log attempt=0 retried="" start pid begun elapsed
+    begun=$(date +%s.%N)
+    "${NICE[@]}" "$WORK/$name.runner" || die "$name: the tests fail without mutations (run $WORK/$name.runner)"
+    elapsed=$(awk -v a="$begun" -v b="$(date +%s.%N)" -v floor="$MIN_TIMEOUT" \
+        'BEGIN { t = b - a; if (t < floor / 10) t = floor / 10; print t }')
+    (cd "$clone" && "$MUTVENV/bin/python" -c 'import sys
+from mutmut.cache import hash_of_tests, set_cached_test_time
+set_cached_test_time(float(sys.argv[1]), hash_of_tests(["tests/unit"]))' "$elapsed")
+    : >>"$log"
+    while [ "$attempt" -lt 4 ]; do
+        attempt=$((attempt + 1))
+        start=$(wc -l <"$log")
+        (cd "$clone" && exec setsid "${NICE[@]}" "$MUTMUT" run --paths-to-mutate "$path" --tests-dir tests/unit \
+            --runner "$WORK/$name.runner" --simple-output --no-progress >>"$log" 2>&1) &
+        pid=$!
+        RUNNING=$pid
+        while kill -0 "$pid" 2>/dev/null; do
+            sleep 10
+            if tail -n +"$((start + 1))" "$log" | grep -q '^Traceback'; then
+                sleep 60
+                if kill -0 "$pid" 2>/dev/null; then
+                    log "$name: mutmut's worker died (see $log); resuming"
+                    kill -- "-$pid" 2>/dev/null || kill "$pid"
+                fi
+                break
+            fi
+        done
+        wait "$pid" || true
+        RUNNING=""
+        # Killed mid-mutant: put the module back as it was.
+        [ ! -f "$clone/$path.bak" ] || mv "$clone/$path.bak" "$clone/$path"
+        if [ -z "$retried" ] && [ -n "$(cd "$clone" && ids timeout)" ]; then
+            retried=1
+            (cd "$clone" && retry bad_timeout)
+            continue
+        fi
+        [ -n "$(cd "$clone" && ids untested)" ] || break
+    done
+}
 
 for spec in "${selected[@]}"; do
     IFS='|' read -r name path tests <<<"$spec"
@@ -104,15 +164,7 @@ EOF
     chmod +x "$WORK/$name.runner"
     log "$name: mutating $path against $tests (clone in $clone)"
     t0=$(date +%s)
-    (cd "$clone" && "${NICE[@]}" "$MUTMUT" run --paths-to-mutate "$path" --tests-dir tests/unit \
-        --runner "$WORK/$name.runner" --simple-output --no-progress >"$WORK/$name.log" 2>&1) || true
-    # A timeout (ten times the baseline run) may be the machine's load, not a
-    # hanging mutant: each is tried once more, alone.
-    for id in $(cd "$clone" && ids timeout); do
-        (cd "$clone" && "${NICE[@]}" "$MUTMUT" run "$id" --paths-to-mutate "$path" --tests-dir tests/unit \
-            --runner "$WORK/$name.runner" --simple-output --no-progress >>"$WORK/$name.log" 2>&1) || true
-    done
-    grep -q "Tests don't run cleanly" "$WORK/$name.log" && die "$name: the tests fail without mutations (see $WORK/$name.log)"
+    run_module "$name" "$path" "$clone"
     cd "$clone"
     killed=$(count "$(ids killed) $(ids suspicious)")
     timeouts=$(ids timeout)
@@ -132,7 +184,8 @@ EOF
 done
 
 {
-    echo "killed counts mutmut's killed, suspicious (killed, slowly) and timeout (hung even when tried again)"
+    echo "killed counts mutmut's killed, suspicious (killed, slowly) and timeout (hung past ten times the"
+    echo "unmutated run, at least $MIN_TIMEOUT s, twice)"
     echo "run time: $(($(date +%s) - started)) s"
     echo "a survivor's diff: cd $WORK/<module> && $MUTMUT show <id>"
 } >>"$SUMMARY"
