@@ -9,7 +9,9 @@ per second), scale (2 daemons with SO_REUSEPORT), baseline (websockets +
 aio-pika bridge), floor (plain TCP sockets); the ranger dialect's public
 fan-out (L{bench.public}): public (one market's ob-inc to 1, 100, 1,000 and
 10,000 subscribers, and its floor), tickers (global.tickers to 15,000),
-replay (a new ob-inc subscriber with 1,000 stored increments).
+replay (a new ob-inc subscriber with 1,000 stored increments); storm
+(1,000 / 5,000 / 15,000 authenticated clients, the daemon restarted, every
+client back at once: L{bench.storm}).
 
 Results also go to bench/results/<date>.json (and the profiles, with
 C{--profile}, next to it), with PNG charts beside it (<date>-<chart>.png;
@@ -27,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import charts, public
+from bench import charts, public, storm
 from bench.scenarios import Bench, Options
 from bench.sysinfo import machine
 from bench.workers import event_loop_name, raise_nofile
@@ -47,6 +49,7 @@ SCENARIOS = (
     "public",
     "tickers",
     "replay",
+    "storm",
 )
 
 
@@ -68,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-sizes", help="subscriber counts of the public ob-inc scenario, comma-separated (1,100,1000,10000)"
     )
     p.add_argument("--tickers-connections", type=int, help="subscribers of global.tickers in the tickers scenario")
+    p.add_argument("--storm-sizes", help="clients of the storm scenario, comma-separated (1000,5000,15000)")
     p.add_argument(
         "--daemon-env",
         action="append",
@@ -134,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, run in (("replay", public.replay), ("public", public.obinc), ("tickers", public.tickers)):
         if name in chosen:
             steps.append((name, functools.partial(run, bench)))
+    if "storm" in chosen:
+        sizes = [int(x) for x in args.storm_sizes.split(",")] if args.storm_sizes else None
+        steps.append(("storm", functools.partial(storm.bench_step, bench, args.quick, sizes)))
     failed = []
     for name, step in steps:
         try:
@@ -447,6 +454,8 @@ def render(info: dict[str, str], res: dict[str, Any], notes: list[str], elapsed:
             + ("; public: 10,000 ob-inc subscribers, 25 increments per read" if pub else ""),
         )
     _public_rows(res, row)
+    for what, goal, value, met, note in storm.rows(res.get("storm", [])):
+        row(what, goal, value, met, note)
     lines = [
         f"peatio-ws benchmark, {info['date']}: {info['nproc']} x {info['cpu']}, {info['memory']}, "
         f"Linux {info['kernel']}; Python {info['python']}, Twisted {info['twisted']}, Autobahn {info['autobahn']}, "

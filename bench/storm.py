@@ -1,0 +1,1596 @@
+"""
+The reconnect storm (issue 18): N authenticated clients on one daemon, the
+daemon restarted, every client back at once.
+
+C{python -m bench.storm [--quick] [--sizes 1000,5000,15000] [--policies none,jitter] [--paces 0,500]}
+(C{python -m bench storm} runs it with the other scenarios).
+
+For each size N:
+
+ 1. N members, one connection each, pre-signed RS256 tokens, connected
+    calmly (100 handshakes in flight per client process) to the real
+    C{twistd -n peatio-ws} (L{tests.support.daemon.DaemonProcess}), every
+    binding in place;
+ 2. a publisher sends private events round-robin over the N members at a
+    steady rate, each stamped with the clock (L{bench.events});
+ 3. the daemon gets SIGTERM (its clients get 1001); once it has exited, a
+    new one is started on the same port, with the same exchange and key
+    (and C{WEBSOCKET_NEW_CONNECTIONS_PER_SECOND} as the run asks);
+ 4. every client reconnects by itself, by one of two policies:
+    - C{none}: at once after the 1001, and a failed attempt (refused while
+      no daemon listens, HTTP 503, reset) again after a fixed C{--retry}
+      (0.5 s: no growth, no jitter);
+    - C{jitter}: what docs/protocol.md section 6 and examples/client.js do:
+      after a 1001 a delay uniform in 0-5 s; after a failed attempt full
+      jitter, C{uniform(0, min(30 s, 1 s x 2^attempt))}, the attempt count
+      growing (like a browser, it does not see a 503's Retry-After);
+ 5. until every member is authenticated again and bound, then 2 s more.
+
+Figures per storm: the time from the SIGTERM (and from the new daemon's
+readiness) until all are re-authenticated; attempts and their failures; the
+events published meanwhile (published while the member was authenticated,
+on the old connection or the new one: owed; lost? late, over 1 s? latency
+p50/p99); the daemon CPU per connection life, from /proc of the daemon
+PIDs started here: the old daemon's CPU from its SIGTERM to its exit (its
+exact total from wait4) plus the new one's from its start until all are
+bound, less its start-up cost (measured on a daemon started with no
+client), divided by N ("gross"); "net" also takes off what the new daemon
+burns per second once the storm is over (events, pings) for the storm's
+duration. With C{--profile}, py-spy samples the new daemon from its
+readiness until all are bound; the samples are grouped as upgrade parsing,
+JWT, Redis check, binding, logging, metrics, ...
+
+Results go to bench/results/<date>-storm.json. All processes started here
+are stopped by their PID; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, cast
+
+from bench.events import MESSAGE_PREFIX, SEQ_AT, TS_GAP
+from bench.workers import Worker, call_all, event_loop_name, raise_nofile
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: Client policies (see the module's docstring).
+POLICIES = ("none", "jitter")
+#: After a 1001, the delay docs/protocol.md recommends: uniform in 0..RESTART_SPREAD seconds.
+RESTART_SPREAD = 5.0
+#: Full-jitter backoff after a failed attempt (docs/protocol.md, examples/client.js).
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 30.0
+#: Latency past which an event counts as late (the issue's goal: p99 under 1 s).
+LATE_NS = 1_000_000_000
+
+_HANDSHAKE, _AUTH, _OPEN, _DONE = 0, 1, 2, 3
+
+
+# ---------------------------------------------------------------------------
+# The clients (in worker processes)
+
+
+class Member:
+    """One member and its one connection, across reconnects."""
+
+    __slots__ = (
+        "attempt_n",
+        "attempts",
+        "back_ns",
+        "code",
+        "conn",
+        "down_ns",
+        "index",
+        "last_seq",
+        "token",
+        "uid",
+        "up",
+        "waiter",
+    )
+
+    def __init__(self, index: int, uid: str, token: str) -> None:
+        self.index = index
+        self.uid = uid
+        self.token = token
+        self.conn: StormConnection | None = None
+        #: Authenticated right now.
+        self.up = False
+        #: In the storm: when the server closed its connection, with what code, and when it was authenticated again.
+        self.down_ns = 0
+        self.code = 0
+        self.back_ns = 0
+        #: Attempts in the storm, and the backoff's exponent.
+        self.attempts = 0
+        self.attempt_n = 0
+        self.last_seq = 0
+        #: The calm connect waits on this (True: authenticated).
+        self.waiter: asyncio.Future[bool] | None = None
+
+
+class StormPool:
+    """The members of one client process, their reconnect policy, and the events they receive."""
+
+    def __init__(self, host: str, port: int, attempt_timeout: float = 30.0) -> None:
+        self.host = host
+        self.port = port
+        self.attempt_timeout = attempt_timeout
+        self.members: list[Member] = []
+        self.request = b""
+        self.armed = False
+        self.policy = "jitter"
+        self.retry = 0.5
+        self.rng = random.Random()
+        self.failures: Counter[str] = Counter()
+        self.back = 0
+        self.attempt_times: array[int] = array("q")
+        # Events received: member index, seq, publish time, receipt time.
+        self.ev_member: array[int] = array("q")
+        self.ev_seq: array[int] = array("q")
+        self.ev_ts: array[int] = array("q")
+        self.ev_recv: array[int] = array("q")
+        self.order_errors = 0
+        self.pending: set[asyncio.Task[None]] = set()
+        #: In the storm: the first attempt that got a TCP connection (the new daemon listens).
+        self.first_tcp_ns = 0
+        self.stopped = False
+
+    # -- attempts ----------------------------------------------------------------
+
+    def start(self, m: Member) -> None:
+        if self.stopped:
+            return
+        task = asyncio.get_running_loop().create_task(self._attempt(m))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _attempt(self, m: Member) -> None:
+        m.attempts += 1
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: StormConnection(self, m), self.host, self.port), self.attempt_timeout
+            )
+        except ConnectionRefusedError:
+            self.failed(m, "refused")
+        except ConnectionResetError:
+            self.failed(m, "reset at connect")
+        except TimeoutError:
+            self.failed(m, "connect timeout")
+        except OSError as e:
+            self.failed(m, f"OSError {e.errno}")
+
+    def authenticated(self, m: Member, now: int) -> None:
+        m.up = True
+        if m.waiter is not None and not m.waiter.done():
+            m.waiter.set_result(True)
+        if self.armed and m.down_ns and not m.back_ns:
+            m.back_ns = now
+            self.back += 1
+
+    def failed(self, m: Member, kind: str) -> None:
+        """An attempt that did not get to authentication."""
+        m.conn = None
+        self.failures[kind] += 1
+        if m.waiter is not None and not m.waiter.done():
+            m.waiter.set_result(False)
+            return
+        if not self.armed:
+            return
+        if self.policy == "none":
+            delay = self.retry
+        else:
+            delay = self.rng.uniform(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2**m.attempt_n))
+            m.attempt_n += 1
+        asyncio.get_running_loop().call_later(delay, self.start, m)
+
+    def closed(self, m: Member, code: int, now: int) -> None:
+        """The server closed (or lost) an authenticated connection."""
+        m.conn = None
+        m.up = False
+        if not self.armed:
+            return
+        if not m.down_ns:
+            m.down_ns = now
+            m.code = code
+        if self.policy == "none":
+            delay = 0.0
+        elif code == 1001:
+            delay = self.rng.uniform(0.0, RESTART_SPREAD)
+        else:
+            delay = self.rng.uniform(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2**m.attempt_n))
+            m.attempt_n += 1
+        if m.back_ns:  # closed again after it was back: it must come back again
+            self.back -= 1
+            m.back_ns = 0
+        asyncio.get_running_loop().call_later(delay, self.start, m)
+
+    # -- commands ------------------------------------------------------------------
+
+    async def open(self, concurrency: int, rounds: int = 3) -> dict[str, Any]:
+        """The calm connect: every member once, C{concurrency} at a time (failures tried again, C{rounds} in all)."""
+        self.request = _upgrade_request(self.host, self.port)
+        loop = asyncio.get_running_loop()
+        sem = asyncio.Semaphore(concurrency)
+        t0 = time.monotonic()
+
+        async def one(m: Member) -> None:
+            async with sem:
+                m.waiter = loop.create_future()
+                self.start(m)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(m.waiter), self.attempt_timeout + 5)
+                m.waiter = None
+
+        for _ in range(rounds):
+            todo = [m for m in self.members if not m.up]
+            if not todo:
+                break
+            await asyncio.gather(*(one(m) for m in todo))
+        return {
+            "opened": sum(1 for m in self.members if m.up),
+            "seconds": time.monotonic() - t0,
+            "failures": dict(self.failures),
+        }
+
+    def arm(self, policy: str, retry: float, seed: int) -> None:
+        """From now on a close brings the member back by C{policy}; storm figures start afresh."""
+        self.policy = policy
+        self.retry = retry
+        self.rng = random.Random(seed)
+        self.failures = Counter()
+        self.back = 0
+        self.first_tcp_ns = 0
+        for m in self.members:
+            m.down_ns = m.back_ns = m.code = m.attempts = m.attempt_n = m.last_seq = 0
+        self.reset_events()
+        self.armed = True
+
+    def reset_events(self) -> None:
+        for a in (self.ev_member, self.ev_seq, self.ev_ts, self.ev_recv):
+            del a[:]
+        self.order_errors = 0
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "members": len(self.members),
+            "up": sum(1 for m in self.members if m.up),
+            "down": sum(1 for m in self.members if m.down_ns),
+            "back": self.back,
+            "attempts": sum(m.attempts for m in self.members),
+        }
+
+    def report(self) -> dict[str, Any]:
+        ms = self.members
+        return {
+            "index": array("q", [m.index for m in ms]).tobytes(),
+            "down_ns": array("q", [m.down_ns for m in ms]).tobytes(),
+            "back_ns": array("q", [m.back_ns for m in ms]).tobytes(),
+            "codes": dict(Counter(m.code for m in ms if m.down_ns)),
+            "attempts": array("q", [m.attempts for m in ms]).tobytes(),
+            "failures": dict(self.failures),
+            "ev_member": self.ev_member.tobytes(),
+            "ev_seq": self.ev_seq.tobytes(),
+            "ev_ts": self.ev_ts.tobytes(),
+            "ev_recv": self.ev_recv.tobytes(),
+            "order_errors": self.order_errors,
+            "first_tcp_ns": self.first_tcp_ns,
+        }
+
+    def close(self) -> None:
+        self.armed = False
+        self.stopped = True
+        for task in self.pending:
+            task.cancel()
+        for m in self.members:
+            if m.conn is not None:
+                m.conn.close()
+
+
+def _upgrade_request(host: str, port: int) -> bytes:
+    # One request for all: the key's only use is the accept hash (RFC 6455 4.1: "randomly selected" per
+    # connection; the server cannot tell, and it spares the clients os.urandom per attempt).
+    from peatio_ws.testing import frames
+
+    return frames.upgrade_request("/", f"{host}:{port}")
+
+
+class StormConnection(asyncio.Protocol):
+    """One attempt of one member: upgrade, challenge, token, then events until the server closes."""
+
+    def __init__(self, pool: StormPool, member: Member) -> None:
+        self.pool = pool
+        self.m = member
+        self.transport: asyncio.Transport | None = None
+        self.phase = _HANDSHAKE
+        self.buf = b""
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = t = cast(asyncio.Transport, transport)
+        self.m.conn = self
+        pool = self.pool
+        if pool.armed and self.m.down_ns and not pool.first_tcp_ns:
+            pool.first_tcp_ns = time.monotonic_ns()
+        t.write(pool.request)
+        self.timer = asyncio.get_running_loop().call_later(self.pool.attempt_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.phase in (_HANDSHAKE, _AUTH):
+            self._fail("timeout before auth")
+
+    def _fail(self, kind: str) -> None:
+        if self.phase == _DONE:
+            return
+        self.phase = _DONE
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.transport is not None:
+            self.transport.abort()
+        self.pool.failed(self.m, kind)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.phase == _OPEN:
+            self.phase = _DONE
+            self.pool.closed(self.m, 1006, time.monotonic_ns())
+        elif self.phase != _DONE:
+            self._fail("lost before 101" if self.phase == _HANDSHAKE else "lost before auth")
+
+    def data_received(self, data: bytes) -> None:
+        from peatio_ws.testing.frames import CLOSE, PING, PONG, close_code, frame_at
+
+        now = time.monotonic_ns()
+        if self.buf:
+            data = self.buf + data
+            self.buf = b""
+        pos = 0
+        if self.phase == _HANDSHAKE:
+            i = data.find(b"\r\n\r\n")
+            if i < 0:
+                self.buf = data
+                return
+            status = data[: data.find(b"\r\n")].split(b" ", 2)
+            if len(status) < 2 or status[1] != b"101":
+                self._fail(f"HTTP {status[1].decode('latin-1') if len(status) > 1 else '?'}")
+                return
+            pos = i + 4
+            self.phase = _AUTH
+        transport = self.transport
+        assert transport is not None
+        pool = self.pool
+        m = self.m
+        while (found := frame_at(data, pos)) is not None:
+            first, start, end = found
+            opcode = first & 0x0F
+            if opcode == 1 and self.phase == _OPEN and data.startswith(MESSAGE_PREFIX, start):
+                s = start + SEQ_AT
+                e = data.index(b",", s, end)
+                seq = int(data[s:e])
+                t = e + TS_GAP
+                ts = int(data[t : data.index(b",", t, end)])
+                if seq <= m.last_seq:
+                    pool.order_errors += 1
+                m.last_seq = seq
+                pool.ev_member.append(m.index)
+                pool.ev_seq.append(seq)
+                pool.ev_ts.append(ts)
+                pool.ev_recv.append(now)
+            elif opcode == 1 and self.phase == _AUTH:
+                payload = data[start:end]
+                if payload.startswith(b'{"challenge":'):
+                    transport.write(_client_frame(b'{"jwt":"Bearer ' + m.token.encode() + b'"}'))
+                elif payload.startswith(b'{"success":'):
+                    self.phase = _OPEN
+                    if self.timer is not None:
+                        self.timer.cancel()
+                        self.timer = None
+                    pool.authenticated(m, now)
+                else:
+                    self._fail("auth refused")
+                    return
+            elif opcode == PING:
+                transport.write(_client_frame(data[start:end], PONG))
+            elif opcode == CLOSE:
+                code = close_code(data[start:end]) or 1005
+                transport.write(_client_frame(data[start : start + 2], CLOSE))
+                transport.close()
+                if self.phase == _OPEN:
+                    self.phase = _DONE
+                    pool.closed(m, code, now)
+                else:
+                    self._fail(f"close {code} before auth")
+                return
+            pos = end
+        if pos < len(data):
+            self.buf = data[pos:]
+
+    def close(self) -> None:
+        """A clean close from our side (the run is over)."""
+        if self.transport is not None and self.phase != _DONE:
+            from peatio_ws.testing.frames import CLOSE, close_payload
+
+            self.phase = _DONE
+            self.transport.write(_client_frame(close_payload(1000), CLOSE))
+            self.transport.close()
+
+
+def _client_frame(payload: bytes, opcode: int = 1) -> bytes:
+    from peatio_ws.testing.frames import ZERO_MASK, client_frame
+
+    return client_frame(payload, opcode, mask=ZERO_MASK)
+
+
+def storm_client_main(conn: Connection) -> None:
+    """A client worker process (L{bench.workers.Worker} target)."""
+    raise_nofile()
+    if event_loop_name() == "uvloop":
+        import uvloop
+
+        uvloop.run(_client_loop(conn))
+    else:
+        asyncio.run(_client_loop(conn))
+
+
+async def _client_loop(conn: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    state: dict[str, Any] = {}
+    commands: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+
+    def readable() -> None:
+        # uvloop made the pipe non-blocking when it started watching it: a message longer than one
+        # read (a member list) would fail half-read. The coordinator writes each one whole at once.
+        os.set_blocking(conn.fileno(), True)
+        try:
+            while conn.poll():
+                commands.put_nowait(conn.recv())
+        except EOFError:
+            loop.remove_reader(conn.fileno())
+            commands.put_nowait(None)
+
+    loop.add_reader(conn.fileno(), readable)
+
+    def pool() -> StormPool:
+        return cast(StormPool, state["pool"])
+
+    async def prepare(key_pem: bytes, members: list[tuple[int, str]], host: str, port: int) -> dict[str, Any]:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        from peatio_ws.testing import make_token
+
+        key: Any = load_pem_private_key(key_pem, password=None)
+        t = time.monotonic()
+        p = StormPool(host, port)
+        p.members = [
+            Member(i, uid, make_token(key, uid=uid, lifetime=3 * 3600, email=f"{uid.lower()}@bench.invalid"))
+            for i, uid in members
+        ]
+        state["pool"] = p
+        return {"tokens": len(p.members), "seconds": time.monotonic() - t}
+
+    async def open_(concurrency: int) -> dict[str, Any]:
+        return await pool().open(concurrency)
+
+    async def arm(policy: str, retry: float, seed: int) -> dict[str, Any]:
+        pool().arm(policy, retry, seed)
+        return {"ok": True}
+
+    async def status() -> dict[str, Any]:
+        return pool().status()
+
+    async def report() -> dict[str, Any]:
+        return pool().report()
+
+    async def close() -> dict[str, Any]:
+        p = state.get("pool")
+        if p is not None:
+            p.close()
+        await asyncio.sleep(0.2)
+        return {"ok": True}
+
+    handlers: dict[str, Callable[..., Any]] = {
+        "prepare": prepare,
+        "open": open_,
+        "arm": arm,
+        "status": status,
+        "report": report,
+        "close": close,
+    }
+    while True:
+        item = await commands.get()
+        if item is None or item[0] == "exit":
+            p = state.get("pool")
+            if p is not None:
+                p.close()
+            return
+        cmd, args = item
+        try:
+            result = await handlers[cmd](**args)
+        except Exception as e:
+            result = {"error": f"{cmd}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"}
+        os.set_blocking(conn.fileno(), True)  # (uvloop made it non-blocking; see bench.workers)
+        conn.send(result)
+
+
+# ---------------------------------------------------------------------------
+# The publisher (a worker process): a steady rate until told to stop
+
+
+def storm_publisher_main(conn: Connection) -> None:
+    from bench import amqpub, events
+
+    pub: amqpub.Publisher | None = None
+    while True:
+        try:
+            cmd, args = conn.recv()
+        except EOFError:
+            return
+        if cmd == "exit":
+            return
+        try:
+            if cmd == "connect":
+                pub = amqpub.Publisher()
+                reply: dict[str, Any] = {"ok": True}
+            elif cmd == "run":
+                assert pub is not None
+                reply = _publish_until_stopped(conn, pub, events, **args)
+            elif cmd == "close":
+                if pub is not None:
+                    pub.close()
+                pub = None
+                reply = {"ok": True}
+            else:
+                reply = {"error": f"unknown command {cmd}"}
+        except Exception as e:
+            reply = {"error": f"{cmd}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"}
+        conn.send(reply)
+
+
+def _publish_until_stopped(
+    conn: Connection, pub: Any, events: Any, exchange: str, uids: list[str], rate: float, max_seconds: float
+) -> dict[str, Any]:
+    """
+    Events round-robin over C{uids} (event i: member i % N, its seq i // N + 1)
+    at C{rate} per second until a C{stop} arrives (or C{max_seconds}); the
+    publish time of every event (the C{ts} it carries).
+    """
+    ex = exchange.encode()
+    keys = [f"private.{uid}.{events.EVENT}".encode() for uid in uids]
+    n = len(uids)
+    stamps: array[int] = array("q")
+    make, body = pub.message, events.body
+    t0 = time.monotonic()
+    sent = 0
+    late = 0.0
+    while time.monotonic() - t0 < max_seconds:
+        if conn.poll():
+            cmd, _ = conn.recv()
+            if cmd == "stop":
+                break
+        now = time.monotonic()
+        due = int((now - t0) * rate) + 1
+        if due > sent:
+            late = max(late, (now - t0) - sent / rate)
+            parts = []
+            for i in range(sent, due):
+                ts = time.monotonic_ns()
+                stamps.append(ts)
+                parts.append(make(ex, keys[i % n], body(i // n + 1, i, ts)))
+            pub.sock.sendall(b"".join(parts))
+            sent = due
+        else:
+            time.sleep(max(0.0, min(0.002, t0 + sent / rate - now)))
+    t1 = time.monotonic()
+    pub.sync()
+    return {"t0": t0, "t1": t1, "sent": sent, "max_late": late, "stamps": stamps.tobytes()}
+
+
+# ---------------------------------------------------------------------------
+# The coordinator
+
+
+@dataclass
+class StormOptions:
+    sizes: tuple[int, ...] = (1000, 5000, 15_000)
+    policies: tuple[str, ...] = POLICIES
+    #: WEBSOCKET_NEW_CONNECTIONS_PER_SECOND of the restarted daemon, one storm each (0: off).
+    paces: tuple[int, ...] = (0, 500)
+    #: Private events per second, round-robin over the members, through each storm.
+    rate: float = 2000.0
+    #: Policy C{none}: the fixed delay before a failed attempt is tried again.
+    retry: float = 0.5
+    client_procs: int = 2
+    concurrency: int = 100
+    #: A storm not absorbed by then is cut short (its figures say how many came back).
+    deadline: float = 150.0
+    #: Publishing before the SIGTERM, and the steady window after all are bound.
+    before: float = 1.0
+    after: float = 2.0
+    profile: bool = False
+    verbose: bool = False
+    daemon_env: dict[str, str] = field(default_factory=dict)
+
+    def quick(self) -> StormOptions:
+        return dataclasses.replace(self, sizes=(1000,), daemon_env=dict(self.daemon_env))
+
+
+def _ns() -> int:
+    return time.monotonic_ns()
+
+
+def _cpu(pid: int) -> float:
+    from tests.support.probes import cpu_seconds
+
+    return cpu_seconds(pid)
+
+
+def _listen_overflows() -> tuple[int, int]:
+    """TcpExt ListenOverflows and ListenDrops (machine-wide): connections the accept queue had no room for."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            d = dict(zip(names.split()[1:], (int(v) for v in values.split()[1:]), strict=False))
+            return d.get("ListenOverflows", 0), d.get("ListenDrops", 0)
+    return 0, 0
+
+
+def percentiles_ms(values_ns: Sequence[int]) -> dict[str, float]:
+    if not values_ns:
+        return {"n": 0}
+    v = sorted(values_ns)
+    n = len(v)
+
+    def at(q: float) -> float:
+        return v[min(n - 1, int(q * (n - 1) + 0.5))] / 1e6
+
+    return {"n": n, "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": v[-1] / 1e6}
+
+
+def analyse_events(
+    n_members: int,
+    stamps: Sequence[int],
+    down_ns: Sequence[int],
+    back_ns: Sequence[int],
+    received: Sequence[tuple[int, int, int, int]],
+    t_term: int,
+    t_all: int,
+    t_bound: int,
+    t_up: int = 0,
+    bin_ns: int = 500_000_000,
+) -> dict[str, Any]:
+    """
+    The events of one storm. Event i went to member i % N with seq i // N + 1,
+    published at C{stamps[i]}. Owed: published before the SIGTERM (C{before}),
+    or after the member was authenticated again (C{after}; those published
+    before C{t_all}, while others were still reconnecting, are the storm's:
+    C{during}). Published in between (the member had no authenticated
+    connection): C{gap}, not owed (no replay: docs/protocol.md, section 5).
+    C{received}: (member, seq, ts, receipt) per event frame. C{timeline}:
+    per C{bin_ns} of publish time from C{t_up} (the new daemon ready), the
+    owed events published, delivered, over 100 ms, and their worst latency.
+    """
+    n = len(stamps)
+    got = bytearray(n)
+    latency = [0] * n
+    unknown = 0
+    for member, seq, ts, recv in received:
+        i = (seq - 1) * n_members + member
+        if not 0 <= i < n or stamps[i] != ts:
+            unknown += 1
+            continue
+        got[i] = 1
+        latency[i] = recv - ts
+    classes: dict[str, Any] = {}
+    lat: dict[str, list[int]] = {"before": [], "after": [], "during": [], "gap": []}
+    counts = {k: [0, 0] for k in lat}  # published, delivered
+    lost_after_success: list[int] = []  # ns after the member's success
+    lost_after_bound = 0
+    bins: dict[int, list[int]] = {}
+    for i in range(n):
+        j = i % n_members
+        ts = stamps[i]
+        back = back_ns[j]
+        keys: tuple[str, ...]
+        if ts < t_term:
+            keys = ("before",)
+        elif back and ts >= back:
+            keys = ("after", "during") if ts < t_all else ("after",)
+        else:
+            keys = ("gap",)
+        for k in keys:
+            counts[k][0] += 1
+            if got[i]:
+                counts[k][1] += 1
+                lat[k].append(latency[i])
+        if keys[0] != "gap":
+            b = bins.setdefault((ts - t_up) // bin_ns, [0, 0, 0, 0])
+            b[0] += 1
+            if got[i]:
+                b[1] += 1
+                b[2] += latency[i] > 100_000_000
+                b[3] = max(b[3], latency[i])
+        if keys[0] == "after" and not got[i]:
+            lost_after_success.append(ts - back)
+            if ts >= t_bound:
+                lost_after_bound += 1
+    for k, (published, delivered) in counts.items():
+        c: dict[str, Any] = {"published": published, "delivered": delivered, "latency": percentiles_ms(lat[k])}
+        if k != "gap":
+            c["lost"] = published - delivered
+            c["late"] = sum(1 for x in lat[k] if x > LATE_NS)
+        classes[k] = c
+    lost_after_success.sort()
+    classes["after"]["lost_after_bound"] = lost_after_bound
+    classes["after"]["lost_ms_after_success"] = percentiles_ms(lost_after_success)
+    classes["unknown_frames"] = {"n": unknown}
+    classes["timeline"] = [
+        {"from_up_s": k * bin_ns / 1e9, "owed": b[0], "delivered": b[1], "over_100ms": b[2], "max_ms": b[3] / 1e6}
+        for k, b in sorted(bins.items())
+    ]
+    return classes
+
+
+class Storms:
+    """One run of the storm scenario: the key, the figures, the output."""
+
+    def __init__(self, o: StormOptions, log: Callable[[str], None] | None = None) -> None:
+        from peatio_ws.testing import generate_rsa_key, private_key_pem, public_key_b64
+
+        self.o = o
+        key = generate_rsa_key()
+        self.key_pem = private_key_pem(key).encode()
+        self.public_key = public_key_b64(key)
+        self.results: list[dict[str, Any]] = []
+        self.profiles: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self._log = log
+
+    def log(self, text: str) -> None:
+        if self._log is not None:
+            self._log(text)
+        else:
+            print(f"[{time.strftime('%H:%M:%S')}] storm: {text}", flush=True)
+
+    # -- what it starts ----------------------------------------------------------
+
+    def _daemon(self, port: int, exchange: str, pace: int) -> Any:
+        from tests.support.daemon import DaemonProcess
+
+        env = {
+            "JWT_PUBLIC_KEY": self.public_key,
+            **self.o.daemon_env,
+            "WEBSOCKET_NEW_CONNECTIONS_PER_SECOND": str(pace),
+        }
+        return DaemonProcess(env=env, port=port, exchange=exchange)
+
+    @contextlib.contextmanager
+    def _workers(self, n: int) -> Iterator[list[Worker]]:
+        workers = [Worker(f"storm-clients-{i}", storm_client_main) for i in range(n)]
+        try:
+            yield workers
+        finally:
+            for w in workers:
+                with contextlib.suppress(Exception):
+                    w.call("close", wait=30)
+                w.stop()
+
+    @contextlib.contextmanager
+    def _publisher(self) -> Iterator[Worker]:
+        w = Worker("storm-publisher", storm_publisher_main)
+        try:
+            w.call("connect", wait=30)
+            yield w
+        finally:
+            with contextlib.suppress(Exception):
+                w.call("close", wait=10)
+            w.stop()
+
+    # -- the scenario ----------------------------------------------------------------
+
+    def run(self) -> list[dict[str, Any]]:
+        for n in self.o.sizes:
+            try:
+                self.size(n)
+            except Exception as e:
+                self.notes.append(f"storm N={n} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                self.log(f"N={n} FAILED:\n{traceback.format_exc()}")
+        return self.results
+
+    def size(self, n: int) -> None:
+        o = self.o
+        raise_nofile()
+        uids = [f"SR{n // 1000}K{i:05d}" for i in range(n)]
+        exchange = f"peatio-ws-bench.{uuid.uuid4().hex[:12]}"
+        from tests.support.daemon import free_port
+
+        port = free_port()
+        storms = [(policy, pace) for pace in o.paces for policy in o.policies]
+        self.log(f"N={n:,}: {len(storms)} storms ({', '.join(f'{p}/pace {r}' for p, r in storms)})")
+        with self._workers(o.client_procs) as workers, self._publisher() as pub:
+            w = len(workers)
+            t = time.monotonic()
+            call_all(
+                workers,
+                "prepare",
+                600,
+                [{"members": [(i, uids[i]) for i in range(k, n, w)]} for k in range(w)],
+                key_pem=self.key_pem,
+                host="127.0.0.1",
+                port=port,
+            )
+            self.log(f"N={n:,}: {n:,} tokens signed in {time.monotonic() - t:.1f} s")
+            daemon = self._daemon(port, exchange, storms[0][1])
+            #: The daemon running now (L{storm} replaces it): the one to stop, whatever happens.
+            current = [daemon]
+            try:
+                daemon.start(timeout=60)
+                startup_cpu = _cpu(daemon.pid)
+                cpu0 = startup_cpu
+                t0 = time.monotonic()
+                replies = call_all(workers, "open", 600, concurrency=o.concurrency)
+                opened = sum(r["opened"] for r in replies)
+                connect_s = time.monotonic() - t0
+                if opened < n:
+                    raise RuntimeError(f"only {opened} of {n} connected: {[r['failures'] for r in replies]}")
+                bound_s = self._wait_bound(daemon, n, 180)
+                calm = {
+                    "connections": n,
+                    "seconds": connect_s,
+                    "rate": n / connect_s,
+                    "bound_s": bound_s,
+                    "daemon_us_per_connection": 1e6 * (_cpu(daemon.pid) - cpu0) / n,
+                    "startup_cpu_s": startup_cpu,
+                }
+                self.log(
+                    f"N={n:,}: connected calmly in {connect_s:.1f} s ({n / connect_s:,.0f}/s), all bound "
+                    f"{bound_s:.1f} s later; daemon {calm['daemon_us_per_connection']:.0f} µs CPU per connection "
+                    f"(incl. binding); its start-up {startup_cpu:.2f} s CPU"
+                )
+                for k, (policy, pace) in enumerate(storms):
+                    r = self.storm(n, uids, workers, pub, current, port, exchange, policy, pace, startup_cpu, k)
+                    r["calm_connect"] = calm
+                    self.results.append(r)
+                    self.log(summary_line(r))
+            finally:
+                current[0].cleanup()
+
+    def _wait_bound(self, daemon: Any, n: int, timeout: float) -> float:
+        from tests.support.probes import metric
+
+        t = time.monotonic()
+        while time.monotonic() - t < timeout:
+            with contextlib.suppress(OSError):
+                if metric(daemon.metrics(), "peatio_ws_rabbitmq_bindings") >= n:
+                    return time.monotonic() - t
+            time.sleep(0.1)
+        raise RuntimeError(f"the {n} bindings not in place after {timeout:.0f} s")
+
+    def storm(
+        self,
+        n: int,
+        uids: list[str],
+        workers: list[Worker],
+        pub: Worker,
+        current: list[Any],
+        port: int,
+        exchange: str,
+        policy: str,
+        pace: int,
+        startup_cpu: float,
+        k: int,
+    ) -> dict[str, Any]:
+        """One restart of C{current[0]} under C{n} clients: its figures; C{current[0]} is then the new daemon."""
+        from bench.sysinfo import CpuMeter, busy_now, rabbitmq_pids
+        from tests.support.probes import metric
+
+        o = self.o
+        label = f"N={n:,} {policy} pace={pace}"
+        busy, top = busy_now(1.0)
+        load = os.getloadavg()
+        call_all(workers, "arm", 30, policy=policy, retry=o.retry, seed=1000 * n + k)
+        pub.send("run", exchange=exchange, uids=uids, rate=o.rate, max_seconds=o.deadline + 180)
+        time.sleep(o.before)
+        groups = {"clients": [x.pid for x in workers], "rabbitmq": rabbitmq_pids(), "publisher": [pub.pid]}
+        meter = CpuMeter(groups).start()
+        overflows0 = _listen_overflows()
+        old = current[0]
+        cpu_old0 = _cpu(old.pid)
+        t_term = _ns()
+        t_term_wall = time.time()
+        assert old.process is not None
+        old.process.send_signal(signal.SIGTERM)
+        cpu_old = _reap(old)
+        old_status = old.process.returncode
+        t_exit = _ns()
+        old_problems = _log_problems(old)
+        old_timeline = _log_timeline(old, t_term_wall)
+        old.cleanup()
+        # The new daemon starts in a thread (its /health waits behind the storm), so that the
+        # profiler can follow it from its first moments and the clients can be watched meanwhile.
+        new = current[0] = self._daemon(port, exchange, pace)
+        t_spawn = _ns()
+        started: list[Any] = []
+
+        def start() -> None:
+            try:
+                new.start(timeout=o.deadline)
+                started.append(_ns())
+            except Exception as e:
+                started.append(e)
+
+        starter = threading.Thread(target=start, name="storm-daemon-start", daemon=True)
+        starter.start()
+        profiler = None
+        if o.profile:
+            until = time.monotonic() + 10
+            while new.process is None and time.monotonic() < until:
+                time.sleep(0.005)
+            if new.process is not None:
+                profiler = _SpyUntilStopped(new.pid, RESULTS / f"{self.stamp}-storm-{n}-{policy}-{pace}.txt")
+        # Until every member is back (the clients say), then until every binding is in place
+        # (/metrics, read only then: a scrape costs the daemon CPU).
+        deadline = time.monotonic() + o.deadline
+        back = 0
+        t_bound = 0
+        timeline: list[tuple[float, int]] = []
+        while time.monotonic() < deadline:
+            if started and isinstance(started[0], Exception):
+                raise started[0]
+            if back < n:
+                st = call_all(workers, "status", 30)
+                back = sum(s["back"] for s in st)
+                timeline.append((round((_ns() - t_term) / 1e9, 2), back))
+                if back < n:
+                    time.sleep(0.2)
+                continue
+            bindings = 0.0
+            with contextlib.suppress(OSError):
+                bindings = metric(new.metrics(), "peatio_ws_rabbitmq_bindings")
+            if bindings >= n:
+                t_bound = _ns()
+                break
+            time.sleep(0.05)
+        cpu_bound = _cpu(new.pid)
+        t_done = _ns()
+        profile = profiler.stop() if profiler is not None else None
+        starter.join(max(1.0, deadline - time.monotonic()))
+        t_up = started[0] if started and isinstance(started[0], int) else 0
+        time.sleep(o.after)
+        cpu_after = _cpu(new.pid)
+        steady_rate = (cpu_after - cpu_bound) / ((_ns() - t_done) / 1e9)
+        pub.send("stop")
+        published = pub.recv(60)
+        time.sleep(1.0)
+        cpu = meter.stop()
+        overflows1 = _listen_overflows()
+        reports = call_all(workers, "report", 120)
+        metrics_text = ""
+        with contextlib.suppress(OSError):
+            metrics_text = new.metrics()
+        rejected = {
+            reason: metric(metrics_text, "peatio_ws_connections_rejected_total", reason=reason)
+            for reason in ("pace", "handshake_limit", "per_ip_limit", "connection_limit")
+        }
+        # Per member (by global index): when it went down and came back, and its attempts.
+        down = [0] * n
+        backs = [0] * n
+        attempts = [0] * n
+        failures: Counter[str] = Counter()
+        codes: Counter[int] = Counter()
+        received: list[tuple[int, int, int, int]] = []
+        order_errors = 0
+        first_tcp = [rep["first_tcp_ns"] for rep in reports if rep["first_tcp_ns"]]
+        for rep in reports:
+            idx = array("q", rep["index"])
+            for a, target in ((rep["down_ns"], down), (rep["back_ns"], backs), (rep["attempts"], attempts)):
+                for i, v in zip(idx, array("q", a), strict=True):
+                    target[i] = v
+            failures.update(rep["failures"])
+            codes.update({int(c): v for c, v in rep["codes"].items()})
+            received.extend(
+                zip(
+                    array("q", rep["ev_member"]),
+                    array("q", rep["ev_seq"]),
+                    array("q", rep["ev_ts"]),
+                    array("q", rep["ev_recv"]),
+                    strict=True,
+                )
+            )
+            order_errors += rep["order_errors"]
+        came_back = sorted(b for b in backs if b)
+        t_all = came_back[-1] if came_back else 0
+        t_first = came_back[0] if came_back else 0
+        #: When the new daemon was listening: the first TCP connect of an attempt to it (the clients').
+        t_listen = min(first_tcp) if first_tcp else t_first
+        stamps = array("q", published["stamps"])
+        ev = analyse_events(
+            n, stamps, down, backs, received, t_term, t_all or _ns(), t_bound or t_done, t_listen or t_spawn
+        )
+        cpu_open = cpu_bound - startup_cpu
+        storm_s = (t_done - t_listen) / 1e9 if t_listen else 0.0
+        back_ms = sorted(b - t_listen for b in came_back)
+
+        def since(t: int, t0: int) -> float | None:
+            return (t - t0) / 1e9 if t and t0 else None
+
+        r: dict[str, Any] = {
+            "n": n,
+            "policy": policy,
+            "pace": pace,
+            "retry_s": o.retry if policy == "none" else None,
+            "rate": o.rate,
+            "load_before": [round(x, 2) for x in load],
+            "busy_before_pct": busy,
+            "busy_before_top": top,
+            "came_back": len(came_back),
+            "all_back": len(came_back) == n,
+            "times_from_term_s": {
+                "old_exited": since(t_exit, t_term),
+                "new_spawned": since(t_spawn, t_term),
+                "new_listening": since(t_listen, t_term),
+                "first_back": since(t_first, t_term),
+                "all_back": since(t_all, t_term),
+                "all_bound": since(t_bound, t_term),
+                "new_healthy": since(t_up, t_term),
+            },
+            "all_back_from_term_s": since(t_all, t_term),
+            "all_back_from_listen_s": since(t_all, t_listen),
+            "all_bound_from_listen_s": since(t_bound, t_listen),
+            "back_from_listen_ms": percentiles_ms(back_ms),
+            "codes": dict(codes),
+            "attempts": sum(attempts),
+            "attempts_per_member": sum(attempts) / n,
+            "failures": dict(failures),
+            "rejected": rejected,
+            "listen_overflows": overflows1[0] - overflows0[0],
+            "listen_drops": overflows1[1] - overflows0[1],
+            "order_errors": order_errors,
+            "old_exit_status": old_status,
+            "old_log_problems": old_problems,
+            "new_log_problems": _log_problems(new),
+            "old_log_timeline": old_timeline,
+            "new_log_timeline": _log_timeline(new, t_term_wall),
+            "events": ev,
+            "published": published["sent"],
+            "publisher_max_late_ms": 1000 * published["max_late"],
+            "cpu": {
+                "old_close_s": cpu_old - cpu_old0,
+                "new_at_all_bound_s": cpu_bound,
+                "startup_s": startup_cpu,
+                "new_steady_cores": steady_rate,
+                "storm_s": storm_s,
+                "close_us": 1e6 * (cpu_old - cpu_old0) / n,
+                "open_us_gross": 1e6 * cpu_open / n,
+                "open_us_net": 1e6 * (cpu_open - steady_rate * storm_s) / n,
+                "life_us_gross": 1e6 * (cpu_open + cpu_old - cpu_old0) / n,
+                "life_us_net": 1e6 * (cpu_open - steady_rate * storm_s + cpu_old - cpu_old0) / n,
+            },
+            "machine_cpu": cpu,
+            "machine_cpu_others": meter.top_others,
+            "timeline": timeline,
+        }
+        if profile is not None:
+            from bench.profile import format_summary, summarize
+
+            r["profile"] = {
+                "path": str(profile),
+                "groups": group_profile(profile),
+                "cpu_s": cpu_open,
+                "connections": n,
+            }
+            self.profiles[label] = r["profile"]
+            text = format_profile(label, r["profile"]) + "\n" + format_summary(label, summarize(profile))
+            r["profile"]["text"] = text
+            if o.verbose:
+                print(text, flush=True)
+        return r
+
+
+def _log_problems(d: Any, keep: int = 5) -> dict[str, Any]:
+    """Tracebacks, errors and warnings in a daemon's log: how many, and the first few lines."""
+    try:
+        lines = d.log_text().splitlines()
+    except (OSError, ValueError):
+        return {"lines": 0}
+    marks = ("Traceback", "Unhandled", "[ERROR]", "error", "warn", "WARN")
+    bad = [line for line in lines if any(m in line for m in marks)]
+    return {"lines": len(lines), "problems": len(bad), "first": [line[:300] for line in bad[:keep]]}
+
+
+#: Log lines that mark a daemon's start and stop (their first occurrence is kept, with its second).
+_KEY_LINES = (
+    "shutting down: closing",
+    "did not close in time",
+    "took longer than",
+    "RabbitMQ: consumer stopped",
+    "shutdown complete",
+    "peatio-ws listening on",
+    "RabbitMQ: connected and consuming",
+    "Redis:",
+    " authenticated as ",
+)
+
+
+def _log_timeline(d: Any, t0_wall: float) -> list[str]:
+    """
+    The first line of each of L{_KEY_LINES} in a daemon's log (and the last
+    "authenticated" one), each prefixed with its second relative to
+    C{t0_wall} (the log's clock has whole seconds: +-1 s).
+    """
+    import datetime
+
+    try:
+        lines = d.log_text().splitlines()
+    except (OSError, ValueError):
+        return []
+    found: dict[str, str] = {}
+    last_auth = ""
+    for line in lines:
+        for key in _KEY_LINES:
+            if key in line:
+                found.setdefault(key, line)
+                if key == " authenticated as ":
+                    last_auth = line
+    picked = sorted({*found.values(), *([last_auth] if last_auth else [])}, key=lines.index)
+    out = []
+    for line in picked:
+        try:
+            wall = datetime.datetime.strptime(line[:24], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+            out.append(f"{wall - int(t0_wall):+.0f} s: {line[25:][:220]}")
+        except ValueError:
+            out.append(line[:220])
+    return out
+
+
+def _reap(d: Any, timeout: float = 60.0) -> float:
+    """
+    Wait (bounded) for the daemon C{d} we sent SIGTERM to; its total CPU
+    seconds (user + system, exact, from wait4's rusage). SIGKILL (by its
+    PID) if it hangs.
+    """
+    proc: subprocess.Popen[bytes] = d.process
+    pid = proc.pid
+    deadline = time.monotonic() + timeout
+    while True:
+        got, status, usage = os.wait4(pid, os.WNOHANG)
+        if got == pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return float(usage.ru_utime + usage.ru_stime)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            _, status, usage = os.wait4(pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            raise RuntimeError(f"the daemon {pid} did not exit within {timeout:.0f} s of its SIGTERM; killed")
+        time.sleep(0.005)
+
+
+class _SpyUntilStopped:
+    """py-spy record on one process until L{stop} (SIGINT to that py-spy, by its PID: it writes what it has)."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 200) -> None:
+        from bench.profile import py_spy
+
+        self.out = out
+        exe = py_spy()
+        self.process: subprocess.Popen[bytes] | None = None
+        if exe is None:
+            return
+        self.process = subprocess.Popen(
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(rate),
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> Path | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        return self.out if self.out.exists() else None
+
+
+# ---------------------------------------------------------------------------
+# The profile, grouped
+
+#: Sample groups, by the functions and files in a sample's stack (see L{classify}).
+IDLE = "idle (epoll wait)"
+STARTUP = "start-up (twistd, imports, services)"
+GROUPS = (
+    IDLE,
+    STARTUP,
+    "event delivery (the events published meanwhile)",
+    "monitoring requests (the bench's /health and /metrics)",
+    "logging",
+    "metrics",
+    "JWT (RS256 verify, claims)",
+    "Redis check",
+    "binding (AMQP bind, txAMQP)",
+    "keep-alive pings",
+    "admission (HTTP 503 refusals)",
+    "upgrade parsing (HTTP handshake)",
+    "auth message (JSON, dialect, registry)",
+    "WebSocket frames (challenge, token, replies, budgets)",
+    "close / teardown",
+    "accept, connectionMade",
+    "socket writes buffered by Twisted",
+    "reactor (dispatch, timers)",
+    "other",
+)
+
+#: Stack-wide markers (a function name's substring), in order, once the innermost frame has not decided.
+_MARKERS = (
+    ("_ping_sweep", "keep-alive pings"),
+    ("refuse_with", "admission (HTTP 503 refusals)"),
+    ("failHandshake", "admission (HTTP 503 refusals)"),
+    ("processHandshake", "upgrade parsing (HTTP handshake)"),
+    ("StreamProtocol.onConnect", "upgrade parsing (HTTP handshake)"),
+    ("connectionLost", "close / teardown"),
+    ("_forget", "close / teardown"),
+    ("onClose", "close / teardown"),
+    ("dropConnection", "close / teardown"),
+    ("_closeConnection", "close / teardown"),
+    ("sendClose", "close / teardown"),
+    ("_authenticate", "auth message (JSON, dialect, registry)"),
+    ("Registry.authenticate", "auth message (JSON, dialect, registry)"),
+    ("processData", "WebSocket frames (challenge, token, replies, budgets)"),
+    ("consumeData", "WebSocket frames (challenge, token, replies, budgets)"),
+    ("onOpen", "WebSocket frames (challenge, token, replies, budgets)"),
+    ("onMessage", "WebSocket frames (challenge, token, replies, budgets)"),
+    ("sendMessage", "WebSocket frames (challenge, token, replies, budgets)"),
+    ("_dataReceived", "WebSocket frames (challenge, token, replies, budgets)"),
+    ("connectionMade", "accept, connectionMade"),
+    ("buildProtocol", "accept, connectionMade"),
+    ("Port.doRead", "accept, connectionMade"),
+    ("writeSomeData", "socket writes buffered by Twisted"),
+    ("doWrite", "socket writes buffered by Twisted"),
+)
+_DELIVERY = (
+    "_handle_delivery",
+    "_read_done",
+    "Registry.deliver",
+    "Registry.fan_out",
+    "Registry.end_batch",
+    "DeliveryReader",
+)
+
+
+def _frame(frame: str) -> tuple[str, str]:
+    """C{"Class.func (path/file.py:12)"} -> (C{"Class.func"}, the path from its package: C{"jwt/api_jws.py"})."""
+    func, _, rest = frame.strip().partition(" (")
+    path = rest.rsplit(":", 1)[0].rstrip(")")
+    for marker in ("site-packages/", "/peatio_ws/", "lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            if marker == "/peatio_ws/":
+                path = "peatio_ws/" + path
+            break
+    return func, path
+
+
+def classify(frames: Sequence[str]) -> str:
+    """
+    The group of one py-spy sample (its frames, outermost first): idle,
+    start-up (outside the reactor's loop) and event delivery first; then its
+    innermost frame that is logging, metrics, JWT, Redis or AMQP code; then
+    the first of L{_MARKERS} anywhere in the stack.
+    """
+    parsed = [_frame(f) for f in frames]
+    if not parsed:
+        return "other"
+    funcs = [f for f, _ in parsed]
+    if funcs[-1].endswith("doPoll"):
+        return IDLE
+    if not any(f.endswith("mainLoop") for f in funcs):
+        return STARTUP
+    stack = ";".join(funcs)
+    if any(m in stack for m in _DELIVERY):
+        return "event delivery (the events published meanwhile)"
+    if "MonitoringChannel" in stack or "peatio_ws/http.py" in ";".join(p for _, p in parsed):
+        return "monitoring requests (the bench's /health and /metrics)"
+    for _func, path in reversed(parsed):
+        if path.startswith(("twisted/logger/", "peatio_ws/logs.py")):
+            return "logging"
+        if path.startswith(("prometheus_client/", "peatio_ws/metrics.py")):
+            return "metrics"
+        if path.startswith(("jwt/", "cryptography/", "peatio_ws/auth.py", "peatio_ws/_pyjwt.py")):
+            return "JWT (RS256 verify, claims)"
+        if path.startswith(("txredisapi", "peatio_ws/redis/")):
+            return "Redis check"
+        if path.startswith(("txamqp/", "peatio_ws/amqp/")):
+            return "binding (AMQP bind, txAMQP)"
+    for marker, group in _MARKERS:
+        if marker in stack:
+            return group
+    if parsed[-1][1].startswith(("twisted/internet/", "twisted/python/")):
+        return "reactor (dispatch, timers)"
+    return "other"
+
+
+def group_profile(path: Path) -> dict[str, float]:
+    """Samples per group (L{classify}) of a raw py-spy profile."""
+    counts: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        counts[classify(frames)] += int(count)
+    return {g: float(counts.get(g, 0)) for g in GROUPS}
+
+
+def profile_rows(p: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """
+    (group, % of the busy samples, µs per connection) from a storm's
+    profile: the new daemon's CPU less its start-up (C{cpu_s}) shared by
+    the busy groups but start-up.
+    """
+    groups = p["groups"]
+    busy = sum(v for g, v in groups.items() if g not in (IDLE, STARTUP))
+    if not busy:
+        return []
+    per = 1e6 * p["cpu_s"] / max(1, p["connections"])
+    return [(g, 100 * v / busy, per * v / busy) for g, v in groups.items() if g not in (IDLE, STARTUP) and v]
+
+
+def format_profile(label: str, p: dict[str, Any]) -> str:
+    rows = profile_rows(p)
+    lines = [
+        f"profile of the new daemon, {label}: {p['cpu_s']:.2f} s CPU from its start until all were bound, less "
+        f"its start-up; {p['connections']:,} connections; by group (% of the busy samples but start-up's, "
+        f"≈ µs per connection; {int(p['groups'].get(STARTUP, 0))} start-up and {int(p['groups'].get(IDLE, 0))} "
+        "idle samples left out):"
+    ]
+    lines += [f"  {pct:5.1f}%  {us:6.0f} µs  {g}" for g, pct, us in sorted(rows, key=lambda x: -x[1])]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+
+def _ms(p: dict[str, Any]) -> str:
+    return "-" if not p.get("n") else f"{p['p50']:.0f} / {p['p99']:.0f} / {p['max']:.0f}"
+
+
+def _s(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    ev, c, t = r["events"], r["cpu"], r["times_from_term_s"]
+    after, during = ev["after"], ev["during"]
+    back = (
+        f"all {r['n']:,} back {_s(r['all_back_from_term_s'])} s after the SIGTERM, "
+        f"{_s(r['all_back_from_listen_s'])} s after the new daemon listened (at {_s(t['new_listening'])} s; "
+        f"old one gone at {_s(t['old_exited'])} s, new one healthy at {_s(t['new_healthy'])} s)"
+        if r["all_back"]
+        else f"only {r['came_back']:,} of {r['n']:,} back"
+    )
+    rejected = {k: int(v) for k, v in r["rejected"].items() if v}
+    return (
+        f"N={r['n']:,} {r['policy']} pace={r['pace']}: {back}; {r['attempts_per_member']:.2f} attempts per member, "
+        f"failures {r['failures']}, rejected {rejected}, accept-queue overflows {r['listen_overflows']}; "
+        f"events owed after re-auth {after['published']:,}: lost {after['lost']} ({after['lost_after_bound']} after "
+        f"all were bound; lost ones published up to {after['lost_ms_after_success'].get('max', 0):.0f} ms after the "
+        f"member's success), late {after['late']}, p50/p99/max {_ms(after['latency'])} ms; during the storm "
+        f"{during['published']:,}, p50/p99/max {_ms(during['latency'])} ms; published before the SIGTERM lost "
+        f"{ev['before']['lost']}; daemon CPU per connection life {c['life_us_gross']:.0f} µs gross, "
+        f"{c['life_us_net']:.0f} net (close {c['close_us']:.0f}); load {r['load_before']}"
+    )
+
+
+def render(results: Sequence[dict[str, Any]], info: dict[str, str] | None = None) -> str:
+    """The storms as a Markdown table."""
+    lines = []
+    if info:
+        lines.append(
+            f"peatio-ws reconnect storms, {info.get('date', '?')}: {info.get('nproc', '?')} x {info.get('cpu', '?')}, "
+            f"Linux {info.get('kernel', '?')}; Python {info.get('python', '?')}, Twisted {info.get('twisted', '?')}, "
+            f"Autobahn {info.get('autobahn', '?')}; RabbitMQ {info.get('rabbitmq', '?')}; clients "
+            f"{info.get('client_loop', '?')}"
+        )
+        lines.append("")
+    lines += [
+        "| N | backoff | pacing /s | new daemon listening (s after SIGTERM) | all re-authenticated: s after "
+        "SIGTERM / after listening | attempts per member; HTTP 503s; accept-queue overflows | events owed after "
+        "re-auth: lost (after all bound) / late > 1 s / p50, p99, max ms | of them during the storm: p99 ms | "
+        "daemon CPU per connection life, gross / net µs | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ev, c = r["events"], r["cpu"]
+        a, d = ev["after"], ev["during"]
+        back = (
+            f"{_s(r['all_back_from_term_s'])} / {_s(r['all_back_from_listen_s'])}"
+            if r["all_back"]
+            else f"{r['came_back']:,} of {r['n']:,}"
+        )
+        http503 = int(r["failures"].get("HTTP 503", 0))
+        dp99 = f"{d['latency']['p99']:.0f}" if d["latency"].get("n") else "-"
+        lines.append(
+            f"| {r['n']:,} | {r['policy']} | {r['pace'] or 'off'} | {_s(r['times_from_term_s']['new_listening'])} | "
+            f"{back} | {r['attempts_per_member']:.2f}; {http503:,}; {r['listen_overflows']:,} | "
+            f"{a['lost']:,} ({a['lost_after_bound']}) / {a['late']:,} / {_ms(a['latency'])} | {dp99} | "
+            f"{c['life_us_gross']:.0f} / {c['life_us_net']:.0f} | {r['load_before'][0]:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.storm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="1,000 clients only")
+    p.add_argument("--sizes", help="clients per storm, comma-separated (default 1000,5000,15000)")
+    p.add_argument("--policies", help="client policies, comma-separated: none, jitter (default both)")
+    p.add_argument("--paces", help="WEBSOCKET_NEW_CONNECTIONS_PER_SECOND values, comma-separated (default 0,500)")
+    p.add_argument("--rate", type=float, help="private events per second through each storm (default 2000)")
+    p.add_argument("--retry", type=float, help="policy none: seconds before a failed attempt is retried (0.5)")
+    p.add_argument("--clients", type=int, help="client processes (default 2)")
+    p.add_argument("--profile", action="store_true", help="py-spy profile of each new daemon, grouped")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def options_from(args: argparse.Namespace) -> StormOptions:
+    o = StormOptions(profile=args.profile, verbose=args.verbose)
+    if args.quick:
+        o = o.quick()
+    if args.sizes:
+        o.sizes = tuple(int(x) for x in args.sizes.split(","))
+    if args.policies:
+        o.policies = tuple(x for x in args.policies.split(","))
+        bad = set(o.policies) - set(POLICIES)
+        if bad:
+            raise SystemExit(f"unknown policy {', '.join(sorted(bad))} (choose from {', '.join(POLICIES)})")
+    if args.paces:
+        o.paces = tuple(int(x) for x in args.paces.split(","))
+    if args.rate:
+        o.rate = args.rate
+    if args.retry is not None:
+        o.retry = args.retry
+    if args.clients:
+        o.client_procs = args.clients
+    for item in args.daemon_env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--daemon-env wants KEY=VALUE, got {item!r}")
+        o.daemon_env[key] = value
+    return o
+
+
+def save(storms: Storms, info: dict[str, str]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{storms.stamp}-storm.json"
+    data = {"machine": info, "options": storms.o.__dict__, "results": storms.results, "notes": storms.notes}
+    path.write_text(json.dumps(data, indent=2, default=str))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench.sysinfo import machine
+
+    args = build_parser().parse_args(argv)
+    o = options_from(args)
+    info = machine()
+    info["client_loop"] = event_loop_name()
+    storms = Storms(o)
+    storms.log("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    storms.run()
+    path = save(storms, info)
+    print()
+    print(render(storms.results, info))
+    for r in storms.results:
+        if "profile" in r:
+            print()
+            print(r["profile"]["text"])
+    for note in storms.notes:
+        print(f"* {note}")
+    print(f"\nresults: {path}")
+    return 1 if storms.notes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+# ---------------------------------------------------------------------------
+# In `python -m bench` (bench.cli): one step, and its rows in the table
+
+
+def bench_step(bench: Any, quick: bool = False, sizes: Sequence[int] | None = None) -> None:
+    """The storm scenario as a step of L{bench.cli}: figures in C{bench.results["storm"]}."""
+    o = StormOptions(profile=bench.o.profile, verbose=bench.o.verbose, daemon_env=dict(bench.o.daemon_env))
+    if quick:
+        o = o.quick()
+    if sizes:
+        o.sizes = tuple(sizes)
+    storms = Storms(o, log=lambda text: bench.log(f"storm: {text}"))
+    storms.stamp = bench.stamp
+    try:
+        storms.run()
+    finally:
+        bench.results["storm"] = storms.results
+        bench.notes.extend(storms.notes)
+        for r in storms.results:
+            if "profile" in r:
+                bench.profiles[f"storm {r['n']} {r['policy']} {r['pace']}"] = r["profile"]["text"]
+    if storms.notes:
+        raise RuntimeError("; ".join(storms.notes))
+
+
+def rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, bool | None, str]]:
+    """One row of bench.cli's table per storm: (measure, goal, value, met, notes)."""
+    out = []
+    for r in results:
+        ev, c = r["events"], r["cpu"]
+        a = ev["after"]
+        p99 = a["latency"].get("p99")
+        after_listen = r["all_back_from_listen_s"]
+        big = r["n"] >= 15_000
+        met = (
+            r["all_back"]
+            and after_listen is not None
+            and (after_listen < 5 or not big)
+            and not a["lost"]
+            and (p99 is None or p99 < 1000)
+            and c["life_us_net"] <= 300
+        )
+        out.append(
+            (
+                f"12. storm: {r['n']:,} clients, backoff {r['policy']}, pacing {r['pace'] or 'off'}: all back, s "
+                "after the new daemon listened (after SIGTERM); events owed after re-auth: lost / late > 1 s / "
+                "p99 ms; daemon CPU µs per connection life, net (gross)",
+                ("< 5 s; " if big else "") + "none lost, p99 < 1 s; <= 300 µs",
+                f"{_s(after_listen)} ({_s(r['all_back_from_term_s'])}); {a['lost']:,} / {a['late']:,} / "
+                f"{'-' if p99 is None else f'{p99:,.0f}'}; {c['life_us_net']:,.0f} ({c['life_us_gross']:,.0f})",
+                met,
+                f"{r['came_back']:,}/{r['n']:,} back; {r['attempts_per_member']:.2f} attempts per member, "
+                f"{int(r['failures'].get('HTTP 503', 0)):,} HTTP 503, {r['listen_overflows']:,} accept-queue "
+                f"overflows; lost after all were bound: {a['lost_after_bound']}; close {c['close_us']:,.0f} µs of "
+                f"the CPU; load {r['load_before'][0]:.1f}",
+            )
+        )
+    return out
