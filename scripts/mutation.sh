@@ -113,7 +113,7 @@ run_module() {
         'BEGIN { t = b - a; if (t < floor / 10) t = floor / 10; print t }')
     (cd "$clone" && "$MUTVENV/bin/python" -c 'import sys
 from mutmut.cache import hash_of_tests, set_cached_test_time
-set_cached_test_time(float(sys.argv[1]), hash_of_tests(["tests/unit"]))' "$elapsed")
+set_cached_test_time(float(sys.argv[1]), hash_of_tests(["tests/unit"]))' "$elapsed" >/dev/null)
     : >>"$log"
     while [ "$attempt" -lt 4 ]; do
         attempt=$((attempt + 1))
