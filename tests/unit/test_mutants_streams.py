@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -220,4 +221,49 @@ class LegacyAuthenticationRecordTests(LegacyTestCase):
             f"{head} authenticated as U1",
             f"{head} re-authenticated as U2 (was U1)",
         ])
+
+
+class SlowBinding:
+    """A membership observer whose member's events flow only when the test says so."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[None]] = []
+
+    def member_joined(self, uid: str) -> None:
+        pass
+
+    def member_left(self, uid: str) -> None:
+        pass
+
+    def events_flowing(self, uid: str) -> Deferred[None]:
+        waiting: Deferred[None] = Deferred()
+        self.pending.append(waiting)
+        return waiting
+
+
+class LegacyBindingWaitTests(LegacyTestCase):
+    """"Authenticated." only once the member's events flow, and only to a connection still getting them."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.binding = SlowBinding()
+        self.registry.add_observer(self.binding)
+
+    def test_after_the_binding(self) -> None:
+        client = self.connect()
+        client.send_json(self.good())
+        self.assertEqual(client.messages(), [])
+        self.binding.pending.pop().callback(None)
+        self.assertEqual(client.messages(), [AUTHENTICATED])
+        self.assertEqual(self.counted("success", "ok"), 1)
+
+    def test_events_stopped_meanwhile(self) -> None:
+        """A connection that stopped getting events while it waited is never told it is authenticated."""
+        client = self.connect()
+        client.send_json(self.good())
+        client.protocol.stop_events()
+        self.binding.pending.pop().callback(None)
+        self.assertEqual(client.messages(), [])
+        self.assertEqual(self.counted("success", "ok"), 0)
+        self.assertIsNone(client.close_code())
 

@@ -9,6 +9,7 @@ import json
 import struct
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
@@ -426,4 +427,53 @@ class EndOfSessionCountTests(SynchronousTestCase):
         self.assertEqual([c.lost for c in self.conns], [1, 1, 1])
         self.assertEqual((len(self.registry), self.registry.members()), (0, []))
         self.assertEqual(self.registry.events_lost(), 0)
+
+
+class Binder(MembershipRecorder):
+    """An observer that can say when a member's events flow (as the broker consumer does)."""
+
+    def __init__(self, answer: Deferred[None] | None) -> None:
+        super().__init__()
+        self.answer = answer
+        self.asked: list[str] = []
+
+    def events_flowing(self, uid: str) -> Deferred[None] | None:
+        self.asked.append(uid)
+        return self.answer
+
+
+class EventsFlowingTests(SynchronousTestCase):
+    """authenticate returns what an observer's events_flowing says: a Deferred to wait for, or None."""
+
+    def test_no_observer_that_can_say(self) -> None:
+        registry = Registry(Metrics())
+        registry.add_observer(MembershipRecorder())
+        self.assertIsNone(registry.authenticate(FakeConnection("a"), claims("U")))
+
+    def test_already_flowing(self) -> None:
+        registry = Registry(Metrics())
+        binder = Binder(None)
+        registry.add_observer(binder)
+        self.assertIsNone(registry.authenticate(FakeConnection("a"), claims("U")))
+        self.assertEqual(binder.asked, ["U"])
+
+    def test_wait(self) -> None:
+        """The observer's Deferred itself, asked after the connection is in the registry."""
+        registry = Registry(Metrics())
+        waiting: Deferred[None] = Deferred()
+        binder = Binder(waiting)
+        registry.add_observer(binder)
+        conn = FakeConnection("a")
+        self.assertIs(registry.authenticate(conn, claims("U")), waiting)
+        self.assertEqual((binder.events, binder.asked, registry.connections("U")), ([("joined", "U")], ["U"], {conn}))
+
+    def test_first_that_waits(self) -> None:
+        """Observers are asked in order; the first with a Deferred answers."""
+        registry = Registry(Metrics())
+        first: Deferred[None] = Deferred()
+        quiet, waits, later = Binder(None), Binder(first), Binder(Deferred())
+        for observer in (quiet, waits, later):
+            registry.add_observer(observer)
+        self.assertIs(registry.authenticate(FakeConnection("a"), claims("U")), first)
+        self.assertEqual((quiet.asked, waits.asked, later.asked), (["U"], ["U"], []))
 
