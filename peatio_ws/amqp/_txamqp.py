@@ -96,7 +96,7 @@ from txamqp.factory import AMQFactory
 from txamqp.message import Message
 from txamqp.protocol import AMQClient, FrameReceiver
 
-from peatio_ws.amqp._wire import DeliveryReader, ack_frame
+from peatio_ws.amqp._wire import DeliveryReader, ack_frame, publish_frames
 from peatio_ws.config import ConfigError
 from peatio_ws.logs import logger
 
@@ -337,12 +337,18 @@ class _Delegate(TwistedDelegate):
 
 
 class _DeliveryDelegate(_Delegate):
-    """The consumer's delegate: also hears the broker cancel our consumer (the queue was deleted)."""
+    """
+    The consumer's delegate: also hears the broker cancel our consumer (the
+    queue was deleted), and return a probe it could not route (L{DeliveryClient.probe_route}).
+    """
 
     def basic_cancel(self, ch: Any, msg: Any) -> None:
         listener = self.client.cancel_listener
         if listener is not None:
             listener(self.client, _as_bytes(msg.consumer_tag))
+
+    def basic_return_(self, ch: Any, msg: Any) -> None:
+        self.client.returned.append(_as_bytes(msg.routing_key))
 
 
 #: What the consumer announces at login: the broker tells it (basic.cancel) when its queue goes.
@@ -413,6 +419,8 @@ class DeliveryClient(AMQClient):
         self.lost_listener: Callable[[DeliveryClient, Failure], None] | None = None
         #: C{channel_listener(client, channel_id, reason)} when the broker closes a channel.
         self.channel_listener: Callable[[DeliveryClient, int | None, Any], None] | None = None
+        #: Routing keys of the probes the broker returned unroutable (L{probe_route}).
+        self.returned: list[bytes] = []
         #: C{cancel_listener(client, consumer_tag)} when the broker cancels a consumer of ours.
         self.cancel_listener: Callable[[DeliveryClient, bytes], None] | None = None
         #: What the broker said when it closed the connection, if it did.
@@ -443,6 +451,16 @@ class DeliveryClient(AMQClient):
         """Drop the connection now (no AMQP close)."""
         if self.transport is not None and not self.lost:
             self.transport.abortConnection()
+
+    def probe_route(self, channel: int, exchange: bytes, routing_key: bytes) -> None:
+        """
+        Publish an empty message with C{mandatory} on C{channel}: if nothing
+        routes it, the broker returns it (its key lands in L{returned}) before
+        it answers the next synchronous method on that channel.
+        """
+        if self.transport is not None and not self.lost:
+            frames = publish_frames(channel, exchange, routing_key, b"", int(self.MAX_LENGTH), mandatory=True)
+            self.transport.write(frames)
 
     # -- receiving ---------------------------------------------------------
 

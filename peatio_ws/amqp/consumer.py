@@ -65,6 +65,8 @@ log = logger("peatio_ws.amqp")
 
 #: The channel everything of ours happens on (0 is the connection's own).
 CHANNEL = 1
+#: The canary binding's routing key is this and the queue's name: a key no producer uses.
+CANARY_PREFIX = b"peatio-ws.canary."
 #: A channel for checking, on reconnect, whether the queue survived: the
 #: broker closes it (404) when the queue is gone, which must not count as a failure.
 PROBE_CHANNEL = 2
@@ -143,6 +145,7 @@ class EventConsumer(Service):
         self._declared = False
         self._exchange = settings.rabbitmq_events_exchange.encode("utf-8")
         self._consumer_tag = self._queue
+        self._canary = CANARY_PREFIX + self._queue
         self._expires_ms = max(1, min(int(settings.rabbitmq_queue_expires * 1000), 2**31 - 1))
 
         self._bindings = Bindings(reactor, settings.rabbitmq_unbind_delay, self._kick)
@@ -365,6 +368,8 @@ class EventConsumer(Service):
             arguments=arguments,
         )
         self._declared = True
+        # The canary: a binding no producer uses, whose absence says the others went too (_queue_survived).
+        await channel.queue_bind(queue=self._queue, exchange=self._exchange, routing_key=self._canary)
         if self._hub is not None:
             # Every public event, from start-up, whoever is subscribed: the order-book stores stay warm.
             await channel.queue_bind(queue=self._queue, exchange=self._exchange, routing_key=PUBLIC_BINDING)
@@ -397,7 +402,14 @@ class EventConsumer(Service):
             d.callback(None)
 
     async def _queue_survived(self, client: DeliveryClient) -> bool:
-        """Whether our queue still exists: a passive declare, on a channel of its own."""
+        """
+        Whether our queue, and its bindings, are as we left them, checked on
+        a channel of its own: a passive declare, then a probe published with
+        C{mandatory} to our own canary binding. The queue can outlive its
+        bindings: a quorum queue survives a broker restart, the non-durable
+        exchange (as Peatio declares it) and every binding to it do not, and
+        events published before we bind again are dropped by the broker.
+        """
         probe = await client.channel(PROBE_CHANNEL)
         await probe.channel_open()
         try:
@@ -407,7 +419,18 @@ class EventConsumer(Service):
             if getattr(reason, "reply_code", None) == 404:
                 return False
             raise
+        client.returned.clear()
+        client.probe_route(PROBE_CHANNEL, self._exchange, self._canary)
+        # The broker returns an unroutable probe before it answers this.
+        await probe.queue_declare(queue=self._queue, passive=True)
         await probe.channel_close(reply_code=200, reply_text="ok")
+        if self._canary in client.returned:
+            log.warn(
+                "RabbitMQ: queue {queue} survived but not its bindings (the exchange was deleted or the broker "
+                "restarted)",
+                queue=self.queue_name,
+            )
+            return False
         return True
 
     def _set_up_failed(self, failure: Failure, client: DeliveryClient) -> Failure:
@@ -648,7 +671,7 @@ class EventConsumer(Service):
         if parsed is None:
             if routing_key.startswith(b"public."):
                 self._handle_public(routing_key, body, received)
-            else:
+            elif routing_key != self._canary:
                 self._dropped_bad_key.inc()
             return
         uid, event = parsed

@@ -27,6 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.amqp import EventConsumer
 from peatio_ws.amqp._txamqp import FrameCodec, load_spec
+from peatio_ws.amqp.consumer import CANARY_PREFIX
 from peatio_ws.auth import Claims
 from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
@@ -127,7 +128,12 @@ class FakeBroker:
     """
 
     def __init__(
-        self, protocol: Any, frame_max: int = 131072, chunk: int | None = None, spec_path: str | None = None
+        self,
+        protocol: Any,
+        frame_max: int = 131072,
+        chunk: int | None = None,
+        spec_path: str | None = None,
+        returns: set[bytes] | None = None,
     ) -> None:
         self.spec = spec(spec_path)
         self.codec = FrameCodec(self.spec)
@@ -150,6 +156,8 @@ class FakeBroker:
         self.exchange = ""
         #: Messages published by the client, whole, in order.
         self.published: list[Published] = []
+        #: Routing keys nothing routes: a message published to one with mandatory is returned.
+        self.returns = returns if returns is not None else set()
         #: Per channel: the basic.publish being assembled (fields, header, body so far).
         self._incoming: dict[int, list[Any]] = {}
         protocol.makeConnection(self.transport)
@@ -201,16 +209,17 @@ class FakeBroker:
         if len(content) >= size:
             del self._incoming[channel]
             fields = incoming[0]
-            self.published.append(
-                Published(
-                    channel,
-                    _as_str(fields["exchange"]),
-                    _as_bytes(fields["routing_key"]),
-                    bool(fields["mandatory"]),
-                    properties,
-                    content,
-                )
+            message = Published(
+                channel,
+                _as_str(fields["exchange"]),
+                _as_bytes(fields["routing_key"]),
+                bool(fields["mandatory"]),
+                properties,
+                content,
             )
+            self.published.append(message)
+            if message.mandatory and message.routing_key in self.returns:
+                self.return_message(message)
 
     def answer(self, channel: int, name: str, fields: dict[str, Any]) -> None:
         if name == "basic.ack":
@@ -221,7 +230,8 @@ class FakeBroker:
             return
         if name in ("connection.tune-ok", "connection.close-ok", "channel.close-ok") or self.silent:
             return
-        if name in self.hold or any(held[0] == channel for held in self.held):
+        canary = name == "queue.bind" and _as_bytes(fields.get("routing_key", b"")).startswith(CANARY_PREFIX)
+        if (name in self.hold and not canary) or any(held[0] == channel for held in self.held):
             # A broker answers a channel's methods in order: hold what follows too.
             self.held.append((channel, name, fields))
             return
@@ -424,7 +434,10 @@ class Harness:
         return [e for e in self.events if text in formatEvent(e)]
 
 
-def bind_keys(broker: FakeBroker, name: str = "queue.bind") -> list[bytes]:
-    """The routing keys of every bind (or unbind) the client sent, as bytes."""
-    keys = [f["routing_key"] for f in broker.named(name)]
-    return [k if isinstance(k, bytes) else k.encode() for k in keys]
+def bind_keys(broker: FakeBroker, name: str = "queue.bind", canary: bool = False) -> list[bytes]:
+    """
+    The routing keys of every bind (or unbind) the client sent, as bytes;
+    the consumer's canary binding (set up on every connection) only with C{canary}.
+    """
+    keys = [_as_bytes(f["routing_key"]) for f in broker.named(name)]
+    return [k for k in keys if canary or not k.startswith(CANARY_PREFIX)]

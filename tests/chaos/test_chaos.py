@@ -26,9 +26,9 @@ reaches the member, once or more, first copies in publishing order; or it
 is lost while the member is told, i.e. the connection the member had when
 the event was published was closed with 1012, so the reconnect and its
 resync came after it (L{tests.support.streams.Continuity}). Where the
-queue is found intact (a forced close, a frozen daemon whose queue
-survived, a quorum queue over a broker restart) nothing is lost and no one
-is told; duplicates only for messages in flight at a fault. Where the
+queue is found intact with its bindings (a forced close, a frozen daemon
+whose queue survived, a cluster node lost under a quorum queue) nothing is
+lost and no one is told; duplicates only for messages in flight at a fault. Where the
 queue is gone (RabbitMQ's app stopped under a classic queue, which does not
 survive it; the queue expired while the daemon was cut off; an operator
 deleted it) the events it held are lost by the broker: the tests count
@@ -227,13 +227,14 @@ class BrokerFaultTests(ChaosTestCase):
         RABBITMQ_QUEUE_TYPE=quorum, then rabbitmqctl stop_app / start_app
         during a steady stream, with a backlog in the queue (the daemon
         frozen until it holds 100 events beyond the prefetch window): the
-        quorum queue survives with its messages, so the daemon finds it
-        intact, tells no one, and delivers everything accepted, the backlog
-        included: 0 lost. The exchange is non-durable, as Peatio declares
-        it, so it and the binding are gone until the daemon declares them
-        again; events the publisher (let go at start_app) sends before that
-        are returned by the broker, not accepted. Extra copies: what was in
-        flight at the stop, redelivered.
+        quorum queue survives with its messages. The exchange is
+        non-durable, as Peatio declares it, so it and every binding are gone:
+        a producer publishing before the daemon binds again loses events
+        (ours, with mandatory, gets them back). The daemon finds its canary
+        binding gone, so it tells the member (1012), once per restart, and
+        binds again; the member reconnects and resyncs. Checked: no silent
+        gap; every accepted event delivered or told; extra copies only of
+        what was in flight at the stop.
         """
         s = await self.stream(RABBITMQ_PREFETCH="50", RABBITMQ_QUEUE_TYPE="quorum")
         listing = await self.rabbit.ctl("list_queues", "name", "type", "durable")
@@ -256,6 +257,8 @@ class BrokerFaultTests(ChaosTestCase):
             s.publisher.hold_reconnect = False
             await until(lambda: s.daemon.health()[0] == 200, 60, f"the daemon back on RabbitMQ (round {n + 1})")
             self.assertTrue(await self.rabbit.queue_exists(s.queue))
+            # The queue survived, its bindings did not: the member is told, and comes back.
+            await s.member.wait(partial(self.told_and_back, s, n + 1), 30, "the 1012 and the member back")
             await self.assert_bound(s)
             await until(lambda: s.publisher.connected, 30, "the publisher to reconnect")
             await self.more_events(s, 100, "after the restart")
@@ -272,14 +275,11 @@ class BrokerFaultTests(ChaosTestCase):
                 "daemon found its queue gone": int(self.gauge(s.daemon, QUEUE_LOST)),
             },
         )
-        self.assert_no_silent_gap(figures, [s.member], told=0)
+        self.assert_no_silent_gap(figures, [s.member], told=len(backlogs))
         self.assert_duplicates_in_flight(s, windows)
-        self.assertEqual(figures.lost, 0)
-        self.assertTrue(figures.in_order)
-        self.assertGreaterEqual(figures.delivered, held_at_stop)
-        self.assertEqual(s.member.reconnects, 0)
+        self.assertEqual(s.member.reconnects, len(backlogs))
         self.assertEqual(self.gauge(s.daemon, CONNECTS), len(backlogs) + 1)
-        self.assertEqual((self.gauge(s.daemon, QUEUE_LOST), self.told_metric(s)), (0, 0))
+        self.assertEqual((self.gauge(s.daemon, QUEUE_LOST), self.told_metric(s)), (len(backlogs), len(backlogs)))
         self.assert_alive(s.daemon)
 
     # -- the queue gone: what it held is lost, and every member is told ---------------------

@@ -352,3 +352,23 @@ class EventConsumerBrokerTests(TestCase):
         await self.consumer(rabbitmq_host=f"127.0.0.1:{refusing},{HOST}:{PORT}")
         self.publish("private.IDNODES.order", {"id": 1})
         await wait_for(lambda: len(conn.frames) == 1, 10, "an event through the second node")
+
+    async def test_bindings_lost_with_the_queue_kept_are_told(self) -> None:
+        """
+        The exchange is deleted (as a broker restart deletes Peatio's
+        non-durable exchange, and every binding with it, while a quorum queue
+        survives): on its next connection the consumer finds the queue but not
+        its canary binding, tells every member (1012), and binds all again.
+        """
+        conn = self.join("IDBINDS")
+        consumer = await self.consumer(rabbitmq_queue_type="quorum")
+        await self.publisher.delete_exchange(self.exchange)
+        await close_connection_named(consumer.queue_name)
+        await wait_for(lambda: conn.lost == 1, 20, "1012 for the lost bindings")
+        self.assertEqual(self.value("peatio_ws_rabbitmq_queue_lost_total"), 1)
+        await within(consumer.when_consuming(), 15, "the consumer to consume again")
+        back = self.join("IDBINDS")
+        await wait_for(lambda: "IDBINDS" in consumer.bound, 10, "the member bound again")
+        await self.publisher.declare_exchange(self.exchange)
+        self.publish("private.IDBINDS.order", {"id": 3})
+        await wait_for(lambda: back.events() == [{"order": {"id": 3}}], 10, "events after the bindings came back")

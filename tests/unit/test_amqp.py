@@ -195,6 +195,46 @@ class BindingTests(SynchronousTestCase):
         later = h.registry.authenticate(FakeConnection("ID3-a"), Claims(uid="ID3", jti="k", expires_at=None))
         self.assertIsNone(later)
 
+    def test_canary_bound_at_set_up(self) -> None:
+        """Every connection binds the canary (a key no producer uses) before consuming."""
+        h = Harness(self)
+        broker = h.consuming()
+        [canary] = bind_keys(broker, canary=True)
+        self.assertEqual(canary, b"peatio-ws.canary." + h.consumer.queue_name.encode())
+        names = broker.names()
+        self.assertLess(names.index("queue.bind"), names.index("basic.consume"))
+
+    def test_bindings_lost_with_the_queue_kept(self) -> None:
+        """
+        A reconnect finding the queue but not the canary binding (the exchange
+        was deleted, or the broker restarted a quorum queue): events may have
+        been lost, every member is told (1012), and all is bound again.
+        """
+        h = Harness(self)
+        conn = h.join("ID1")
+        broker = h.consuming()
+        broker.drop()
+        h.reactor.advance(30)
+        second = h.accept(returns={b"peatio-ws.canary." + h.consumer.queue_name.encode()})
+        second.pump()
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(conn.lost, 1)
+        self.assertEqual(h.value("peatio_ws_rabbitmq_queue_lost_total"), 1)
+        [probe] = [p for p in second.published if p.routing_key.startswith(b"peatio-ws.canary.")]
+        self.assertTrue(probe.mandatory)
+
+    def test_bindings_kept_tell_no_one(self) -> None:
+        """A reconnect finding the queue and the canary binding routed: nothing lost, no one told."""
+        h = Harness(self)
+        conn = h.join("ID1")
+        broker = h.consuming()
+        broker.drop()
+        h.reactor.advance(30)
+        h.connect()
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(conn.lost, 0)
+        self.assertEqual(h.value("peatio_ws_rabbitmq_queue_lost_total"), 0)
+
     def test_join_while_disconnected(self) -> None:
         """A member joining before the connection is bound once connected."""
         h = Harness(self)
@@ -960,7 +1000,7 @@ class PublicEventTests(SynchronousTestCase):
         broker = h.consuming()
         names = broker.names()
         self.assertEqual(bind_keys(broker), [b"public.*.*"])
-        [fields] = broker.named("queue.bind")
+        [fields] = [f for f in broker.named("queue.bind") if f["routing_key"] in ("public.*.*", b"public.*.*")]
         self.assertEqual((fields["queue"], fields["exchange"]), (h.consumer.queue_name, "peatio.events.test"))
         self.assertLess(names.index("queue.bind"), names.index("basic.consume"))
         # Only members count as member bindings.

@@ -44,7 +44,7 @@ from peatio_ws.testing import (
     make_token,
     settings_for_tests,
 )
-from peatio_ws.testing.amqp import FakeBroker, Harness
+from peatio_ws.testing.amqp import FakeBroker, Harness, bind_keys
 from peatio_ws.testing.factory import stream_factory
 from peatio_ws.websocket import Reply
 from tests.support.corpus import (
@@ -637,8 +637,7 @@ class HostileUidTests(_FuzzCase):
 
 
 def _bind_keys(broker: FakeBroker) -> list[bytes]:
-    keys = [f["routing_key"] for f in broker.named("queue.bind")]
-    return [k if isinstance(k, bytes) else k.encode() for k in keys]
+    return bind_keys(broker)
 
 
 # ---------------------------------------------------------------------------
