@@ -26,19 +26,23 @@ For each size N:
       growing (like a browser, it does not see a 503's Retry-After);
  5. until every member is authenticated again and bound, then 2 s more.
 
-Figures per storm: the time from the SIGTERM (and from the new daemon's
-readiness) until all are re-authenticated; attempts and their failures; the
-events published meanwhile (published while the member was authenticated,
-on the old connection or the new one: owed; lost? late, over 1 s? latency
-p50/p99); the daemon CPU per connection life, from /proc of the daemon
-PIDs started here: the old daemon's CPU from its SIGTERM to its exit (its
-exact total from wait4) plus the new one's from its start until all are
-bound, less its start-up cost (measured on a daemon started with no
-client), divided by N ("gross"); "net" also takes off what the new daemon
-burns per second once the storm is over (events, pings) for the storm's
-duration. With C{--profile}, py-spy samples the new daemon from its
-readiness until all are bound; the samples are grouped as upgrade parsing,
-JWT, Redis check, binding, logging, metrics, ...
+Figures per storm: the time from the SIGTERM, and from the moment the new
+daemon listened (the first TCP connect the clients got), until every member
+is authenticated again; attempts and why they failed (refused, HTTP 503,
+accept-queue overflows from /proc/net/netstat); the events published
+meanwhile: those published while the member was authenticated (before the
+SIGTERM, or after its new "Authenticated."), lost? late (over 1 s)? their
+latency p50/p99; how long RabbitMQ's flow control blocked the publisher;
+the daemon CPU per connection life, from /proc of the daemon PIDs started
+here: the calm connect's CPU per connection (upgrade, token, Redis check,
+binding) plus the old daemon's CPU from its SIGTERM to its exit (exact,
+from wait4) per connection; and, as an upper bound, all the new daemon's CPU
+from its start until every member is bound, less its start-up cost
+(measured once, with no client), per connection (retries, 503s, events and
+pings included). With C{--profile}, py-spy samples the new daemon from its
+first moments until all are bound; the samples are grouped (upgrade
+parsing, JWT, Redis check, binding, logging, metrics, ...) and shared out
+in microseconds per connection.
 
 Results go to bench/results/<date>-storm.json. All processes started here
 are stopped by their PID; every wait is bounded.
@@ -553,6 +557,9 @@ def storm_publisher_main(conn: Connection) -> None:
         try:
             if cmd == "connect":
                 pub = amqpub.Publisher()
+                # RabbitMQ's flow control blocks publishers for tens of seconds while it churns through
+                # thousands of bindings: a stall to measure, not a failure (the coordinator waits longer).
+                pub.sock.settimeout(600)
                 reply: dict[str, Any] = {"ok": True}
             elif cmd == "run":
                 assert pub is not None
@@ -585,6 +592,8 @@ def _publish_until_stopped(
     t0 = time.monotonic()
     sent = 0
     late = 0.0
+    #: Time spent in sendall calls that blocked over 50 ms (RabbitMQ's flow control), and the longest.
+    blocked = longest = 0.0
     while time.monotonic() - t0 < max_seconds:
         if conn.poll():
             cmd, _ = conn.recv()
@@ -599,13 +608,26 @@ def _publish_until_stopped(
                 ts = time.monotonic_ns()
                 stamps.append(ts)
                 parts.append(make(ex, keys[i % n], body(i // n + 1, i, ts)))
+            t = time.monotonic()
             pub.sock.sendall(b"".join(parts))
+            took = time.monotonic() - t
+            if took > 0.05:
+                blocked += took
+                longest = max(longest, took)
             sent = due
         else:
             time.sleep(max(0.0, min(0.002, t0 + sent / rate - now)))
     t1 = time.monotonic()
     pub.sync()
-    return {"t0": t0, "t1": t1, "sent": sent, "max_late": late, "stamps": stamps.tobytes()}
+    return {
+        "t0": t0,
+        "t1": t1,
+        "sent": sent,
+        "max_late": late,
+        "blocked_s": blocked,
+        "longest_block_s": longest,
+        "stamps": stamps.tobytes(),
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -625,7 +647,7 @@ class StormOptions:
     client_procs: int = 2
     concurrency: int = 100
     #: A storm not absorbed by then is cut short (its figures say how many came back).
-    deadline: float = 150.0
+    deadline: float = 120.0
     #: Publishing before the SIGTERM, and the steady window after all are bound.
     before: float = 1.0
     after: float = 2.0
@@ -635,6 +657,21 @@ class StormOptions:
 
     def quick(self) -> StormOptions:
         return dataclasses.replace(self, sizes=(1000,), daemon_env=dict(self.daemon_env))
+
+
+def daemon_revision() -> str:
+    """The checkout's commit, and whether peatio_ws/ differs from it (the daemon measured)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    return head + (" + uncommitted changes in peatio_ws/" if git("status", "--porcelain", "peatio_ws") else "")
 
 
 def _ns() -> int:
@@ -871,7 +908,7 @@ class Storms:
                     f"(incl. binding); its start-up {startup_cpu:.2f} s CPU"
                 )
                 for k, (policy, pace) in enumerate(storms):
-                    r = self.storm(n, uids, workers, pub, current, port, exchange, policy, pace, startup_cpu, k)
+                    r = self.storm(n, uids, workers, pub, current, port, exchange, policy, pace, calm, k)
                     r["calm_connect"] = calm
                     self.results.append(r)
                     self.log(summary_line(r))
@@ -900,7 +937,7 @@ class Storms:
         exchange: str,
         policy: str,
         pace: int,
-        startup_cpu: float,
+        calm: dict[str, Any],
         k: int,
     ) -> dict[str, Any]:
         """One restart of C{current[0]} under C{n} clients: its figures; C{current[0]} is then the new daemon."""
@@ -908,6 +945,8 @@ class Storms:
         from tests.support.probes import metric
 
         o = self.o
+        revision = daemon_revision()
+        startup_cpu = calm["startup_cpu_s"]
         label = f"N={n:,} {policy} pace={pace}"
         busy, top = busy_now(1.0)
         load = os.getloadavg()
@@ -956,14 +995,22 @@ class Storms:
         deadline = time.monotonic() + o.deadline
         back = 0
         t_bound = 0
-        timeline: list[tuple[float, int]] = []
+        #: Every 0.2 s: s after the SIGTERM, members back, the new daemon's CPU s, accept-queue overflows.
+        timeline: list[tuple[float, int, float, int]] = []
         while time.monotonic() < deadline:
             if started and isinstance(started[0], Exception):
                 raise started[0]
             if back < n:
                 st = call_all(workers, "status", 30)
                 back = sum(s["back"] for s in st)
-                timeline.append((round((_ns() - t_term) / 1e9, 2), back))
+                timeline.append(
+                    (
+                        round((_ns() - t_term) / 1e9, 2),
+                        back,
+                        _cpu(new.pid) if new.process is not None else 0.0,
+                        _listen_overflows()[0] - overflows0[0],
+                    )
+                )
                 if back < n:
                     time.sleep(0.2)
                 continue
@@ -980,10 +1027,8 @@ class Storms:
         starter.join(max(1.0, deadline - time.monotonic()))
         t_up = started[0] if started and isinstance(started[0], int) else 0
         time.sleep(o.after)
-        cpu_after = _cpu(new.pid)
-        steady_rate = (cpu_after - cpu_bound) / ((_ns() - t_done) / 1e9)
         pub.send("stop")
-        published = pub.recv(60)
+        published = pub.recv(660)
         time.sleep(1.0)
         cpu = meter.stop()
         overflows1 = _listen_overflows()
@@ -1039,6 +1084,7 @@ class Storms:
 
         r: dict[str, Any] = {
             "n": n,
+            "revision": revision,
             "policy": policy,
             "pace": pace,
             "retry_s": o.retry if policy == "none" else None,
@@ -1077,17 +1123,19 @@ class Storms:
             "events": ev,
             "published": published["sent"],
             "publisher_max_late_ms": 1000 * published["max_late"],
+            "publisher_blocked_s": published["blocked_s"],
+            "publisher_longest_block_s": published["longest_block_s"],
             "cpu": {
                 "old_close_s": cpu_old - cpu_old0,
                 "new_at_all_bound_s": cpu_bound,
                 "startup_s": startup_cpu,
-                "new_steady_cores": steady_rate,
                 "storm_s": storm_s,
+                "busy_cores": cpu_open / storm_s if storm_s else None,
                 "close_us": 1e6 * (cpu_old - cpu_old0) / n,
-                "open_us_gross": 1e6 * cpu_open / n,
-                "open_us_net": 1e6 * (cpu_open - steady_rate * storm_s) / n,
-                "life_us_gross": 1e6 * (cpu_open + cpu_old - cpu_old0) / n,
-                "life_us_net": 1e6 * (cpu_open - steady_rate * storm_s + cpu_old - cpu_old0) / n,
+                "calm_connect_us": calm["daemon_us_per_connection"],
+                "open_us_storm": 1e6 * cpu_open / n,
+                "life_us_calm": calm["daemon_us_per_connection"] + 1e6 * (cpu_old - cpu_old0) / n,
+                "life_us_storm": 1e6 * (cpu_open + cpu_old - cpu_old0) / n,
             },
             "machine_cpu": cpu,
             "machine_cpu_others": meter.top_others,
@@ -1415,8 +1463,11 @@ def summary_line(r: dict[str, Any]) -> str:
         f"all were bound; lost ones published up to {after['lost_ms_after_success'].get('max', 0):.0f} ms after the "
         f"member's success), late {after['late']}, p50/p99/max {_ms(after['latency'])} ms; during the storm "
         f"{during['published']:,}, p50/p99/max {_ms(during['latency'])} ms; published before the SIGTERM lost "
-        f"{ev['before']['lost']}; daemon CPU per connection life {c['life_us_gross']:.0f} µs gross, "
-        f"{c['life_us_net']:.0f} net (close {c['close_us']:.0f}); load {r['load_before']}"
+        f"{ev['before']['lost']}; publisher blocked by RabbitMQ {r['publisher_blocked_s']:.1f} s (longest "
+        f"{r['publisher_longest_block_s']:.1f} s); daemon CPU per connection life {c['life_us_calm']:.0f} µs "
+        f"(calm connect {c['calm_connect_us']:.0f} + close {c['close_us']:.0f}), {c['life_us_storm']:.0f} in the storm "
+        f"(all its CPU, retries and events included; the daemon {c['busy_cores'] or 0:.2f} cores busy); load "
+        f"{r['load_before']}"
     )
 
 
@@ -1428,15 +1479,16 @@ def render(results: Sequence[dict[str, Any]], info: dict[str, str] | None = None
             f"peatio-ws reconnect storms, {info.get('date', '?')}: {info.get('nproc', '?')} x {info.get('cpu', '?')}, "
             f"Linux {info.get('kernel', '?')}; Python {info.get('python', '?')}, Twisted {info.get('twisted', '?')}, "
             f"Autobahn {info.get('autobahn', '?')}; RabbitMQ {info.get('rabbitmq', '?')}; clients "
-            f"{info.get('client_loop', '?')}"
+            f"{info.get('client_loop', '?')}; peatio-ws {info.get('revision', '?')}"
         )
         lines.append("")
     lines += [
         "| N | backoff | pacing /s | new daemon listening (s after SIGTERM) | all re-authenticated: s after "
         "SIGTERM / after listening | attempts per member; HTTP 503s; accept-queue overflows | events owed after "
         "re-auth: lost (after all bound) / late > 1 s / p50, p99, max ms | of them during the storm: p99 ms | "
-        "daemon CPU per connection life, gross / net µs | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "publisher blocked by RabbitMQ, s (longest) | daemon CPU µs per connection life: calm connect + close / "
+        "all of the storm's | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ev, c = r["events"], r["cpu"]
@@ -1452,7 +1504,8 @@ def render(results: Sequence[dict[str, Any]], info: dict[str, str] | None = None
             f"| {r['n']:,} | {r['policy']} | {r['pace'] or 'off'} | {_s(r['times_from_term_s']['new_listening'])} | "
             f"{back} | {r['attempts_per_member']:.2f}; {http503:,}; {r['listen_overflows']:,} | "
             f"{a['lost']:,} ({a['lost_after_bound']}) / {a['late']:,} / {_ms(a['latency'])} | {dp99} | "
-            f"{c['life_us_gross']:.0f} / {c['life_us_net']:.0f} | {r['load_before'][0]:.1f} |"
+            f"{r['publisher_blocked_s']:.1f} ({r['publisher_longest_block_s']:.1f}) | "
+            f"{c['life_us_calm']:.0f} / {c['life_us_storm']:.0f} | {r['load_before'][0]:.1f} |"
         )
     return "\n".join(lines)
 
@@ -1516,6 +1569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     o = options_from(args)
     info = machine()
     info["client_loop"] = event_loop_name()
+    info["revision"] = daemon_revision()
     storms = Storms(o)
     storms.log("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     storms.run()
@@ -1576,21 +1630,22 @@ def rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, bool | 
             and (after_listen < 5 or not big)
             and not a["lost"]
             and (p99 is None or p99 < 1000)
-            and c["life_us_net"] <= 300
+            and c["life_us_calm"] <= 300
         )
         out.append(
             (
                 f"12. storm: {r['n']:,} clients, backoff {r['policy']}, pacing {r['pace'] or 'off'}: all back, s "
                 "after the new daemon listened (after SIGTERM); events owed after re-auth: lost / late > 1 s / "
-                "p99 ms; daemon CPU µs per connection life, net (gross)",
+                "p99 ms; daemon CPU µs per connection life: calm connect + close (all of the storm's)",
                 ("< 5 s; " if big else "") + "none lost, p99 < 1 s; <= 300 µs",
                 f"{_s(after_listen)} ({_s(r['all_back_from_term_s'])}); {a['lost']:,} / {a['late']:,} / "
-                f"{'-' if p99 is None else f'{p99:,.0f}'}; {c['life_us_net']:,.0f} ({c['life_us_gross']:,.0f})",
+                f"{'-' if p99 is None else f'{p99:,.0f}'}; {c['life_us_calm']:,.0f} ({c['life_us_storm']:,.0f})",
                 met,
                 f"{r['came_back']:,}/{r['n']:,} back; {r['attempts_per_member']:.2f} attempts per member, "
                 f"{int(r['failures'].get('HTTP 503', 0)):,} HTTP 503, {r['listen_overflows']:,} accept-queue "
                 f"overflows; lost after all were bound: {a['lost_after_bound']}; close {c['close_us']:,.0f} µs of "
-                f"the CPU; load {r['load_before'][0]:.1f}",
+                f"the CPU; publisher blocked by RabbitMQ {r['publisher_blocked_s']:.1f} s; load "
+                f"{r['load_before'][0]:.1f}",
             )
         )
     return out
