@@ -231,7 +231,8 @@ def _public_rows(res: dict[str, Any], row: Callable[..., None]) -> None:
             "copies/s delivered; latency p50 / p99 / max",
             ">= 1,000,000/s, p99 < 50 ms" if goal else "-",
             f"{_f(st['rate'])}; {_upper(st)}",
-            (st["rate"] >= 1e6 * 0.98 and st["latency"].get("p99", 1e9) < 50 and not st["missing"]) if goal else None,
+            # Copies/s: the burst's capacity, and every copy of the 1,000,000/s offered delivered.
+            (b["rate"] >= 1e6 and not st["missing"] and st["latency"].get("p99", 1e9) < 50) if goal else None,
             run(st),
         )
     fl = res.get("public_floor")
