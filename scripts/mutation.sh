@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing (issue 17): how many deliberate small breaks of the modules
-# where a silent bug costs most do the unit tests catch? Slow (an hour or
-# more on a busy 2-core machine): run before a release, never in `make test`.
+# where a silent bug costs most do the unit tests catch? Slow (15 minutes to
+# over an hour on a busy 2-core machine): run before a release, never in
+# `make test`.
 #
 #   scripts/mutation.sh                 every module below
 #   scripts/mutation.sh uids routing    only these (names from the table)
@@ -15,9 +16,10 @@
 # Environment: MUTATION_WORKDIR (default: a new /tmp/peatio-ws-mutation.XXXXXX;
 # an existing one keeps each module's clone and cache, so an interrupted run
 # resumes where it stopped), MUTATION_NICE (default 19), MUTATION_MIN_TIMEOUT
-# (default 120: seconds a mutant's test run may take before it counts as hung). The results stay in the work directory; a
-# summary is also copied to .state/mutation-summary.txt. docs/testing.md
-# records the last scores and explains every surviving mutant.
+# (default 120: seconds a mutant's test run may take before it counts as hung).
+# The results stay in the work directory; a summary is also copied to
+# .state/mutation-summary.txt. docs/testing.md records the last scores and
+# explains every surviving mutant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
