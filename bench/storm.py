@@ -414,7 +414,7 @@ class StormConnection(asyncio.Protocol):
                         self.timer = None
                     pool.authenticated(m, now)
                 else:
-                    self._fail("auth refused")
+                    self._fail(f"auth reply {payload[:60].decode('utf-8', 'replace')}")
                     return
             elif opcode == PING:
                 transport.write(_client_frame(data[start:end], PONG))
