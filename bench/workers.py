@@ -120,7 +120,7 @@ def _serve(conn: Connection, handlers: dict[str, Callable[..., dict[str, Any]]])
 def event_loop_name() -> str:
     """The asyncio loop the clients run on: uvloop when installed (cheaper per read), else the stdlib's."""
     try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+        import uvloop  # noqa: F401
     except ImportError:
         return "asyncio"
     return "uvloop"
