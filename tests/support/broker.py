@@ -97,6 +97,14 @@ async def bindings_of(queue: str, ctl: Ctl = rabbitmqctl) -> list[tuple[str, str
     return out
 
 
+def standing_bindings(exchange: str, queue: str) -> list[tuple[str, str]]:
+    """
+    The bindings (as L{bindings_of} lists them, sorted) a daemon's queue has
+    with no member connected: its canary (SPEC §8) and the public events' (§7).
+    """
+    return sorted([(exchange, f"peatio-ws.canary.{queue}"), (exchange, "public.*.*")])
+
+
 async def queue_exists(queue: str, ctl: Ctl = rabbitmqctl) -> bool:
     listing = await ctl("list_queues", "name")
     return queue in listing.split()

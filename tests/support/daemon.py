@@ -32,11 +32,23 @@ from tests.support.waiting import until_blocking
 __all__ = ["DaemonProcess", "free_port", "loopback", "run_cli"]
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """
+    A TCP port on 127.0.0.1 that nothing listens on right now, and never
+    one this process handed out before: the kernel may give a port closed a
+    moment ago again, and the ports of a private RabbitMQ cluster (three
+    AMQP and three distribution ports) are all chosen before any is bound.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def loopback(host: str) -> str:
