@@ -288,6 +288,7 @@ class EventConsumer(Service):
             if fallback is not None and fallback.active():
                 fallback.cancel()
             self._set_down()
+            self._release_flowing()
             waiters, self._waiters = self._waiters, []
             for d in waiters:
                 d.errback(CancelledError("the RabbitMQ consumer stopped"))
@@ -509,7 +510,6 @@ class EventConsumer(Service):
     def _set_down(self) -> None:
         self._consuming = False
         self._metrics.broker_up.set(0)
-        self._release_flowing()
 
     # -- health probe --------------------------------------------------------
 
@@ -585,11 +585,14 @@ class EventConsumer(Service):
     def events_flowing(self, uid: str) -> Deferred[None] | None:
         """
         A Deferred firing once C{uid}'s binding is in place (its events reach
-        us); None when it is already, or when no binding can be waited for
-        (not consuming: the broker is away, nothing flows for anyone). Fired
-        too, so no one waits for ever, when the connection is lost or we stop.
+        us); None when it is already, or when none will be (the consumer is
+        not running, or the uid cannot be bound). While not consuming (at
+        start-up, or the broker away) it waits for the next connection's
+        bind: a client told it is authenticated before its binding exists
+        would miss what is published meanwhile, unknowingly. Fired when we
+        stop, so no one waits for ever (the connection bounds the wait too).
         """
-        if uid in self._bindings.bound or not self._consuming or self._stopped or not valid_uid(uid):
+        if uid in self._bindings.bound or not self.running or self._stopped or not valid_uid(uid):
             return None
         d: Deferred[None] = Deferred()
         self._flowing.setdefault(uid, []).append(d)

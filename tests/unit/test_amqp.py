@@ -181,19 +181,60 @@ class BindingTests(SynchronousTestCase):
         second = h.registry.authenticate(FakeConnection("ID1-b"), Claims(uid="ID1", jti="j2", expires_at=None))
         self.assertIsNone(second)
 
-    def test_events_flowing_never_hangs(self) -> None:
-        """Waiters are released when the connection is lost; nothing is waited for while not consuming."""
-        h = Harness(self)
-        broker = h.consuming()
-        flowing = h.registry.authenticate(FakeConnection("ID2-a"), Claims(uid="ID2", jti="j", expires_at=None))
-        assert flowing is not None
+    def _flowing(self, h: Harness, uid: str) -> list[object]:
+        """Authenticate a connection of C{uid}; what its events_flowing Deferred fired with (so far)."""
+        flowing = h.registry.authenticate(FakeConnection(f"{uid}-a"), Claims(uid=uid, jti=uid, expires_at=None))
+        assert flowing is not None, f"{uid}: nothing to wait for"
         fired: list[object] = []
         flowing.addCallback(fired.append)
-        broker.drop()
-        self.assertEqual(fired, [None])
+        return fired
+
+    def test_events_flowing_waits_for_the_first_connection(self) -> None:
+        """
+        A member authenticated at start-up, before the consumer consumes,
+        waits for the binding the set-up makes: told at once, it would miss
+        the events published until then without knowing.
+        """
+        h = Harness(self)
+        h.start()
         self.assertFalse(h.consumer.up)
-        later = h.registry.authenticate(FakeConnection("ID3-a"), Claims(uid="ID3", jti="k", expires_at=None))
-        self.assertIsNone(later)
+        fired = self._flowing(h, "ID2")
+        h.reactor.advance(1)
+        self.assertEqual(fired, [])
+        broker = h.connect()
+        self.assertTrue(h.consumer.up)
+        self.assertIn(b"private.ID2.*", bind_keys(broker))
+        self.assertEqual(fired, [None])
+
+    def test_events_flowing_waits_across_a_reconnect(self) -> None:
+        """
+        Waiters are not released when the broker goes away, and a member
+        joining while it is away waits too: both for the next connection's
+        bindings. A member bound before waits for nothing.
+        """
+        h = Harness(self)
+        broker = h.consuming()
+        waiting = self._flowing(h, "ID2")
+        broker.drop()
+        self.assertFalse(h.consumer.up)
+        joined = self._flowing(h, "ID3")
+        self.assertEqual((waiting, joined), ([], []))
+        h.reactor.advance(30)
+        second = h.connect()
+        self.assertEqual(sorted(bind_keys(second)), [b"private.ID2.*", b"private.ID3.*"])
+        self.assertEqual((waiting, joined), ([None], [None]))
+        self.assertIsNone(h.registry.authenticate(FakeConnection("ID3-b"), Claims(uid="ID3", jti="x", expires_at=None)))
+
+    def test_events_flowing_never_hangs(self) -> None:
+        """Waiters are released when the consumer stops; a consumer not running is waited for by no one."""
+        h = Harness(self)
+        self.assertIsNone(h.registry.authenticate(FakeConnection("ID1-a"), Claims(uid="ID1", jti="i", expires_at=None)))
+        broker = h.consuming()
+        fired = self._flowing(h, "ID2")
+        broker.drop()
+        h.consumer.stopService()
+        self.assertEqual(fired, [None])
+        self.assertIsNone(h.registry.authenticate(FakeConnection("ID3-a"), Claims(uid="ID3", jti="k", expires_at=None)))
 
     def test_canary_bound_at_set_up(self) -> None:
         """Every connection binds the canary (a key no producer uses) before consuming."""
