@@ -53,10 +53,11 @@ __all__ = [
 
 log = logger("peatio_ws.listen")
 
-#: Pending connections the kernel may queue (capped by net.core.somaxconn).
-#: Twisted's default of 50 overflows when thousands of clients reconnect at
-#: once after a restart.
-BACKLOG = 1024
+#: Pending connections the kernel may queue (capped by net.core.somaxconn,
+#: 4,096 on current kernels). Twisted's default of 50 overflows when
+#: thousands of clients reconnect at once after a restart, and a dropped SYN
+#: comes back only after the client's 1, 3, 7, 15 s retransmissions.
+BACKLOG = 4096
 
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 

@@ -70,7 +70,7 @@ class DescriptionTests(SynchronousTestCase):
         settings = settings_for_tests(websocket_host="::1", websocket_port=8080)
         service = listener_service(settings, Factory.forProtocol(Protocol), reactor)
         assert isinstance(service, PortService)
-        self.assertEqual((service.host, service.port, service.backlog, service.reuse_port), ("::1", 8080, 1024, False))
+        self.assertEqual((service.host, service.port, service.backlog, service.reuse_port), ("::1", 8080, 4096, False))
 
     def test_service_kinds(self) -> None:
         """Reuse-port on or off: one L{PortService}, told which. Neither binds yet."""
