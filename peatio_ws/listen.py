@@ -39,6 +39,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReact
 from twisted.internet.ssl import CertificateOptions
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from peatio_ws import _port
 from peatio_ws.config import ConfigError, Settings
 from peatio_ws.logs import logger
 
@@ -205,6 +206,18 @@ class PortService(Service):
     def startService(self) -> None:
         self.privilegedStartService()
         super().startService()
+
+    def pause_accepting(self) -> bool:
+        """
+        Leave new connections in the kernel's accept queue, the port still
+        bound, until L{resume_accepting}; False when this port cannot.
+        """
+        return self.listening_port is not None and _port.pause_accepting(self.listening_port)
+
+    def resume_accepting(self) -> None:
+        """Accept again (nothing if the port was closed meanwhile)."""
+        if self.listening_port is not None:
+            _port.resume_accepting(self.listening_port)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -4,7 +4,9 @@ The daemon's service tree and its ordered, graceful shutdown.
 
 Children start in the order they are added (monitoring, Redis, RabbitMQ, then
 the WebSocket listener last, so nobody connects before the parts behind it are
-starting). L{MultiService} would stop them all at once; L{Daemon.stopService}
+starting); the WebSocket port then accepts only once RabbitMQ consumes
+(L{CONSUMER_START_WAIT} at most), its new connections held in the kernel's
+accept queue meanwhile. L{MultiService} would stop them all at once; L{Daemon.stopService}
 instead stops them in order, each step bounded in time: tell systemd
 (C{STOPPING=1}), stop accepting, close every client with 1001, stop
 consuming, close Redis, and last the monitoring port, so /health reports the
@@ -36,7 +38,7 @@ from peatio_ws.sdnotify import Notifier
 from peatio_ws.streams import PublicHub
 from peatio_ws.websocket import StreamFactory
 
-__all__ = ["STOP_STEP_TIMEOUT", "Daemon", "StartupError", "stop_once_on_signals"]
+__all__ = ["CONSUMER_START_WAIT", "STOP_STEP_TIMEOUT", "Daemon", "StartupError", "stop_once_on_signals"]
 
 log = logs.logger("peatio_ws.service")
 
@@ -44,6 +46,10 @@ log = logs.logger("peatio_ws.service")
 #: is abandoned (closing clients takes WEBSOCKET_CLOSE_TIMEOUT + 1 at most).
 #: With the defaults the whole stop stays well under the unit's TimeoutStopSec.
 STOP_STEP_TIMEOUT = 3.0
+
+#: Seconds the WebSocket port, bound, may hold new connections in the
+#: kernel's accept queue at start-up until the RabbitMQ consumer consumes.
+CONSUMER_START_WAIT = 10.0
 
 
 def _factory_url(settings: Settings) -> str:
@@ -257,11 +263,43 @@ class Daemon(MultiService):
             mport=_port_number(self.monitoring, self.settings.metrics_port),
         )
         self.notifier.ready(f"Listening on {where}")
+        self._accept_once_consuming()
         interval = self.notifier.watchdog_interval
         if interval:
             self._watchdog = LoopingCall(self.notifier.watchdog)
             self._watchdog.clock = self.reactor
             self._watchdog.start(interval, now=True)
+
+    def _accept_once_consuming(self) -> None:
+        """
+        Accept WebSocket connections only once the consumer consumes (at
+        most L{CONSUMER_START_WAIT} seconds; the port stays bound, so they
+        wait in the kernel's accept queue meanwhile). A restarted node's
+        clients all come back at once: accepted first, they would take the
+        reactor before the AMQP handshake, and every one would wait for a
+        binding the consumer makes only once it is set up.
+        """
+        pause = getattr(self.listener, "pause_accepting", None)
+        when_consuming = getattr(self.consumer, "when_consuming", None)
+        if pause is None or when_consuming is None or self.consumer.up or not pause():
+            return
+        log.info(
+            "accepting WebSocket connections once RabbitMQ consumes (at most {seconds:g} s)",
+            seconds=CONSUMER_START_WAIT,
+        )
+        consuming: Deferred[None] = when_consuming()
+        consuming.addTimeout(CONSUMER_START_WAIT, self.reactor)
+        consuming.addBoth(self._accept_now)
+
+    def _accept_now(self, result: object) -> None:
+        if not self.running:
+            return  # stopping: the listener is closed, or about to be
+        if isinstance(result, Failure):
+            log.warn(
+                "RabbitMQ is not consuming after {seconds:g} s: accepting WebSocket connections anyway",
+                seconds=CONSUMER_START_WAIT,
+            )
+        cast(PortService, self.listener).resume_accepting()
 
     def _startup_error(self, child: IService, error: CannotListenError) -> StartupError:
         keys = "METRICS_HOST/METRICS_PORT" if child is self.monitoring else "WEBSOCKET_HOST/WEBSOCKET_PORT"

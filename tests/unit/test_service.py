@@ -27,7 +27,7 @@ from peatio_ws import logs
 from peatio_ws.http import HealthResource
 from peatio_ws.listen import PortService
 from peatio_ws.logs import JSONLinesObserver, event_as_dict, json_observer
-from peatio_ws.service import STOP_STEP_TIMEOUT, Daemon, StartupError, stop_once_on_signals
+from peatio_ws.service import CONSUMER_START_WAIT, STOP_STEP_TIMEOUT, Daemon, StartupError, stop_once_on_signals
 from peatio_ws.testing import settings_for_tests
 from peatio_ws.websocket import StreamFactory
 
@@ -285,6 +285,79 @@ class StartTests(DaemonTestCase):
             notifier=self.notifier,  # type: ignore[arg-type]
         )
         self.assertEqual(seen, [daemon.factory])
+
+
+class PausingListener(FakeChild):
+    """A listener that can hold new connections in the kernel's accept queue (as L{PortService} can)."""
+
+    def pause_accepting(self) -> bool:
+        self.calls.append(f"pause {self.name}")
+        return True
+
+    def resume_accepting(self) -> None:
+        self.calls.append(f"resume {self.name}")
+
+
+class WaitingConsumer(FakeChild):
+    """A consumer not consuming yet: C{when_consuming} fires when the test says."""
+
+    def __init__(self, name: str, calls: list[str]) -> None:
+        super().__init__(name, calls)
+        self.up = False
+        self.waiting: list[Deferred[None]] = []
+
+    def when_consuming(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred(lambda d: self.waiting.remove(d))
+        self.waiting.append(d)
+        return d
+
+
+class AcceptOnceConsumingTests(DaemonTestCase):
+    """New WebSocket connections wait in the kernel's accept queue until RabbitMQ consumes, for a bounded time."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.children["listener"] = PausingListener("listener", self.calls)
+        self.consumer = WaitingConsumer("rabbitmq", self.calls)
+        self.children["rabbitmq"] = self.consumer
+        self.daemon = self.build()
+
+    def test_held_until_consuming(self) -> None:
+        """Started, the listener pauses after READY=1; once the consumer consumes, it accepts."""
+        self.daemon.startService()
+        self.assertEqual(self.calls[-2:], ["READY=1", "pause listener"])
+        self.reactor.advance(CONSUMER_START_WAIT - 0.01)
+        self.assertNotIn("resume listener", self.calls)
+        self.consumer.waiting[0].callback(None)
+        self.assertEqual(self.calls[-1], "resume listener")
+        self.assertEqual(self.messages(LogLevel.warn), [])
+        # The wait's timeout is gone (the ping sweep is the factory's own).
+        self.assertEqual([c for c in self.reactor.getDelayedCalls() if "_ping_sweep" not in repr(c)], [])
+
+    def test_bounded(self) -> None:
+        """A broker that never comes: the listener accepts after CONSUMER_START_WAIT seconds, with a warning."""
+        self.daemon.startService()
+        self.reactor.advance(CONSUMER_START_WAIT)
+        self.assertEqual(self.calls[-1], "resume listener")
+        self.assertEqual(self.consumer.waiting, [])
+        [line] = self.messages(LogLevel.warn)
+        self.assertEqual(line, "RabbitMQ is not consuming after 10 s: accepting WebSocket connections anyway")
+
+    def test_consuming_already(self) -> None:
+        """A consumer already up: nothing is paused."""
+        self.consumer.up = True
+        self.daemon.startService()
+        self.assertEqual(self.calls[-1], "READY=1")
+
+    def test_stopped_while_held(self) -> None:
+        """Stopping while held: the listener is closed, never resumed (the consumer's wait fails as it stops)."""
+        self.daemon.startService()
+        self.daemon.stopService()
+        self.consumer.waiting[0].errback(Failure(RuntimeError("the RabbitMQ consumer stopped")))
+        self.reactor.advance(CONSUMER_START_WAIT)
+        self.assertIn("stop listener", self.calls)
+        self.assertNotIn("resume listener", self.calls)
+        self.assertEqual(self.messages(LogLevel.warn), [])
 
 
 class ShutdownTests(DaemonTestCase):

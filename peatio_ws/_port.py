@@ -1,0 +1,39 @@
+# -*- test-case-name: tests.unit.test_port_door -*-
+"""
+The one door to Twisted's listening TCP port beyond L{IListeningPort}.
+Written against Twisted 26.10.0; L{tests.unit.test_port_door} fails, naming
+what changed, when an upgrade moves anything relied on here.
+
+Why: a restarted daemon is met by all its clients at once. Until its
+RabbitMQ consumer consumes, it should accept none of them (they would take
+the reactor before the AMQP handshake and wait for bindings made only after
+them), yet keep the port bound, so they wait in the kernel's accept queue
+rather than being refused. L{IListeningPort} can only stop listening.
+
+Relied on: what C{listenTCP} and C{adoptStreamPort} return is a
+L{twisted.internet.tcp.Port}, a C{FileDescriptor} whose C{stopReading} and
+C{startReading} take it out of the reactor's poll and put it back, and whose
+C{connected} is true from C{startListening} until the port is closed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+
+__all__ = ["pause_accepting", "resume_accepting"]
+
+
+def pause_accepting(port: Any) -> bool:
+    """Stop accepting on C{port} (its connections wait in the kernel); False for a port of another kind."""
+    if not isinstance(port, tcp.Port) or not port.connected:
+        return False
+    port.stopReading()
+    return True
+
+
+def resume_accepting(port: Any) -> None:
+    """Accept on C{port} again, unless it was closed meanwhile."""
+    if isinstance(port, tcp.Port) and port.connected:
+        port.startReading()
