@@ -60,8 +60,11 @@ _STATE_CLOSED = WebSocketProtocol.STATE_CLOSED
 
 #: Messages that may wait behind an authentication still checking Redis.
 MAX_QUEUED_MESSAGES = 16
-#: Seconds the reply to an authentication may wait for the member's binding (L{StreamProtocol.authenticated}).
-EVENTS_FLOWING_WAIT = 5.0
+#: Seconds the reply to an authentication may wait for the member's binding
+#: (L{StreamProtocol.authenticated}). Long enough for a restarted node's whole
+#: membership: RabbitMQ binds about 1,000 a second, so 15,000 members take
+#: 15 s, and a member told before its binding exists misses events unknowingly.
+EVENTS_FLOWING_WAIT = 30.0
 #: Seconds a client closed for its inbound budget has to close its side before it is dropped.
 LET_GO_SECONDS = 1.0
 
