@@ -15,7 +15,8 @@ L{bake_options} puts Autobahn's options on the protocol class once per
 factory instead of on every connection.
 
 Relied on: C{WebSocketProtocol._dataReceived}, C{data}, C{processHandshake},
-C{failHandshake}, C{onFrameBegin}, C{current_frame.fin}, C{failedByMe},
+C{failHandshake} (replaced: what it did, C{wasNotCleanReason}, C{sendHttpErrorResponse},
+C{wasClean}, C{dropConnection}), C{onFrameBegin}, C{current_frame.fin}, C{failedByMe},
 C{_fail_connection}, C{closedByMe}/C{localCloseCode}/C{localCloseReason}
 (set by C{sendCloseFrame}), C{onMessageBegin}, C{onMessageFrameBegin},
 C{http_request_data}/C{http_response_data}/C{http_headers}, C{CONFIG_ATTRS}
@@ -48,6 +49,9 @@ class BoundedServerProtocol(WebSocketServerProtocol):
     _fragments = (0, 0)
     #: Set once the server refused what the client sent: nothing more is read.
     muted = False
+    #: Set by the subclass when it has counted and logged the refusal it is
+    #: about to make (an HTTP error it raises as C{ConnectionDeny} included).
+    refusal_counted = False
 
     # -- hooks: the subclass's policy ------------------------------------------------
 
@@ -63,6 +67,9 @@ class BoundedServerProtocol(WebSocketServerProtocol):
 
     def too_many_frames(self) -> None:
         """A message is over L{MAX_FRAMES_PER_MESSAGE} frames or L{MAX_EMPTY_FRAGMENTS} empty ones."""
+
+    def handshake_failed(self, code: int, reason: str) -> None:
+        """Autobahn refused the upgrade request (HTTP C{code}): the subclass counts and logs it."""
 
     # -- mechanism -----------------------------------------------------------------------
 
@@ -82,7 +89,31 @@ class BoundedServerProtocol(WebSocketServerProtocol):
     def refuse(self, code: int, text: str, headers: list[tuple[str, str]] | None = None) -> None:
         """Answer the upgrade request with HTTP C{code} (and C{headers}) and close; read nothing more."""
         self.mute()
-        self.failHandshake(text, code, headers)
+        self._refuse_quietly(code, text, headers)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """
+        Autobahn refusing a request, its own way (a malformed one) or for the
+        subclass (a C{ConnectionDeny}): L{handshake_failed} says so unless
+        the subclass did (L{refusal_counted}), then as L{refuse}.
+        """
+        self.mute()
+        if not self.refusal_counted:
+            self.handshake_failed(code, reason)
+        self._refuse_quietly(code, reason, responseHeaders)
+
+    def _refuse_quietly(self, code: int, reason: str, headers: Any) -> None:
+        """
+        What Autobahn's C{failHandshake} does, without its two lines per
+        refusal (an info line, then C{dropConnection}'s warning for a drop
+        that is not clean): any client can cause any number of them, so a
+        refusal is logged by the subclass, throttled. C{wasClean} is only
+        read for connections that opened, which a refused one never did.
+        """
+        self.wasNotCleanReason = reason
+        self.sendHttpErrorResponse(code, reason, headers)
+        self.wasClean = True
+        self.dropConnection(abort=False)
 
     def fail(self, code: int, reason: str) -> None:
         """Close with C{code} (any code, 1008 included, which sendClose refuses), then read nothing more."""

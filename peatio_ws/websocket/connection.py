@@ -217,9 +217,22 @@ class StreamProtocol(BoundedServerProtocol):
 
     def refuse_with(self, code: int, text: str, reason: str) -> None:
         """Answer the upgrade request with HTTP C{code}, counted under C{reason}, and close."""
+        self._refused(code, reason, reason)
+        # A 503 says when to come back, spread over a few seconds: clients of a
+        # restarted node that honour it do not all return at the same instant.
+        headers = [("Retry-After", str(random.randint(1, 5)))] if code == 503 else None  # noqa: S311 (jitter)
+        self.refuse(code, text, headers)
+
+    def handshake_failed(self, code: int, reason: str) -> None:
+        """Autobahn refused the upgrade request (not one, or malformed): counted as bad_request, logged throttled."""
+        self._refused(code, "bad_request", reason[:200])
+
+    def _refused(self, code: int, label: str, reason: str) -> None:
+        """A refusal at the handshake: counted under C{label}; one line, unless too many came lately."""
         factory = self.factory
-        factory.metrics.rejected.labels(reason=reason).inc()
-        held = factory.log_throttle(reason)
+        self.refusal_counted = True
+        factory.metrics.rejected.labels(reason=label).inc()
+        held = factory.log_throttle(label)
         if held is not None:
             _log.info(
                 "connection {conn_id} from {peer} refused at the handshake: closed by server: HTTP {code} "
@@ -231,10 +244,6 @@ class StreamProtocol(BoundedServerProtocol):
                 reason=reason,
                 held=held_note(held),
             )
-        # A 503 says when to come back, spread over a few seconds: clients of a
-        # restarted node that honour it do not all return at the same instant.
-        headers = [("Retry-After", str(random.randint(1, 5)))] if code == 503 else None  # noqa: S311 (jitter)
-        self.refuse(code, text, headers)
 
     # Autobahn runs onConnect through txaio.as_future: a Deferred is waited for.
     def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]
@@ -242,6 +251,7 @@ class StreamProtocol(BoundedServerProtocol):
         factory = self.factory
         origin = request.headers.get("origin")
         if not factory.origins.allows(origin):
+            self.refusal_counted = True
             factory.metrics.rejected.labels(reason="origin").inc()
             held = factory.log_throttle("origin")
             if held is not None:

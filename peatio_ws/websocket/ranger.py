@@ -195,6 +195,7 @@ class RangerDialect:
     def _refuse(conn: StreamProtocol, reason: str) -> None:
         """Count and log (throttled) a 401 for C{reason}, the rule that failed (never the token)."""
         factory = conn.factory
+        conn.refusal_counted = True
         factory.metrics.auth.labels(result="failure", reason=reason).inc()
         factory.metrics.rejected.labels(reason="unauthorized").inc()
         held = factory.log_throttle("unauthorized")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
@@ -26,6 +28,8 @@ from peatio_ws.testing.frames import CLOSE, PING, client_frame, close_payload
 from peatio_ws.testing.wsclient import Client
 from peatio_ws.websocket import CloseCode
 from peatio_ws.websocket.factory import new_id_prefix
+
+REJECTED = "peatio_ws_connections_rejected_total"
 
 AUTHENTICATED = {"success": {"message": "Authenticated."}}
 
@@ -284,6 +288,60 @@ class CloseLineTests(ConnectionLogTestCase):
         self.addCleanup(client.lose)
         [_, (text, _)] = self.lines("refused")
         self.assertIn("(4 more not logged)", text)
+
+    def autobahn_lines(self) -> list[str]:
+        """What Autobahn itself logged (captured from setUp on)."""
+        return [formatEvent(e) for e in self.all_events if str(e.get("log_namespace", "")).startswith("autobahn")]
+
+    def raw(self, request: bytes) -> StringTransport:
+        """A socket that sends C{request} as its whole upgrade request; what the server wrote back."""
+        address = IPv4Address("TCP", "127.0.0.1", 50000)
+        protocol = self.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(request)
+        self.addCleanup(protocol.connectionLost)
+        return transport
+
+    def test_bad_requests_counted_and_throttled(self) -> None:
+        """
+        A request Autobahn refuses itself (not an upgrade): HTTP 426, counted
+        as bad_request, one throttled line of ours, and none of Autobahn's
+        two per refusal, which any client could multiply at will.
+        """
+        self.all_events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, self.all_events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        not_an_upgrade = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        transports = [self.raw(not_an_upgrade) for _ in range(5)]
+        for transport in transports:
+            self.assertEqual(transport.value(), b"HTTP/1.1 426 HTTP Upgrade header missing\r\n\r\n")
+            self.assertTrue(transport.disconnecting)
+        [(text, event)] = self.lines("refused")
+        self.assertEqual((event["by"], event["code"]), ("server", 426))
+        self.assertIn("refused at the handshake: closed by server: HTTP 426 HTTP Upgrade header missing", text)
+        self.assertEqual(self.metrics.registry.get_sample_value(REJECTED, {"reason": "bad_request"}), 5)
+        self.assertEqual(self.autobahn_lines(), [])
+
+    def test_our_refusals_counted_once(self) -> None:
+        """A refusal of ours (per-address limit, origin) is one count and one line, none from Autobahn."""
+        self.all_events = []
+        observer = cast(ILogObserver, self.all_events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.build(websocket_max_connections_per_ip=1, websocket_allowed_origins=("https://exchange.example.com",))
+        self.connect(origin="https://exchange.example.com")
+        for origin, host in (("https://exchange.example.com", "127.0.0.1"), ("https://evil.example", "127.0.0.2")):
+            client = Client.connect(self.factory, origin=origin, host=host, expect_open=False)
+            self.addCleanup(client.lose)
+        self.assertEqual(len(self.lines("refused")), 2)
+        samples = {
+            reason: self.metrics.registry.get_sample_value(REJECTED, {"reason": reason})
+            for reason in ("per_ip_limit", "origin", "bad_request")
+        }
+        self.assertEqual(samples, {"per_ip_limit": 1, "origin": 1, "bad_request": None})
+        self.assertEqual(self.autobahn_lines(), [])
 
     def test_every_opened_connection_has_one_close_line(self) -> None:
         """However it ends, each connection that opened gets exactly one close line."""

@@ -57,6 +57,25 @@ class AutobahnDoorTests(SynchronousTestCase):
         for needle in ('self.data.find(b"\\x0d\\x0a\\x0d\\x0a")', "self.http_request_data", "self.http_headers"):
             self.assertIn(needle, source, f"Autobahn's server handshake no longer uses {needle}")
 
+    def test_fail_handshake_replaced(self) -> None:
+        """
+        failHandshake, which the door replaces with the same steps minus the
+        logging, still does just those; dropConnection still warns only
+        when not wasClean; the server handshake still refuses through it.
+        """
+        source = inspect.getsource(WebSocketServerProtocol.failHandshake)
+        for needle in (
+            "self.wasNotCleanReason = reason",
+            "self.sendHttpErrorResponse(code, reason, responseHeaders)",
+            "self.dropConnection(abort=False)",
+        ):
+            self.assertIn(needle, source, f"Autobahn's failHandshake no longer does {needle}")
+        self.assertEqual(
+            parameters(WebSocketServerProtocol.sendHttpErrorResponse), ["self", "code", "reason", "responseHeaders"]
+        )
+        self.assertIn("if self.wasClean:", inspect.getsource(WebSocketProtocol.dropConnection))
+        self.assertIn("self.failHandshake(", inspect.getsource(WebSocketServerProtocol.processHandshake))
+
     def test_frame_state(self) -> None:
         """Frame processing keeps current_frame (with fin) and failedByMe; onMessageFrameBegin counts the length."""
         frame_source = inspect.getsource(WebSocketProtocol.processData)
