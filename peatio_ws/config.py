@@ -286,6 +286,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "RABBITMQ_QUEUE_EXPIRES": _positive_seconds,
     "RABBITMQ_UNBIND_DELAY": _seconds,
     "RABBITMQ_QUEUE_TYPE": _choice("classic", "quorum"),
+    "RABBITMQ_PRIVATE_BINDING": _choice("member", "all"),
     "AMQP_SPEC": _readable_file,
     "REDIS_URL": _redis_url,
     "REDIS_REVOCATION_WHEN_DOWN": _choice("allow", "deny"),
@@ -397,6 +398,7 @@ class Settings:
     rabbitmq_queue_expires: float = _DEFAULTS["rabbitmq_queue_expires"]
     rabbitmq_unbind_delay: float = _DEFAULTS["rabbitmq_unbind_delay"]
     rabbitmq_queue_type: str = _DEFAULTS["rabbitmq_queue_type"]
+    rabbitmq_private_binding: str = _DEFAULTS["rabbitmq_private_binding"]
     amqp_spec: str = _DEFAULTS["amqp_spec"]
 
     redis_url: RedisAddress = _DEFAULTS["redis_url"]

@@ -173,6 +173,10 @@ class Registry:
         """The authenticated connections of member C{uid} (a copy)."""
         return frozenset(self._by_uid.get(uid, ()))
 
+    def has_member(self, uid: str) -> bool:
+        """Whether C{uid} has an authenticated connection here (no copy made)."""
+        return uid in self._by_uid
+
     def members(self) -> list[str]:
         """Every member with at least one authenticated connection."""
         return list(self._by_uid)

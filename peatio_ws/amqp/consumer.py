@@ -49,7 +49,14 @@ from peatio_ws.amqp import _clientservice, _txamqp
 from peatio_ws.amqp._txamqp import Closed, DeliveryClient, describe
 from peatio_ws.amqp.bindings import Bindings
 from peatio_ws.amqp.nodes import NodeRotation
-from peatio_ws.amqp.routing import binding_key, event_label, parse_routing_key, valid_json, valid_uid
+from peatio_ws.amqp.routing import (
+    ALL_PRIVATE_BINDING,
+    binding_key,
+    event_label,
+    parse_routing_key,
+    valid_json,
+    valid_uid,
+)
 from peatio_ws.config import Settings
 from peatio_ws.logs import LineThrottle, logger
 from peatio_ws.metrics import Metrics
@@ -149,6 +156,8 @@ class EventConsumer(Service):
         self._expires_ms = max(1, min(int(settings.rabbitmq_queue_expires * 1000), 2**31 - 1))
 
         self._bindings = Bindings(reactor, settings.rabbitmq_unbind_delay, self._kick)
+        #: RABBITMQ_PRIVATE_BINDING=all: one binding for every private event, none per member.
+        self._bind_all = settings.rabbitmq_private_binding == "all"
 
         self._session: _Session | None = None
         self._connection: DeliveryClient | None = None
@@ -374,6 +383,9 @@ class EventConsumer(Service):
         if self._hub is not None:
             # Every public event, from start-up, whoever is subscribed: the order-book stores stay warm.
             await channel.queue_bind(queue=self._queue, exchange=self._exchange, routing_key=PUBLIC_BINDING)
+        if self._bind_all:
+            # Every private event, whoever it is for: those of members connected elsewhere are dropped here.
+            await channel.queue_bind(queue=self._queue, exchange=self._exchange, routing_key=ALL_PRIVATE_BINDING)
         await channel.basic_qos(prefetch_count=s.rabbitmq_prefetch)
         session = _Session(client, channel)
         self._session = session
@@ -381,8 +393,9 @@ class EventConsumer(Service):
         # the registry's observer) plus those within their unbind delay.
         # The queue may be new (it expired): bind every member again; bindings
         # of members who left while we were away are removed.
-        self._bindings.reconnected(uid for uid in self._registry.members() if valid_uid(uid))
-        await self._sync(session)
+        if not self._bind_all:
+            self._bindings.reconnected(uid for uid in self._registry.members() if valid_uid(uid))
+            await self._sync(session)
         client.enable_fast_path(CHANNEL, self._handle_delivery, self._read_done)
         await channel.basic_consume(queue=self._queue, consumer_tag=self._consumer_tag, no_ack=False)
         if self._session is not session:
@@ -398,6 +411,8 @@ class EventConsumer(Service):
         )
         if self._bindings.dirty:
             self._kick()
+        if self._bind_all:
+            self._release_flowing()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
@@ -576,7 +591,9 @@ class EventConsumer(Service):
     # -- bindings -------------------------------------------------------------
 
     def member_joined(self, uid: str) -> None:
-        """Bind C{private.<uid>.*} (now if connected), or keep the binding."""
+        """Bind C{private.<uid>.*} (now if connected), or keep the binding; nothing with the binding for all."""
+        if self._bind_all:
+            return
         if not valid_uid(uid):
             log.warn("Not binding member {uid}: not usable in a routing key", uid=uid)
             return
@@ -591,8 +608,13 @@ class EventConsumer(Service):
         bind: a client told it is authenticated before its binding exists
         would miss what is published meanwhile, unknowingly. Fired when we
         stop, so no one waits for ever (the connection bounds the wait too).
+        With RABBITMQ_PRIVATE_BINDING=all there is no binding per member:
+        None once consuming, and until then the wait is for the set-up.
         """
-        if uid in self._bindings.bound or not self.running or self._stopped or not valid_uid(uid):
+        if self._bind_all:
+            if self._consuming or not self.running or self._stopped:
+                return None
+        elif uid in self._bindings.bound or not self.running or self._stopped or not valid_uid(uid):
             return None
         d: Deferred[None] = Deferred()
         self._flowing.setdefault(uid, []).append(d)
@@ -611,7 +633,8 @@ class EventConsumer(Service):
 
     def member_left(self, uid: str) -> None:
         """Unbind after RABBITMQ_UNBIND_DELAY, unless the member comes back."""
-        self._bindings.leave(uid, stopping=self._stopped)
+        if not self._bind_all:
+            self._bindings.leave(uid, stopping=self._stopped)
 
     def _kick(self) -> None:
         """Start bringing the queue's bindings in line, unless already doing so."""
@@ -678,6 +701,10 @@ class EventConsumer(Service):
                 self._dropped_bad_key.inc()
             return
         uid, event = parsed
+        if self._bind_all and not self._registry.has_member(uid):
+            # Bound for every member: this one is connected elsewhere (or nowhere). No JSON check for it.
+            self._dropped_no_connection.inc()
+            return
         if not valid_json(body):
             self._dropped_malformed.inc()
             self._log_malformed(routing_key, body)

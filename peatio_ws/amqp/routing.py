@@ -18,9 +18,21 @@ import orjson
 from peatio_ws.uids import MAX_UID_BYTES as MAX_UID_BYTES
 from peatio_ws.uids import valid_uid as valid_uid
 
-__all__ = ["MAX_UID_BYTES", "binding_key", "event_label", "parse_routing_key", "valid_json", "valid_uid"]
+__all__ = [
+    "ALL_PRIVATE_BINDING",
+    "MAX_UID_BYTES",
+    "binding_key",
+    "event_label",
+    "parse_routing_key",
+    "valid_json",
+    "valid_uid",
+]
 
 _EVENT_LABEL = re.compile(r"[a-z_]{1,32}\Z")
+
+
+#: Every member's private events (RABBITMQ_PRIVATE_BINDING=all): C{private.<uid>.<event>}, any uid, any event.
+ALL_PRIVATE_BINDING = b"private.*.*"
 
 
 def binding_key(uid: str) -> bytes:

@@ -24,6 +24,7 @@ from peatio_ws.auth import Claims
 from peatio_ws.config import Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
+from tests.support import broker
 from tests.support.broker import HOST, PASSWORD, PORT, USER, close_connection_named, queue_counts, rabbitmqctl
 from tests.support.daemon import free_port
 from tests.support.publisher import Publisher
@@ -141,6 +142,33 @@ class EventConsumerBrokerTests(TestCase):
         self.assertEqual(self.value("peatio_ws_events_delivered_total", event="trade"), 20)
         # Not bound, so never routed here.
         self.assertEqual(self.value("peatio_ws_events_dropped_total", reason="no_connection"), 0)
+
+    async def test_bind_all(self) -> None:
+        """
+        RABBITMQ_PRIVATE_BINDING=all on the real broker: the queue has one
+        private binding, private.*.*, whoever connects; members here get
+        their events, in order; members connected elsewhere are dropped.
+        """
+        a = self.join("IDALLA")
+        consumer = await self.consumer(rabbitmq_private_binding="all")
+        b = self.join("IDALLB")
+        bindings = await broker.bindings_of(consumer.queue_name)
+        self.assertEqual(
+            sorted(key for _, key in bindings), sorted([f"peatio-ws.canary.{consumer.queue_name}", "private.*.*"])
+        )
+        for i in range(20):
+            self.publish("private.IDALLA.order", {"seq": i})
+            self.publish("private.IDELSEWHERE.order", {"seq": i})
+            self.publish("private.IDALLB.trade", {"seq": i})
+        await wait_for(lambda: len(a.frames) == 20 and len(b.frames) == 20, 10, "20 events for each member here")
+        self.assertEqual(a.events(), [{"order": {"seq": i}} for i in range(20)])
+        self.assertEqual(b.events(), [{"trade": {"seq": i}} for i in range(20)])
+        await wait_for(
+            lambda: self.value("peatio_ws_events_dropped_total", reason="no_connection") == 20,
+            10,
+            "the 20 events of the member connected elsewhere dropped",
+        )
+        self.assertEqual(consumer.bound, frozenset())
 
     async def test_order_preserved(self) -> None:
         """A member's events arrive in publishing order."""

@@ -28,7 +28,7 @@ from peatio_ws.amqp import (
     EventConsumer,
 )
 from peatio_ws.auth import Claims
-from peatio_ws.config import Settings
+from peatio_ws.config import KEYS, Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.streams.names import parse_stream
@@ -400,6 +400,62 @@ class BindingTests(SynchronousTestCase):
         self.assertEqual(h.consumer.bound, {"ID1", "ID3"})
         self.assertEqual(broker2.named("queue.declare")[0]["queue"], h.consumer.queue_name)
         self.assertEqual(h.value("peatio_ws_rabbitmq_connects_total"), 2)
+
+
+class BindAllTests(SynchronousTestCase):
+    """RABBITMQ_PRIVATE_BINDING=all: one binding for every private event, none per member."""
+
+    def test_one_binding_at_set_up_none_per_member(self) -> None:
+        """The set-up binds private.*.* (with the canary); members joining and leaving bind nothing."""
+        h = Harness(self, rabbitmq_private_binding="all")
+        h.join("ID1")
+        broker = h.consuming()
+        conn = h.join("ID2")
+        h.leave(conn)
+        h.reactor.advance(60)
+        broker.pump()
+        self.assertEqual(bind_keys(broker), [b"private.*.*"])
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [])
+        self.assertEqual(h.consumer.bound, frozenset())
+        names = broker.names()
+        self.assertLess(names.index("queue.bind"), names.index("basic.consume"))
+
+    def test_events_flowing_once_consuming(self) -> None:
+        """No wait once consuming; before, a login waits for the set-up (which binds for everyone at once)."""
+        h = Harness(self, rabbitmq_private_binding="all")
+        h.start()
+        early = h.registry.authenticate(FakeConnection("ID1-a"), Claims(uid="ID1", jti="a", expires_at=None))
+        assert early is not None
+        fired: list[object] = []
+        early.addCallback(fired.append)
+        h.connect()
+        self.assertEqual(fired, [None])
+        self.assertIsNone(h.registry.authenticate(FakeConnection("ID2-a"), Claims(uid="ID2", jti="b", expires_at=None)))
+
+    def test_members_elsewhere_dropped_unexamined(self) -> None:
+        """
+        An event for a member connected here is delivered as always; one for
+        a member connected elsewhere is dropped (no_connection) before its
+        body is even checked, and acked.
+        """
+        h = Harness(self, rabbitmq_private_binding="all")
+        here = h.join("ID1")
+        broker = h.consuming()
+        broker.deliver("private.ELSEWHERE.order", "not json")
+        broker.deliver("private.ID1.order", '{"id":1}')
+        tag = broker.deliver("private.ELSEWHERE.trade", "{}")
+        broker.pump()
+        self.assertEqual(here.events(), [{"order": {"id": 1}}])
+        self.assertEqual(h.dropped("no_connection"), 2)
+        self.assertEqual(h.dropped("malformed"), 0)
+        self.assertEqual(h.value("peatio_ws_events_received_total", event="order"), 1)
+        self.assertEqual(broker.acks[-1], (tag, True))
+
+    def test_setting(self) -> None:
+        """member (the default) or all, any case; anything else is refused."""
+        self.assertEqual(Settings().rabbitmq_private_binding, "member")
+        self.assertEqual(KEYS["RABBITMQ_PRIVATE_BINDING"]("All"), "all")
+        self.assertRaises(ValueError, KEYS["RABBITMQ_PRIVATE_BINDING"], "none")
 
 
 class ProbeTests(SynchronousTestCase):
