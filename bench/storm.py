@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from bench.events import MESSAGE_PREFIX, SEQ_AT, TS_GAP
+from bench.scenarios import bound_gauge
 from bench.workers import Worker, call_all, event_loop_name, raise_nofile
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -921,7 +922,7 @@ class Storms:
         t = time.monotonic()
         while time.monotonic() - t < timeout:
             with contextlib.suppress(OSError):
-                if metric(daemon.metrics(), "peatio_ws_rabbitmq_bindings") >= n:
+                if metric(daemon.metrics(), bound_gauge(self.o.daemon_env)) >= n:
                     return time.monotonic() - t
             time.sleep(0.1)
         raise RuntimeError(f"the {n} bindings not in place after {timeout:.0f} s")
@@ -1016,7 +1017,7 @@ class Storms:
                 continue
             bindings = 0.0
             with contextlib.suppress(OSError):
-                bindings = metric(new.metrics(), "peatio_ws_rabbitmq_bindings")
+                bindings = metric(new.metrics(), bound_gauge(self.o.daemon_env))
             if bindings >= n:
                 t_bound = _ns()
                 break
