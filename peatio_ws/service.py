@@ -299,6 +299,8 @@ class Daemon(MultiService):
                 "RabbitMQ is not consuming after {seconds:g} s: accepting WebSocket connections anyway",
                 seconds=CONSUMER_START_WAIT,
             )
+        else:
+            log.info("RabbitMQ consuming: accepting WebSocket connections")
         cast(PortService, self.listener).resume_accepting()
 
     def _startup_error(self, child: IService, error: CannotListenError) -> StartupError:

@@ -331,6 +331,7 @@ class AcceptOnceConsumingTests(DaemonTestCase):
         self.consumer.waiting[0].callback(None)
         self.assertEqual(self.calls[-1], "resume listener")
         self.assertEqual(self.messages(LogLevel.warn), [])
+        self.assertEqual(self.messages()[-1], "RabbitMQ consuming: accepting WebSocket connections")
         # The wait's timeout is gone (the ping sweep is the factory's own).
         self.assertEqual([c for c in self.reactor.getDelayedCalls() if "_ping_sweep" not in repr(c)], [])
 
