@@ -616,9 +616,17 @@ class EventConsumer(Service):
                 return None
         elif uid in self._bindings.bound or not self.running or self._stopped or not valid_uid(uid):
             return None
-        d: Deferred[None] = Deferred()
+        d: Deferred[None] = Deferred(lambda d: self._forget_flowing(uid, d))
         self._flowing.setdefault(uid, []).append(d)
         return d
+
+    def _forget_flowing(self, uid: str, d: Deferred[None]) -> None:
+        """A waiter given up (the connection's bound on the wait): nothing of it is kept."""
+        waiting = self._flowing.get(uid)
+        if waiting is not None and d in waiting:
+            waiting.remove(d)
+            if not waiting:
+                del self._flowing[uid]
 
     def _release_flowing(self, uid: str | None = None) -> None:
         """Fire the waiters of C{uid} (of everyone when None)."""

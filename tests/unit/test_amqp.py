@@ -225,6 +225,20 @@ class BindingTests(SynchronousTestCase):
         self.assertEqual((waiting, joined), ([None], [None]))
         self.assertIsNone(h.registry.authenticate(FakeConnection("ID3-b"), Claims(uid="ID3", jti="x", expires_at=None)))
 
+    def test_events_flowing_given_up(self) -> None:
+        """A waiter cancelled (the connection gave up waiting) is forgotten, the others still fire."""
+        h = Harness(self)
+        h.start()
+        given_up = h.registry.authenticate(FakeConnection("ID2-a"), Claims(uid="ID2", jti="a", expires_at=None))
+        assert given_up is not None
+        given_up.addErrback(lambda f: None)
+        kept = self._flowing(h, "ID3")
+        given_up.cancel()
+        self.assertEqual(list(h.consumer._flowing), ["ID3"])
+        h.connect()
+        self.assertEqual(kept, [None])
+        self.assertEqual(h.consumer._flowing, {})
+
     def test_events_flowing_never_hangs(self) -> None:
         """Waiters are released when the consumer stops; a consumer not running is waited for by no one."""
         h = Harness(self)
