@@ -41,7 +41,9 @@
   class PeatioStream {
     /**
      * @param {object} options
-     * @param {string} options.url              wss://… (any path is accepted)
+     * @param {string} options.url              wss://… (the legacy dialect: any path but one ending
+     *                                          in /public or /private, no stream= query and no
+     *                                          Authorization header, which choose ranger)
      * @param {() => (string|Promise<string>)} options.getToken
      *        a fresh Barong session JWT (with or without "Bearer "), called on every
      *        connect and before the current token expires
