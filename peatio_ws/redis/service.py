@@ -133,6 +133,15 @@ def _reason(error: BaseException | Failure) -> str:
 # ---------------------------------------------------------------------------
 
 
+
+def _answer(result: bool | Failure, d: Deferred[bool]) -> None:
+    """Fire C{d} with C{result}, unless its caller gave up on it (cancelled)."""
+    if not d.called:
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+
 class RevocationService(Service):
     """
     Answers "is this token revoked?" and ends live sessions revoked through
@@ -164,6 +173,9 @@ class RevocationService(Service):
         self._outage_since: float | None = None
         self._last_error: str | None = None
         self._slow = False
+        #: Revocation checks asked while one EXISTS is out: sent together when it answers.
+        self._checks: list[tuple[str, Deferred[bool]]] = []
+        self._checking = False
         self._ready_waiters: list[Deferred[None]] = []
         self._pinger: LoopingCall | None = None
 
@@ -220,7 +232,11 @@ class RevocationService(Service):
         if self._stalled:
             # Known not to answer: do not make every login wait out COMMAND_TIMEOUT.
             return self._unanswered(f"Redis has not answered PING for {self._probe_timeout:g} s", connected=True)
-        return Deferred.fromCoroutine(self._check(cmd, jti))
+        d: Deferred[bool] = Deferred()
+        self._checks.append((jti, d))
+        if not self._checking:
+            Deferred.fromCoroutine(self._run_checks())
+        return d
 
     def recheck(self) -> Deferred[int]:
         """
@@ -439,18 +455,37 @@ class RevocationService(Service):
             self._schedule_recheck()
         return succeed(False)
 
-    async def _check(self, cmd: _Link, jti: str) -> bool:
+    async def _run_checks(self) -> None:
+        """
+        Answer the revocation checks: the first at once, then, each time an
+        answer comes, every check asked meanwhile in one EXISTS (per key
+        only if it counts something). A reconnect storm's logins then cost
+        Redis and txredisapi one command per round trip, not one each.
+        """
+        self._checking = True
         try:
-            count = await cmd.exists(revoked_key(jti)).addTimeout(COMMAND_TIMEOUT, self._reactor)
-        except Exception as e:
-            if not self._slow and self._cmd is cmd:
-                self._slow = True
-                log.warn("Redis could not answer a revocation check ({error})", error=_reason(e))
-            return await self._unanswered(_reason(e), connected=self._cmd is cmd)
-        if self._slow:
-            self._slow = False
-            log.info("Redis answers revocation checks again")
-        return bool(count)
+            while self._checks:
+                batch, self._checks = self._checks, []
+                cmd = self._cmd
+                try:
+                    if cmd is None:
+                        raise RevocationUnavailable("Redis is down")
+                    flags = await self._revoked_flags([jti for jti, _ in batch], cmd)
+                except Exception as e:
+                    if not self._slow and cmd is not None and self._cmd is cmd:
+                        self._slow = True
+                        log.warn("Redis could not answer a revocation check ({error})", error=_reason(e))
+                    connected = cmd is not None and self._cmd is cmd
+                    for _, d in batch:
+                        self._unanswered(_reason(e), connected=connected).addBoth(_answer, d)
+                    continue
+                if self._slow:
+                    self._slow = False
+                    log.info("Redis answers revocation checks again")
+                for (_, d), flag in zip(batch, flags, strict=True):
+                    _answer(flag, d)
+        finally:
+            self._checking = False
 
     def _start_recheck(self) -> None:
         def failed(f: Failure) -> None:
@@ -509,18 +544,20 @@ class RevocationService(Service):
             )
         return revoked
 
-    async def _revoked_flags(self, jtis: Sequence[str]) -> list[bool]:
+    async def _revoked_flags(self, jtis: Sequence[str], cmd: _Link | None = None) -> list[bool]:
         """
-        One EXISTS over the whole batch; only when it counts something, one
-        EXISTS per key, pipelined, to learn which.
+        One EXISTS over the whole batch (on C{cmd}, else the current command
+        connection); only when it counts something (and there is more than
+        one key), one EXISTS per key, pipelined, to learn which.
         """
-        cmd = self._cmd
+        if cmd is None:
+            cmd = self._cmd
         if cmd is None:
             raise RevocationUnavailable("Redis is down")
         keys = [revoked_key(jti) for jti in jtis]
         total = await cmd.exists(*keys).addTimeout(COMMAND_TIMEOUT, self._reactor)
-        if not total:
-            return [False] * len(keys)
+        if not total or len(keys) == 1:
+            return [bool(total)] * len(keys)
         each = gatherResults([cmd.exists(key) for key in keys], consumeErrors=True)
         counts = await each.addTimeout(COMMAND_TIMEOUT, self._reactor)
         return [bool(count) for count in counts]

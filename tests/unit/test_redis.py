@@ -47,9 +47,14 @@ class FakeLink:
         self.subscriptions: list[str] = []
         self.subscribe_result: Deferred[object] | None = None
         self.aborted = False
+        #: The answer to the next EXISTS only, fired by the test.
+        self.hold: Deferred[int] | None = None
 
     def exists(self, *keys: str) -> Deferred[int]:
         self.exists_calls.append(keys)
+        if self.hold is not None:
+            held, self.hold = self.hold, None
+            return held
         if self.hang:
             return Deferred()
         if self.error is not None:
@@ -199,6 +204,50 @@ class PolicyTests(SynchronousTestCase):
             else:
                 failure = self.failureResultOf(d, RevocationUnavailable)
                 self.assertIn("LOADING", failure.getErrorMessage())
+
+    def test_checks_asked_meanwhile_go_together(self) -> None:
+        """
+        The first check goes at once; those asked while it is out go in one
+        EXISTS when it answers, and only if that counts something, one per
+        key to learn which: each answered as if alone.
+        """
+        h = Harness(self)
+        cmd, _ = h.connect(FakeLink({revoked_key("bad")}))
+        pending: Deferred[int] = Deferred()
+        cmd.hold = pending
+        first = h.service.is_revoked("first")
+        self.assertEqual(cmd.exists_calls, [(revoked_key("first"),)])
+        later = [h.service.is_revoked(jti) for jti in ("a", "bad", "c")]
+        self.assertEqual(len(cmd.exists_calls), 1)
+        pending.callback(0)
+        self.assertIs(self.successResultOf(first), False)
+        self.assertEqual([self.successResultOf(d) for d in later], [False, True, False])
+        keys = (revoked_key("a"), revoked_key("bad"), revoked_key("c"))
+        self.assertEqual(cmd.exists_calls[1:], [keys, *[(key,) for key in keys]])
+        # None revoked: one EXISTS for the lot.
+        pending2: Deferred[int] = Deferred()
+        cmd.hold = pending2
+        h.service.is_revoked("d")
+        rest = [h.service.is_revoked(jti) for jti in ("e", "f")]
+        calls = len(cmd.exists_calls)
+        pending2.callback(0)
+        self.assertEqual([self.successResultOf(d) for d in rest], [False, False])
+        self.assertEqual(cmd.exists_calls[calls:], [(revoked_key("e"), revoked_key("f"))])
+
+    def test_batch_failure_follows_policy_for_each(self) -> None:
+        """Checks waiting behind one that fails: each follows the outage policy; one cancelled is left alone."""
+        h = Harness(self, "deny")
+        cmd, _ = h.connect()
+        pending: Deferred[int] = Deferred()
+        cmd.hold = pending
+        first = h.service.is_revoked("x")
+        waiting = [h.service.is_revoked(jti) for jti in ("y", "z")]
+        waiting[0].cancel()
+        self.failureResultOf(waiting[0])
+        cmd.error = RuntimeError("LOADING")
+        pending.errback(RuntimeError("LOADING"))
+        self.failureResultOf(first, RevocationUnavailable)
+        self.failureResultOf(waiting[1], RevocationUnavailable)
 
     def test_lost_while_checking(self) -> None:
         """A check in flight when the connection drops follows the policy."""
