@@ -881,7 +881,8 @@ class Storms:
                 port=port,
             )
             self.log(f"N={n:,}: {n:,} tokens signed in {time.monotonic() - t:.1f} s")
-            daemon = self._daemon(port, exchange, storms[0][1])
+            # Unpaced: the calm connect must get everyone in (pacing is the restarted daemon's).
+            daemon = self._daemon(port, exchange, 0)
             #: The daemon running now (L{storm} replaces it): the one to stop, whatever happens.
             current = [daemon]
             try:
