@@ -73,6 +73,14 @@ naming the piece when an upgrade changes one):
     negotiated C{frame_max}. Publisher confirms and returns reach the
     delegate as C{basic_ack}, C{basic_nack} and C{basic_return_}
     (C{Delegate.dispatch} names a handler C{<class>_<method>}, pythonized).
+
+10. Reading more per reactor iteration (L{DeliveryClient.makeConnection};
+    Twisted 26.10.0, not txAMQP). Twisted's C{tcp.Connection.doRead} reads
+    at most C{bufferSize} (64 KiB) per iteration of the reactor: about 160
+    events. When thousands of sockets are ready at once (a reconnect storm)
+    an iteration takes a long time and events queued behind that 64 KiB at
+    a time (p99 8.7 s in a 15,000-client storm, 0.6 s reading 1 MiB):
+    the broker's socket reads L{READ_SIZE} instead.
 """
 
 from __future__ import annotations
@@ -83,6 +91,7 @@ from io import BytesIO
 from time import perf_counter
 from typing import Any, NamedTuple, Protocol
 
+from twisted.internet import tcp
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
@@ -354,6 +363,9 @@ class _DeliveryDelegate(_Delegate):
 #: What the consumer announces at login: the broker tells it (basic.cancel) when its queue goes.
 CAPABILITIES = {"consumer_cancel_notify": True}
 
+#: Bytes read from the broker's socket per reactor iteration (Twisted's default is 64 KiB).
+READ_SIZE = 1 << 20
+
 
 def endpoint(
     reactor: Any,
@@ -427,6 +439,12 @@ class DeliveryClient(AMQClient):
         self.close_reason: object = None
         #: Where the connection stands with ClientService (L{_clientservice}).
         self.guard: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        """Read up to L{READ_SIZE} from the broker per reactor iteration (10.)."""
+        if isinstance(transport, tcp.Connection):
+            transport.bufferSize = READ_SIZE
+        super().makeConnection(transport)
 
     def unwrap(self) -> DeliveryClient:
         """

@@ -11,12 +11,14 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import re
+import socket
 import struct
 from io import BytesIO
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from txamqp import codec, spec
@@ -483,3 +485,29 @@ class PublishingTests(DoorCase):
         extended = _txamqp.load_spec(RABBITMQ_EXTENDED_SPEC)
         for name in ("confirm.select", "basic.nack", "basic.ack", "basic.return"):
             self.check(_txamqp.has_method(extended, name), self.PIECE, f"the extended spec lacks {name}")
+
+
+class ReadSizeTests(DoorCase):
+    """10. Reading more per reactor iteration (Twisted's tcp.Connection, not txAMQP)."""
+
+    PIECE = "10. reading more per reactor iteration (tcp.Connection.bufferSize)"
+
+    def test_do_read_reads_buffer_size(self) -> None:
+        """tcp.Connection.doRead reads self.bufferSize bytes: the attribute DeliveryClient raises."""
+        source = inspect.getsource(tcp.Connection.doRead)
+        self.check("self.socket.recv(self.bufferSize)" in source, self.PIECE, "doRead no longer reads bufferSize")
+
+    def test_delivery_client_raises_it(self) -> None:
+        """On a real TCP transport the broker's connection reads READ_SIZE per iteration; a fake one is left alone."""
+        left, right = socket.socketpair()
+        self.addCleanup(left.close)
+        self.addCleanup(right.close)
+        left.setblocking(False)
+        client = _txamqp.DeliveryClient(None, "/", spec.load(SPEC_PATH), clock=Clock())
+        transport = tcp.Server(left, client, ("127.0.0.1", 1), None, 1, MemoryReactor())  # type: ignore[arg-type]
+        client.makeConnection(transport)
+        self.assertEqual(transport.bufferSize, _txamqp.READ_SIZE)
+        self.assertGreater(_txamqp.READ_SIZE, tcp.Connection.bufferSize)
+        fake = StringTransport()
+        _txamqp.DeliveryClient(None, "/", spec.load(SPEC_PATH), clock=Clock()).makeConnection(fake)
+        self.assertFalse(hasattr(fake, "bufferSize"))
