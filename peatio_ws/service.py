@@ -6,8 +6,8 @@ Children start in the order they are added (monitoring, Redis, RabbitMQ, then
 the WebSocket listener last, so nobody connects before the parts behind it are
 starting); the WebSocket port then accepts only once RabbitMQ consumes
 (L{CONSUMER_START_WAIT} at most), its new connections held in the kernel's
-accept queue meanwhile. L{MultiService} would stop them all at once; L{Daemon.stopService}
-instead stops them in order, each step bounded in time: tell systemd
+accept queue meanwhile. L{MultiService} would stop them all at once;
+L{Daemon.stopService} instead stops them in order, each step bounded in time: tell systemd
 (C{STOPPING=1}), stop accepting, close every client with 1001, stop
 consuming, close Redis, and last the monitoring port, so /health reports the
 listener down while clients drain.

@@ -130,10 +130,6 @@ def _reason(error: BaseException | Failure) -> str:
     return str(value) or type(value).__name__
 
 
-# ---------------------------------------------------------------------------
-
-
-
 def _answer(result: bool | Failure, d: Deferred[bool]) -> None:
     """Fire C{d} with C{result}, unless its caller gave up on it (cancelled)."""
     if not d.called:
@@ -141,6 +137,10 @@ def _answer(result: bool | Failure, d: Deferred[bool]) -> None:
             d.errback(result)
         else:
             d.callback(result)
+
+
+# ---------------------------------------------------------------------------
+
 
 class RevocationService(Service):
     """
