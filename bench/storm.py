@@ -74,7 +74,7 @@ from typing import Any, cast
 
 from bench.events import MESSAGE_PREFIX, SEQ_AT, TS_GAP
 from bench.scenarios import bound_gauge
-from bench.workers import Worker, call_all, event_loop_name, raise_nofile
+from bench.workers import Worker, call_all, event_loop_name, raise_nofile, serve_commands
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -461,22 +461,7 @@ def storm_client_main(conn: Connection) -> None:
 
 
 async def _client_loop(conn: Connection) -> None:
-    loop = asyncio.get_running_loop()
     state: dict[str, Any] = {}
-    commands: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
-
-    def readable() -> None:
-        # uvloop made the pipe non-blocking when it started watching it: a message longer than one
-        # read (a member list) would fail half-read. The coordinator writes each one whole at once.
-        os.set_blocking(conn.fileno(), True)
-        try:
-            while conn.poll():
-                commands.put_nowait(conn.recv())
-        except EOFError:
-            loop.remove_reader(conn.fileno())
-            commands.put_nowait(None)
-
-    loop.add_reader(conn.fileno(), readable)
 
     def pool() -> StormPool:
         return cast(StormPool, state["pool"])
@@ -524,20 +509,12 @@ async def _client_loop(conn: Connection) -> None:
         "report": report,
         "close": close,
     }
-    while True:
-        item = await commands.get()
-        if item is None or item[0] == "exit":
-            p = state.get("pool")
-            if p is not None:
-                p.close()
-            return
-        cmd, args = item
-        try:
-            result = await handlers[cmd](**args)
-        except Exception as e:
-            result = {"error": f"{cmd}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"}
-        os.set_blocking(conn.fileno(), True)  # (uvloop made it non-blocking; see bench.workers)
-        conn.send(result)
+    def on_exit() -> None:
+        p = state.get("pool")
+        if p is not None:
+            p.close()
+
+    await serve_commands(conn, handlers, on_exit)
 
 
 # ---------------------------------------------------------------------------

@@ -139,20 +139,8 @@ def client_main(conn: Connection) -> None:
 async def _client_loop(conn: Connection) -> None:
     from bench.wsclient import ClientPool
 
-    loop = asyncio.get_running_loop()
     pool = ClientPool()
     tokens: dict[str, str] = {}
-    commands: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
-
-    def readable() -> None:
-        try:
-            while conn.poll():
-                commands.put_nowait(conn.recv())
-        except EOFError:
-            loop.remove_reader(conn.fileno())
-            commands.put_nowait(None)
-
-    loop.add_reader(conn.fileno(), readable)
 
     async def prepare(key_pem: bytes, uids: list[str], lifetime: float) -> dict[str, Any]:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -226,18 +214,43 @@ async def _client_loop(conn: Connection) -> None:
         "report": report,
         "close": close,
     }
+    await serve_commands(conn, handlers, pool.close)
+
+
+async def serve_commands(
+    conn: Connection, handlers: dict[str, Callable[..., Any]], on_exit: Callable[[], None]
+) -> None:
+    """
+    A client worker's command loop, on its asyncio loop: each C{(command,
+    kwargs)} the coordinator sends is answered with what its handler returns,
+    or C{{"error": ...}}; C{exit} or the pipe's end calls C{on_exit} and ends it.
+    """
+    loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+
+    def readable() -> None:
+        # uvloop made the pipe non-blocking when it started watching it: a message longer than one
+        # read (a member list) would fail half-read. The coordinator writes each one whole at once.
+        os.set_blocking(conn.fileno(), True)
+        try:
+            while conn.poll():
+                commands.put_nowait(conn.recv())
+        except EOFError:
+            loop.remove_reader(conn.fileno())
+            commands.put_nowait(None)
+
+    loop.add_reader(conn.fileno(), readable)
     while True:
         item = await commands.get()
         if item is None or item[0] == "exit":
-            pool.close()
+            on_exit()
             return
         cmd, args = item
         try:
             result = await handlers[cmd](**args)
         except Exception as e:
             result = {"error": f"{cmd}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"}
-        # uvloop makes the pipe non-blocking when it watches it: a big answer
-        # (latency samples) would then fail half-written.
+        # The same for a big answer (latency samples): it would fail half-written.
         os.set_blocking(conn.fileno(), True)
         conn.send(result)
 
