@@ -74,7 +74,7 @@ from typing import Any, cast
 
 from bench.events import MESSAGE_PREFIX, SEQ_AT, TS_GAP
 from bench.scenarios import bound_gauge
-from bench.workers import Worker, call_all, event_loop_name, raise_nofile, serve_commands
+from bench.workers import Worker, call_all, event_loop_name, raise_nofile, run_client, serve_commands
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -451,13 +451,7 @@ def _client_frame(payload: bytes, opcode: int = 1) -> bytes:
 
 def storm_client_main(conn: Connection) -> None:
     """A client worker process (L{bench.workers.Worker} target)."""
-    raise_nofile()
-    if event_loop_name() == "uvloop":
-        import uvloop
-
-        uvloop.run(_client_loop(conn))
-    else:
-        asyncio.run(_client_loop(conn))
+    run_client(_client_loop(conn))
 
 
 async def _client_loop(conn: Connection) -> None:

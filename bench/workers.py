@@ -21,7 +21,7 @@ import resource
 import socket
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -126,14 +126,19 @@ def event_loop_name() -> str:
     return "uvloop"
 
 
-def client_main(conn: Connection) -> None:
+def run_client(main: Coroutine[Any, Any, None]) -> None:
+    """Run a client worker's C{main} with the most descriptors allowed, on uvloop when installed."""
     raise_nofile()
     if event_loop_name() == "uvloop":
         import uvloop
 
-        uvloop.run(_client_loop(conn))
+        uvloop.run(main)
     else:
-        asyncio.run(_client_loop(conn))
+        asyncio.run(main)
+
+
+def client_main(conn: Connection) -> None:
+    run_client(_client_loop(conn))
 
 
 async def _client_loop(conn: Connection) -> None:
