@@ -71,6 +71,10 @@ class BoundedServerProtocol(WebSocketServerProtocol):
     def handshake_failed(self, code: int, reason: str) -> None:
         """Autobahn refused the upgrade request (HTTP C{code}): the subclass counts and logs it."""
 
+    def refusal_headers(self, code: int) -> list[tuple[str, str]] | None:
+        """Headers for a refusal with HTTP C{code} made through C{ConnectionDeny} (which carries none)."""
+        return None
+
     # -- mechanism -----------------------------------------------------------------------
 
     @property
@@ -100,6 +104,8 @@ class BoundedServerProtocol(WebSocketServerProtocol):
         self.mute()
         if not self.refusal_counted:
             self.handshake_failed(code, reason)
+        if responseHeaders is None:
+            responseHeaders = self.refusal_headers(code)
         self._refuse_quietly(code, reason, responseHeaders)
 
     def _refuse_quietly(self, code: int, reason: str, headers: Any) -> None:

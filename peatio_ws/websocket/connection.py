@@ -223,6 +223,10 @@ class StreamProtocol(BoundedServerProtocol):
         headers = [("Retry-After", str(random.randint(1, 5)))] if code == 503 else None  # noqa: S311 (jitter)
         self.refuse(code, text, headers)
 
+    def refusal_headers(self, code: int) -> list[tuple[str, str]] | None:
+        """A 401 says which scheme it wants (RFC 9110 requires it): a Bearer token in Authorization."""
+        return [("WWW-Authenticate", 'Bearer realm="peatio-ws"')] if code == 401 else None
+
     def handshake_failed(self, code: int, reason: str) -> None:
         """Autobahn refused the upgrade request (not one, or malformed): counted as bad_request, logged throttled."""
         self._refused(code, "bad_request", reason[:200])

@@ -165,6 +165,10 @@ class RangerTestCase(SynchronousTestCase):
     def refused(self, path: str = "/private", token: str | None = None, header: str | None = None) -> Client:
         client = self.request(path, token, header, open=False)
         self.assertEqual(client.handshake_status(), 401, (path, header))
+        self.assertEqual(
+            client.transport.value(),
+            b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm="peatio-ws"\r\n\r\n',
+        )
         self.assertTrue(client.transport.disconnecting)
         return client
 
