@@ -217,7 +217,7 @@ class StreamProtocol(BoundedServerProtocol):
 
     def refuse_with(self, code: int, text: str, reason: str) -> None:
         """Answer the upgrade request with HTTP C{code}, counted under C{reason}, and close."""
-        self._refused(code, reason, reason)
+        self.count_refusal(code, reason)
         # A 503 says when to come back, spread over a few seconds: clients of a
         # restarted node that honour it do not all return at the same instant.
         headers = [("Retry-After", str(random.randint(1, 5)))] if code == 503 else None  # noqa: S311 (jitter)
@@ -229,24 +229,31 @@ class StreamProtocol(BoundedServerProtocol):
 
     def handshake_failed(self, code: int, reason: str) -> None:
         """Autobahn refused the upgrade request (not one, or malformed): counted as bad_request, logged throttled."""
-        self._refused(code, "bad_request", reason[:200])
+        self.count_refusal(code, "bad_request", reason=reason[:200])
 
-    def _refused(self, code: int, label: str, reason: str) -> None:
-        """A refusal at the handshake: counted under C{label}; one line, unless too many came lately."""
+    def count_refusal(self, code: int, label: str, why: str = "{reason}", **fields: Any) -> None:
+        """
+        A refusal at the handshake with HTTP C{code}: counted under C{label}
+        (L{refusal_counted} set, so it is not counted again); one line saying
+        C{why} (a format over C{fields}; the field C{reason} is C{label}
+        unless given), unless too many of its kind came lately.
+        """
         factory = self.factory
         self.refusal_counted = True
         factory.metrics.rejected.labels(reason=label).inc()
         held = factory.log_throttle(label)
         if held is not None:
+            fields.setdefault("reason", label)
             _log.info(
                 "connection {conn_id} from {peer} refused at the handshake: closed by server: HTTP {code} "
-                "{reason}{held}",
+                + why
+                + "{held}",
                 conn_id=self.conn_id,
                 peer=self.peer,
                 by="server",
                 code=code,
-                reason=reason,
                 held=held_note(held),
+                **fields,
             )
 
     # Autobahn runs onConnect through txaio.as_future: a Deferred is waited for.
@@ -255,21 +262,7 @@ class StreamProtocol(BoundedServerProtocol):
         factory = self.factory
         origin = request.headers.get("origin")
         if not factory.origins.allows(origin):
-            self.refusal_counted = True
-            factory.metrics.rejected.labels(reason="origin").inc()
-            held = factory.log_throttle("origin")
-            if held is not None:
-                _log.info(
-                    "connection {conn_id} from {peer} refused at the handshake: closed by server: HTTP 403 "
-                    "origin {origin} not allowed{held}",
-                    conn_id=self.conn_id,
-                    peer=self.peer,
-                    by="server",
-                    code=403,
-                    reason="origin",
-                    origin=(origin or "")[:200],
-                    held=held_note(held),
-                )
+            self.count_refusal(403, "origin", "origin {origin} not allowed", origin=(origin or "")[:200])
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
         self.dialect = factory.dialect_for(request, urlsplit(self.http_request_uri).query)
         return self.dialect.upgrading(self, request)

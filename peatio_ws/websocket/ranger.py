@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from peatio_ws.auth import AuthError, Claims
-from peatio_ws.logs import held_note, logger
+from peatio_ws.logs import logger
 from peatio_ws.streams.names import Stream, parse_stream
 from peatio_ws.websocket.limits import parse_client_json
 from peatio_ws.websocket.tokens import check_token
@@ -194,22 +194,8 @@ class RangerDialect:
     @staticmethod
     def _refuse(conn: StreamProtocol, reason: str) -> None:
         """Count and log (throttled) a 401 for C{reason}, the rule that failed (never the token)."""
-        factory = conn.factory
-        conn.refusal_counted = True
-        factory.metrics.auth.labels(result="failure", reason=reason).inc()
-        factory.metrics.rejected.labels(reason="unauthorized").inc()
-        held = factory.log_throttle("unauthorized")
-        if held is not None:
-            _log.info(
-                "connection {conn_id} from {peer} refused at the handshake: closed by server: HTTP 401 "
-                "authentication failed: {reason}{held}",
-                conn_id=conn.conn_id,
-                peer=conn.peer,
-                by="server",
-                code=401,
-                reason=reason,
-                held=held_note(held),
-            )
+        conn.factory.metrics.auth.labels(result="failure", reason=reason).inc()
+        conn.count_refusal(401, "unauthorized", "authentication failed: {reason}", reason=reason)
         raise ConnectionDeny(401, "Unauthorized")
 
     # -- open ----------------------------------------------------------------------------
