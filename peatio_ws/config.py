@@ -295,6 +295,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "HEALTH_PROBE_INTERVAL": _positive_seconds,
     "HEALTH_PROBE_TIMEOUT": _positive_seconds,
     "LOG_FORMAT": _choice("text", "json"),
+    "GC_POLICY": _choice("tuned", "python"),
 }
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -409,6 +410,7 @@ class Settings:
     health_probe_interval: float = _DEFAULTS["health_probe_interval"]
     health_probe_timeout: float = _DEFAULTS["health_probe_timeout"]
     log_format: str = _DEFAULTS["log_format"]
+    gc_policy: str = _DEFAULTS["gc_policy"]
 
     @property
     def rabbitmq_nodes(self) -> tuple[tuple[str, int], ...]:

@@ -76,6 +76,18 @@ def makeService(options: Options) -> IService:
         _twistd.use_fast_text_log()
         stop_once_on_signals(reactor)
     try:
-        return Daemon(options.settings, reactor)
+        daemon = Daemon(options.settings, reactor)
     except ConfigError as e:
         _config_error(e)
+    if options.parent is not None:
+        # Process-wide, so only for the process twistd runs, once it is built.
+        from peatio_ws import collector
+
+        frozen = collector.apply(options.settings.gc_policy)
+        if frozen is not None:
+            logs.logger(__name__).info(
+                "garbage collector: {frozen} start-up objects frozen, thresholds {thresholds} (GC_POLICY=tuned)",
+                frozen=frozen,
+                thresholds=collector.THRESHOLDS,
+            )
+    return daemon

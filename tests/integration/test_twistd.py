@@ -152,6 +152,10 @@ class TwistdProcessTests(TestCase):
         lines = [json.loads(line) for line in process.out.decode("utf-8").splitlines()]
         messages = [x["message"] for x in lines]
         self.assertIn("shutdown complete", messages)
+        # GC_POLICY=tuned (the default) is in force under twistd, and said once.
+        [gc_line] = [x for x in lines if x["message"].startswith("garbage collector: ")]
+        self.assertGreater(gc_line["frozen"], 1000)
+        self.assertEqual(gc_line["thresholds"], [10000, 20, 100])
         self.assertTrue(all({"time", "level", "namespace", "message"} <= set(x) for x in lines))
         opened = [x for x in lines if x.get("conn_id") and "opened" in x["message"]]
         self.assertEqual(len(opened), 1)
