@@ -1,0 +1,96 @@
+"""
+C{python -m bench.gcpolicy [--connections N] [--rounds R]}: what the
+garbage collector costs while many connections arrive, under each
+GC_POLICY (L{peatio_ws.collector}).
+
+Each round runs every policy in a fresh interpreter (the policy is
+process-wide and C{gc.freeze} cannot be taken back cleanly), which builds
+the real factory, applies the policy as twistd would, then connects and
+authenticates N connections in process (L{bench.hotpath}) and keeps them.
+Printed per run: Python CPU per connection, the full and young collections
+(count, seconds, from C{gc.callbacks}) and the longest pause. In process:
+no kernel, broker or other processes, so the collector's share is seen
+clearly; the machine's noise still moves the CPU figure by ±15%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench import hotpath
+from peatio_ws import collector
+from peatio_ws.metrics import Metrics
+from peatio_ws.registry import Registry
+from peatio_ws.testing import make_token, rsa_key, settings_for_tests
+
+
+def one(policy: str, n: int) -> dict[str, Any]:
+    """One policy in this process: N connections kept; what the collector did meanwhile."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    clock.advance(time.time())
+    settings = settings_for_tests(websocket_auth_timeout=0.0)
+    metrics = Metrics()
+    factory = hotpath._factory(settings, Registry(metrics), metrics, clock)
+    rsa_key()
+    tokens = [make_token(now=clock.seconds(), uid=f"GC{i:05d}", exp=None) for i in range(500)]
+    kept = [hotpath._connect(factory, tokens[i % 500]) for i in range(100)]  # warm-up
+    collector.apply(policy)
+    seen = {"full": 0, "young": 0, "full_s": 0.0, "young_s": 0.0, "longest_s": 0.0}
+    started = [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        took = time.perf_counter() - started[0]
+        kind = "full" if info["generation"] == 2 else "young"
+        seen[kind] += 1
+        seen[kind + "_s"] += took
+        seen["longest_s"] = max(seen["longest_s"], took)
+
+    gc.callbacks.append(timed)
+    t0 = time.process_time()
+    kept += [hotpath._connect(factory, tokens[i % 500]) for i in range(n)]
+    cpu = time.process_time() - t0
+    gc.callbacks.remove(timed)
+    return {"policy": policy, "connections": n, "us_per_connection": 1e6 * cpu / n, **seen}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--connections", type=int, default=15_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(args.one, args.connections)))
+        return 0
+    for n in range(args.rounds):
+        for policy in collector.POLICIES:
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.gcpolicy", "--one", policy, "--connections", str(args.connections)],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            ).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            print(
+                f"round {n + 1} GC_POLICY={policy}: {r['connections']:,} connections, "
+                f"{r['us_per_connection']:.0f} µs Python CPU each; full collections {r['full']} "
+                f"({r['full_s']:.2f} s), young {r['young']} ({r['young_s']:.2f} s), "
+                f"longest pause {1000 * r['longest_s']:.0f} ms"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
