@@ -8,9 +8,54 @@ tests can build as many daemons as they like and read each one's figures.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from math import inf
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+__all__ = ["Metrics", "RepeatedHistogram"]
+
+
+class RepeatedHistogram(Collector):
+    """
+    A Prometheus histogram that takes C{count} observations of one value in
+    one call. The delivery latency is the same for every event of one read
+    from RabbitMQ (from the read to the writes, which happen once per read),
+    so it is observed once per read, not once per event as
+    C{prometheus_client.Histogram.observe} would (~1.5 µs an event). The
+    same exposition: C{_bucket{le}}, C{_count}, C{_sum}. Reactor thread only.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        bounds = sorted(float(b) for b in buckets)
+        self._bounds = (*bounds, inf) if not bounds or bounds[-1] != inf else tuple(bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float, count: int = 1) -> None:
+        """C{count} observations of C{value} (seconds)."""
+        self._counts[bisect_left(self._bounds, value)] += count
+        self._sum += value * count
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=())
+        cumulative = 0
+        buckets = []
+        for bound, count in zip(self._bounds, self._counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        family.add_metric((), buckets, self._sum)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=())
 
 
 class Metrics:
@@ -46,7 +91,7 @@ class Metrics:
             "peatio_ws_events_dropped", "Events dropped, by reason (malformed, bad_routing_key, no_connection, ...)",
             ["reason"], registry=r,
         )
-        self.delivery_latency = Histogram(
+        self.delivery_latency = RepeatedHistogram(
             "peatio_ws_delivery_latency_seconds",
             "Time from receiving an event from the broker to writing it to the connections",
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),

@@ -171,6 +171,9 @@ class EventConsumer(Service):
         #: Events received and copies delivered in the current read, by event:
         #: the counters are updated once per read, not twice per event.
         self._read_counts: dict[str, list[int]] = {}
+        #: Events of the current read written to at least one connection, and when that read arrived.
+        self._read_delivered = 0
+        self._read_received = 0.0
         self._dropped_bad_key = metrics.events_dropped.labels(reason="bad_routing_key")
         self._dropped_malformed = metrics.events_dropped.labels(reason="malformed")
         self._dropped_no_connection = metrics.events_dropped.labels(reason="no_connection")
@@ -729,7 +732,8 @@ class EventConsumer(Service):
             return
         if sent:
             counts[1] += sent
-            self._metrics.delivery_latency.observe(perf_counter() - received)
+            self._read_delivered += 1
+            self._read_received = received
         else:
             self._dropped_no_connection.inc()
 
@@ -751,11 +755,20 @@ class EventConsumer(Service):
             self._dropped_error.inc()
             return
         if sent:
-            self._metrics.delivery_latency.observe(perf_counter() - received)
+            self._read_delivered += 1
+            self._read_received = received
 
     def _read_done(self) -> None:
-        """After the deliveries of one read: write the frames held, count the events (before the ack)."""
+        """
+        After the deliveries of one read: write the frames held, count the
+        events (before the ack), and observe the delivery latency, the same
+        for every event of the read (from the read to the writes), once.
+        """
         self._registry.end_batch()
+        delivered = self._read_delivered
+        if delivered:
+            self._read_delivered = 0
+            self._metrics.delivery_latency.observe(perf_counter() - self._read_received, delivered)
         counts = self._read_counts
         if not counts:
             return

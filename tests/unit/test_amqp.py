@@ -633,6 +633,21 @@ class DeliveryTests(SynchronousTestCase):
         self.assertEqual(self.h.value("peatio_ws_delivery_latency_seconds_count"), 1)
         self.assertEqual(self.broker.acks, [(tag, True)])
 
+    def test_latency_per_event_observed_once_per_read(self) -> None:
+        """
+        One read of three events, two delivered: the latency histogram counts
+        the two (an event nobody took is not delivered), in one observation.
+        """
+        self.broker.deliver("private.ID1.order", '{"id":1}')
+        self.broker.deliver("private.NOBODY.order", '{"id":2}')
+        self.broker.deliver("private.ID2.trade", '{"id":3}')
+        self.broker.pump()
+        self.assertEqual(self.h.value("peatio_ws_delivery_latency_seconds_count"), 2)
+        self.assertEqual(self.h.value("peatio_ws_delivery_latency_seconds_bucket", le="+Inf"), 2)
+        self.broker.deliver("private.ID2.trade", '{"id":4}')
+        self.broker.pump()
+        self.assertEqual(self.h.value("peatio_ws_delivery_latency_seconds_count"), 3)
+
     def test_payload_forwarded_as_published(self) -> None:
         """The payload bytes are forwarded untouched (not re-encoded), non-ASCII included."""
         body = '{"market":"比特币/人民币", "price" : 1.50}'.encode()
