@@ -14,15 +14,7 @@ C{inbound_*} and C{*_too_*} hooks; this module holds only the mechanism.
 L{bake_options} puts Autobahn's options on the protocol class once per
 factory instead of on every connection.
 
-Autobahn's own writes (the 101 response, HTTP refusals, close and pong
-frames) go through L{BoundedServerProtocol.write_through}, which the subclass
-points at its direct socket write, as its own frames; while the upgrade
-succeeds, the 101 and what follows it in the same call are held
-(C{corked}) and leave in one send.
-
-Relied on: C{WebSocketProtocol.sendData(data, sync, chopsize)} and C{send_queue},
-C{WebSocketServerProtocol.succeedHandshake(res)} (the 101, then C{_onOpen}),
-C{WebSocketProtocol._dataReceived}, C{data}, C{processHandshake},
+Relied on: C{WebSocketProtocol._dataReceived}, C{data}, C{processHandshake},
 C{failHandshake} (replaced: what it did, C{wasNotCleanReason}, C{sendHttpErrorResponse},
 C{wasClean}, C{dropConnection}), C{onFrameBegin}, C{current_frame.fin}, C{failedByMe},
 C{_fail_connection}, C{closedByMe}/C{localCloseCode}/C{localCloseReason}
@@ -60,12 +52,6 @@ class BoundedServerProtocol(WebSocketServerProtocol):
     #: Set by the subclass when it has counted and logged the refusal it is
     #: about to make (an HTTP error it raises as C{ConnectionDeny} included).
     refusal_counted = False
-    #: While the upgrade succeeds (L{succeedHandshake}): what is written
-    #: meanwhile, the 101 first, then what the server says on open (the
-    #: challenge, the C{subscribed} reply, a replay) and to a request sent
-    #: with the upgrade, held to leave in one send. The subclass's writes
-    #: hold theirs here too while it is not None.
-    corked: list[bytes] | None = None
 
     # -- hooks: the subclass's policy ------------------------------------------------
 
@@ -88,11 +74,6 @@ class BoundedServerProtocol(WebSocketServerProtocol):
     def refusal_headers(self, code: int) -> list[tuple[str, str]] | None:
         """Headers for a refusal with HTTP C{code} made through C{ConnectionDeny} (which carries none)."""
         return None
-
-    def write_through(self, frame: bytes) -> None:
-        """Write Autobahn's own bytes (the 101 or an HTTP refusal, close and pong frames); the subclass's way."""
-        transport: Any = self.transport
-        transport.write(frame)
 
     # -- mechanism -----------------------------------------------------------------------
 
@@ -164,28 +145,6 @@ class BoundedServerProtocol(WebSocketServerProtocol):
         self.http_headers = {}
 
     # -- Autobahn's internals, overridden ------------------------------------------------
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # Autobahn's plain case (no chopping, no sync, nothing queued) goes
-        # through write_through; Autobahn's traffic statistics, which nothing
-        # here reads, are not kept.
-        if sync or chopsize or self.send_queue:
-            super().sendData(data, sync, chopsize)
-        elif self.corked is not None:
-            self.corked.append(data)
-        else:
-            self.write_through(data)
-
-    def succeedHandshake(self, res: Any) -> None:
-        # Autobahn writes the 101, opens (onOpen: the challenge) and handles
-        # what came with the request, all in here: one send for all of it.
-        self.corked = []
-        try:
-            super().succeedHandshake(res)
-        finally:
-            corked, self.corked = self.corked, None
-            if corked:
-                self.write_through(b"".join(corked))
 
     def _dataReceived(self, data: bytes) -> None:
         if self.muted or not self.inbound_bytes(len(data)):

@@ -588,10 +588,7 @@ class StreamProtocol(BoundedServerProtocol):
                 self.close_with(CloseCode.SLOW_CONSUMER, "Too slow")
                 return False
             self._written_while_paused += len(frame)
-        if self.corked is None:
-            _transport.write(self.transport, self._socket, frame)
-        else:
-            self.corked.append(frame)
+        _transport.write(self.transport, self._socket, frame)
         return True
 
     #: The last frames joined by L{send_frames} when given as a tuple, and
@@ -617,7 +614,7 @@ class StreamProtocol(BoundedServerProtocol):
                 if type(frames) is tuple:
                     joined[0] = frames
                     joined[1] = data
-        if self._paused or self.state != _STATE_OPEN or self.corked is not None:
+        if self._paused or self.state != _STATE_OPEN:
             return self.send_frame(data)
         _transport.write(self.transport, self._socket, data)
         return True
@@ -638,18 +635,8 @@ class StreamProtocol(BoundedServerProtocol):
         self._exempt = 0 if held is None else min(len(data), held)
 
     def write(self, frame: bytes) -> None:
-        """
-        Write a ready frame, with no limit applied (the caller checked, or it
-        is a close path): straight to the socket when Twisted holds nothing
-        for it, held in order while the 101 is (see L{write_through}).
-        """
-        if self.corked is None:
-            _transport.write(self.transport, self._socket, frame)
-        else:
-            self.corked.append(frame)
-
-    #: Autobahn's own writes (the 101, close frames, ...) go out the same way as ours.
-    write_through = write
+        """Write a ready frame, with no limit applied (the caller checked, or it is a close path)."""
+        _transport.write(self.transport, self._socket, frame)
 
     def _room_for(self, size: int) -> bool:
         """

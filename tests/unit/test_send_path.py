@@ -21,16 +21,14 @@ from peatio_ws.framing import text_frame
 from peatio_ws.testing import make_token, settings_for_tests
 from peatio_ws.testing.factory import stream_factory
 from peatio_ws.testing.frames import CLOSE, SAMPLE_KEY, client_frame, parse_frames, upgrade_request
-from peatio_ws.websocket import CloseCode, _transport
+from peatio_ws.websocket import CloseCode
 from peatio_ws.websocket.connection import StreamProtocol
 
 #: Small kernel buffers, so a few frames fill them (Linux doubles what is asked, with a floor).
 KERNEL_BUFFER = 4096
 
 
-class _Pair(SynchronousTestCase):
-    """A L{StreamProtocol} on a C{tcp.Server} over a real socket pair, before the upgrade."""
-
+class SendPathTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
@@ -55,6 +53,16 @@ class _Pair(SynchronousTestCase):
         self.proto.makeConnection(self.server)
         self.addCleanup(self._close)
         self.received = b""
+        self.proto.dataReceived(upgrade_request("/", "localhost:8080", [], key=SAMPLE_KEY))
+        self.flush()
+        head, _, rest = self.received.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head[:100])
+        self.received = rest
+        token = make_token(now=self.clock.seconds(), uid="U1")
+        self.proto.dataReceived(client_frame(f'{{"jwt":"Bearer {token}"}}'.encode()))
+        self.flush()
+        self.assertIsNotNone(self.proto.claims)
+        self.received = b""
 
     def _close(self) -> None:
         self.server.socket.close()
@@ -72,70 +80,6 @@ class _Pair(SynchronousTestCase):
             self.received += chunk
             total += len(chunk)
 
-    def held(self) -> int:
-        return len(self.server.dataBuffer) - self.server.offset + self.server._tempDataLen
-
-
-class HandshakeSendTests(_Pair):
-    """What the server writes on its own (the 101, the challenge, a close reply) goes straight to the socket."""
-
-    def test_101_and_challenge_in_one_direct_write(self) -> None:
-        """
-        The 101 and the challenge that onOpen writes leave in one write, to
-        the socket: Twisted holds nothing and polls for nothing.
-        """
-        writes: list[bytes] = []
-        real = _transport.write
-
-        def counted(transport: Any, sock: Any, data: bytes) -> None:
-            writes.append(data)
-            real(transport, sock, data)
-
-        self.patch(_transport, "write", counted)
-        self.proto.dataReceived(upgrade_request("/", "localhost:8080", [], key=SAMPLE_KEY))
-        self.assertEqual(len(writes), 1)
-        self.assertEqual(self.held(), 0)
-        self.assertNotIn(self.server, self.reactor.writers)
-        self.read_peer()
-        head, _, rest = self.received.partition(b"\r\n\r\n")
-        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head[:100])
-        frames, left = parse_frames(rest)
-        self.assertEqual((len(frames), left), (1, b""))
-        self.assertIn(b'"challenge"', frames[0].payload)
-        self.assertIsNone(self.proto.corked)
-
-    def test_close_reply_direct(self) -> None:
-        """The client's close is answered straight to the socket too."""
-        self.proto.dataReceived(upgrade_request("/", "localhost:8080", [], key=SAMPLE_KEY))
-        self.read_peer()
-        self.received = b""
-        self.proto.dataReceived(client_frame(b"\x03\xe8", CLOSE))
-        # Twisted holds nothing: the reply went to the socket (the server then closes TCP, which Twisted does).
-        self.assertEqual(self.held(), 0)
-        self.read_peer()
-        [frame] = self.frames_received()
-        self.assertEqual((frame.opcode, frame.close_code), (CLOSE, 1000))
-
-    def frames_received(self) -> list[Any]:
-        frames, rest = parse_frames(self.received)
-        self.assertEqual(rest, b"")
-        return frames
-
-
-class SendPathTests(_Pair):
-    def setUp(self) -> None:
-        super().setUp()
-        self.proto.dataReceived(upgrade_request("/", "localhost:8080", [], key=SAMPLE_KEY))
-        self.flush()
-        head, _, rest = self.received.partition(b"\r\n\r\n")
-        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head[:100])
-        self.received = rest
-        token = make_token(now=self.clock.seconds(), uid="U1")
-        self.proto.dataReceived(client_frame(f'{{"jwt":"Bearer {token}"}}'.encode()))
-        self.flush()
-        self.assertIsNotNone(self.proto.claims)
-        self.received = b""
-
     def flush(self) -> None:
         """Be the reactor and the client: write what Twisted holds, read it, until nothing is held."""
         for _ in range(10_000):
@@ -144,6 +88,9 @@ class SendPathTests(_Pair):
             if not self.read_peer() and not self.held():
                 return
         self.fail("the transport never drained")
+
+    def held(self) -> int:
+        return len(self.server.dataBuffer) - self.server.offset + self.server._tempDataLen
 
     def frames(self) -> list[Any]:
         frames, rest = parse_frames(self.received)

@@ -38,8 +38,6 @@ class AutobahnDoorTests(SynchronousTestCase):
             "_fail_connection": ["self", "code", "reason"],
             "failHandshake": ["self", "reason", "code", "responseHeaders"],
             "sendCloseFrame": ["self", "code", "reasonUtf8", "isReply"],
-            "sendData": ["self", "data", "sync", "chopsize"],
-            "succeedHandshake": ["self", "res"],
         }
         found = {}
         for name in expected:
@@ -77,28 +75,6 @@ class AutobahnDoorTests(SynchronousTestCase):
         )
         self.assertIn("if self.wasClean:", inspect.getsource(WebSocketProtocol.dropConnection))
         self.assertIn("self.failHandshake(", inspect.getsource(WebSocketServerProtocol.processHandshake))
-
-    def test_send_data(self) -> None:
-        """
-        sendData's plain case is one transport.write (what the door sends
-        through write_through instead); sync, chopsize and send_queue take
-        the queued path, which the door leaves to Autobahn; Autobahn's own
-        frames, the 101 and HTTP refusals all go through sendData.
-        """
-        source = inspect.getsource(WebSocketProtocol.sendData)
-        for needle in (
-            "if chopsize and chopsize > 0:",
-            "if sync or len(self.send_queue) > 0:",
-            "self.transport.write(data)",
-        ):
-            self.assertIn(needle, source, f"Autobahn's sendData no longer does {needle}")
-        self.assertIn("self.sendData(", inspect.getsource(WebSocketProtocol.sendFrame))
-        self.assertIn("self.sendData(", inspect.getsource(WebSocketServerProtocol.succeedHandshake))
-        self.assertIn("self.sendData(", inspect.getsource(WebSocketServerProtocol.sendHttpErrorResponse))
-        self.assertIn("self.send_queue = deque()", inspect.getsource(WebSocketProtocol._connectionMade))
-        # The 101 is written, then the connection opens, in succeedHandshake (what the cork holds together).
-        succeed = inspect.getsource(WebSocketServerProtocol.succeedHandshake)
-        self.assertLess(succeed.index("self.sendData(response"), succeed.index("self._onOpen()"))
 
     def test_frame_state(self) -> None:
         """Frame processing keeps current_frame (with fin) and failedByMe; onMessageFrameBegin counts the length."""
