@@ -66,9 +66,10 @@ class RepeatedHistogramTests(SynchronousTestCase):
         for _ in range(100):
             h.observe(rng.random() * 2)
         lines = exposition(mine)
-        self.assertEqual([x.split("}")[0] for x in lines if "_bucket" in x], [
-            'y_seconds_bucket{le="0.1"', 'y_seconds_bucket{le="1.0"', 'y_seconds_bucket{le="+Inf"'
-        ])
+        self.assertEqual(
+            [x.split("}")[0] for x in lines if "_bucket" in x],
+            ['y_seconds_bucket{le="0.1"', 'y_seconds_bucket{le="1.0"', 'y_seconds_bucket{le="+Inf"'],
+        )
         self.assertIn("y_seconds_count 100.0", lines)
 
     def test_the_daemons(self) -> None:
