@@ -4,7 +4,9 @@ start-up, and wss:// with a certificate made in the test.
 
 The port tests bind real sockets on 127.0.0.1 (port 0, then that port again)
 and run on the real reactor with bounded waits; the TLS tests connect a real
-client (the C{websockets} library, run in a thread) to a real L{StreamFactory}.
+TLS client (Python's C{ssl} on a blocking socket with timeouts, speaking
+WebSocket through L{peatio_ws.testing.frames}, in a thread) to a real
+L{StreamFactory}.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import socket
 import ssl
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.application.service import IService
@@ -35,6 +38,7 @@ from peatio_ws.listen import (
 )
 from peatio_ws.testing import settings_for_tests
 from peatio_ws.testing.factory import stream_factory
+from peatio_ws.testing.frames import CLOSE, client_frame, close_payload, frame_at, response_status, upgrade_request
 from peatio_ws.testing.pki import key_pem, make_pki
 
 reactor: Any = _reactor
@@ -249,14 +253,43 @@ async def _until(condition: Any, timeout: float = WAIT) -> None:
 
 
 def _wss_challenge(url: str, cafile: str) -> dict[str, Any]:
-    """Runs in a thread: connect over TLS (verifying the chain), read the first message, close."""
-    from websockets.sync.client import connect
-
+    """
+    Runs in a thread: connect over TLS (verifying the chain and the name),
+    upgrade, read the first message, close. A blocking socket with a
+    timeout on every step: a stalled server fails the test, never hangs it
+    (a websockets client's reader thread once blocked forever on a TLS read
+    after a failed upgrade, and with it the test run).
+    """
+    host, port = urlsplit(url).hostname or "", urlsplit(url).port or 443
     context = ssl.create_default_context(cafile=cafile)
-    with connect(url, ssl=context, open_timeout=WAIT, close_timeout=WAIT) as ws:
-        message = ws.recv(timeout=WAIT)
-    decoded: dict[str, Any] = json.loads(message)
+    with (
+        socket.create_connection((host, port), timeout=WAIT) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(upgrade_request("/", f"{host}:{port}"))
+        data = b""
+        while (found := _first_frame(data)) is None:
+            chunk = tls.recv(65536)
+            if not chunk:
+                raise AssertionError(f"closed before the first message: {data[:200]!r}")
+            data += chunk
+        tls.sendall(client_frame(close_payload(1000), CLOSE))
+    decoded: dict[str, Any] = json.loads(found)
     return decoded
+
+
+def _first_frame(data: bytes) -> bytes | None:
+    """The payload of the first frame after a 101 response in C{data}, or None until it is all there."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    if response_status(data) != 101:
+        raise AssertionError(f"the upgrade was refused: {data[:200]!r}")
+    found = frame_at(data, end + 4)
+    if found is None:
+        return None
+    _, start, stop = found
+    return data[start:stop]
 
 
 class TLSEndToEndTests(TestCase):
