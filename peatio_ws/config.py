@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from peatio_ws.auth import SecondsClock, TokenVerifier, check_algorithm_names, check_key_matches, load_public_key
+from peatio_ws.collector import POLICIES as GC_POLICIES
 
 __all__ = [
     "KEYS",
@@ -295,7 +296,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "HEALTH_PROBE_INTERVAL": _positive_seconds,
     "HEALTH_PROBE_TIMEOUT": _positive_seconds,
     "LOG_FORMAT": _choice("text", "json"),
-    "GC_POLICY": _choice("tuned", "python"),
+    "GC_POLICY": _choice(*GC_POLICIES),
 }
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
