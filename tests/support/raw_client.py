@@ -9,9 +9,19 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 from typing import Any
 
-from peatio_ws.testing.frames import CLOSE, NO_STATUS, TEXT, client_frame, close_code, frame_at, response_status
+from peatio_ws.testing.frames import (
+    CLOSE,
+    NO_STATUS,
+    TEXT,
+    client_frame,
+    close_code,
+    close_payload,
+    frame_at,
+    response_status,
+)
 from peatio_ws.testing.frames import upgrade_request as _upgrade_request
 from tests.support.waiting import until
 
@@ -25,17 +35,31 @@ class RawClient:
     so the kernel advertises a small window from the start.
     """
 
-    def __init__(self, port: int, rcvbuf: int | None = None, timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    def __init__(
+        self,
+        port: int,
+        rcvbuf: int | None = None,
+        timeout: float = 10.0,
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """With C{tls}, the connection is wrapped (the chain and C{host} verified as C{tls} says)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((host, port))
+            self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+        self.host = host
         self._buf = b""
 
     def handshake(self) -> int:
         """Send the upgrade request; the status of the answer."""
-        self.sock.sendall(_upgrade_request("/", "127.0.0.1"))
+        self.sock.sendall(_upgrade_request("/", self.host))
         while b"\r\n\r\n" not in self._buf:
             self._recv()
         head, _, self._buf = self._buf.partition(b"\r\n\r\n")
@@ -70,6 +94,10 @@ class RawClient:
 
     def send_text(self, text: str) -> None:
         self.sock.sendall(client_frame(text.encode("utf-8"), TEXT))
+
+    def send_close(self, code: int = 1000) -> None:
+        """Begin the closing handshake, as a well-behaved client does before it goes."""
+        self.sock.sendall(client_frame(close_payload(code), CLOSE))
 
     def login(self, token: str) -> Any:
         assert "challenge" in self.read_json()

@@ -4,14 +4,13 @@ start-up, and wss:// with a certificate made in the test.
 
 The port tests bind real sockets on 127.0.0.1 (port 0, then that port again)
 and run on the real reactor with bounded waits; the TLS tests connect a real
-TLS client (Python's C{ssl} on a blocking socket with timeouts, speaking
-WebSocket through L{peatio_ws.testing.frames}, in a thread) to a real
+TLS client (the kit's L{RawClient}: Python's C{ssl} on a blocking socket
+with timeouts, in a thread) to a real
 L{StreamFactory}.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 from pathlib import Path
@@ -38,8 +37,8 @@ from peatio_ws.listen import (
 )
 from peatio_ws.testing import settings_for_tests
 from peatio_ws.testing.factory import stream_factory
-from peatio_ws.testing.frames import CLOSE, client_frame, close_payload, frame_at, response_status, upgrade_request
 from peatio_ws.testing.pki import key_pem, make_pki
+from tests.support.raw_client import RawClient
 
 reactor: Any = _reactor
 
@@ -255,41 +254,23 @@ async def _until(condition: Any, timeout: float = WAIT) -> None:
 def _wss_challenge(url: str, cafile: str) -> dict[str, Any]:
     """
     Runs in a thread: connect over TLS (verifying the chain and the name),
-    upgrade, read the first message, close. A blocking socket with a
+    upgrade, read the first message, close. The kit's blocking client, a
     timeout on every step: a stalled server fails the test, never hangs it
     (a websockets client's reader thread once blocked forever on a TLS read
     after a failed upgrade, and with it the test run).
     """
-    host, port = urlsplit(url).hostname or "", urlsplit(url).port or 443
+    parts = urlsplit(url)
     context = ssl.create_default_context(cafile=cafile)
-    with (
-        socket.create_connection((host, port), timeout=WAIT) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        tls.sendall(upgrade_request("/", f"{host}:{port}"))
-        data = b""
-        while (found := _first_frame(data)) is None:
-            chunk = tls.recv(65536)
-            if not chunk:
-                raise AssertionError(f"closed before the first message: {data[:200]!r}")
-            data += chunk
-        tls.sendall(client_frame(close_payload(1000), CLOSE))
-    decoded: dict[str, Any] = json.loads(found)
-    return decoded
-
-
-def _first_frame(data: bytes) -> bytes | None:
-    """The payload of the first frame after a 101 response in C{data}, or None until it is all there."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    if response_status(data) != 101:
-        raise AssertionError(f"the upgrade was refused: {data[:200]!r}")
-    found = frame_at(data, end + 4)
-    if found is None:
-        return None
-    _, start, stop = found
-    return data[start:stop]
+    raw = RawClient(parts.port or 443, timeout=WAIT, host=parts.hostname or "", tls=context)
+    try:
+        status = raw.handshake()
+        if status != 101:
+            raise AssertionError(f"the upgrade was refused: HTTP {status}")
+        decoded: dict[str, Any] = raw.read_json()
+        raw.send_close()
+        return decoded
+    finally:
+        raw.close()
 
 
 class TLSEndToEndTests(TestCase):
