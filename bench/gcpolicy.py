@@ -25,22 +25,11 @@ from typing import Any
 
 from bench import hotpath
 from peatio_ws import collector
-from peatio_ws.metrics import Metrics
-from peatio_ws.registry import Registry
-from peatio_ws.testing import make_token, rsa_key, settings_for_tests
 
 
 def one(policy: str, n: int) -> dict[str, Any]:
     """One policy in this process: N connections kept; what the collector did meanwhile."""
-    from twisted.internet.task import Clock
-
-    clock = Clock()
-    clock.advance(time.time())
-    settings = settings_for_tests(websocket_auth_timeout=0.0)
-    metrics = Metrics()
-    factory = hotpath._factory(settings, Registry(metrics), metrics, clock)
-    rsa_key()
-    tokens = [make_token(now=clock.seconds(), uid=f"GC{i:05d}", exp=None) for i in range(500)]
+    factory, tokens = hotpath.connect_kit(500, "GC")
     kept = [hotpath._connect(factory, tokens[i % 500]) for i in range(100)]  # warm-up
     collector.apply(policy)
     seen = {"full": 0, "young": 0, "full_s": 0.0, "young_s": 0.0, "longest_s": 0.0}

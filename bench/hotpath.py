@@ -145,16 +145,20 @@ def public_fanout(subscribers: int = 10_000, reads: int = 8, per_read: int = 25)
     return {"copies": copies, "us_per_copy": 1e6 * cpu / copies, "ms_per_read": 1000 * cpu / reads}
 
 
-def connect(n: int = 3000) -> dict[str, float]:
-    """Python CPU per handshake + authentication, and tracemalloc bytes kept per connection."""
+def connect_kit(tokens: int, prefix: str) -> tuple[StreamFactory, list[str]]:
+    """A real factory on a fake clock (no auth timeout) and C{tokens} RS256 tokens of distinct members."""
     clock = Clock()
     clock.advance(time.time())
     settings = settings_for_tests(websocket_auth_timeout=0.0)
     metrics = Metrics()
-    registry = Registry(metrics)
-    factory = _factory(settings, registry, metrics, clock)
+    factory = _factory(settings, Registry(metrics), metrics, clock)
     rsa_key()
-    tokens = [make_token(now=clock.seconds(), uid=f"HC{i:05d}", exp=None) for i in range(200)]
+    return factory, [make_token(now=clock.seconds(), uid=f"{prefix}{i:05d}", exp=None) for i in range(tokens)]
+
+
+def connect(n: int = 3000) -> dict[str, float]:
+    """Python CPU per handshake + authentication, and tracemalloc bytes kept per connection."""
+    factory, tokens = connect_kit(200, "HC")
     keep = [_connect(factory, tokens[i % 200]) for i in range(100)]  # warm-up
     # What the test client itself spends masking the token (subtracted).
     t0 = time.process_time()
