@@ -26,6 +26,16 @@ For each size N:
       growing (like a browser, it does not see a 503's Retry-After);
  5. until every member is authenticated again and bound, then 2 s more.
 
+With C{--processes P} (P > 1) the node is P daemons sharing the port
+(C{WEBSOCKET_REUSE_PORT}, docs/deploy.md section 8) and one of them is
+restarted, as in a rolling restart: its clients (about N/P, "moved")
+reconnect to the processes still listening, and to the new one once it
+listens; each storm restarts the process with the most connections. With
+C{--surge} the replacement is started (and healthy) first and the old one
+stopped then, so its clients spread over every process. The CPU of the
+storm is then the new daemon's and the others' from the SIGTERM until all
+are bound, per moved connection.
+
 Figures per storm: the time from the SIGTERM, and from the moment the new
 daemon listened (the first TCP connect the clients got), until every member
 is authenticated again; attempts and why they failed (refused, HTTP 503,
@@ -626,6 +636,10 @@ class StormOptions:
     profile: bool = False
     verbose: bool = False
     daemon_env: dict[str, str] = field(default_factory=dict)
+    #: Daemons sharing the port; the storm restarts one of them (a rolling restart's step).
+    processes: int = 1
+    #: With several: the replacement is started (and healthy) before the old one is stopped.
+    surge: bool = False
 
     def quick(self) -> StormOptions:
         return dataclasses.replace(self, sizes=(1000,), daemon_env=dict(self.daemon_env))
@@ -794,6 +808,8 @@ class Storms:
             **self.o.daemon_env,
             "WEBSOCKET_NEW_CONNECTIONS_PER_SECOND": str(pace),
         }
+        if self.o.processes > 1:
+            env["WEBSOCKET_REUSE_PORT"] = "true"
         return DaemonProcess(env=env, port=port, exchange=exchange)
 
     @contextlib.contextmanager
@@ -853,26 +869,28 @@ class Storms:
             )
             self.log(f"N={n:,}: {n:,} tokens signed in {time.monotonic() - t:.1f} s")
             # Unpaced: the calm connect must get everyone in (pacing is the restarted daemon's).
-            daemon = self._daemon(port, exchange, 0)
-            #: The daemon running now (L{storm} replaces it): the one to stop, whatever happens.
-            current = [daemon]
+            #: The daemons running now (L{storm} replaces the first): the ones to stop, whatever happens.
+            current: list[Any] = []
             try:
-                daemon.start(timeout=60)
+                for _ in range(o.processes):
+                    current.append(self._daemon(port, exchange, 0))
+                    current[-1].start(timeout=60)
+                daemon = current[0]
                 startup_cpu = _cpu(daemon.pid)
-                cpu0 = startup_cpu
+                cpu0 = sum(_cpu(d.pid) for d in current)
                 t0 = time.monotonic()
                 replies = call_all(workers, "open", 600, concurrency=o.concurrency)
                 opened = sum(r["opened"] for r in replies)
                 connect_s = time.monotonic() - t0
                 if opened < n:
                     raise RuntimeError(f"only {opened} of {n} connected: {[r['failures'] for r in replies]}")
-                bound_s = self._wait_bound(daemon, n, 180)
+                bound_s = self._wait_bound(current, n, 180)
                 calm = {
                     "connections": n,
                     "seconds": connect_s,
                     "rate": n / connect_s,
                     "bound_s": bound_s,
-                    "daemon_us_per_connection": 1e6 * (_cpu(daemon.pid) - cpu0) / n,
+                    "daemon_us_per_connection": 1e6 * (sum(_cpu(d.pid) for d in current) - cpu0) / n,
                     "startup_cpu_s": startup_cpu,
                 }
                 self.log(
@@ -886,15 +904,20 @@ class Storms:
                     self.results.append(r)
                     self.log(summary_line(r))
             finally:
-                current[0].cleanup()
+                for d in current:
+                    d.cleanup()
 
-    def _wait_bound(self, daemon: Any, n: int, timeout: float) -> float:
+    def _bound(self, daemons: Sequence[Any]) -> float:
+        """Members whose events reach the node: the bound gauges of C{daemons}, summed."""
         from tests.support.probes import metric
 
+        return sum(metric(d.metrics(), bound_gauge(self.o.daemon_env)) for d in daemons)
+
+    def _wait_bound(self, daemons: Sequence[Any], n: int, timeout: float) -> float:
         t = time.monotonic()
         while time.monotonic() - t < timeout:
             with contextlib.suppress(OSError):
-                if metric(daemon.metrics(), bound_gauge(self.o.daemon_env)) >= n:
+                if self._bound(daemons) >= n:
                     return time.monotonic() - t
             time.sleep(0.1)
         raise RuntimeError(f"the {n} bindings not in place after {timeout:.0f} s")
@@ -913,7 +936,10 @@ class Storms:
         calm: dict[str, Any],
         k: int,
     ) -> dict[str, Any]:
-        """One restart of C{current[0]} under C{n} clients: its figures; C{current[0]} is then the new daemon."""
+        """
+        One restart of C{current[0]} under C{n} clients (the others, if any,
+        keep serving): its figures; C{current[0]} is then the new daemon.
+        """
         from bench.sysinfo import CpuMeter, busy_now, rabbitmq_pids
         from tests.support.probes import metric
 
@@ -929,7 +955,28 @@ class Storms:
         groups = {"clients": [x.pid for x in workers], "rabbitmq": rabbitmq_pids(), "publisher": [pub.pid]}
         meter = CpuMeter(groups).start()
         overflows0 = _listen_overflows()
+        #: The old daemon's connections: the clients this storm moves.
+        moved = n
+        if len(current) > 1:
+            # The process with the most connections goes: a rolling restart meets it sooner or later.
+            counts = [0] * len(current)
+            for i, d in enumerate(current):
+                with contextlib.suppress(OSError):
+                    counts[i] = int(metric(d.metrics(), "peatio_ws_connections"))
+            busiest = max(range(len(current)), key=counts.__getitem__)
+            current.insert(0, current.pop(busiest))
+            moved = counts[busiest]
         old = current[0]
+        others = current[1:]
+        surged = None
+        if o.surge and others:
+            # The replacement first: it listens and consumes before the old one stops, so the
+            # old one's clients spread over every process, the new one included.
+            surged = self._daemon(port, exchange, pace)
+            t_spawn = _ns()
+            surged.start(timeout=60)
+            t_surged = _ns()
+        cpu_others0 = sum(_cpu(d.pid) for d in others)
         cpu_old0 = _cpu(old.pid)
         t_term = _ns()
         t_term_wall = time.time()
@@ -941,21 +988,26 @@ class Storms:
         old_problems = _log_problems(old)
         old_timeline = _log_timeline(old, t_term_wall)
         old.cleanup()
-        # The new daemon starts in a thread (its /health waits behind the storm), so that the
-        # profiler can follow it from its first moments and the clients can be watched meanwhile.
-        new = current[0] = self._daemon(port, exchange, pace)
-        t_spawn = _ns()
         started: list[Any] = []
+        starter = None
+        if surged is not None:
+            new = current[0] = surged
+            started.append(t_surged)
+        else:
+            # The new daemon starts in a thread (its /health waits behind the storm), so that the
+            # profiler can follow it from its first moments and the clients can be watched meanwhile.
+            new = current[0] = self._daemon(port, exchange, pace)
+            t_spawn = _ns()
 
-        def start() -> None:
-            try:
-                new.start(timeout=o.deadline)
-                started.append(_ns())
-            except Exception as e:
-                started.append(e)
+            def start() -> None:
+                try:
+                    new.start(timeout=o.deadline)
+                    started.append(_ns())
+                except Exception as e:
+                    started.append(e)
 
-        starter = threading.Thread(target=start, name="storm-daemon-start", daemon=True)
-        starter.start()
+            starter = threading.Thread(target=start, name="storm-daemon-start", daemon=True)
+            starter.start()
         profiler = None
         if o.profile:
             until = time.monotonic() + 10
@@ -963,8 +1015,8 @@ class Storms:
                 time.sleep(0.005)
             if new.process is not None:
                 profiler = _SpyUntilStopped(new.pid, RESULTS / f"{self.stamp}-storm-{n}-{policy}-{pace}.txt")
-        # Until every member is back (the clients say), then until every binding is in place
-        # (/metrics, read only then: a scrape costs the daemon CPU).
+        # Until every member the old daemon had is back (the clients say), then until every
+        # binding is in place (/metrics, read only then: a scrape costs the daemon CPU).
         deadline = time.monotonic() + o.deadline
         back = 0
         t_bound = 0
@@ -973,7 +1025,7 @@ class Storms:
         while time.monotonic() < deadline:
             if started and isinstance(started[0], Exception):
                 raise started[0]
-            if back < n:
+            if back < moved:
                 st = call_all(workers, "status", 30)
                 back = sum(s["back"] for s in st)
                 timeline.append(
@@ -984,20 +1036,22 @@ class Storms:
                         _listen_overflows()[0] - overflows0[0],
                     )
                 )
-                if back < n:
+                if back < moved:
                     time.sleep(0.2)
                 continue
             bindings = 0.0
             with contextlib.suppress(OSError):
-                bindings = metric(new.metrics(), bound_gauge(self.o.daemon_env))
+                bindings = self._bound([new, *others])
             if bindings >= n:
                 t_bound = _ns()
                 break
             time.sleep(0.05)
         cpu_bound = _cpu(new.pid)
+        cpu_others = sum(_cpu(d.pid) for d in others) - cpu_others0
         t_done = _ns()
         profile = profiler.stop() if profiler is not None else None
-        starter.join(max(1.0, deadline - time.monotonic()))
+        if starter is not None:
+            starter.join(max(1.0, deadline - time.monotonic()))
         t_up = started[0] if started and isinstance(started[0], int) else 0
         time.sleep(o.after)
         pub.send("stop")
@@ -1006,11 +1060,12 @@ class Storms:
         cpu = meter.stop()
         overflows1 = _listen_overflows()
         reports = call_all(workers, "report", 120)
-        metrics_text = ""
-        with contextlib.suppress(OSError):
-            metrics_text = new.metrics()
+        metrics_texts = []
+        for d in (new, *others):
+            with contextlib.suppress(OSError):
+                metrics_texts.append(d.metrics())
         rejected = {
-            reason: metric(metrics_text, "peatio_ws_connections_rejected_total", reason=reason)
+            reason: sum(metric(text, "peatio_ws_connections_rejected_total", reason=reason) for text in metrics_texts)
             for reason in ("pace", "handshake_limit", "per_ip_limit", "connection_limit")
         }
         # Per member (by global index): when it went down and came back, and its attempts.
@@ -1057,6 +1112,9 @@ class Storms:
 
         r: dict[str, Any] = {
             "n": n,
+            "processes": len(current),
+            "moved": moved,
+            "surge": surged is not None,
             "revision": revision,
             "policy": policy,
             "pace": pace,
@@ -1066,7 +1124,7 @@ class Storms:
             "busy_before_pct": busy,
             "busy_before_top": top,
             "came_back": len(came_back),
-            "all_back": len(came_back) == n,
+            "all_back": len(came_back) >= moved,
             "times_from_term_s": {
                 "old_exited": since(t_exit, t_term),
                 "new_spawned": since(t_spawn, t_term),
@@ -1082,7 +1140,7 @@ class Storms:
             "back_from_listen_ms": percentiles_ms(back_ms),
             "codes": dict(codes),
             "attempts": sum(attempts),
-            "attempts_per_member": sum(attempts) / n,
+            "attempts_per_member": sum(attempts) / max(1, moved),
             "failures": dict(failures),
             "rejected": rejected,
             "listen_overflows": overflows1[0] - overflows0[0],
@@ -1109,6 +1167,10 @@ class Storms:
                 "open_us_storm": 1e6 * cpu_open / n,
                 "life_us_calm": calm["daemon_us_per_connection"] + 1e6 * (cpu_old - cpu_old0) / n,
                 "life_us_storm": 1e6 * (cpu_open + cpu_old - cpu_old0) / n,
+                # Several processes: what the storm cost the node (the new daemon, the others
+                # and the old one's close) per moved connection; their events and pings included.
+                "others_storm_s": cpu_others,
+                "moved_life_us_storm": 1e6 * (cpu_open + cpu_others + cpu_old - cpu_old0) / max(1, moved),
             },
             "machine_cpu": cpu,
             "machine_cpu_others": meter.top_others,
@@ -1422,15 +1484,23 @@ def summary_line(r: dict[str, Any]) -> str:
     ev, c, t = r["events"], r["cpu"], r["times_from_term_s"]
     after, during = ev["after"], ev["during"]
     back = (
-        f"all {r['n']:,} back {_s(r['all_back_from_term_s'])} s after the SIGTERM, "
+        f"all {r.get('moved', r['n']):,} back {_s(r['all_back_from_term_s'])} s after the SIGTERM, "
         f"{_s(r['all_back_from_listen_s'])} s after the new daemon listened (at {_s(t['new_listening'])} s; "
         f"old one gone at {_s(t['old_exited'])} s, new one healthy at {_s(t['new_healthy'])} s)"
         if r["all_back"]
-        else f"only {r['came_back']:,} of {r['n']:,} back"
+        else f"only {r['came_back']:,} of {r.get('moved', r['n']):,} back"
     )
     rejected = {k: int(v) for k, v in r["rejected"].items() if v}
+    node = ""
+    if r.get("processes", 1) > 1:
+        node = (
+            f" ({r['processes']} processes, one {'replaced (new one first)' if r.get('surge') else 'restarted'}: "
+            f"{r['moved']:,} moved, the node's CPU "
+            f"{c['moved_life_us_storm']:.0f} µs per moved connection)"
+        )
     return (
-        f"N={r['n']:,} {r['policy']} pace={r['pace']}: {back}; {r['attempts_per_member']:.2f} attempts per member, "
+        f"N={r['n']:,}{node} {r['policy']} pace={r['pace']}: {back}; "
+        f"{r['attempts_per_member']:.2f} attempts per member, "
         f"failures {r['failures']}, rejected {rejected}, accept-queue overflows {r['listen_overflows']}; "
         f"events owed after re-auth {after['published']:,}: lost {after['lost']} ({after['lost_after_bound']} after "
         f"all were bound; lost ones published up to {after['lost_ms_after_success'].get('max', 0):.0f} ms after the "
@@ -1473,8 +1543,12 @@ def render(results: Sequence[dict[str, Any]], info: dict[str, str] | None = None
         )
         http503 = int(r["failures"].get("HTTP 503", 0))
         dp99 = f"{d['latency']['p99']:.0f}" if d["latency"].get("n") else "-"
+        n = f"{r['n']:,}"
+        if r.get("processes", 1) > 1:
+            how = "new one first" if r.get("surge") else "restarted"
+            n += f" ({r['processes']} processes, {how}; {r['moved']:,} moved, {c['moved_life_us_storm']:.0f} µs each)"
         lines.append(
-            f"| {r['n']:,} | {r['policy']} | {r['pace'] or 'off'} | {_s(r['times_from_term_s']['new_listening'])} | "
+            f"| {n} | {r['policy']} | {r['pace'] or 'off'} | {_s(r['times_from_term_s']['new_listening'])} | "
             f"{back} | {r['attempts_per_member']:.2f}; {http503:,}; {r['listen_overflows']:,} | "
             f"{a['lost']:,} ({a['lost_after_bound']}) / {a['late']:,} / {_ms(a['latency'])} | {dp99} | "
             f"{r['publisher_blocked_s']:.1f} ({r['publisher_longest_block_s']:.1f}) | "
@@ -1494,6 +1568,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="private events per second through each storm (default 2000)")
     p.add_argument("--retry", type=float, help="policy none: seconds before a failed attempt is retried (0.5)")
     p.add_argument("--clients", type=int, help="client processes (default 2)")
+    p.add_argument("--processes", type=int, help="daemons sharing the port; one is restarted (default 1)")
+    p.add_argument("--surge", action="store_true", help="with --processes: start the replacement, then stop the old")
     p.add_argument("--profile", action="store_true", help="py-spy profile of each new daemon, grouped")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE")
@@ -1519,6 +1595,9 @@ def options_from(args: argparse.Namespace) -> StormOptions:
         o.retry = args.retry
     if args.clients:
         o.client_procs = args.clients
+    if args.processes:
+        o.processes = args.processes
+    o.surge = args.surge
     for item in args.daemon_env:
         key, sep, value = item.partition("=")
         if not sep:
