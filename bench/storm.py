@@ -1653,18 +1653,28 @@ def bench_step(bench: Any, quick: bool = False, sizes: Sequence[int] | None = No
         o = o.quick()
     if sizes:
         o.sizes = tuple(sizes)
-    storms = Storms(o, log=lambda text: bench.log(f"storm: {text}"))
-    storms.stamp = bench.stamp
+    # Then a rolling restart's step at the largest size: two processes on the port, the
+    # replacement started first (docs/deploy.md, "Rolling restarts").
+    rolling = dataclasses.replace(o, sizes=(max(o.sizes),), paces=(0,), processes=2, surge=True, profile=False)
+    results: list[dict[str, Any]] = []
+    notes: list[str] = []
     try:
-        storms.run()
+        for opts in (o, rolling):
+            storms = Storms(opts, log=lambda text: bench.log(f"storm: {text}"))
+            storms.stamp = bench.stamp
+            try:
+                storms.run()
+            finally:
+                results.extend(storms.results)
+                notes.extend(storms.notes)
+                for r in storms.results:
+                    if "profile" in r:
+                        bench.profiles[f"storm {r['n']} {r['policy']} {r['pace']}"] = r["profile"]["text"]
     finally:
-        bench.results["storm"] = storms.results
-        bench.notes.extend(storms.notes)
-        for r in storms.results:
-            if "profile" in r:
-                bench.profiles[f"storm {r['n']} {r['policy']} {r['pace']}"] = r["profile"]["text"]
-    if storms.notes:
-        raise RuntimeError("; ".join(storms.notes))
+        bench.results["storm"] = results
+        bench.notes.extend(notes)
+    if notes:
+        raise RuntimeError("; ".join(notes))
 
 
 def rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, bool | None, str]]:
@@ -1684,16 +1694,21 @@ def rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, bool | 
             and (p99 is None or p99 < 1000)
             and c["life_us_calm"] <= 300
         )
+        node = ""
+        if r.get("processes", 1) > 1:
+            how = "new one first" if r.get("surge") else "restarted"
+            node = f" on {r['processes']} processes, {r['moved']:,} moved ({how})"
         out.append(
             (
-                f"12. storm: {r['n']:,} clients, backoff {r['policy']}, pacing {r['pace'] or 'off'}: all back, s "
+                f"12. storm: {r['n']:,} clients{node}, backoff {r['policy']}, pacing {r['pace'] or 'off'}: all back, s "
                 "after the new daemon listened (after SIGTERM); events owed after re-auth: lost / late > 1 s / "
                 "p99 ms; daemon CPU µs per connection life: calm connect + close (all of the storm's)",
                 ("< 5 s; " if big else "") + "none lost, p99 < 1 s; <= 300 µs",
                 f"{_s(after_listen)} ({_s(r['all_back_from_term_s'])}); {a['lost']:,} / {a['late']:,} / "
                 f"{'-' if p99 is None else f'{p99:,.0f}'}; {c['life_us_calm']:,.0f} ({c['life_us_storm']:,.0f})",
                 met,
-                f"{r['came_back']:,}/{r['n']:,} back; {r['attempts_per_member']:.2f} attempts per member, "
+                f"{r['came_back']:,}/{r.get('moved', r['n']):,} back; "
+                f"{r['attempts_per_member']:.2f} attempts per member, "
                 f"{int(r['failures'].get('HTTP 503', 0)):,} HTTP 503, {r['listen_overflows']:,} accept-queue "
                 f"overflows; lost after all were bound: {a['lost_after_bound']}; close {c['close_us']:,.0f} µs of "
                 f"the CPU; publisher blocked by RabbitMQ {r['publisher_blocked_s']:.1f} s; load "
