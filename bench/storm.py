@@ -973,6 +973,7 @@ class Storms:
             # The replacement first: it listens and consumes before the old one stops, so the
             # old one's clients spread over every process, the new one included.
             surged = self._daemon(port, exchange, pace)
+            current.append(surged)  # in the list the caller stops, whatever happens next
             t_spawn = _ns()
             surged.start(timeout=60)
             t_surged = _ns()
@@ -991,6 +992,7 @@ class Storms:
         started: list[Any] = []
         starter = None
         if surged is not None:
+            current.remove(surged)
             new = current[0] = surged
             started.append(t_surged)
         else:

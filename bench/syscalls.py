@@ -22,7 +22,8 @@ warm-up:
    shared out by what its samples were doing (L{bench.storm.classify}'s
    groups).
 
-Every process started here (the daemon, strace) is stopped by its PID;
+Every process started here (the daemon or the floor server, strace, py-spy)
+is stopped by its PID;
 every wait is bounded.
 """
 
