@@ -11,11 +11,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
-import os
 import re
-import select
-import subprocess
-import sys
 import time
 import uuid
 from array import array
@@ -24,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import events
+from bench import baseline, events
 from bench.profile import Profiler, format_summary, summarize
 from bench.sysinfo import CpuMeter, busy_now, rabbitmq_pids
 from bench.workers import Worker, call_all, client_main, floor_main, hotpath_main, publisher_main, sink_main
@@ -237,46 +233,9 @@ class Bench:
 
     @contextlib.contextmanager
     def baseline_bridge(self, exchange: str) -> Iterator[int]:
-        port = free_port()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench.baseline.bridge",
-                "--port",
-                str(port),
-                "--exchange",
-                exchange,
-                "--public-key",
-                self.public_key,
-            ],
-            cwd=str(REPO),
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            assert proc.stdout is not None
-            deadline = time.monotonic() + 30
-            line = b""
-            while time.monotonic() < deadline and b"READY" not in line:
-                ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-                if not ready:
-                    break
-                line = proc.stdout.readline()
-                if not line:
-                    break
-            if b"READY" not in line:
-                raise RuntimeError(f"the baseline bridge did not start: {line!r}")
-            self.baseline_pid = proc.pid
-            yield port
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        with baseline.running(exchange, self.public_key) as bridge:
+            self.baseline_pid = bridge.pid
+            yield bridge.port
 
     # -- steps -----------------------------------------------------------------------
 

@@ -1,9 +1,12 @@
 """
 C{python -m bench.syscalls [--connections N] [--rounds R] [--daemon-env K=V]
-[--server daemon|floor|floor-jwt]}: the system calls and the CPU of one
-connection's life on the real daemon, or on L{bench.lifefloor}'s bare Twisted
-server (C{floor}; C{floor-jwt} with the RS256 check): what Twisted and the
-kernel alone cost per life here, the same clients, the same meters.
+[--server daemon|floor|floor-jwt|baseline]}: the system calls and the CPU
+of one connection's life on the real daemon; on L{bench.lifefloor}'s bare
+Twisted server (C{floor}; C{floor-jwt} with the RS256 check): what Twisted
+and the kernel alone cost per life here; or on the baseline bridge
+(L{bench.baseline.bridge}: asyncio, websockets, aio-pika, PyJWT; it binds
+each member's routing key, as the daemon's default C{member} binding does).
+The same clients, the same meters.
 
 Each life is what a reconnecting client costs: TCP accept, the upgrade, the
 challenge, an RS256 login (the Redis revocation check included), then the
@@ -22,7 +25,7 @@ warm-up:
    shared out by what its samples were doing (L{bench.storm.classify}'s
    groups).
 
-Every process started here (the daemon or the floor server, strace, py-spy)
+Every process started here (the server measured, strace, py-spy)
 is stopped by its PID;
 every wait is bounded.
 """
@@ -39,10 +42,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import baseline
 from bench.profile import Profiler, py_spy
 from bench.storm import GROUPS, IDLE, group_profile
 from bench.wsclient import connect
@@ -52,7 +57,7 @@ from tests.support.paths import REPO
 from tests.support.probes import cpu_seconds, metric, open_fds
 from tests.support.waiting import until_blocking
 
-SERVERS = ("daemon", "floor", "floor-jwt")
+SERVERS = ("daemon", "floor", "floor-jwt", "baseline")
 
 IN_FLIGHT = 50
 
@@ -87,6 +92,11 @@ def _server(kind: str, daemon_env: dict[str, str]) -> Iterator[_Server]:
             yield _Server(daemon.pid, daemon.port, lambda: metric(daemon.metrics(), "peatio_ws_connections") == 0)
         finally:
             daemon.cleanup()
+        return
+    if kind == "baseline":
+        with baseline.running(f"peatio-ws-bench.{uuid.uuid4().hex[:12]}", public_key_b64(rsa_key())) as bridge:
+            idle = open_fds(bridge.pid)
+            yield _Server(bridge.pid, bridge.port, lambda: open_fds(bridge.pid) <= idle)
         return
     env = {**os.environ, "PYTHONPATH": str(REPO), "JWT_PUBLIC_KEY": public_key_b64(rsa_key())}
     args = [sys.executable, "-m", "bench.lifefloor"] + (["--jwt"] if kind == "floor-jwt" else [])
@@ -150,7 +160,9 @@ def measure(
 ) -> dict[str, Any]:
     with _server(kind, daemon_env) as server:
         now = time.time()
-        tokens = [make_token(now=now, uid=f"SC{i:06d}", exp=None) for i in range(200 + n * (rounds + 2))]
+        # With an expiry: the baseline bridge (PyJWT) refuses a token without one.
+        life = 3 * 3600
+        tokens = [make_token(now=now, uid=f"SC{i:06d}", lifetime=life) for i in range(200 + n * (rounds + 2))]
         _run(server, tokens[:200])
         result: dict[str, Any] = {
             "server": kind,
