@@ -65,6 +65,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import random
 import signal
@@ -640,6 +641,8 @@ class StormOptions:
     processes: int = 1
     #: With several: the replacement is started (and healthy) before the old one is stopped.
     surge: bool = False
+    #: What is restarted: the daemon, or the baseline bridge (L{bench.baseline}; one process, no pacing).
+    server: str = "daemon"
 
     def quick(self) -> StormOptions:
         return dataclasses.replace(self, sizes=(1000,), daemon_env=dict(self.daemon_env))
@@ -803,6 +806,11 @@ class Storms:
     def _daemon(self, port: int, exchange: str, pace: int) -> Any:
         from tests.support.daemon import DaemonProcess
 
+        if self.o.server == "baseline":
+            from bench.baseline import BridgeProcess
+
+            return BridgeProcess(port, exchange, self.public_key)
+
         env = {
             "JWT_PUBLIC_KEY": self.public_key,
             **self.o.daemon_env,
@@ -908,9 +916,15 @@ class Storms:
                     d.cleanup()
 
     def _bound(self, daemons: Sequence[Any]) -> float:
-        """Members whose events reach the node: the bound gauges of C{daemons}, summed."""
+        """
+        Members whose events reach the node: the bound gauges of C{daemons},
+        summed. The baseline bridge has none, and needs none: it binds a
+        member before it answers its login, so every member back is bound.
+        """
         from tests.support.probes import metric
 
+        if not all(getattr(d, "has_metrics", True) for d in daemons):
+            return math.inf
         return sum(metric(d.metrics(), bound_gauge(self.o.daemon_env)) for d in daemons)
 
     def _wait_bound(self, daemons: Sequence[Any], n: int, timeout: float) -> float:
@@ -983,7 +997,8 @@ class Storms:
         t_term_wall = time.time()
         assert old.process is not None
         old.process.send_signal(signal.SIGTERM)
-        cpu_old = _reap(old)
+        # The baseline bridge unbinds each member on its way out: with 15,000, over a minute.
+        cpu_old = _reap(old, 60.0 if o.server == "daemon" else 300.0)
         old_status = old.process.returncode
         t_exit = _ns()
         old_problems = _log_problems(old)
@@ -1114,6 +1129,7 @@ class Storms:
 
         r: dict[str, Any] = {
             "n": n,
+            "server": o.server,
             "processes": len(current),
             "moved": moved,
             "surge": surged is not None,
@@ -1493,7 +1509,7 @@ def summary_line(r: dict[str, Any]) -> str:
         else f"only {r['came_back']:,} of {r.get('moved', r['n']):,} back"
     )
     rejected = {k: int(v) for k, v in r["rejected"].items() if v}
-    node = ""
+    node = " (the baseline bridge)" if r.get("server") == "baseline" else ""
     if r.get("processes", 1) > 1:
         node = (
             f" ({r['processes']} processes, one {'replaced (new one first)' if r.get('surge') else 'restarted'}: "
@@ -1545,7 +1561,7 @@ def render(results: Sequence[dict[str, Any]], info: dict[str, str] | None = None
         )
         http503 = int(r["failures"].get("HTTP 503", 0))
         dp99 = f"{d['latency']['p99']:.0f}" if d["latency"].get("n") else "-"
-        n = f"{r['n']:,}"
+        n = f"{r['n']:,}" + (" (baseline bridge)" if r.get("server") == "baseline" else "")
         if r.get("processes", 1) > 1:
             how = "new one first" if r.get("surge") else "restarted"
             n += f" ({r['processes']} processes, {how}; {r['moved']:,} moved, {c['moved_life_us_storm']:.0f} µs each)"
@@ -1572,6 +1588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, help="client processes (default 2)")
     p.add_argument("--processes", type=int, help="daemons sharing the port; one is restarted (default 1)")
     p.add_argument("--surge", action="store_true", help="with --processes: start the replacement, then stop the old")
+    p.add_argument("--baseline", action="store_true", help="restart the baseline bridge instead (one process)")
     p.add_argument("--profile", action="store_true", help="py-spy profile of each new daemon, grouped")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE")
@@ -1600,6 +1617,11 @@ def options_from(args: argparse.Namespace) -> StormOptions:
     if args.processes:
         o.processes = args.processes
     o.surge = args.surge
+    if args.baseline:
+        if o.processes > 1:
+            raise SystemExit("--baseline runs one bridge: not with --processes")
+        o.server = "baseline"
+        o.paces = (0,)
     for item in args.daemon_env:
         key, sep, value = item.partition("=")
         if not sep:
@@ -1658,10 +1680,15 @@ def bench_step(bench: Any, quick: bool = False, sizes: Sequence[int] | None = No
     # Then a rolling restart's step at the largest size: two processes on the port, the
     # replacement started first (docs/deploy.md, "Rolling restarts").
     rolling = dataclasses.replace(o, sizes=(max(o.sizes),), paces=(0,), processes=2, surge=True, profile=False)
+    # And the baseline bridge, at the smallest size only: at 15,000 one storm of it takes over
+    # four minutes (`python -m bench.storm --baseline --sizes 15000` measures it).
+    bridge = dataclasses.replace(
+        o, sizes=(min(o.sizes),), policies=("none",), paces=(0,), server="baseline", profile=False
+    )
     results: list[dict[str, Any]] = []
     notes: list[str] = []
     try:
-        for opts in (o, rolling):
+        for opts in (o, rolling, bridge):
             storms = Storms(opts, log=lambda text: bench.log(f"storm: {text}"))
             storms.stamp = bench.stamp
             try:
@@ -1696,7 +1723,9 @@ def rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, bool | 
             and (p99 is None or p99 < 1000)
             and c["life_us_calm"] <= 300
         )
-        node = ""
+        if r.get("server") == "baseline":
+            met = None  # the goals are the daemon's; the bridge's row is for comparison
+        node = " (the baseline bridge)" if r.get("server") == "baseline" else ""
         if r.get("processes", 1) > 1:
             how = "new one first" if r.get("surge") else "restarted"
             node = f" on {r['processes']} processes, {r['moved']:,} moved ({how})"

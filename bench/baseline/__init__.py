@@ -1,23 +1,91 @@
 """
 The baseline the benchmark compares peatio-ws with (see L{bench.baseline.bridge}),
-and L{running}, the one way to start it for a measurement.
+and the one way to run it for a measurement: L{BridgeProcess} (what the storm
+restarts, shaped like L{tests.support.daemon.DaemonProcess} where the storm
+uses one) and L{running}.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import select
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.support.daemon import free_port
 from tests.support.paths import REPO
 
-__all__ = ["Bridge", "running"]
+__all__ = ["Bridge", "BridgeProcess", "running"]
+
+
+class BridgeProcess:
+    """
+    One C{python -m bench.baseline.bridge} child on C{port}, consuming
+    C{exchange}, checking tokens against C{public_key} (JWT_PUBLIC_KEY's
+    form); its output goes to a temporary file (L{log_text}). It has no
+    monitoring port: L{metrics} raises C{OSError}, and L{has_metrics} says so.
+    """
+
+    has_metrics = False
+
+    def __init__(self, port: int, exchange: str, public_key: str) -> None:
+        self.port = port
+        self.args = ["--port", str(port), "--exchange", exchange, "--public-key", public_key]
+        self.process: subprocess.Popen[bytes] | None = None
+        fd, name = tempfile.mkstemp(prefix="peatio-ws-bridge-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the bridge was not started"
+        return self.process.pid
+
+    def start(self, timeout: float = 30.0) -> BridgeProcess:
+        """Start it and wait (bounded) for its READY line: it consumes and listens."""
+        with self.log_path.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bench.baseline.bridge", *self.args],
+                cwd=str(REPO),
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while b"READY" not in self.log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                text = self.log_text()
+                self.cleanup()
+                raise RuntimeError(f"the baseline bridge did not start: {text[-2000:]}")
+            time.sleep(0.05)
+        return self
+
+    def metrics(self) -> str:
+        raise OSError("the baseline bridge has no /metrics")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def cleanup(self) -> None:
+        """Stop it by its PID (SIGTERM, SIGKILL after 10 s) and delete its log."""
+        try:
+            proc = self.process
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+        finally:
+            self.log_path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -30,39 +98,9 @@ class Bridge:
 
 @contextlib.contextmanager
 def running(exchange: str, public_key: str, ready_timeout: float = 30.0) -> Iterator[Bridge]:
-    """
-    A baseline bridge on a free port of 127.0.0.1, consuming C{exchange}
-    and checking tokens against C{public_key} (JWT_PUBLIC_KEY's form), from
-    its C{READY} line until the block ends; then stopped by its PID (SIGTERM,
-    then SIGKILL after 10 s).
-    """
-    port = free_port()
-    args = [sys.executable, "-m", "bench.baseline.bridge", "--port", str(port), "--exchange", exchange]
-    proc = subprocess.Popen(
-        [*args, "--public-key", public_key],
-        cwd=str(REPO),
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    """A baseline bridge on a free port of 127.0.0.1 (L{BridgeProcess}) for the block, then stopped."""
+    bridge = BridgeProcess(free_port(), exchange, public_key).start(ready_timeout)
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + ready_timeout
-        line = b""
-        while time.monotonic() < deadline and b"READY" not in line:
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-        if b"READY" not in line:
-            raise RuntimeError(f"the baseline bridge did not start: {line!r}")
-        yield Bridge(port, proc.pid)
+        yield Bridge(bridge.port, bridge.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        bridge.cleanup()
