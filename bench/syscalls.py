@@ -52,7 +52,7 @@ from bench.profile import Profiler, py_spy
 from bench.storm import GROUPS, IDLE, group_profile
 from bench.wsclient import connect
 from peatio_ws.testing import make_token, public_key_b64, rsa_key
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, stop_child
 from tests.support.paths import REPO
 from tests.support.probes import cpu_seconds, metric, open_fds
 from tests.support.waiting import until_blocking
@@ -107,12 +107,7 @@ def _server(kind: str, daemon_env: dict[str, str]) -> Iterator[_Server]:
         idle = open_fds(proc.pid)
         yield _Server(proc.pid, port, lambda: open_fds(proc.pid) <= idle)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_child(proc)
 
 
 def _run(server: _Server, tokens: list[str]) -> None:
@@ -185,12 +180,7 @@ def measure(
                     time.sleep(1.0)  # attached
                     _run(server, tokens[used : used + n])
                 finally:
-                    tracer.send_signal(signal.SIGINT)
-                    try:
-                        tracer.wait(30)
-                    except subprocess.TimeoutExpired:
-                        tracer.kill()
-                        tracer.wait(5)
+                    stop_child(tracer, signal.SIGINT, 30)  # SIGINT: strace prints its table
                 used += n
                 counts = _strace_counts(out) if out.exists() else {}
                 result["syscalls"] = {k: v / n for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}

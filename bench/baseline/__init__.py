@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.daemon import free_port
+from tests.support.daemon import free_port, stop_child
 from tests.support.paths import REPO
 
 __all__ = ["Bridge", "BridgeProcess", "running"]
@@ -76,14 +75,8 @@ class BridgeProcess:
     def cleanup(self) -> None:
         """Stop it by its PID (SIGTERM, SIGKILL after 10 s) and delete its log."""
         try:
-            proc = self.process
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            if self.process is not None:
+                stop_child(self.process)
         finally:
             self.log_path.unlink(missing_ok=True)
 

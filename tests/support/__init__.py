@@ -4,7 +4,8 @@ them. One module a job:
 
  - paths: REPO, the checkout's root;
  - waiting: sleep, within, until (reactor) and until_blocking;
- - daemon: DaemonProcess, the one runner of ``twistd -n peatio-ws``; run_cli;
+ - daemon: DaemonProcess, the one runner of ``twistd -n peatio-ws``; run_cli; stop_child,
+   how a child process is stopped (by its PID, SIGKILL when it hangs);
  - servers: PrivateRedis, PrivateRabbit and PrivateRabbitCluster (three nodes joined), servers
    a test starts and faults itself;
  - broker: the machine's RabbitMQ (address, rabbitmqctl listings);

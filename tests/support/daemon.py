@@ -29,7 +29,7 @@ from peatio_ws.testing import public_key_b64, rsa_key
 from tests.support.paths import REPO
 from tests.support.waiting import until_blocking
 
-__all__ = ["DaemonProcess", "free_port", "loopback", "run_cli"]
+__all__ = ["DaemonProcess", "free_port", "loopback", "run_cli", "stop_child"]
 
 
 _GIVEN: set[int] = set()
@@ -54,6 +54,25 @@ def free_port() -> int:
 def loopback(host: str) -> str:
     """Where to reach a server listening on C{host} from this machine (a wildcard: 127.0.0.1)."""
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def stop_child(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+    """
+    Stop a child this process started, by its PID: C{sig}, then SIGKILL if it
+    has not exited within C{timeout} seconds. Its exit status (None if that
+    never came).
+    """
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            return proc.wait(5)
+        except subprocess.TimeoutExpired:
+            return None
 
 
 def _twistd() -> list[str]:
