@@ -1498,6 +1498,19 @@ def _s(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def _node(r: dict[str, Any]) -> str:
+    """What one storm restarted, for its line, its row and the bench table: "" for one daemon."""
+    if r.get("server") == "baseline":
+        return " (the baseline bridge)"
+    if r.get("processes", 1) <= 1:
+        return ""
+    how = "the new one started first" if r.get("surge") else "one restarted in place"
+    return (
+        f" ({r['processes']} processes, {how}: {r['moved']:,} moved, "
+        f"{r['cpu']['moved_life_us_storm']:.0f} µs of the node's CPU each)"
+    )
+
+
 def summary_line(r: dict[str, Any]) -> str:
     ev, c, t = r["events"], r["cpu"], r["times_from_term_s"]
     after, during = ev["after"], ev["during"]
@@ -1509,15 +1522,8 @@ def summary_line(r: dict[str, Any]) -> str:
         else f"only {r['came_back']:,} of {r.get('moved', r['n']):,} back"
     )
     rejected = {k: int(v) for k, v in r["rejected"].items() if v}
-    node = " (the baseline bridge)" if r.get("server") == "baseline" else ""
-    if r.get("processes", 1) > 1:
-        node = (
-            f" ({r['processes']} processes, one {'replaced (new one first)' if r.get('surge') else 'restarted'}: "
-            f"{r['moved']:,} moved, the node's CPU "
-            f"{c['moved_life_us_storm']:.0f} µs per moved connection)"
-        )
     return (
-        f"N={r['n']:,}{node} {r['policy']} pace={r['pace']}: {back}; "
+        f"N={r['n']:,}{_node(r)} {r['policy']} pace={r['pace']}: {back}; "
         f"{r['attempts_per_member']:.2f} attempts per member, "
         f"failures {r['failures']}, rejected {rejected}, accept-queue overflows {r['listen_overflows']}; "
         f"events owed after re-auth {after['published']:,}: lost {after['lost']} ({after['lost_after_bound']} after "
@@ -1557,14 +1563,11 @@ def render(results: Sequence[dict[str, Any]], info: dict[str, str] | None = None
         back = (
             f"{_s(r['all_back_from_term_s'])} / {_s(r['all_back_from_listen_s'])}"
             if r["all_back"]
-            else f"{r['came_back']:,} of {r['n']:,}"
+            else f"{r['came_back']:,} of {r.get('moved', r['n']):,}"
         )
         http503 = int(r["failures"].get("HTTP 503", 0))
         dp99 = f"{d['latency']['p99']:.0f}" if d["latency"].get("n") else "-"
-        n = f"{r['n']:,}" + (" (baseline bridge)" if r.get("server") == "baseline" else "")
-        if r.get("processes", 1) > 1:
-            how = "new one first" if r.get("surge") else "restarted"
-            n += f" ({r['processes']} processes, {how}; {r['moved']:,} moved, {c['moved_life_us_storm']:.0f} µs each)"
+        n = f"{r['n']:,}{_node(r)}"
         lines.append(
             f"| {n} | {r['policy']} | {r['pace'] or 'off'} | {_s(r['times_from_term_s']['new_listening'])} | "
             f"{back} | {r['attempts_per_member']:.2f}; {http503:,}; {r['listen_overflows']:,} | "
@@ -1725,15 +1728,11 @@ def rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, bool | 
         )
         if r.get("server") == "baseline":
             met = None  # the goals are the daemon's; the bridge's row is for comparison
-        node = " (the baseline bridge)" if r.get("server") == "baseline" else ""
-        if r.get("processes", 1) > 1:
-            how = "new one first" if r.get("surge") else "restarted"
-            node = f" on {r['processes']} processes, {r['moved']:,} moved ({how})"
         out.append(
             (
-                f"12. storm: {r['n']:,} clients{node}, backoff {r['policy']}, pacing {r['pace'] or 'off'}: all back, s "
-                "after the new daemon listened (after SIGTERM); events owed after re-auth: lost / late > 1 s / "
-                "p99 ms; daemon CPU µs per connection life: calm connect + close (all of the storm's)",
+                f"12. storm: {r['n']:,} clients{_node(r)}, backoff {r['policy']}, pacing {r['pace'] or 'off'}: "
+                "all back, s after the new daemon listened (after SIGTERM); events owed after re-auth: lost / "
+                "late > 1 s / p99 ms; daemon CPU µs per connection life: calm connect + close (all of the storm's)",
                 ("< 5 s; " if big else "") + "none lost, p99 < 1 s; <= 300 µs",
                 f"{_s(after_listen)} ({_s(r['all_back_from_term_s'])}); {a['lost']:,} / {a['late']:,} / "
                 f"{'-' if p99 is None else f'{p99:,.0f}'}; {c['life_us_calm']:,.0f} ({c['life_us_storm']:,.0f})",
