@@ -81,6 +81,19 @@ naming the piece when an upgrade changes one):
     an iteration takes a long time and events queued behind that 64 KiB at
     a time (p99 8.7 s in a 15,000-client storm, 0.6 s reading 1 MiB):
     the broker's socket reads L{READ_SIZE} instead.
+
+11. Members' bindings (L{DeliveryClient.enable_bindings},
+    C{send_bindings}). Through txAMQP each C{queue.bind} or C{unbind} is
+    encoded through its codec and its answer decoded and handed through a
+    Deferred queue, two per member's stay here (a reconnect storm makes
+    15,000 of each; docs/benchmarks.md has the before and after). We write the
+    frames (L{_wire.binding_frame}) and pick their answers out of the
+    frames L{_wire.DeliveryReader} hands back (L{_wire.binding_answer})
+    before txAMQP sees them. This relies on the same C{writer} behaviour as
+    9., and on the consumer never asking txAMQP for a bind or unbind on
+    the channel once it enabled this (its own binds at set-up come before).
+    Anything else on that channel (a C{channel.close} refusing a bind)
+    still goes to txAMQP, and through 6. to the consumer.
 """
 
 from __future__ import annotations
@@ -89,7 +102,7 @@ import warnings
 from collections.abc import Callable
 from io import BytesIO
 from time import perf_counter
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 from twisted.internet import tcp
 from twisted.internet.defer import TimeoutError as DeferredTimeout
@@ -105,7 +118,7 @@ from txamqp.factory import AMQFactory
 from txamqp.message import Message
 from txamqp.protocol import AMQClient, FrameReceiver
 
-from peatio_ws.amqp._wire import DeliveryReader, ack_frame, publish_frames
+from peatio_ws.amqp._wire import NO_CHANNEL, DeliveryReader, ack_frame, binding_answer, binding_frame, publish_frames
 from peatio_ws.config import ConfigError
 from peatio_ws.logs import logger
 
@@ -399,6 +412,8 @@ def endpoint(
 
 #: C{handler(routing_key, body, received)}; C{received} is C{perf_counter()} at the read.
 DeliveryHandler = Callable[[bytes, bytes, float], None]
+#: C{answered(answers)}: one read's answers to our binds (True) and unbinds (False), in order.
+BindingsAnswered = Callable[[list[bool]], None]
 
 
 class DeliveryClient(AMQClient):
@@ -426,6 +441,9 @@ class DeliveryClient(AMQClient):
         self._reader = DeliveryReader()
         self._handler: DeliveryHandler | None = None
         self._read_done: Callable[[], None] | None = None
+        #: Who hears the answers to our binds and unbinds (L{enable_bindings}), and on which channel.
+        self._bindings_answered: BindingsAnswered | None = None
+        self._bind_channel = NO_CHANNEL
         self.lost = False
         #: Set by whoever watches this connection (the consumer).
         self.lost_listener: Callable[[DeliveryClient, Failure], None] | None = None
@@ -465,6 +483,30 @@ class DeliveryClient(AMQClient):
         self._read_done = read_done
         self._reader.channel = channel
 
+    def enable_bindings(self, channel: int, answered: BindingsAnswered) -> None:
+        """
+        Send binds and unbinds on C{channel} from now on (L{send_bindings}),
+        and take their answers there to C{answered} (11.): once per read, in
+        the broker's order, True for each C{bind-ok}, False for each
+        C{unbind-ok}. txAMQP must have no bind or unbind of its own in
+        flight on C{channel} from now on: it would never see the answer.
+        """
+        self._bind_channel = channel
+        self._bindings_answered = answered
+
+    def send_bindings(self, queue: bytes, exchange: bytes, work: list[tuple[bytes, bool]]) -> None:
+        """
+        One write: for each C{(routing_key, bind)} of C{work}, a C{queue.bind}
+        (C{bind}) or C{queue.unbind} of C{queue} to C{exchange}, on the
+        channel given to L{enable_bindings}. Nothing is written once the
+        connection is closing; the answers then never come (it is lost).
+        """
+        channel = self._bind_channel
+        if channel == NO_CHANNEL:
+            raise RuntimeError("send_bindings before enable_bindings")
+        if self.transport is not None and not self.closed and not self.lost:
+            self.transport.write(b"".join([binding_frame(channel, bind, queue, exchange, key) for key, bind in work]))
+
     def abort(self) -> None:
         """Drop the connection now (no AMQP close)."""
         if self.transport is not None and not self.lost:
@@ -485,6 +527,9 @@ class DeliveryClient(AMQClient):
     def dataReceived(self, data: bytes) -> None:
         received = perf_counter()
         read = self._reader.feed(data)
+        answered = self._bindings_answered
+        bind_channel = self._bind_channel
+        answers: list[bool] = []
         try:
             ack = 0
             try:
@@ -499,6 +544,11 @@ class DeliveryClient(AMQClient):
                                 log.failure("Handling an event from RabbitMQ failed")
                         ack = tag
                     else:
+                        if answered is not None:
+                            answer = binding_answer(cast(bytes, item), bind_channel)
+                            if answer is not None:
+                                answers.append(answer)
+                                continue
                         self.frame_received(self._unpack_frame(item))
                         transport = self.transport
                         if transport is None or getattr(transport, "disconnecting", False):
@@ -508,6 +558,8 @@ class DeliveryClient(AMQClient):
                     if read.error is not None:
                         raise read.error
             finally:
+                if answers and answered is not None:
+                    answered(answers)
                 if read.fast and self._read_done is not None:
                     self._read_done()
                 if ack:

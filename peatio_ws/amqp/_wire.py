@@ -15,7 +15,10 @@ L{DeliveryReader} cuts the byte stream into frames and assembles the
 deliveries of one channel as they arrive; it hands every other frame back
 whole, in order, for a general-purpose decoder (txAMQP's: L{_txamqp}).
 L{ack_frame} and L{publish_frames} build the frames we send on the same
-paths. The numbers are those of AMQP 0-9-1, the only spec
+paths; L{binding_frame} the C{queue.bind} and C{queue.unbind} of a member's
+binding (one at every login of a member new here, one after it left), and
+L{binding_answer} recognises their answers among the frames handed back.
+The numbers are those of AMQP 0-9-1, the only spec
 L{peatio_ws.amqp._txamqp.load_spec} accepts (a door test checks the spec
 file agrees).
 """
@@ -37,6 +40,8 @@ __all__ = [
     "FrameError",
     "Read",
     "ack_frame",
+    "binding_answer",
+    "binding_frame",
     "publish_frames",
 ]
 
@@ -50,6 +55,12 @@ BASIC = 60
 BASIC_PUBLISH = 40
 BASIC_DELIVER = 60
 BASIC_ACK = 80
+#: class queue, and its methods bind and unbind with their answers.
+QUEUE = 50
+QUEUE_BIND = 20
+QUEUE_BIND_OK = 21
+QUEUE_UNBIND = 50
+QUEUE_UNBIND_OK = 51
 #: A channel number no frame carries (the reader then assembles nothing).
 NO_CHANNEL = -1
 
@@ -60,6 +71,14 @@ _DELIVER_IDS = _IDS.pack(BASIC, BASIC_DELIVER)
 _ACK_IDS = _IDS.pack(BASIC, BASIC_ACK)
 _PUBLISH_IDS = _IDS.pack(BASIC, BASIC_PUBLISH)
 _END = bytes((FRAME_END,))
+_BIND_IDS = _IDS.pack(QUEUE, QUEUE_BIND)
+_UNBIND_IDS = _IDS.pack(QUEUE, QUEUE_UNBIND)
+#: The whole frame of a bind-ok and of an unbind-ok on a channel, less the
+#: channel: type, channel, size 4, the two ids, frame-end.
+_BIND_OK_TAIL = struct.pack("!IHH", 4, QUEUE, QUEUE_BIND_OK) + _END
+_UNBIND_OK_TAIL = struct.pack("!IHH", 4, QUEUE, QUEUE_UNBIND_OK) + _END
+#: An empty field table (the arguments of a bind or unbind).
+_NO_ARGUMENTS = b"\x00\x00\x00\x00"
 
 #: A whole delivery: (delivery tag, routing key, body).
 Delivery = tuple[int, bytes, bytes]
@@ -243,6 +262,41 @@ def ack_frame(channel: int, delivery_tag: int, multiple: bool = True) -> bytes:
         + (b"\x01" if multiple else b"\x00")
         + _END
     )
+
+
+def binding_frame(channel: int, bind: bool, queue: bytes, exchange: bytes, routing_key: bytes) -> bytes:
+    """
+    C{queue.bind} (C{bind}) or C{queue.unbind} of C{queue} to C{exchange}
+    with C{routing_key}, no arguments; a bind waits for its answer (no-wait
+    off), as an unbind always does.
+
+    @raise ValueError: a name longer than 255 bytes.
+    """
+    method = (
+        (_BIND_IDS if bind else _UNBIND_IDS)
+        + b"\x00\x00"  # reserved-1 (ticket)
+        + _shortstr(queue, "the queue name")
+        + _shortstr(exchange, "the exchange name")
+        + _shortstr(routing_key, "the routing key")
+        + (b"\x00" if bind else b"")  # bind's no-wait bit; unbind has none
+        + _NO_ARGUMENTS
+    )
+    return _FRAME.pack(FRAME_METHOD, channel, len(method)) + method + _END
+
+
+def binding_answer(frame: bytes, channel: int) -> bool | None:
+    """
+    For one whole frame (as L{DeliveryReader} hands back): True when it is
+    a C{queue.bind-ok} on C{channel}, False when a C{queue.unbind-ok}, else None.
+    """
+    if len(frame) != 12 or frame[0] != FRAME_METHOD or frame[1] != channel >> 8 or frame[2] != channel & 0xFF:
+        return None
+    tail = frame[3:]
+    if tail == _BIND_OK_TAIL:
+        return True
+    if tail == _UNBIND_OK_TAIL:
+        return False
+    return None
 
 
 def _shortstr(value: bytes, what: str) -> bytes:

@@ -97,11 +97,17 @@ class Bindings:
         return work
 
     def done(self, uid: str, bound: bool) -> None:
-        """The bind (C{bound}) or unbind of C{uid} succeeded."""
+        """
+        The bind (C{bound}) or unbind of C{uid} succeeded. If the member
+        left or came back while it was in flight (L{take} then found nothing
+        to do), it is dirty again: the caller takes it once more.
+        """
         if bound:
             self.bound.add(uid)
         else:
             self.bound.discard(uid)
+        if (uid in self.wanted) is not bound:
+            self.dirty.add(uid)
 
     def failed(self, uid: str) -> None:
         """The bind or unbind of C{uid} failed: it is to be done again."""

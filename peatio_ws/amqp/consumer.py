@@ -16,9 +16,11 @@ about 450 µs per message: L{_txamqp.DeliveryClient}, with
 L{_wire.DeliveryReader}, parses the frames of each C{basic.deliver}
 synchronously as they arrive, hands the message to
 L{EventConsumer._handle_delivery}, and acknowledges everything handled in
-one read with a single C{basic.ack(multiple=True)}. Everything else
-(handshake, declares, binds, heartbeats, closes) goes through txAMQP's
-normal path.
+one read with a single C{basic.ack(multiple=True)}. The members' binds and
+unbinds take a fast path of their own (L{_txamqp.DeliveryClient.send_bindings}):
+written as frames, up to L{BIND_BATCH} in flight, their answers picked out
+before txAMQP sees them. Everything else (handshake, declares, the set-up's
+own binds, heartbeats, closes) goes through txAMQP's normal path.
 
 A broker link that is up but silent (a half-open TCP connection, a frozen
 broker) would only be noticed by the heartbeat check, after up to three
@@ -35,12 +37,13 @@ from __future__ import annotations
 import re
 import secrets
 import socket
+from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -101,12 +104,15 @@ def _queue_name() -> str:
 
 
 class _Session:
-    """One established connection: its client, channel and bind loop state."""
+    """One established connection: its client, channel, and the binds and unbinds in flight on it."""
 
     def __init__(self, client: DeliveryClient, channel: Any) -> None:
         self.client = client
         self.channel = channel
-        self.syncing = False
+        #: Members whose bind (True) or unbind (False) was sent and not answered yet, oldest first.
+        self.pending: deque[tuple[str, bool]] = deque()
+        #: Fired once nothing is pending (the set-up waits for it), failed when the connection goes.
+        self.drained: Deferred[None] | None = None
         #: The health probe's channel, once opened.
         self.health_channel: Any = None
 
@@ -397,8 +403,12 @@ class EventConsumer(Service):
         # The queue may be new (it expired): bind every member again; bindings
         # of members who left while we were away are removed.
         if not self._bind_all:
+            client.enable_bindings(CHANNEL, lambda answers: self._answered(session, answers))
             self._bindings.reconnected(uid for uid in self._registry.members() if valid_uid(uid))
-            await self._sync(session)
+            self._kick()
+            if session.pending:
+                session.drained = Deferred()
+                await session.drained
         client.enable_fast_path(CHANNEL, self._handle_delivery, self._read_done)
         await channel.basic_consume(queue=self._queue, consumer_tag=self._consumer_tag, no_ack=False)
         if self._session is not session:
@@ -467,6 +477,7 @@ class EventConsumer(Service):
         if session is None or session.client is not client:
             return
         self._session = None
+        self._bindings_lost(session, reason)
         if self._probe_session is session:
             self._forget_probe()
         was_up = self._consuming
@@ -520,8 +531,12 @@ class EventConsumer(Service):
         if channel_id == PROBE_CHANNEL:
             return  # the probe's own operation fails and says why
         session = self._session
-        if self._consuming and session is not None and session.client is client:
-            log.warn("RabbitMQ closed our channel: {reason}; reconnecting", reason=describe(reason))
+        if session is not None and session.client is client:
+            if self._consuming:
+                log.warn("RabbitMQ closed our channel: {reason}; reconnecting", reason=describe(reason))
+            if channel_id == CHANNEL:
+                # A bind refused: the set-up, if it waits for them, fails with the broker's words.
+                self._bindings_lost(session, reason)
         # (During set-up the pending operation fails too, and says why.)
         client.abort()
 
@@ -648,51 +663,53 @@ class EventConsumer(Service):
             self._bindings.leave(uid, stopping=self._stopped)
 
     def _kick(self) -> None:
-        """Start bringing the queue's bindings in line, unless already doing so."""
+        """
+        Send the binds and unbinds now due, in one write, as many as may be
+        in flight (L{BIND_BATCH}); the answers make room for the rest.
+        Called for every member joining or due to leave: the writes of one
+        reactor turn go out together.
+        """
         session = self._session
-        if session is None or session.syncing or not self._bindings.dirty or self._stopped:
+        if session is None or self._stopped or not self._bindings.dirty:
             return
-        d = Deferred.fromCoroutine(self._sync(session))
-        d.addErrback(self._sync_failed, session)
-
-    def _sync_failed(self, failure: Failure, session: _Session) -> None:
-        if self._session is not session or self._stopped:
-            return  # that connection is gone (the next one binds everything), or we are stopping
-        log.warn("RabbitMQ: binding failed: {reason}; reconnecting", reason=describe(failure))
-        session.client.abort()
-
-    async def _sync(self, session: _Session) -> None:
-        """
-        Bind or unbind every member marked dirty, a batch at a time (pipelined),
-        until nothing is left to do or the connection is gone.
-        """
-        if session.syncing:
+        room = BIND_BATCH - len(session.pending)
+        if room <= 0:
             return
-        session.syncing = True
-        try:
-            bindings = self._bindings
-            while bindings.dirty and self._session is session and not self._stopped:
-                ops = []
-                for uid, bind in bindings.take(BIND_BATCH):
-                    op = session.channel.queue_bind if bind else session.channel.queue_unbind
-                    d = op(queue=self._queue, exchange=self._exchange, routing_key=binding_key(uid))
-                    ops.append(
-                        d.addCallbacks(self._bind_done, self._op_failed, callbackArgs=(uid, bind), errbackArgs=(uid,))
-                    )
-                if ops:
-                    await gatherResults(ops, consumeErrors=True)
-        finally:
-            session.syncing = False
+        work = self._bindings.take(room)
+        if work:
+            session.pending.extend(work)
+            session.client.send_bindings(self._queue, self._exchange, [(binding_key(uid), bind) for uid, bind in work])
 
-    def _bind_done(self, _: object, uid: str, bound: bool) -> None:
-        self._bindings.done(uid, bound)
-        self._metrics.bindings.set(len(self._bindings.bound))
-        if bound and self._flowing:
-            self._release_flowing(uid)
+    def _answered(self, session: _Session, answers: list[bool]) -> None:
+        """One read's answers (True: bind-ok, False: unbind-ok), in the order of what we sent."""
+        if session is not self._session:
+            return  # a connection given up; the next one binds everyone again
+        pending = session.pending
+        bindings = self._bindings
+        for bound in answers:
+            if not pending or pending[0][1] is not bound:
+                log.warn("RabbitMQ: an answer to a bind or unbind that was not asked; reconnecting")
+                session.client.abort()
+                return
+            uid = pending.popleft()[0]
+            bindings.done(uid, bound)
+            if bound and self._flowing:
+                self._release_flowing(uid)
+        self._metrics.bindings.set(len(bindings.bound))
+        if bindings.dirty:
+            self._kick()
+        if not pending and session.drained is not None:
+            drained, session.drained = session.drained, None
+            drained.callback(None)
 
-    def _op_failed(self, failure: Failure, uid: str) -> Failure:
-        self._bindings.failed(uid)
-        return failure
+    def _bindings_lost(self, session: _Session, reason: object) -> None:
+        """The connection of C{session} went with binds or unbinds in flight: they are to be done again."""
+        for uid, _ in session.pending:
+            self._bindings.failed(uid)
+        session.pending.clear()
+        if session.drained is not None:
+            drained, session.drained = session.drained, None
+            drained.errback(Closed(reason))
 
     # -- deliveries ---------------------------------------------------------
 

@@ -122,7 +122,8 @@ class FakeBroker:
     feeds it to the client (in one piece, or in C{chunk}-byte pieces).
 
     C{hold} names methods to leave unanswered (until L{release}), C{fail}
-    methods to refuse (C{name: (code, text)}), C{silent} makes it say
+    methods to refuse (C{name: (code, text)}; neither applies to the
+    consumer's canary binding, so that they reach the members' binds), C{silent} makes it say
     nothing at all. C{spec} is the path of the spec to speak (AMQP_SPEC's
     default when None; RabbitMQ's extended one for publisher confirms).
     """
@@ -235,7 +236,7 @@ class FakeBroker:
             # A broker answers a channel's methods in order: hold what follows too.
             self.held.append((channel, name, fields))
             return
-        if name in self.fail:
+        if name in self.fail and not canary:
             code, text = self.fail[name]
             klass = name.partition(".")[0]
             ids = {"class_id": self.codec.class_id(klass), "method_id": 0}

@@ -375,6 +375,87 @@ class BindingTests(SynchronousTestCase):
         self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.ID1.*"])
         self.assertEqual(h.consumer.bound, set())
 
+    def test_member_bind_refused(self) -> None:
+        """
+        A member's bind the broker refuses (it closes the channel): one line
+        with its words, a reconnect, and the member bound on the next connection.
+        """
+        h = Harness(self)
+        broker = h.consuming()
+        broker.fail["queue.bind"] = (403, "ACCESS_REFUSED - no write access")
+        h.join("ID1")
+        broker.pump()
+        self.assertTrue(broker.lost)
+        [line] = h.logged("closed our channel")
+        self.assertIn("403 ACCESS_REFUSED", formatEvent(line))
+        self.assertEqual(h.consumer.bound, set())
+        self.assertEqual(self.flushLoggedErrors(), [])
+        h.reactor.advance(2)
+        broker2 = h.connect()
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(bind_keys(broker2), [b"private.ID1.*"])
+        self.assertEqual(h.consumer.bound, {"ID1"})
+
+    def test_member_bind_refused_during_set_up(self) -> None:
+        """Refused while the set-up binds the members: the set-up fails, with the broker's words, and is retried."""
+        h = Harness(self)
+        h.join("ID1")
+        h.start()
+        broker = h.accept()
+        broker.fail["queue.bind"] = (403, "ACCESS_REFUSED - no write access")
+        broker.pump()
+        self.assertTrue(broker.lost)
+        self.assertFalse(h.consumer.up)
+        [line] = h.logged("set-up failed")
+        self.assertIn("403 ACCESS_REFUSED", formatEvent(line))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        h.reactor.advance(2)
+        broker2 = h.connect()
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(bind_keys(broker2), [b"private.ID1.*"])
+        self.assertEqual(h.consumer.bound, {"ID1"})
+
+    def test_answer_not_asked(self) -> None:
+        """
+        An answer to no bind or unbind of ours, or of the other kind than the
+        oldest in flight: the books cannot be trusted; reconnect (which binds everyone again).
+        """
+        for sent_first in ["queue.bind-ok", "queue.unbind-ok"]:
+            h = Harness(self)
+            broker = h.consuming()
+            broker.hold.add("queue.bind")
+            h.join("ID1")
+            broker.pump()
+            broker.send(1, "queue.unbind-ok")
+            if sent_first == "queue.bind-ok":
+                broker.outbox.insert(0, broker.method(1, "queue.bind-ok"))
+            broker.pump()
+            self.assertTrue(broker.lost)
+            self.assertEqual(len(h.logged("was not asked; reconnecting")), 1)
+            self.assertEqual(h.consumer.bound, {"ID1"} if sent_first == "queue.bind-ok" else set())
+            self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_join_while_consume_in_flight(self) -> None:
+        """
+        A member joining while the set-up waits for basic.consume-ok: its bind
+        goes out on the same channel; txAMQP gets the consume-ok, we the bind-ok.
+        """
+        h = Harness(self)
+        h.start()
+        broker = h.accept()
+        broker.hold.add("basic.consume")
+        broker.pump()
+        self.assertFalse(h.consumer.up)
+        h.join("ID1")
+        broker.pump()
+        self.assertEqual(bind_keys(broker), [b"private.ID1.*"])
+        self.assertEqual(h.consumer.bound, set())
+        broker.release()
+        broker.pump()
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(h.consumer.bound, {"ID1"})
+        self.assertEqual(h.value("peatio_ws_rabbitmq_bindings"), 1)
+
     def test_many_members_pipelined(self) -> None:
         """Binds go out in pipelined batches, not one round trip each."""
         h = Harness(self)

@@ -92,6 +92,27 @@ class BindingsTests(SynchronousTestCase):
         self.assertEqual(self.bindings.dirty, {"U1"})
         self.assertEqual(self.bindings.bound, set())
 
+    def test_changed_while_in_flight(self) -> None:
+        """
+        A member who leaves while its bind is in flight (or comes back while
+        its unbind is) is dirty again once the answer comes, and the next
+        take does what is wanted now; an answer that agrees leaves it clean.
+        """
+        self.bindings.join("U1")
+        self.assertEqual(self.bindings.take(10), [("U1", True)])
+        self.bindings.leave("U1")
+        self.clock.advance(5)
+        self.assertEqual(self.bindings.take(10), [])  # not bound yet: nothing to undo
+        self.bindings.done("U1", True)
+        self.assertEqual(self.bindings.take(10), [("U1", False)])
+        self.bindings.join("U1")
+        self.assertEqual(self.bindings.take(10), [])  # still bound: nothing to do yet
+        self.bindings.done("U1", False)
+        self.assertEqual(self.bindings.take(10), [("U1", True)])
+        self.bindings.done("U1", True)
+        self.assertEqual(self.bindings.dirty, set())
+        self.assertEqual(self.bindings.bound, {"U1"})
+
     def test_reconnected(self) -> None:
         """
         On a new connection every wanted member is bound again (the queue may

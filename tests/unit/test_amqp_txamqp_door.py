@@ -141,6 +141,41 @@ class SpecTests(DoorCase):
             self.check(method.id == number, self.PIECE, f"basic.{name} is method {method.id}")
             self.check(got == fields, self.PIECE, f"basic.{name} has fields {got}")
 
+    def test_queue_methods(self) -> None:
+        """queue is class 50; bind, bind-ok, unbind, unbind-ok are 20, 21, 50, 51, with the fields _wire.py writes."""
+        queue = self.spec.classes.byname["queue"]
+        self.check(queue.id == _wire.QUEUE, self.PIECE, f"class queue is {queue.id}")
+        expected = {
+            "bind": (_wire.QUEUE_BIND, ["reserved-1", "queue", "exchange", "routing-key", "no-wait", "arguments"]),
+            "bind-ok": (_wire.QUEUE_BIND_OK, []),
+            "unbind": (_wire.QUEUE_UNBIND, ["reserved-1", "queue", "exchange", "routing-key", "arguments"]),
+            "unbind-ok": (_wire.QUEUE_UNBIND_OK, []),
+        }
+        for name, (number, fields) in expected.items():
+            method = queue.methods.byname[name]
+            got = [f.name for f in method.fields]
+            self.check(method.id == number, self.PIECE, f"queue.{name} is method {method.id}")
+            self.check(got == fields, self.PIECE, f"queue.{name} has fields {got}")
+
+    def test_binding_frames_decode(self) -> None:
+        """What _wire.binding_frame writes, txAMQP's own decoder reads as the bind or unbind meant."""
+        codec = _txamqp.FrameCodec(self.spec)
+        for bind, name in [(True, "queue.bind"), (False, "queue.unbind")]:
+            decoded = codec.decode(_wire.binding_frame(3, bind, b"q.1", b"peatio.events", b"private.ID1.*"))
+            self.check(
+                (decoded.channel, decoded.name) == (3, name)
+                and decoded.fields["queue"] in ("q.1", b"q.1")
+                and decoded.fields["exchange"] in ("peatio.events", b"peatio.events")
+                and decoded.fields["routing_key"] in ("private.ID1.*", b"private.ID1.*")
+                and decoded.fields["arguments"] == {}
+                and decoded.fields.get("nowait", False) is False,
+                self.PIECE,
+                f"binding_frame read back as {decoded}",
+            )
+        for name, answer in [("queue.bind-ok", True), ("queue.unbind-ok", False)]:
+            got = _wire.binding_answer(codec.method(5, name), 5)
+            self.check(got is answer, self.PIECE, f"{name} from txAMQP's encoder read as {got}")
+
     def test_basic_properties(self) -> None:
         """The first and fourth property flags of class basic are content-type and delivery-mode."""
         names = [f.name for f in self.spec.classes.byname["basic"].fields]

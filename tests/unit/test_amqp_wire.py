@@ -10,7 +10,16 @@ import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from peatio_ws.amqp._wire import NO_CHANNEL, DeliveryReader, FrameError, Read, ack_frame, publish_frames
+from peatio_ws.amqp._wire import (
+    NO_CHANNEL,
+    DeliveryReader,
+    FrameError,
+    Read,
+    ack_frame,
+    binding_answer,
+    binding_frame,
+    publish_frames,
+)
 
 HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
@@ -262,3 +271,58 @@ class WriteTests(SynchronousTestCase):
             publish_frames(1, b"x", b"k" * 256, b"", 4096)
         with self.assertRaises(ValueError):
             publish_frames(1, b"x" * 256, b"k", b"", 4096)
+
+    def test_bind(self) -> None:
+        """queue.bind (50, 20): ticket 0, queue, exchange, routing key, no-wait off, an empty table."""
+        expected = frame(
+            1, 1, struct.pack("!HHH", 50, 20, 0) + shortstr(b"q") + shortstr(b"ex") + shortstr(b"private.U.*")
+            + b"\x00" + struct.pack("!I", 0)
+        )
+        self.assertEqual(binding_frame(1, True, b"q", b"ex", b"private.U.*"), expected)
+
+    def test_unbind(self) -> None:
+        """queue.unbind (50, 50): the same fields without the no-wait bit (unbind has none)."""
+        expected = frame(
+            1, 300, struct.pack("!HHH", 50, 50, 0) + shortstr(b"q") + shortstr(b"ex") + shortstr(b"private.U.*")
+            + struct.pack("!I", 0)
+        )
+        self.assertEqual(binding_frame(300, False, b"q", b"ex", b"private.U.*"), expected)
+
+    def test_binding_long_names(self) -> None:
+        """A queue, exchange or key over 255 bytes cannot be sent."""
+        for names in [(b"q" * 256, b"x", b"k"), (b"q", b"x" * 256, b"k"), (b"q", b"x", b"k" * 256)]:
+            with self.assertRaises(ValueError):
+                binding_frame(1, True, *names)
+
+
+class BindingAnswerTests(SynchronousTestCase):
+    """Picking the answers to our binds and unbinds out of the frames handed back."""
+
+    def test_answers(self) -> None:
+        """bind-ok (50, 21) is True, unbind-ok (50, 51) False, on the channel asked about."""
+        self.assertIs(binding_answer(method(1, 50, 21), 1), True)
+        self.assertIs(binding_answer(method(1, 50, 51), 1), False)
+        self.assertIs(binding_answer(method(258, 50, 21), 258), True)
+
+    def test_not_answers(self) -> None:
+        """Another channel (high or low byte), another method, a frame of another type or size: None."""
+        for raw, channel in [
+            (method(2, 50, 21), 1),
+            (method(1 + 256, 50, 21), 1),
+            (method(1, 50, 21), 257),
+            (method(1, 50, 11, shortstr(b"q") + struct.pack("!II", 0, 0)), 1),  # declare-ok
+            (method(1, 50, 41, struct.pack("!I", 0)), 1),  # delete-ok
+            (method(1, 60, 21), 1),
+            (CONSUME_OK, 1),
+            (frame(2, 1, struct.pack("!HH", 50, 21)), 1),
+            (method(1, 50, 21, b"\x00"), 1),
+            (method(1, 50, 21), NO_CHANNEL),
+            (HEARTBEAT, 0),
+        ]:
+            self.assertIsNone(binding_answer(raw, channel), (raw, channel))
+
+    def test_handed_back_by_the_reader(self) -> None:
+        """The reader hands the answers back whole among the deliveries, which it still assembles."""
+        read = reader().feed(method(1, 50, 21) + message(1, 7, b"k", b"{}") + method(1, 50, 51))
+        self.assertEqual([binding_answer(item, 1) if isinstance(item, bytes) else item for item in read.items],
+                         [True, (7, b"k", b"{}"), False])
