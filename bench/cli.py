@@ -11,7 +11,9 @@ fan-out (L{bench.public}): public (one market's ob-inc to 1, 100, 1,000 and
 10,000 subscribers, and its floor), tickers (global.tickers to 15,000),
 replay (a new ob-inc subscriber with 1,000 stored increments); storm
 (1,000 / 5,000 / 15,000 authenticated clients, the daemon restarted, every
-client back at once: L{bench.storm}).
+client back at once: L{bench.storm}); bindings (15,000 logins at once waiting
+for their members' bindings, with and without the covering binding:
+L{bench.bindings}).
 
 Results also go to bench/results/<date>.json (and the profiles, with
 C{--profile}, next to it), with PNG charts beside it (<date>-<chart>.png;
@@ -29,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import charts, public, storm
+from bench import bindings, charts, public, storm
 from bench.scenarios import Bench, Options
 from bench.sysinfo import machine
 from bench.workers import event_loop_name, raise_nofile
@@ -50,6 +52,7 @@ SCENARIOS = (
     "tickers",
     "replay",
     "storm",
+    "bindings",
 )
 
 
@@ -141,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "storm" in chosen:
         sizes = [int(x) for x in args.storm_sizes.split(",")] if args.storm_sizes else None
         steps.append(("storm", functools.partial(storm.bench_step, bench, args.quick, sizes)))
+    if "bindings" in chosen:
+        steps.append(("bindings", functools.partial(bindings.bench_step, bench, args.quick)))
     failed = []
     for name, step in steps:
         try:
@@ -456,6 +461,8 @@ def render(info: dict[str, str], res: dict[str, Any], notes: list[str], elapsed:
         )
     _public_rows(res, row)
     for what, goal, value, met, note in storm.rows(res.get("storm", [])):
+        row(what, goal, value, met, note)
+    for what, goal, value, met, note in bindings.rows(res.get("bindings", [])):
         row(what, goal, value, met, note)
     lines = [
         f"peatio-ws benchmark, {info['date']}: {info['nproc']} x {info['cpu']}, {info['memory']}, "

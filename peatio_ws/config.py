@@ -288,6 +288,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "RABBITMQ_UNBIND_DELAY": _seconds,
     "RABBITMQ_QUEUE_TYPE": _choice("classic", "quorum"),
     "RABBITMQ_PRIVATE_BINDING": _choice("member", "all"),
+    "RABBITMQ_STORM_BINDING_AT": _integer(0, 1_000_000),
     "AMQP_SPEC": _readable_file,
     "REDIS_URL": _redis_url,
     "REDIS_REVOCATION_WHEN_DOWN": _choice("allow", "deny"),
@@ -401,6 +402,7 @@ class Settings:
     rabbitmq_unbind_delay: float = _DEFAULTS["rabbitmq_unbind_delay"]
     rabbitmq_queue_type: str = _DEFAULTS["rabbitmq_queue_type"]
     rabbitmq_private_binding: str = _DEFAULTS["rabbitmq_private_binding"]
+    rabbitmq_storm_binding_at: int = _DEFAULTS["rabbitmq_storm_binding_at"]
     amqp_spec: str = _DEFAULTS["amqp_spec"]
 
     redis_url: RedisAddress = _DEFAULTS["redis_url"]

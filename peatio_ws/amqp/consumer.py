@@ -39,7 +39,7 @@ import secrets
 import socket
 from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
@@ -83,6 +83,11 @@ PROBE_CHANNEL = 2
 #: The channel of the health probe (a passive declare of our queue every
 #: HEALTH_PROBE_INTERVAL), opened on the first probe of each connection.
 HEALTH_CHANNEL = 3
+#: The channel of the members' binds and unbinds. Not CHANNEL: RabbitMQ does
+#: a channel's work in order, so deliveries would wait behind up to
+#: BIND_BATCH binds there (about a second each thousand), and in a reconnect
+#: storm there are thousands.
+BIND_CHANNEL = 4
 #: Seconds for TCP connect plus the AMQP handshake and login.
 CONNECT_TIMEOUT = 30.0
 #: Seconds for declaring, binding and starting to consume after login.
@@ -92,6 +97,8 @@ SETUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 #: Binds/unbinds in flight at once (pipelined on the channel).
 BIND_BATCH = 1000
+#: What stands for the covering binding in L{_Session.pending} (no uid is empty).
+_COVER = ""
 
 
 def _queue_name() -> str:
@@ -111,7 +118,11 @@ class _Session:
         self.channel = channel
         #: Members whose bind (True) or unbind (False) was sent and not answered yet, oldest first.
         self.pending: deque[tuple[str, bool]] = deque()
-        #: Fired once nothing is pending (the set-up waits for it), failed when the connection goes.
+        #: How many of them are members' (not the covering binding's).
+        self.member_ops = 0
+        #: The covering binding (L{ALL_PRIVATE_BINDING}) on this connection's queue.
+        self.cover: Literal["off", "binding", "on", "unbinding"] = "off"
+        #: Fired once every member's events flow (the set-up waits for it), failed when the connection goes.
         self.drained: Deferred[None] | None = None
         #: The health probe's channel, once opened.
         self.health_channel: Any = None
@@ -164,6 +175,9 @@ class EventConsumer(Service):
         self._bindings = Bindings(reactor, settings.rabbitmq_unbind_delay, self._kick)
         #: RABBITMQ_PRIVATE_BINDING=all: one binding for every private event, none per member.
         self._bind_all = settings.rabbitmq_private_binding == "all"
+        #: Logins waiting for their members' bindings at which the covering
+        #: binding goes up (L{_cover}); 0: never, and with the binding for all.
+        self._cover_at = 0 if self._bind_all else settings.rabbitmq_storm_binding_at
 
         self._session: _Session | None = None
         self._connection: DeliveryClient | None = None
@@ -396,6 +410,9 @@ class EventConsumer(Service):
             # Every private event, whoever it is for: those of members connected elsewhere are dropped here.
             await channel.queue_bind(queue=self._queue, exchange=self._exchange, routing_key=ALL_PRIVATE_BINDING)
         await channel.basic_qos(prefetch_count=s.rabbitmq_prefetch)
+        if not self._bind_all:
+            binds = await client.channel(BIND_CHANNEL)
+            await binds.channel_open()
         session = _Session(client, channel)
         self._session = session
         # Every member connected now (some may have joined before we were
@@ -403,10 +420,14 @@ class EventConsumer(Service):
         # The queue may be new (it expired): bind every member again; bindings
         # of members who left while we were away are removed.
         if not self._bind_all:
-            client.enable_bindings(CHANNEL, lambda answers: self._answered(session, answers))
+            client.enable_bindings(BIND_CHANNEL, lambda answers: self._answered(session, answers))
             self._bindings.reconnected(uid for uid in self._registry.members() if valid_uid(uid))
+            if self._cover_at and max(len(self._flowing), len(self._bindings.wanted)) >= self._cover_at:
+                # Many to bind (a queue that was new, a storm during the outage):
+                # consume once the covering binding is up; the members' follow.
+                self._cover(session, True)
             self._kick()
-            if session.pending:
+            if not self._all_flowing(session):
                 session.drained = Deferred()
                 await session.drained
         client.enable_fast_path(CHANNEL, self._handle_delivery, self._read_done)
@@ -531,12 +552,16 @@ class EventConsumer(Service):
         if channel_id == PROBE_CHANNEL:
             return  # the probe's own operation fails and says why
         session = self._session
-        if session is not None and session.client is client:
-            if self._consuming:
-                log.warn("RabbitMQ closed our channel: {reason}; reconnecting", reason=describe(reason))
-            if channel_id == CHANNEL:
-                # A bind refused: the set-up, if it waits for them, fails with the broker's words.
+        if channel_id == BIND_CHANNEL:
+            if self._stopped:
+                return  # a bind that came after the queue's deletion; the connection is closing anyway
+            if session is not None and session.client is client:
+                if self._consuming:
+                    log.warn("RabbitMQ: binding failed: {reason}; reconnecting", reason=describe(reason))
+                # The set-up, if it waits for the binds, fails with the broker's words.
                 self._bindings_lost(session, reason)
+        elif self._consuming and session is not None and session.client is client:
+            log.warn("RabbitMQ closed our channel: {reason}; reconnecting", reason=describe(reason))
         # (During set-up the pending operation fails too, and says why.)
         client.abort()
 
@@ -634,8 +659,13 @@ class EventConsumer(Service):
                 return None
         elif uid in self._bindings.bound or not self.running or self._stopped or not valid_uid(uid):
             return None
+        session = self._session
+        if session is not None and session.cover == "on":
+            return None
         d: Deferred[None] = Deferred(lambda d: self._forget_flowing(uid, d))
         self._flowing.setdefault(uid, []).append(d)
+        if self._cover_at and session is not None and session.cover == "off" and len(self._flowing) >= self._cover_at:
+            self._cover(session, True)
         return d
 
     def _forget_flowing(self, uid: str, d: Deferred[None]) -> None:
@@ -678,7 +708,42 @@ class EventConsumer(Service):
         work = self._bindings.take(room)
         if work:
             session.pending.extend(work)
+            session.member_ops += len(work)
             session.client.send_bindings(self._queue, self._exchange, [(binding_key(uid), bind) for uid, bind in work])
+
+    def _cover(self, session: _Session, on: bool) -> None:
+        """
+        Bind (C{on}) or unbind the covering binding, every private event.
+
+        In a reconnect storm RabbitMQ binds ~1,000 routing keys a second:
+        the last of 15,000 logins would wait 15 s for its own binding. So
+        when RABBITMQ_STORM_BINDING_AT logins wait, one binding brings
+        every member's events at once (those of members elsewhere are
+        dropped here, as with RABBITMQ_PRIVATE_BINDING=all) while the
+        members' own bindings follow; it goes once every member is bound. A queue with both
+        bindings gets each event once (AMQP routes a message to a queue
+        once), and the members bound before it goes lose nothing.
+        """
+        session.cover = "binding" if on else "unbinding"
+        session.pending.append((_COVER, on))
+        session.client.send_bindings(self._queue, self._exchange, [(ALL_PRIVATE_BINDING, on)])
+        if on:
+            log.info(
+                "RabbitMQ: {waiting} logins wait for their members' bindings: binding {key} for everyone until "
+                "each member is bound",
+                waiting=max(len(self._flowing), len(self._bindings.wanted.difference(self._bindings.bound))),
+                key=ALL_PRIVATE_BINDING.decode(),
+            )
+        else:
+            log.info(
+                "RabbitMQ: every member bound ({bindings} bindings); unbinding {key}",
+                bindings=len(self._bindings.bound),
+                key=ALL_PRIVATE_BINDING.decode(),
+            )
+
+    def _all_flowing(self, session: _Session) -> bool:
+        """Whether every wanted member's events reach the queue: the covering binding is up, or each is bound."""
+        return session.cover == "on" or (not session.member_ops and not self._bindings.dirty)
 
     def _answered(self, session: _Session, answers: list[bool]) -> None:
         """One read's answers (True: bind-ok, False: unbind-ok), in the order of what we sent."""
@@ -692,21 +757,31 @@ class EventConsumer(Service):
                 session.client.abort()
                 return
             uid = pending.popleft()[0]
+            if uid == _COVER:
+                session.cover = "on" if bound else "off"
+                if bound and self._flowing:
+                    self._release_flowing()
+                continue
+            session.member_ops -= 1
             bindings.done(uid, bound)
             if bound and self._flowing:
                 self._release_flowing(uid)
         self._metrics.bindings.set(len(bindings.bound))
         if bindings.dirty:
             self._kick()
-        if not pending and session.drained is not None:
+        if session.cover == "on" and not session.member_ops and not bindings.dirty and not self._stopped:
+            self._cover(session, False)
+        if session.drained is not None and self._all_flowing(session):
             drained, session.drained = session.drained, None
             drained.callback(None)
 
     def _bindings_lost(self, session: _Session, reason: object) -> None:
         """The connection of C{session} went with binds or unbinds in flight: they are to be done again."""
         for uid, _ in session.pending:
-            self._bindings.failed(uid)
+            if uid != _COVER:
+                self._bindings.failed(uid)
         session.pending.clear()
+        session.member_ops = 0
         if session.drained is not None:
             drained, session.drained = session.drained, None
             drained.errback(Closed(reason))

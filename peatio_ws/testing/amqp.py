@@ -236,6 +236,9 @@ class FakeBroker:
             # A broker answers a channel's methods in order: hold what follows too.
             self.held.append((channel, name, fields))
             return
+        self._reply(channel, name, fields, canary)
+
+    def _reply(self, channel: int, name: str, fields: dict[str, Any], canary: bool) -> None:
         if name in self.fail and not canary:
             code, text = self.fail[name]
             klass = name.partition(".")[0]
@@ -252,8 +255,17 @@ class FakeBroker:
         reply, make = _REPLIES[name]
         self.send(channel, reply, **make(fields))
 
-    def release(self) -> None:
-        """Answer everything held back."""
+    def release(self, count: int | None = None) -> None:
+        """
+        Answer everything held back, and hold nothing from now on; with
+        C{count}, answer only the first C{count} held, in order, and keep
+        holding (the rest, what follows them, and the methods in C{hold}).
+        """
+        if count is not None:
+            first, self.held = self.held[:count], self.held[count:]
+            for channel, name, fields in first:
+                self._reply(channel, name, fields, canary=False)
+            return
         held, self.held = self.held, []
         for channel, name, fields in held:
             self.hold.discard(name)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from peatio_ws.amqp import EventConsumer
@@ -208,6 +209,55 @@ class EventConsumerBrokerTests(TestCase):
         await wait_for(lambda: len(other.frames) == 1, 5, "the marker")
         self.assertEqual(self.value("peatio_ws_events_received_total", event="order"), 3)
         self.assertEqual(self.value("peatio_ws_events_dropped_total", reason="no_connection"), 0)
+
+    async def test_storm_covered(self) -> None:
+        """
+        RABBITMQ_STORM_BINDING_AT + 50 logins at once (a reconnect storm) on the real broker:
+        each is told its events flow, through the covering binding
+        (private.*.*) or its own, and an event published the moment it is
+        told reaches it; once every member is bound the covering binding is
+        gone, the queue has exactly the members' bindings, and each later
+        event arrives once.
+        """
+        logged: list[str] = []
+
+        def observe(event: Any) -> None:
+            logged.append(formatEvent(event))
+
+        observer = cast(ILogObserver, observe)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        consumer = await self.consumer(rabbitmq_unbind_delay=60)
+        uids = [f"IDSTORM{i:04d}" for i in range(Settings().rabbitmq_storm_binding_at + 50)]
+        conns: dict[str, FakeConnection] = {}
+        for uid in uids:
+            conn = conns[uid] = FakeConnection(f"{uid}-0")
+            told = self.registry.authenticate(conn, Claims(uid=uid, jti=f"jti-{uid}", expires_at=None))
+            if told is None:
+                self.publish(f"private.{uid}.order", {"n": 1})
+            else:
+                told.addCallback(lambda _, key: self.publish(key, {"n": 1}), f"private.{uid}.order")
+        await wait_for(lambda: all(len(c.frames) == 1 for c in conns.values()), 20, "the first event of everyone")
+        self.assertEqual(len([line for line in logged if "logins wait for their members' bindings" in line]), 1)
+        await wait_for(lambda: any("every member bound" in line for line in logged), 20, "the covering binding to go")
+        self.assertEqual(consumer.bound, frozenset(uids))
+
+        async def unbound() -> bool:
+            return "private.*.*" not in [key for _, key in await broker.bindings_of(consumer.queue_name)]
+
+        for _ in range(50):
+            if await unbound():
+                break
+            await sleep(0.1)
+        keys = sorted(key for _, key in await broker.bindings_of(consumer.queue_name))
+        self.assertEqual(keys, sorted([f"peatio-ws.canary.{consumer.queue_name}"] + [f"private.{u}.*" for u in uids]))
+        for uid in uids:
+            self.publish(f"private.{uid}.order", {"n": 2})
+        self.publish("private.IDELSEWHERE.order", {"n": 2})
+        await wait_for(lambda: all(len(c.frames) == 2 for c in conns.values()), 20, "the second event of everyone")
+        await sleep(0.3)
+        for conn in conns.values():
+            self.assertEqual(conn.events(), [{"order": {"n": 1}}, {"order": {"n": 2}}])
 
     async def test_forced_close_loses_nothing(self) -> None:
         """

@@ -27,6 +27,7 @@ from peatio_ws.amqp import (
     STOP_TIMEOUT,
     EventConsumer,
 )
+from peatio_ws.amqp.consumer import BIND_CHANNEL
 from peatio_ws.auth import Claims
 from peatio_ws.config import KEYS, Settings
 from peatio_ws.metrics import Metrics
@@ -34,6 +35,9 @@ from peatio_ws.registry import Registry
 from peatio_ws.streams.names import parse_stream
 from peatio_ws.testing.amqp import EventsConnection as FakeConnection
 from peatio_ws.testing.amqp import FakeBroker, Harness, bind_keys
+
+#: RABBITMQ_STORM_BINDING_AT's default.
+COVER_AT = Settings().rabbitmq_storm_binding_at
 
 
 class ConnectTests(SynchronousTestCase):
@@ -386,8 +390,9 @@ class BindingTests(SynchronousTestCase):
         h.join("ID1")
         broker.pump()
         self.assertTrue(broker.lost)
-        [line] = h.logged("closed our channel")
+        [line] = h.logged("binding failed")
         self.assertIn("403 ACCESS_REFUSED", formatEvent(line))
+        self.assertEqual(h.logged("closed our channel"), [])
         self.assertEqual(h.consumer.bound, set())
         self.assertEqual(self.flushLoggedErrors(), [])
         h.reactor.advance(2)
@@ -426,9 +431,9 @@ class BindingTests(SynchronousTestCase):
             broker.hold.add("queue.bind")
             h.join("ID1")
             broker.pump()
-            broker.send(1, "queue.unbind-ok")
+            broker.send(BIND_CHANNEL, "queue.unbind-ok")
             if sent_first == "queue.bind-ok":
-                broker.outbox.insert(0, broker.method(1, "queue.bind-ok"))
+                broker.outbox.insert(0, broker.method(BIND_CHANNEL, "queue.bind-ok"))
             broker.pump()
             self.assertTrue(broker.lost)
             self.assertEqual(len(h.logged("was not asked; reconnecting")), 1)
@@ -438,7 +443,8 @@ class BindingTests(SynchronousTestCase):
     def test_join_while_consume_in_flight(self) -> None:
         """
         A member joining while the set-up waits for basic.consume-ok: its bind
-        goes out on the same channel; txAMQP gets the consume-ok, we the bind-ok.
+        goes out on the binds' own channel, and is answered first; txAMQP
+        gets the consume-ok, we the bind-ok.
         """
         h = Harness(self)
         h.start()
@@ -449,7 +455,8 @@ class BindingTests(SynchronousTestCase):
         h.join("ID1")
         broker.pump()
         self.assertEqual(bind_keys(broker), [b"private.ID1.*"])
-        self.assertEqual(h.consumer.bound, set())
+        self.assertEqual(h.consumer.bound, {"ID1"})
+        self.assertFalse(h.consumer.up)
         broker.release()
         broker.pump()
         self.assertTrue(h.consumer.up)
@@ -457,21 +464,155 @@ class BindingTests(SynchronousTestCase):
         self.assertEqual(h.value("peatio_ws_rabbitmq_bindings"), 1)
 
     def test_many_members_pipelined(self) -> None:
-        """Binds go out in pipelined batches, not one round trip each."""
+        """Binds go out pipelined, at most BIND_BATCH in flight, more as the answers come; not one round trip each."""
         h = Harness(self)
+        broker = h.consuming()
+        broker.hold.add("queue.bind")
         for i in range(BIND_BATCH + 5):
             h.consumer.member_joined(f"U{i}")
-        h.start()
-        broker = h.accept()
-        broker.hold.add("queue.bind")
         broker.pump()
         self.assertEqual(len(broker.held), BIND_BATCH)
-        broker.hold.discard("queue.bind")
+        broker.release(3)
+        broker.pump()
+        self.assertEqual(len(bind_keys(broker)), BIND_BATCH + 3)
         broker.release()
         broker.pump()
         self.assertEqual(len(bind_keys(broker)), BIND_BATCH + 5)
-        self.assertTrue(h.consumer.up)
         self.assertEqual(h.value("peatio_ws_rabbitmq_bindings"), BIND_BATCH + 5)
+        self.assertEqual(h.logged("logins wait"), [])  # no login waited: no covering binding
+
+    def test_storm_covered(self) -> None:
+        """
+        COVER_AT logins waiting for their bindings (a reconnect storm): the
+        covering binding (private.*.*) goes up after the binds already out;
+        once it is answered every login still waiting is told, and new ones
+        at once, their own binds still in flight; once each member is bound
+        it goes.
+        """
+        h = Harness(self)
+        broker = h.consuming()
+        broker.hold.add("queue.bind")
+        first = [self._flowing(h, f"U{i}") for i in range(COVER_AT)]
+        late = [self._flowing(h, f"L{i}") for i in range(3)]
+        broker.pump()
+        keys = bind_keys(broker)
+        self.assertEqual(keys[COVER_AT], b"private.*.*")
+        self.assertEqual(len(keys), COVER_AT + 4)
+        self.assertEqual(len(h.logged("logins wait for their members' bindings")), 1)
+        broker.release(COVER_AT - 1)
+        broker.pump()
+        self.assertEqual(sum(map(len, first)), COVER_AT - 1)  # each told by its own bind-ok
+        self.assertEqual(late, [[], [], []])
+        broker.release(2)  # the last of the first, then the covering binding
+        broker.pump()
+        self.assertEqual(late, [[None], [None], [None]])  # their own binds are still held
+        self.assertEqual(h.consumer.bound, {f"U{i}" for i in range(COVER_AT)})
+        self.assertIsNone(
+            h.registry.authenticate(FakeConnection("N-a"), Claims(uid="NEW", jti="n", expires_at=None))
+        )
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [])
+        broker.release()
+        broker.pump()
+        self.assertIn("NEW", h.consumer.bound)
+        self.assertEqual(len(h.consumer.bound), COVER_AT + 4)
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.*.*"])
+        self.assertEqual(len(h.logged("every member bound")), 1)
+        # Calm again: a login waits for its own binding.
+        self.assertEqual(self._flowing(h, "CALM"), [])
+        broker.pump()
+        self.assertIn("CALM", h.consumer.bound)
+        self.assertEqual(bind_keys(broker).count(b"private.*.*"), 1)
+
+    def test_storm_binding_at(self) -> None:
+        """RABBITMQ_STORM_BINDING_AT: how many waiting logins make a storm; 0: the covering binding never goes up."""
+        for at, covered in [(3, True), (0, False)]:
+            h = Harness(self, rabbitmq_storm_binding_at=at)
+            broker = h.consuming()
+            broker.hold.add("queue.bind")
+            for i in range(max(3, COVER_AT)):
+                self._flowing(h, f"U{i}")
+            broker.pump()
+            self.assertEqual(b"private.*.*" in bind_keys(broker), covered, at)
+            if covered:
+                self.assertEqual(bind_keys(broker)[3], b"private.*.*")
+            broker.release()
+            broker.pump()
+            self.assertEqual(len(h.consumer.bound), max(3, COVER_AT))
+
+    def test_storm_cover_unbinding_covers_no_one(self) -> None:
+        """A login while the covering binding is being unbound waits for its own binding."""
+        h = Harness(self)
+        broker = h.consuming()
+        broker.hold.add("queue.unbind")
+        for i in range(COVER_AT):
+            self._flowing(h, f"U{i}")
+        broker.pump()
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.*.*"])
+        self.assertEqual(len(broker.held), 1)
+        late = self._flowing(h, "LATE")
+        broker.pump()
+        self.assertEqual(late, [])
+        broker.release()
+        broker.pump()
+        self.assertEqual(late, [None])
+        self.assertIn("LATE", h.consumer.bound)
+
+    def test_storm_during_set_up(self) -> None:
+        """
+        RABBITMQ_STORM_BINDING_AT members to bind at set-up (logins waiting
+        while the broker was away, or a queue that was new): the covering
+        binding first, the members' after it; consuming, and every login
+        told, once the covering one is up, their own binds still in flight.
+        """
+        h = Harness(self)
+        broker = h.consuming()
+        broker.drop()
+        waiting = [self._flowing(h, f"U{i}") for i in range(COVER_AT)]
+        h.reactor.advance(30)
+        second = h.accept()
+        second.hold.add("queue.bind")
+        second.pump()
+        self.assertEqual(len(bind_keys(second)), COVER_AT + 1)
+        self.assertEqual(bind_keys(second)[0], b"private.*.*")
+        self.assertNotIn("basic.consume", second.names())
+        self.assertEqual(sum(map(len, waiting)), 0)
+        second.release(1)
+        second.pump()
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(sum(map(len, waiting)), COVER_AT)
+        self.assertEqual(h.consumer.bound, set())
+        second.release()
+        second.pump()
+        self.assertEqual(len(h.consumer.bound), COVER_AT)
+        self.assertEqual(bind_keys(second, "queue.unbind"), [b"private.*.*"])
+
+    def test_cover_lost_with_the_connection(self) -> None:
+        """
+        The connection lost while the covering binding is up: the next
+        connection decides afresh, counting only the members to bind (here
+        three; the hundred who left meanwhile are only unbound).
+        """
+        h = Harness(self, rabbitmq_unbind_delay=0)
+        broker = h.consuming()
+        broker.hold.add("queue.bind")
+        for i in range(COVER_AT):
+            h.join(f"U{i}")  # each login waits for its binding
+        late = [self._flowing(h, f"L{i}") for i in range(3)]
+        broker.pump()
+        broker.release(COVER_AT + 1)  # the hundred U, then the covering binding
+        broker.pump()
+        self.assertEqual(late, [[None], [None], [None]])
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [])  # the L's are not bound yet
+        broker.drop()
+        for conn in list(h.conns.values()):
+            h.leave(conn)
+        h.reactor.advance(30)
+        second = h.connect()
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(h.consumer.bound, {"L0", "L1", "L2"})
+        self.assertNotIn(b"private.*.*", bind_keys(second))
+        self.assertEqual(len(bind_keys(second, "queue.unbind")), COVER_AT)
+
 
     def test_reconnect_restores_bindings(self) -> None:
         """
@@ -1098,20 +1239,35 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(h.reactor.getDelayedCalls(), [])
 
     def test_stop_with_bind_in_flight(self) -> None:
-        """A bind still in flight when the stop starts neither fails the stop nor causes a reconnect."""
+        """
+        A bind still in flight when the stop starts neither holds the stop
+        up nor fails it, even refused because the queue was deleted before
+        it (the binds have their own channel): no line, no reconnect.
+        """
         h = Harness(self)
         broker = h.consuming()
         broker.hold.add("queue.bind")
+        broker.hold.add("queue.delete")
         h.join("ID1")
         broker.pump()
         d = h.consumer.stopService()
         broker.pump()
         self.assertNoResult(d)
+        self.assertEqual([name for _, name, _ in broker.held], ["queue.bind", "queue.delete"])
+        broker.fail["queue.bind"] = (404, "NOT_FOUND - no queue")
+        broker.release(1)
+        broker.pump()
+        self.assertFalse(broker.transport.disconnecting)
         broker.release()
         broker.pump()
         self.successResultOf(d)
-        self.assertEqual(broker.names()[-4:], ["basic.cancel", "queue.delete", "channel.close", "connection.close"])
+        names = broker.names()
+        self.assertEqual(names[names.index("basic.cancel"):], [
+            "basic.cancel", "queue.delete", "channel.close-ok", "channel.close", "connection.close"
+        ])  # the close-ok answers the broker's close of the binds' channel
+        self.assertFalse(broker.transport.aborted)
         self.assertEqual(h.logged("binding failed"), [])
+        self.assertEqual(h.logged("closed our channel"), [])
         self.assertEqual(h.reactor.getDelayedCalls(), [])
 
     def test_stop_while_connecting(self) -> None:
