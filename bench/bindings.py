@@ -9,9 +9,10 @@ For each K of C{RABBITMQ_STORM_BINDING_AT} (default: 100, the default, then
 0, never): an L{EventConsumer} in this process on its own exchange, N fake
 connections authenticated in one reactor turn (what a storm's logins do to
 the consumer), then the seconds until every login is told its events flow
-(p50 and the last), until every member has its own binding, and this
+(p50 and the last), until every member has its own binding, this
 process's CPU over that time per member (the binds, their answers, the
-waiters). Nothing else runs in the process; RabbitMQ is the shared one on
+waiters), and how long the consumer's clean stop then takes (a queue with
+N bindings to delete). Nothing else runs in the process; RabbitMQ is the shared one on
 localhost; the exchange and the queue are deleted afterwards. In C{make
 bench} (the C{bindings} scenario) it runs in a process of its own, since it
 runs Twisted's reactor.
@@ -52,6 +53,7 @@ async def measure(reactor: Any, members: int, storm_binding_at: int) -> dict[str
     exchange = f"peatio-ws-bench.{uuid.uuid4().hex}"
     publisher = await Publisher.connect()
     consumer: EventConsumer | None = None
+    stop_s = 0.0
     try:
         await publisher.declare_exchange(exchange)
         settings = dataclasses.replace(
@@ -66,9 +68,9 @@ async def measure(reactor: Any, members: int, storm_binding_at: int) -> dict[str
         )
         metrics = Metrics()
         registry = Registry(metrics)
-        consumer = EventConsumer(settings, registry, metrics)
-        consumer.startService()
-        await within(consumer.when_consuming(), 15, "the consumer to consume")
+        consumer = running = EventConsumer(settings, registry, metrics)
+        running.startService()
+        await within(running.when_consuming(), 15, "the consumer to consume")
         told: list[float] = []
         start = time.perf_counter()
         cpu = time.process_time()
@@ -81,9 +83,14 @@ async def measure(reactor: Any, members: int, storm_binding_at: int) -> dict[str
                 waiting.addCallback(lambda _: told.append(time.perf_counter() - start))
         await until(lambda: len(told) == members, 120, "every login told")
         all_told = time.perf_counter() - start
-        await until(lambda: len(consumer.bound) == members, 120, "every member bound")
+        await until(lambda: len(running.bound) == members, 120, "every member bound")
         all_bound = time.perf_counter() - start
         cpu_s = time.process_time() - cpu
+        stopping = time.perf_counter()
+        consumer = None
+        await within(running.stopService(), 30, "the consumer to stop")
+        stop_s = time.perf_counter() - stopping
+        await publisher.delete_queue(running.queue_name)
         return {
             "members": members,
             "storm_binding_at": storm_binding_at,
@@ -92,6 +99,7 @@ async def measure(reactor: Any, members: int, storm_binding_at: int) -> dict[str
             "bound_s": all_bound,
             "binds_per_s": members / all_bound,
             "cpu_us_per_member": cpu_s / members * 1e6,
+            "stop_s": stop_s,
         }
     finally:
         if consumer is not None:
@@ -106,7 +114,8 @@ def describe(r: dict[str, Any]) -> str:
     return (
         f"{r['members']:,} logins at once, RABBITMQ_STORM_BINDING_AT={r['storm_binding_at']}: told p50 "
         f"{r['told_p50_s']:.2f} s, all {r['told_s']:.2f} s; all bound {r['bound_s']:.2f} s "
-        f"({r['binds_per_s']:,.0f} binds/s); consumer CPU {r['cpu_us_per_member']:.0f} µs per member"
+        f"({r['binds_per_s']:,.0f} binds/s); consumer CPU {r['cpu_us_per_member']:.0f} µs per member; "
+        f"its clean stop (cancel, delete the queue, close) {r['stop_s']:.2f} s"
     )
 
 

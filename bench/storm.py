@@ -993,6 +993,11 @@ class Storms:
             t_surged = _ns()
         cpu_others0 = sum(_cpu(d.pid) for d in others)
         cpu_old0 = _cpu(old.pid)
+        closing = (
+            _SpyUntilStopped(old.pid, RESULTS / f"{self.stamp}-storm-{n}-{policy}-{pace}-close.txt")
+            if o.profile
+            else None
+        )
         t_term = _ns()
         t_term_wall = time.time()
         assert old.process is not None
@@ -1001,6 +1006,7 @@ class Storms:
         cpu_old = _reap(old, 60.0 if o.server == "daemon" else 300.0)
         old_status = old.process.returncode
         t_exit = _ns()
+        close_profile = closing.stop() if closing is not None else None
         old_problems = _log_problems(old)
         old_timeline = _log_timeline(old, t_term_wall)
         old.cleanup()
@@ -1208,6 +1214,16 @@ class Storms:
             r["profile"]["text"] = text
             if o.verbose:
                 print(text, flush=True)
+        if close_profile is not None:
+            from bench.profile import format_summary, summarize
+
+            close_label = f"{label}, the old daemon from its SIGTERM to its exit"
+            r["close_profile"] = {
+                "path": str(close_profile),
+                "text": format_summary(close_label, summarize(close_profile)),
+            }
+            if o.verbose:
+                print(r["close_profile"]["text"], flush=True)
         return r
 
 
@@ -1656,9 +1672,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(render(storms.results, info))
     for r in storms.results:
-        if "profile" in r:
-            print()
-            print(r["profile"]["text"])
+        for key in ("profile", "close_profile"):
+            if key in r:
+                print()
+                print(r[key]["text"])
     for note in storms.notes:
         print(f"* {note}")
     print(f"\nresults: {path}")
@@ -1702,6 +1719,8 @@ def bench_step(bench: Any, quick: bool = False, sizes: Sequence[int] | None = No
                 for r in storms.results:
                     if "profile" in r:
                         bench.profiles[f"storm {r['n']} {r['policy']} {r['pace']}"] = r["profile"]["text"]
+                    if "close_profile" in r:
+                        bench.profiles[f"storm {r['n']} {r['policy']} {r['pace']} close"] = r["close_profile"]["text"]
     finally:
         bench.results["storm"] = results
         bench.notes.extend(notes)
