@@ -8,9 +8,10 @@ starting); the WebSocket port then accepts only once RabbitMQ consumes
 (L{CONSUMER_START_WAIT} at most), its new connections held in the kernel's
 accept queue meanwhile. L{MultiService} would stop them all at once;
 L{Daemon.stopService} instead stops them in order, each step bounded in time: tell systemd
-(C{STOPPING=1}), stop accepting, close every client with 1001, stop
-consuming, close Redis, and last the monitoring port, so /health reports the
-listener down while clients drain.
+(C{STOPPING=1}), stop accepting, close every client with 1001 and, while
+they answer, stop consuming (no client gets an event once told 1001), then
+close Redis, and last the monitoring port, so /health reports the listener
+down while clients drain.
 
 A port that cannot be bound stops start-up with one log line naming the
 setting (L{StartupError}), instead of a traceback or a daemon serving nothing.
@@ -331,15 +332,20 @@ class Daemon(MultiService):
         await self._stop_child(self.listener, "listener")
         self.listening = False
         self.metrics.listener_up.set(0)
+        closing = self.factory.close_all()
+        # Every client is told 1001 and gets no event from now on, so the
+        # consumer's clean stop (RabbitMQ takes seconds to delete a queue of
+        # thousands of bindings) runs while they answer, not after.
+        consumer_stopping = Deferred.fromCoroutine(self._stop_child(self.consumer, "rabbitmq"))
         # Autobahn drops a peer that does not answer the close within
         # WEBSOCKET_CLOSE_TIMEOUT; one second later whoever is left is cut.
-        if not await self._at_most(self.factory.close_all(), self.settings.websocket_close_timeout + 1):
+        if not await self._at_most(closing, self.settings.websocket_close_timeout + 1):
             # Closed ones may still be listed until their TCP close completes.
             left = [proto for proto in self.factory.live() if not proto.is_closed.called]
             log.warn("{count} connections did not close in time; dropping them", count=len(left))
             for proto in left:
                 proto.dropConnection(abort=True)
-        await self._stop_child(self.consumer, "rabbitmq")
+        await consumer_stopping
         await self._stop_child(self.revocation, "redis")
         await self._stop_child(self.monitoring, "monitoring")
         if self._watchdog is not None and self._watchdog.running:

@@ -365,7 +365,8 @@ class ShutdownTests(DaemonTestCase):
     def test_order(self) -> None:
         """
         STOPPING=1, stop accepting, 1001 to every client, stop consuming,
-        close Redis, close the monitoring port: in exactly that order.
+        close Redis, close the monitoring port: in exactly that order (the
+        consumer's stop starts once every client has been sent its 1001).
         """
         self.start()
         self.connect("c1")
@@ -401,11 +402,24 @@ class ShutdownTests(DaemonTestCase):
         stopping = self.daemon.stopService()
         self.assertEqual(self.calls, ["STOPPING=1", "stop listener"])
         listener_stopped.callback(None)
-        self.assertEqual(self.calls[-1], "1001 c1")
+        # The consumer's stop runs while the clients answer their 1001; Redis waits for both.
+        self.assertEqual(self.calls[-2:], ["1001 c1", "stop rabbitmq"])
         [connection] = self.daemon.factory.connections
         connection.gone()  # type: ignore[attr-defined]
         self.assertEqual(self.calls[-1], "stop rabbitmq")
         consumer_stopped.callback(None)
+        self.assertEqual(self.calls[-2:], ["stop redis", "stop monitoring"])
+        self.successResultOf(stopping)
+
+    def test_redis_waits_for_the_clients_too(self) -> None:
+        """The consumer stopped before the clients closed: Redis is closed only once they have."""
+        self.start()
+        self.connect("c1", closes=False)
+        stopping = self.daemon.stopService()
+        self.assertEqual(self.calls[-2:], ["1001 c1", "stop rabbitmq"])
+        [connection] = self.daemon.factory.connections
+        self.assertNotIn("stop redis", self.calls)
+        connection.gone()  # type: ignore[attr-defined]
         self.assertEqual(self.calls[-2:], ["stop redis", "stop monitoring"])
         self.successResultOf(stopping)
 
@@ -422,7 +436,7 @@ class ShutdownTests(DaemonTestCase):
         self.successResultOf(stopping)
         self.assertIn("drop c1", self.calls)
         self.assertNotIn("drop c2", self.calls)
-        self.assertLess(self.calls.index("drop c1"), self.calls.index("stop rabbitmq"))
+        self.assertLess(self.calls.index("drop c1"), self.calls.index("stop redis"))
 
     def test_step_timeout(self) -> None:
         """A child that never finishes stopping is given up on after STOP_STEP_TIMEOUT."""
@@ -442,13 +456,15 @@ class ShutdownTests(DaemonTestCase):
         for child in self.children.values():
             child.stop_result = Deferred()
         stopping = self.daemon.stopService()
-        bound = 4 * STOP_STEP_TIMEOUT + self.settings.websocket_close_timeout + 1
+        # The listener; the clients' closes, with the consumer's stop alongside; Redis; monitoring.
+        bound = 3 * STOP_STEP_TIMEOUT + max(self.settings.websocket_close_timeout + 1, STOP_STEP_TIMEOUT)
         steps = int(bound / 0.5)
         self.reactor.pump([0.5] * (steps - 1))
         self.assertNoResult(stopping)
         self.reactor.advance(0.5)
         self.successResultOf(stopping)
-        self.assertEqual(self.calls[-3:], ["stop rabbitmq", "stop redis", "stop monitoring"])
+        self.assertEqual(self.calls[-2:], ["stop redis", "stop monitoring"])
+        self.assertLess(self.calls.index("stop rabbitmq"), self.calls.index("drop c1"))
         self.assertLess(bound, 30, "the unit's TimeoutStopSec=30 must cover the whole stop")
 
     def test_failing_step_does_not_stop_the_rest(self) -> None:
