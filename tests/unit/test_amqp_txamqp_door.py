@@ -380,6 +380,61 @@ class FastPathTests(DoorCase):
         self.check(hasattr(AMQChannel, "do_close"), piece, "AMQChannel.do_close is gone")
 
 
+class BindingsPathTests(DoorCase):
+    """11. Members' bindings: our frames out, their answers picked out before txAMQP."""
+
+    PIECE = "11. members' bindings (DeliveryClient.enable_bindings, send_bindings)"
+
+    def client(self) -> tuple[_txamqp.DeliveryClient, StringTransport, list[list[bool]]]:
+        client = _txamqp.DeliveryClient(None, "/", spec.load(SPEC_PATH), clock=Clock())
+        transport = StringTransport()
+        client.makeConnection(transport)
+        answers: list[list[bool]] = []
+        client.enable_bindings(4, answers.append)
+        return client, transport, answers
+
+    def test_answers_skip_txamqp_the_rest_reaches_it(self) -> None:
+        """
+        bind-ok and unbind-ok on the bindings' channel go to the listener,
+        once per read and in order; a bind-ok on another channel still
+        answers txAMQP's own queue_bind there, and the broker's
+        channel.close of the bindings' channel still reaches channel_failed.
+        """
+        client, _, answers = self.client()
+        codec = _txamqp.FrameCodec(spec.load(SPEC_PATH))
+        failed: list[int | None] = []
+        client.channel_listener = lambda c, channel_id, reason: failed.append(channel_id)
+        own = self.successResultOf(client.channel(1))
+        binding = own.queue_bind(queue="q", exchange="x", routing_key="k")
+        self.successResultOf(client.channel(4))
+        client.dataReceived(
+            codec.method(4, "queue.bind-ok") + codec.method(1, "queue.bind-ok") + codec.method(4, "queue.unbind-ok")
+        )
+        self.check(answers == [[True, False]], self.PIECE, f"the listener heard {answers}")
+        self.check(binding.called, self.PIECE, "txAMQP's queue_bind on another channel got no answer")
+        client.dataReceived(
+            codec.method(4, "channel.close", reply_code=404, reply_text="NOT_FOUND", class_id=50, method_id=20)
+        )
+        self.check(failed == [4], self.PIECE, f"channel_failed heard {failed} for the broker's close of channel 4")
+        self.flushLoggedErrors()
+
+    def test_frames_written_at_once(self) -> None:
+        """send_bindings writes one frame per binding, in one write, as txAMQP's own decoder reads them."""
+        client, transport, _ = self.client()
+        transport.clear()  # the protocol header
+        client.send_bindings(b"q", b"x", [(b"private.A.*", True), (b"private.B.*", False)])
+        codec = _txamqp.FrameCodec(spec.load(SPEC_PATH))
+        data = transport.value()
+        (size,) = struct.unpack_from("!I", data, 3)
+        first = codec.decode(data[: size + 8])
+        self.check(
+            (first.channel, first.name, first.fields["routing_key"]) == (4, "queue.bind", "private.A.*"),
+            self.PIECE,
+            f"the first frame read back as {first}",
+        )
+        self.check(data.endswith(_wire.binding_frame(4, False, b"q", b"x", b"private.B.*")), self.PIECE, "unbind")
+
+
 class ConnectingTests(DoorCase):
     """7. Connecting."""
 
