@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -33,6 +32,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from bench.workers import json_child
 from peatio_ws.amqp import EventConsumer
 from peatio_ws.auth import Claims
 from peatio_ws.config import Settings
@@ -163,14 +163,7 @@ def bench_step(bench: Any, quick: bool = False) -> None:
     """The C{bindings} scenario of L{bench.cli}, in a process of its own: C{bench.results["bindings"]}."""
     members = 1_000 if quick else DEFAULT_MEMBERS
     bench.log(f"bindings: {members:,} logins at once, RABBITMQ_STORM_BINDING_AT {DEFAULT_SETTINGS}")
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.bindings", "--members", str(members), "--json"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    ).stdout
-    results = json.loads(out.strip().splitlines()[-1])
+    results = json_child("bench.bindings", "--members", str(members), "--json", timeout=900)
     for r in results:
         bench.log(f"bindings: {describe(r)}")
     bench.results["bindings"] = results

@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import subprocess
-import sys
 import time
 from typing import Any
 
 from bench import hotpath
+from bench.workers import json_child
 from peatio_ws import collector
 
 
@@ -64,14 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for n in range(args.rounds):
         for policy in collector.POLICIES:
-            out = subprocess.run(
-                [sys.executable, "-m", "bench.gcpolicy", "--one", policy, "--connections", str(args.connections)],
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            ).stdout
-            r = json.loads(out.strip().splitlines()[-1])
+            r = json_child("bench.gcpolicy", "--one", policy, "--connections", str(args.connections))
             print(
                 f"round {n + 1} GC_POLICY={policy}: {r['connections']:,} connections, "
                 f"{r['us_per_connection']:.0f} µs Python CPU each; full collections {r['full']} "

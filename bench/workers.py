@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import os
 import resource
 import socket
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
@@ -26,6 +29,18 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 _ctx = multiprocessing.get_context("spawn")
+
+
+def json_child(module: str, *args: str, timeout: float = 600.0) -> Any:
+    """
+    Run C{python -m module *args} in a process of its own (a measurement that
+    runs a reactor, or wants a fresh interpreter) and return the JSON of the
+    last line it printed; bounded by C{timeout}, and an error if it fails.
+    """
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args], check=True, capture_output=True, text=True, timeout=timeout
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def raise_nofile() -> int:

@@ -379,6 +379,15 @@ class BindingTests(SynchronousTestCase):
         self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.ID1.*"])
         self.assertEqual(h.consumer.bound, set())
 
+    def _retried_and_bound(self, h: Harness) -> None:
+        """No traceback; the next connection, after the retry delay, binds ID1 and consumes."""
+        self.assertEqual(self.flushLoggedErrors(), [])
+        h.reactor.advance(2)
+        broker = h.connect()
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(bind_keys(broker), [b"private.ID1.*"])
+        self.assertEqual(h.consumer.bound, {"ID1"})
+
     def test_member_bind_refused(self) -> None:
         """
         A member's bind the broker refuses (it closes the channel): one line
@@ -394,12 +403,7 @@ class BindingTests(SynchronousTestCase):
         self.assertIn("403 ACCESS_REFUSED", formatEvent(line))
         self.assertEqual(h.logged("closed our channel"), [])
         self.assertEqual(h.consumer.bound, set())
-        self.assertEqual(self.flushLoggedErrors(), [])
-        h.reactor.advance(2)
-        broker2 = h.connect()
-        self.assertTrue(h.consumer.up)
-        self.assertEqual(bind_keys(broker2), [b"private.ID1.*"])
-        self.assertEqual(h.consumer.bound, {"ID1"})
+        self._retried_and_bound(h)
 
     def test_member_bind_refused_during_set_up(self) -> None:
         """Refused while the set-up binds the members: the set-up fails, with the broker's words, and is retried."""
@@ -413,12 +417,7 @@ class BindingTests(SynchronousTestCase):
         self.assertFalse(h.consumer.up)
         [line] = h.logged("set-up failed")
         self.assertIn("403 ACCESS_REFUSED", formatEvent(line))
-        self.assertEqual(self.flushLoggedErrors(), [])
-        h.reactor.advance(2)
-        broker2 = h.connect()
-        self.assertTrue(h.consumer.up)
-        self.assertEqual(bind_keys(broker2), [b"private.ID1.*"])
-        self.assertEqual(h.consumer.bound, {"ID1"})
+        self._retried_and_bound(h)
 
     def test_answer_not_asked(self) -> None:
         """
