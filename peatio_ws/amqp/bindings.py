@@ -36,6 +36,8 @@ class Bindings:
         self.bound: set[str] = set()
         #: Members whose binding may need adding or removing.
         self.dirty: set[str] = set()
+        #: Members whose unbind was taken and not answered yet (still in L{bound} till then).
+        self.unbinding: set[str] = set()
         self._unbind_calls: dict[str, IDelayedCall] = {}
 
     def join(self, uid: str) -> None:
@@ -77,6 +79,7 @@ class Bindings:
         self.wanted.update(members)
         self.dirty |= self.wanted | self.bound
         self.bound -= self.wanted
+        self.unbinding.clear()  # what was in flight went with the old connection
 
     def take(self, limit: int) -> list[tuple[str, bool]]:
         """
@@ -94,7 +97,16 @@ class Bindings:
                 work.append((uid, True))
             elif uid not in wanted and uid in bound:
                 work.append((uid, False))
+                self.unbinding.add(uid)
         return work
+
+    def flowing(self, uid: str) -> bool:
+        """
+        Whether C{uid}'s events reach the queue and will until it leaves:
+        bound, and no unbind of it in flight (a member back meanwhile must
+        wait for its next bind, or miss what comes between the two answers).
+        """
+        return uid in self.bound and uid not in self.unbinding
 
     def done(self, uid: str, bound: bool) -> None:
         """
@@ -106,16 +118,19 @@ class Bindings:
             self.bound.add(uid)
         else:
             self.bound.discard(uid)
+            self.unbinding.discard(uid)
         if (uid in self.wanted) is not bound:
             self.dirty.add(uid)
 
     def failed(self, uid: str) -> None:
         """The bind or unbind of C{uid} failed: it is to be done again."""
+        self.unbinding.discard(uid)
         self.dirty.add(uid)
 
     def unbound_all(self) -> None:
         """The queue is gone (deleted): nothing is bound."""
         self.bound.clear()
+        self.unbinding.clear()
 
     def stop(self) -> None:
         """Cancel the pending unbinds."""

@@ -657,7 +657,7 @@ class EventConsumer(Service):
         if self._bind_all:
             if self._consuming or not self.running or self._stopped:
                 return None
-        elif uid in self._bindings.bound or not self.running or self._stopped or not valid_uid(uid):
+        elif self._bindings.flowing(uid) or not self.running or self._stopped or not valid_uid(uid):
             return None
         session = self._session
         if session is not None and session.cover == "on":

@@ -462,6 +462,31 @@ class BindingTests(SynchronousTestCase):
         self.assertEqual(h.consumer.bound, {"ID1"})
         self.assertEqual(h.value("peatio_ws_rabbitmq_bindings"), 1)
 
+    def test_back_while_unbind_in_flight(self) -> None:
+        """
+        A member back while its unbind is in flight (still bound in the
+        books) waits: told at once, it would miss what is published between
+        the unbind-ok and its new bind-ok. It is told at that bind-ok.
+        """
+        h = Harness(self, rabbitmq_unbind_delay=0)
+        broker = h.consuming()
+        conn = h.join("ID1")
+        broker.pump()
+        self.assertEqual(h.consumer.bound, {"ID1"})
+        broker.hold.add("queue.unbind")
+        h.leave(conn)
+        h.reactor.advance(0)
+        broker.pump()
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.ID1.*"])
+        back = self._flowing(h, "ID1")  # asserts it has something to wait for
+        broker.pump()
+        self.assertEqual(back, [])
+        broker.release()
+        broker.pump()
+        self.assertEqual(bind_keys(broker), [b"private.ID1.*", b"private.ID1.*"])
+        self.assertEqual(back, [None])
+        self.assertEqual(h.consumer.bound, {"ID1"})
+
     def test_many_members_pipelined(self) -> None:
         """Binds go out pipelined, at most BIND_BATCH in flight, more as the answers come; not one round trip each."""
         h = Harness(self)

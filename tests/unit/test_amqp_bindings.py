@@ -113,6 +113,26 @@ class BindingsTests(SynchronousTestCase):
         self.assertEqual(self.bindings.dirty, set())
         self.assertEqual(self.bindings.bound, {"U1"})
 
+    def test_flowing(self) -> None:
+        """A member's events flow once its bind is done, and no longer once its unbind is taken."""
+        self.bindings.join("U1")
+        self.assertFalse(self.bindings.flowing("U1"))
+        self.bindings.take(10)
+        self.assertFalse(self.bindings.flowing("U1"))
+        self.bindings.done("U1", True)
+        self.assertTrue(self.bindings.flowing("U1"))
+        self.bindings.leave("U1")
+        self.clock.advance(5)
+        self.assertTrue(self.bindings.flowing("U1"))  # due, not taken yet: still bound
+        self.assertEqual(self.bindings.take(10), [("U1", False)])
+        self.assertFalse(self.bindings.flowing("U1"))
+        self.bindings.join("U1")
+        self.assertFalse(self.bindings.flowing("U1"))
+        self.bindings.failed("U1")
+        self.assertEqual(self.bindings.unbinding, set())
+        self.assertEqual(self.bindings.take(10), [])  # wanted and (as far as we know) bound
+        self.assertTrue(self.bindings.flowing("U1"))
+
     def test_reconnected(self) -> None:
         """
         On a new connection every wanted member is bound again (the queue may
