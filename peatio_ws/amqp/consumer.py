@@ -178,6 +178,9 @@ class EventConsumer(Service):
         #: Logins waiting for their members' bindings at which the covering
         #: binding goes up (L{_cover}); 0: never, and with the binding for all.
         self._cover_at = 0 if self._bind_all else settings.rabbitmq_storm_binding_at
+        #: Whether the covering binding may be on the queue: bound on a connection since lost,
+        #: with no unbind-ok since (the queue, and so the binding, can outlive the connection).
+        self._cover_left = False
 
         self._session: _Session | None = None
         self._connection: DeliveryClient | None = None
@@ -336,6 +339,7 @@ class EventConsumer(Service):
         # this the queue would collect their events until x-expires.
         await channel.queue_delete(queue=self._queue)
         self._bindings.unbound_all()
+        self._cover_left = False
         self._metrics.bindings.set(0)
         await channel.channel_close(reply_code=200, reply_text="peatio-ws stopping")
         connection = await session.client.channel(0)
@@ -426,6 +430,15 @@ class EventConsumer(Service):
                 # Many to bind (a queue that was new, a storm during the outage):
                 # consume once the covering binding is up; the members' follow.
                 self._cover(session, True)
+            elif self._cover_left:
+                # The last connection went with the covering binding up, and the
+                # queue may have kept it: gone, or the queue gets every private event.
+                self._send_cover(session, False)
+                log.info(
+                    "RabbitMQ: unbinding {key}, which the last connection may have left on {queue}",
+                    key=ALL_PRIVATE_BINDING.decode(),
+                    queue=self.queue_name,
+                )
             self._kick()
             if not self._all_flowing(session):
                 session.drained = Deferred()
@@ -724,9 +737,7 @@ class EventConsumer(Service):
         bindings gets each event once (AMQP routes a message to a queue
         once), and the members bound before it goes lose nothing.
         """
-        session.cover = "binding" if on else "unbinding"
-        session.pending.append((_COVER, on))
-        session.client.send_bindings(self._queue, self._exchange, [(ALL_PRIVATE_BINDING, on)])
+        self._send_cover(session, on)
         if on:
             log.info(
                 "RabbitMQ: {waiting} logins wait for their members' bindings: binding {key} for everyone until "
@@ -740,6 +751,14 @@ class EventConsumer(Service):
                 bindings=len(self._bindings.bound),
                 key=ALL_PRIVATE_BINDING.decode(),
             )
+
+    def _send_cover(self, session: _Session, on: bool) -> None:
+        """Send the covering binding's bind (C{on}) or unbind; its answer comes in turn (L{_answered})."""
+        session.cover = "binding" if on else "unbinding"
+        session.pending.append((_COVER, on))
+        if on:
+            self._cover_left = True
+        session.client.send_bindings(self._queue, self._exchange, [(ALL_PRIVATE_BINDING, on)])
 
     def _all_flowing(self, session: _Session) -> bool:
         """Whether every wanted member's events reach the queue: the covering binding is up, or each is bound."""
@@ -759,7 +778,9 @@ class EventConsumer(Service):
             uid = pending.popleft()[0]
             if uid == _COVER:
                 session.cover = "on" if bound else "off"
-                if bound and self._flowing:
+                if not bound:
+                    self._cover_left = False
+                elif self._flowing:
                     self._release_flowing()
                 continue
             session.member_ops -= 1

@@ -614,7 +614,8 @@ class BindingTests(SynchronousTestCase):
         """
         The connection lost while the covering binding is up: the next
         connection decides afresh, counting only the members to bind (here
-        three; the hundred who left meanwhile are only unbound).
+        three; the hundred who left meanwhile are only unbound), and
+        unbinds the covering binding the queue may have kept.
         """
         h = Harness(self, rabbitmq_unbind_delay=0)
         broker = h.consuming()
@@ -635,7 +636,15 @@ class BindingTests(SynchronousTestCase):
         self.assertTrue(h.consumer.up)
         self.assertEqual(h.consumer.bound, {"L0", "L1", "L2"})
         self.assertNotIn(b"private.*.*", bind_keys(second))
-        self.assertEqual(len(bind_keys(second, "queue.unbind")), COVER_AT)
+        unbinds = bind_keys(second, "queue.unbind")
+        self.assertEqual(unbinds[0], b"private.*.*")
+        self.assertEqual(len(unbinds), COVER_AT + 1)
+        self.assertEqual(len(h.logged("which the last connection may have left")), 1)
+        # Gone for good: the connection after that one has nothing to undo.
+        second.drop()
+        h.reactor.advance(30)
+        third = h.connect()
+        self.assertNotIn(b"private.*.*", bind_keys(third, "queue.unbind"))
 
 
     def test_reconnect_restores_bindings(self) -> None:
