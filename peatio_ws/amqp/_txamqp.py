@@ -91,7 +91,7 @@ naming the piece when an upgrade changes one):
     frames L{_wire.DeliveryReader} hands back (L{_wire.binding_answer})
     before txAMQP sees them. This relies on the same C{writer} behaviour as
     9., and on the consumer never asking txAMQP for a bind or unbind on
-    the channel once it enabled this (its own binds at set-up come before).
+    that channel (its own binds at set-up go on another one).
     Anything else on that channel (a C{channel.close} refusing a bind)
     still goes to txAMQP, and through 6. to the consumer.
 """

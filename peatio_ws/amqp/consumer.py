@@ -113,14 +113,19 @@ def _queue_name() -> str:
 class _Session:
     """One established connection: its client, channel, and the binds and unbinds in flight on it."""
 
+    @property
+    def member_ops(self) -> int:
+        """Members' binds and unbinds in flight (the covering binding's one, if any, left out)."""
+        return len(self.pending) - (self.cover == "binding" or self.cover == "unbinding")
+
     def __init__(self, client: DeliveryClient, channel: Any) -> None:
         self.client = client
         self.channel = channel
-        #: Members whose bind (True) or unbind (False) was sent and not answered yet, oldest first.
+        #: Members whose bind (True) or unbind (False) was sent and not answered yet, oldest first
+        #: (L{_COVER} for the covering binding's).
         self.pending: deque[tuple[str, bool]] = deque()
-        #: How many of them are members' (not the covering binding's).
-        self.member_ops = 0
-        #: The covering binding (L{ALL_PRIVATE_BINDING}) on this connection's queue.
+        #: The covering binding (L{ALL_PRIVATE_BINDING}) on this connection's queue: at most
+        #: one bind or unbind of it is in flight, while "binding" or "unbinding".
         self.cover: Literal["off", "binding", "on", "unbinding"] = "off"
         #: Fired once every member's events flow (the set-up waits for it), failed when the connection goes.
         self.drained: Deferred[None] | None = None
@@ -721,7 +726,6 @@ class EventConsumer(Service):
         work = self._bindings.take(room)
         if work:
             session.pending.extend(work)
-            session.member_ops += len(work)
             session.client.send_bindings(self._queue, self._exchange, [(binding_key(uid), bind) for uid, bind in work])
 
     def _cover(self, session: _Session, on: bool) -> None:
@@ -733,9 +737,10 @@ class EventConsumer(Service):
         when RABBITMQ_STORM_BINDING_AT logins wait, one binding brings
         every member's events at once (those of members elsewhere are
         dropped here, as with RABBITMQ_PRIVATE_BINDING=all) while the
-        members' own bindings follow; it goes once every member is bound. A queue with both
-        bindings gets each event once (AMQP routes a message to a queue
-        once), and the members bound before it goes lose nothing.
+        members' own bindings follow; it goes once every member is bound.
+        A queue with both bindings gets each event once (AMQP routes a
+        message to a queue once), and the members bound before it goes
+        lose nothing.
         """
         self._send_cover(session, on)
         if on:
@@ -783,7 +788,6 @@ class EventConsumer(Service):
                 elif self._flowing:
                     self._release_flowing()
                 continue
-            session.member_ops -= 1
             bindings.done(uid, bound)
             if bound and self._flowing:
                 self._release_flowing(uid)
@@ -802,7 +806,6 @@ class EventConsumer(Service):
             if uid != _COVER:
                 self._bindings.failed(uid)
         session.pending.clear()
-        session.member_ops = 0
         if session.drained is not None:
             drained, session.drained = session.drained, None
             drained.errback(Closed(reason))
