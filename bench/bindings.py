@@ -48,7 +48,7 @@ DEFAULT_MEMBERS = 15_000
 DEFAULT_SETTINGS = (Settings().rabbitmq_storm_binding_at, 0)
 
 
-async def measure(reactor: Any, members: int, storm_binding_at: int) -> dict[str, Any]:
+async def measure(members: int, storm_binding_at: int) -> dict[str, Any]:
     """One run: C{members} logins at once, with RABBITMQ_STORM_BINDING_AT=C{storm_binding_at}."""
     exchange = f"peatio-ws-bench.{uuid.uuid4().hex}"
     publisher = await Publisher.connect()
@@ -127,7 +127,7 @@ def run(
 
     async def main(reactor: Any) -> None:
         for at in settings:
-            r = await measure(reactor, members, at)
+            r = await measure(members, at)
             if not quiet:
                 print(describe(r), flush=True)
             results.append(r)

@@ -1335,15 +1335,11 @@ class _SpyUntilStopped:
         )
 
     def stop(self) -> Path | None:
+        from tests.support.daemon import stop_child
+
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_child(self.process, signal.SIGINT, 30)
         return self.out if self.out.exists() else None
 
 

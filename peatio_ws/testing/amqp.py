@@ -123,8 +123,8 @@ class FakeBroker:
 
     C{hold} names methods to leave unanswered (until L{release}), C{fail}
     methods to refuse (C{name: (code, text)}; neither applies to the
-    consumer's canary binding, so that they reach the members' binds), C{silent} makes it say
-    nothing at all. C{spec} is the path of the spec to speak (AMQP_SPEC's
+    consumer's canary binding, so that they reach the members' binds),
+    C{silent} makes it say nothing at all. C{spec} is the path of the spec to speak (AMQP_SPEC's
     default when None; RabbitMQ's extended one for publisher confirms).
     """
 

@@ -40,6 +40,22 @@ from peatio_ws.testing.amqp import FakeBroker, Harness, bind_keys
 COVER_AT = Settings().rabbitmq_storm_binding_at
 
 
+def refused_at_set_up(test: SynchronousTestCase, h: Harness, method: str, code: int, text: str) -> None:
+    """
+    Start C{h}'s consumer on a broker that refuses C{method} with C{code}:
+    the attempt fails, the connection is dropped, and one "set-up failed"
+    line gives the broker's code and words.
+    """
+    h.start()
+    broker = h.accept()
+    broker.fail[method] = (code, text)
+    broker.pump()
+    test.assertTrue(broker.lost)
+    test.assertFalse(h.consumer.up)
+    [line] = h.logged("set-up failed")
+    test.assertIn(f"{code} {text.split(' ', 1)[0]}", formatEvent(line))
+
+
 class ConnectTests(SynchronousTestCase):
     """Connecting, declaring and starting to consume."""
 
@@ -409,14 +425,7 @@ class BindingTests(SynchronousTestCase):
         """Refused while the set-up binds the members: the set-up fails, with the broker's words, and is retried."""
         h = Harness(self)
         h.join("ID1")
-        h.start()
-        broker = h.accept()
-        broker.fail["queue.bind"] = (403, "ACCESS_REFUSED - no write access")
-        broker.pump()
-        self.assertTrue(broker.lost)
-        self.assertFalse(h.consumer.up)
-        [line] = h.logged("set-up failed")
-        self.assertIn("403 ACCESS_REFUSED", formatEvent(line))
+        refused_at_set_up(self, h, "queue.bind", 403, "ACCESS_REFUSED - no write access")
         self._retried_and_bound(h)
 
     def test_answer_not_asked(self) -> None:
@@ -1176,14 +1185,7 @@ class LifecycleTests(SynchronousTestCase):
     def test_declare_refused(self) -> None:
         """A declare the broker refuses fails the attempt cleanly; the next one may succeed."""
         h = Harness(self)
-        h.start()
-        broker = h.accept()
-        broker.fail["exchange.declare"] = (406, "PRECONDITION_FAILED - inequivalent arg 'durable'")
-        broker.pump()
-        self.assertTrue(broker.lost)
-        self.assertFalse(h.consumer.up)
-        [line] = h.logged("set-up failed")
-        self.assertIn("406 PRECONDITION_FAILED", formatEvent(line))
+        refused_at_set_up(self, h, "exchange.declare", 406, "PRECONDITION_FAILED - inequivalent arg 'durable'")
         self.assertEqual(self.flushLoggedErrors(), [])
         h.reactor.advance(2)
         h.connect()

@@ -123,39 +123,35 @@ class SpecTests(DoorCase):
         ]:
             self.check(constants[name].id == value, self.PIECE, f"{name} is {constants[name].id}, not {value}")
 
+    def check_class(self, name: str, number: int, methods: dict[str, tuple[int, list[str]]]) -> None:
+        """Class C{name} is number C{number}, and each of C{methods} has that number and those fields."""
+        klass = self.spec.classes.byname[name]
+        self.check(klass.id == number, self.PIECE, f"class {name} is {klass.id}")
+        for method_name, (method_number, fields) in methods.items():
+            method = klass.methods.byname[method_name]
+            got = [f.name for f in method.fields]
+            self.check(method.id == method_number, self.PIECE, f"{name}.{method_name} is method {method.id}")
+            self.check(got == fields, self.PIECE, f"{name}.{method_name} has fields {got}")
+
     def test_basic_methods(self) -> None:
         """basic is class 60; deliver, publish and ack are its methods 60, 40 and 80, with the fields _wire.py reads."""
-        basic = self.spec.classes.byname["basic"]
-        self.check(basic.id == _wire.BASIC, self.PIECE, f"class basic is {basic.id}")
-        expected = {
+        self.check_class("basic", _wire.BASIC, {
             "deliver": (
                 _wire.BASIC_DELIVER,
                 ["consumer-tag", "delivery-tag", "redelivered", "exchange", "routing-key"],
             ),
             "publish": (_wire.BASIC_PUBLISH, ["reserved-1", "exchange", "routing-key", "mandatory", "immediate"]),
             "ack": (_wire.BASIC_ACK, ["delivery-tag", "multiple"]),
-        }
-        for name, (number, fields) in expected.items():
-            method = basic.methods.byname[name]
-            got = [f.name for f in method.fields]
-            self.check(method.id == number, self.PIECE, f"basic.{name} is method {method.id}")
-            self.check(got == fields, self.PIECE, f"basic.{name} has fields {got}")
+        })
 
     def test_queue_methods(self) -> None:
         """queue is class 50; bind, bind-ok, unbind, unbind-ok are 20, 21, 50, 51, with the fields _wire.py writes."""
-        queue = self.spec.classes.byname["queue"]
-        self.check(queue.id == _wire.QUEUE, self.PIECE, f"class queue is {queue.id}")
-        expected = {
+        self.check_class("queue", _wire.QUEUE, {
             "bind": (_wire.QUEUE_BIND, ["reserved-1", "queue", "exchange", "routing-key", "no-wait", "arguments"]),
             "bind-ok": (_wire.QUEUE_BIND_OK, []),
             "unbind": (_wire.QUEUE_UNBIND, ["reserved-1", "queue", "exchange", "routing-key", "arguments"]),
             "unbind-ok": (_wire.QUEUE_UNBIND_OK, []),
-        }
-        for name, (number, fields) in expected.items():
-            method = queue.methods.byname[name]
-            got = [f.name for f in method.fields]
-            self.check(method.id == number, self.PIECE, f"queue.{name} is method {method.id}")
-            self.check(got == fields, self.PIECE, f"queue.{name} has fields {got}")
+        })
 
     def test_binding_frames_decode(self) -> None:
         """What _wire.binding_frame writes, txAMQP's own decoder reads as the bind or unbind meant."""
