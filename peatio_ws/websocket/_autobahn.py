@@ -12,7 +12,9 @@ message. The policy (limits, metrics, logs) is the subclass's, through the
 C{inbound_*} and C{*_too_*} hooks; this module holds only the mechanism.
 
 L{bake_options} puts Autobahn's options on the protocol class once per
-factory instead of on every connection.
+factory instead of on every connection; L{quiet_debug_arguments} stops the
+arguments of Autobahn's debug lines being formatted when no debug line is
+written.
 
 Relied on: C{WebSocketProtocol._dataReceived}, C{data}, C{processHandshake},
 C{failHandshake} (replaced: what it did, C{wasNotCleanReason}, C{sendHttpErrorResponse},
@@ -20,19 +22,23 @@ C{wasClean}, C{dropConnection}), C{onFrameBegin}, C{current_frame.fin}, C{failed
 C{_fail_connection}, C{closedByMe}/C{localCloseCode}/C{localCloseReason}
 (set by C{sendCloseFrame}), C{onMessageBegin}, C{onMessageFrameBegin},
 C{http_request_data}/C{http_response_data}/C{http_headers}, C{CONFIG_ATTRS}
-and C{WebSocketServerFactory.setProtocolOptions}/C{resetProtocolOptions}.
+and C{WebSocketServerFactory.setProtocolOptions}/C{resetProtocolOptions};
+the module globals C{hltype}, C{hlval} (both modules below) and C{pformat}
+(C{autobahn.websocket.protocol}), used only for log lines' arguments.
 """
 
 from __future__ import annotations
 
-from types import FunctionType
+from types import FunctionType, ModuleType
 from typing import Any
 
+import autobahn.twisted.websocket
+import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerProtocol
 
 from peatio_ws.websocket.limits import MAX_EMPTY_FRAGMENTS, MAX_FRAMES_PER_MESSAGE, MAX_REQUEST_HEAD
 
-__all__ = ["BoundedServerProtocol", "bake_options"]
+__all__ = ["BoundedServerProtocol", "bake_options", "quiet_debug_arguments"]
 
 _END_OF_HEAD = b"\r\n\r\n"
 
@@ -205,3 +211,33 @@ def bake_options(base: type[BoundedServerProtocol], factory: Any) -> type[Bounde
     # method on the class and get the connection as an extra argument.
     options = {k: staticmethod(v) if isinstance(v, FunctionType) else v for k, v in options.items()}
     return type(base.__name__, (base,), {**options, "CONFIG_ATTRS": (), "__module__": base.__module__})
+
+
+#: The modules whose debug lines' argument helpers L{quiet_debug_arguments} replaces, and those helpers.
+DEBUG_ARGUMENT_HELPERS: dict[ModuleType, tuple[str, ...]] = {
+    autobahn.websocket.protocol: ("hltype", "hlval", "pformat"),
+    autobahn.twisted.websocket: ("hltype", "hlval"),
+}
+
+
+def _as_is(value: Any, *args: Any, **kwargs: Any) -> Any:
+    """The value itself: a log line that is written formats it with C{str}."""
+    return value
+
+
+def quiet_debug_arguments() -> None:
+    """
+    Autobahn computes the arguments of its debug lines before its logger
+    drops them (the daemon never writes Autobahn's debug lines): ten
+    C{hltype}/C{hlval} calls a connection's life (~1.5 µs each: a qualified
+    name split, joined and coloured), a C{pformat} of the options at every
+    accept, and at every close C{hlval(reason)}, which formats the
+    Failure's whole traceback. Those helpers, in the two modules a server
+    connection runs, become the identity (C{pformat} becomes C{repr}, since
+    one caller returns it as a string): a debug line written anyway shows
+    the plain value instead of the coloured one. Idempotent; for the whole
+    process.
+    """
+    for module, names in DEBUG_ARGUMENT_HELPERS.items():
+        for name in names:
+            setattr(module, name, repr if name == "pformat" else _as_is)

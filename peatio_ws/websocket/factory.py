@@ -25,7 +25,7 @@ from peatio_ws.logs import LineThrottle, logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.streams import PublicHub
-from peatio_ws.websocket._autobahn import bake_options
+from peatio_ws.websocket._autobahn import bake_options, quiet_debug_arguments
 from peatio_ws.websocket.admission import Admission
 from peatio_ws.websocket.connection import Dialect, StreamProtocol
 from peatio_ws.websocket.legacy import LEGACY
@@ -79,6 +79,7 @@ class StreamFactory(WebSocketServerFactory):
         handshake_timeouts: bool = True,
         hub: PublicHub | None = None,
     ) -> None:
+        quiet_debug_arguments()
         super().__init__(url, server="peatio-ws")
         self.settings = settings
         self.registry = registry

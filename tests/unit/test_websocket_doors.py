@@ -9,6 +9,7 @@ connection.
 from __future__ import annotations
 
 import inspect
+import re
 import socket
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -17,7 +18,7 @@ from twisted.internet import tcp
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from peatio_ws.websocket import _transport
+from peatio_ws.websocket import _autobahn, _transport
 
 
 def parameters(function: object) -> list[str]:
@@ -102,6 +103,34 @@ class AutobahnDoorTests(SynchronousTestCase):
         self.assertEqual([a for a in attrs if not hasattr(factory, a)], [])
         made = inspect.getsource(WebSocketProtocol._connectionMade)
         self.assertIn("CONFIG_ATTRS", made, "Autobahn no longer copies CONFIG_ATTRS per connection")
+
+    def test_debug_argument_helpers(self) -> None:
+        """
+        The helpers quiet_debug_arguments replaces are still module globals
+        that the modules call (a renamed one would be left formatting), and
+        every call of them is an argument of a log line: the identity (or
+        repr) changes no behaviour, only how a written debug line looks.
+        """
+        for module, names in _autobahn.DEBUG_ARGUMENT_HELPERS.items():
+            source = inspect.getsource(module)
+            for name in names:
+                self.assertIn(name, vars(module), f"{module.__name__} no longer has {name}")
+                calls = re.findall(rf"^(.*)\b{name}\(", source, re.MULTILINE)
+                self.assertTrue(calls, f"{module.__name__} no longer calls {name}")
+                for before in calls:
+                    # An argument of a log call (key=helper(...)), or Timings' pformat string.
+                    where = f"{module.__name__} calls {name} outside a log line"
+                    self.assertRegex(before, r"(\b\w+=|^\s*return )$", where)
+
+    def test_debug_arguments_quieted(self) -> None:
+        """After quiet_debug_arguments the helpers hand values back as they are; Timings still prints as text."""
+        _autobahn.quiet_debug_arguments()
+        _autobahn.quiet_debug_arguments()
+        protocol = __import__("autobahn.websocket.protocol", fromlist=["Timings"])
+        marker = object()
+        self.assertIs(protocol.hltype(marker), marker)
+        self.assertIs(protocol.hlval(marker, color="red"), marker)
+        self.assertIsInstance(str(protocol.Timings()), str)
 
 
 class TwistedTransportDoorTests(SynchronousTestCase):
