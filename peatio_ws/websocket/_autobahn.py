@@ -11,6 +11,15 @@ bytes not searched yet and the head is capped, and frames are counted per
 message. The policy (limits, metrics, logs) is the subclass's, through the
 C{inbound_*} and C{*_too_*} hooks; this module holds only the mechanism.
 
+A well-formed upgrade request of the usual shape (what browsers and client
+libraries send) is read by the door's own parser (L{BoundedServerProtocol}'s
+C{_quick_upgrade}): one regular expression checks the whole head against a
+grammar narrower than Autobahn's, and the result is what Autobahn's
+C{processHandshake} would have found, then Autobahn's C{succeedHandshake}
+answers it. Anything else (a header twice, a fragment, an Origin it
+refuses, an extension offer it would parse, any malformed request) goes to
+Autobahn's own C{processHandshake}, which accepts or refuses it as always.
+
 L{bake_options} puts Autobahn's options on the protocol class once per
 factory instead of on every connection; L{quiet_debug_arguments} stops the
 arguments of Autobahn's debug lines being formatted when no debug line is
@@ -21,7 +30,12 @@ C{failHandshake} (replaced: what it did, C{wasNotCleanReason}, C{sendHttpErrorRe
 C{wasClean}, C{dropConnection}), C{onFrameBegin}, C{current_frame.fin}, C{failedByMe},
 C{_fail_connection}, C{closedByMe}/C{localCloseCode}/C{localCloseReason}
 (set by C{sendCloseFrame}), C{onMessageBegin}, C{onMessageFrameBegin},
-C{http_request_data}/C{http_response_data}/C{http_headers}, C{CONFIG_ATTRS}
+C{http_request_data}/C{http_response_data}/C{http_headers}, what
+C{processHandshake} sets before C{onConnect} (C{http_status_line},
+C{http_request_uri}/C{_path}/C{_params}/C{_host}, C{websocket_version}/
+C{_protocols}/C{_origin}/C{_extensions}, C{_wskey}, C{data}) and how it
+checks the Origin (C{_url_to_origin}, C{_is_same_origin},
+C{allowedOriginsPatterns}, C{allowNullOrigin}), C{succeedHandshake}, C{CONFIG_ATTRS}
 and C{WebSocketServerFactory.setProtocolOptions}/C{resetProtocolOptions};
 the module globals C{hltype}, C{hlval} (both modules below) and C{pformat}
 (C{autobahn.websocket.protocol}), used only for log lines' arguments.
@@ -29,18 +43,45 @@ the module globals C{hltype}, C{hlval} (both modules below) and C{pformat}
 
 from __future__ import annotations
 
+import re
 from types import FunctionType, ModuleType
 from typing import Any
+from urllib.parse import parse_qs
 
 import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import _is_same_origin, _url_to_origin
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from peatio_ws.websocket.limits import MAX_EMPTY_FRAGMENTS, MAX_FRAMES_PER_MESSAGE, MAX_REQUEST_HEAD
 
 __all__ = ["BoundedServerProtocol", "bake_options", "quiet_debug_arguments"]
 
 _END_OF_HEAD = b"\r\n\r\n"
+
+#: The heads the quick upgrade reads: GET of an origin-form path (no ";"
+#: parameters, no fragment, not "//") with an optional query, HTTP/1.1, and
+#: header lines of a token name and a value of visible ASCII and inner
+#: spaces. Narrower than what Autobahn accepts (RFC 9112's strict reading):
+#: a head outside it goes to Autobahn.
+_QUICK_HEAD = re.compile(
+    rb"GET (/(?!/)[-A-Za-z0-9._~!$&'()*+,=:@%/]*)(?:\?([-A-Za-z0-9._~!$&'()*+,;=:@%/?]*))? HTTP/1\.1\r\n"
+    rb"((?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[ \t]*[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?[ \t]*\r\n)+)\r\n"
+)
+_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+_PORT = re.compile(r"[0-9]+")
+#: Extension offers the quick upgrade reads, as Autobahn parses them (what
+#: Chrome and Firefox offer); Autobahn's C{succeedHandshake} answers them.
+_DEFLATE_OFFERS: dict[str, tuple[str, dict[str, list[Any]]]] = {
+    "permessage-deflate": ("permessage-deflate", {}),
+    "permessage-deflate; client_max_window_bits": ("permessage-deflate", {"client_max_window_bits": [True]}),
+}
+
+_log = Logger("peatio_ws.protocol")
 
 
 class BoundedServerProtocol(WebSocketServerProtocol):
@@ -58,6 +99,13 @@ class BoundedServerProtocol(WebSocketServerProtocol):
     #: Set by the subclass when it has counted and logged the refusal it is
     #: about to make (an HTTP error it raises as C{ConnectionDeny} included).
     refusal_counted = False
+    # Autobahn's options the quick upgrade reads (on the class: L{bake_options}).
+    trustXForwardedFor: int
+    maxConnections: int
+    allowedOriginsPatterns: list[Any]
+    #: Whether usual upgrade requests are read by the door's parser (False:
+    #: Autobahn reads every one; the door's tests compare the two).
+    quick_upgrade = True
 
     # -- hooks: the subclass's policy ------------------------------------------------
 
@@ -170,7 +218,120 @@ class BoundedServerProtocol(WebSocketServerProtocol):
         if end + len(_END_OF_HEAD) > MAX_REQUEST_HEAD:
             self.request_head_too_large()
             return
-        super().processHandshake()
+        if not (self.quick_upgrade and self._quick_upgrade(end + len(_END_OF_HEAD))):
+            super().processHandshake()
+
+    def _quick_upgrade(self, size: int) -> bool:
+        """
+        Read the first C{size} bytes of C{data}, the upgrade request's head,
+        if it is of the usual shape and Autobahn would accept it as it is;
+        then ask C{onConnect} and answer as Autobahn does. False (nothing
+        changed) for any other head: Autobahn reads it.
+        """
+        head = self.data[:size]
+        match = _QUICK_HEAD.fullmatch(head)
+        if match is None:
+            return False
+        headers: dict[str, str] = {}
+        for line in match.group(3).decode("ascii").split("\r\n")[:-1]:
+            name, _, value = line.partition(":")
+            key = name.lower()
+            if key in headers:
+                return False
+            headers[key] = value.strip(" \t")
+        host = headers.get("host")
+        upgrade = headers.get("upgrade")
+        connection = headers.get("connection")
+        key = headers.get("sec-websocket-key")
+        if (
+            host is None
+            or upgrade is None
+            or connection is None
+            or key is None
+            or headers.get("sec-websocket-version") != "13"
+            or _KEY.fullmatch(key) is None
+            or "websocket" not in [u.strip().lower() for u in upgrade.split(",")]
+            or "upgrade" not in [c.strip().lower() for c in connection.split(",")]
+            or (self.trustXForwardedFor and "x-forwarded-for" in headers)
+            or (self.maxConnections > 0 and self.factory.countConnections > self.maxConnections)
+        ):
+            return False
+        if ":" in host and not host.endswith("]"):
+            host, port = host.rsplit(":", 1)
+            if _PORT.fullmatch(port) is None or (self.factory.externalPort and int(port) != self.factory.externalPort):
+                return False
+        protocols: list[str] = []
+        if "sec-websocket-protocol" in headers:
+            protocols = [p.strip() for p in headers["sec-websocket-protocol"].split(",")]
+            if len(set(protocols)) != len(protocols):
+                return False
+        extensions: list[tuple[str, dict[str, list[Any]]]] = []
+        if "sec-websocket-extensions" in headers:
+            for offer in headers["sec-websocket-extensions"].split(","):
+                parsed = _DEFLATE_OFFERS.get(offer.strip())
+                if parsed is None:
+                    return False
+                extensions.append((parsed[0], {k: list(v) for k, v in parsed[1].items()}))
+        origin = headers.get("origin", "")
+        if origin and not self._origin_allowed(origin):
+            return False
+
+        request_line = head[: head.index(b"\r\n")].decode("ascii")
+        query = match.group(2)
+        self.http_request_data = head
+        self.http_status_line = request_line
+        self.http_headers = headers
+        self.http_request_uri = request_line[4:-9]
+        self.http_request_path = match.group(1).decode("ascii")
+        self.http_request_params = parse_qs(query.decode("ascii")) if query else {}
+        self.http_request_host = host
+        self.websocket_version = 13
+        self.websocket_protocols = protocols
+        self.websocket_origin = origin
+        self.websocket_extensions = extensions
+        self.data = self.data[size:]
+        self._wskey = key
+        request = ConnectionRequest(
+            self.peer,
+            headers,
+            self.http_request_host,
+            self.http_request_path,
+            self.http_request_params,
+            13,
+            origin,
+            protocols,
+            extensions,
+        )
+        try:
+            answer = self.onConnect(request)
+        except Exception:
+            self._connect_refused(Failure())
+            return True
+        if isinstance(answer, Deferred):
+            answer.addCallbacks(self.succeedHandshake, self._connect_refused)
+        else:
+            self.succeedHandshake(answer)
+        return True
+
+    def _origin_allowed(self, origin: str) -> bool:
+        """Whether Autobahn would let C{origin} through (False too when it would find it malformed)."""
+        try:
+            parsed = _url_to_origin(origin)
+        except ValueError:
+            return False
+        factory = self.factory
+        if parsed == "null" and factory.allowNullOrigin:
+            return True
+        scheme = "https" if factory.isSecure else "http"
+        return bool(_is_same_origin(parsed, scheme, factory.externalPort or factory.port, self.allowedOriginsPatterns))
+
+    def _connect_refused(self, failure: Failure) -> None:
+        """C{onConnect} refused the upgrade (C{ConnectionDeny}) or failed: the HTTP error, as Autobahn answers it."""
+        if isinstance(failure.value, ConnectionDeny):
+            self.failHandshake(str(failure.value.reason), failure.value.code)
+            return
+        _log.failure("onConnect failed: the upgrade is refused with HTTP 500", failure)
+        self.failHandshake(f"Internal server error: {failure.value}", ConnectionDeny.INTERNAL_SERVER_ERROR)
 
     def onFrameBegin(self) -> None:
         # Autobahn's frame state is set up first either way, so that the rest

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import struct
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -57,25 +56,8 @@ from tests.support.corpus import (
 )
 from tests.support.corpus import handshake_with as upgrade_request
 from tests.support.corpus import victim_claims as _claims
+from tests.support.fuzzing import FULL, examples
 from tests.support.oracle import expected_reply, forwardable, private_key_names
-
-FULL = os.environ.get("PEATIO_WS_CHAOS", "").strip().lower() == "full"
-
-
-def examples(quick: int) -> Any:
-    """
-    Hypothesis settings: C{quick} examples, the same ones every run, so the
-    test command's verdict is reproducible; under PEATIO_WS_CHAOS=full (make
-    chaos) ten times as many, freshly random, to explore.
-    """
-    return settings(
-        max_examples=quick * 10 if FULL else quick,
-        derandomize=not FULL,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-
 
 DOCUMENTED = {
     Reply.AUTHENTICATED,

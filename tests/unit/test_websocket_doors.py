@@ -14,6 +14,7 @@ import socket
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import tcp
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
@@ -39,12 +40,30 @@ class AutobahnDoorTests(SynchronousTestCase):
             "_fail_connection": ["self", "code", "reason"],
             "failHandshake": ["self", "reason", "code", "responseHeaders"],
             "sendCloseFrame": ["self", "code", "reasonUtf8", "isReply"],
+            "succeedHandshake": ["self", "res"],
         }
         found = {}
         for name in expected:
             method = getattr(WebSocketServerProtocol, name, None)
             found[name] = parameters(method) if method is not None else "missing"
         self.assertEqual(found, expected, "Autobahn changed a method peatio_ws.websocket._autobahn overrides or calls")
+
+    def test_quick_upgrade_helpers(self) -> None:
+        """
+        The quick upgrade checks an Origin with Autobahn's own helpers, and
+        hands onConnect the ConnectionRequest Autobahn builds
+        (tests.unit.test_quick_upgrade compares the two paths whole).
+        """
+        protocol = __import__("autobahn.websocket.protocol", fromlist=["_url_to_origin"])
+        self.assertEqual(parameters(protocol._url_to_origin), ["url"])
+        self.assertEqual(
+            parameters(protocol._is_same_origin), ["websocket_origin", "host_scheme", "host_port", "host_policy"]
+        )
+        slots = ("peer", "headers", "host", "path", "params", "version", "origin", "protocols", "extensions")
+        self.assertEqual(parameters(ConnectionRequest.__init__)[1:], list(slots))
+        source = inspect.getsource(WebSocketServerProtocol.processHandshake)
+        self.assertIn("self._wskey = key", source)
+        self.assertIn("txaio.add_callbacks(f, self.succeedHandshake, forward_error)", source)
 
     def test_data_received_feeds_buffer(self) -> None:
         """_dataReceived appends to self.data and calls consumeData: the head search reads self.data."""
