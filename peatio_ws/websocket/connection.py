@@ -124,6 +124,10 @@ class StreamProtocol(BoundedServerProtocol):
     private_streams: set[str] | None = None
     ranger_streams: list[str] = []  # noqa: RUF012 (never mutated: replaced per connection)
     ranger_claims: Claims | None = None
+    #: Event frames that arrived between the registry's learning of this
+    #: member and the dialect's reply saying so (L{authenticated}): written
+    #: right after that reply, never before it. [frames..., ] or None.
+    _holding: list[bytes] | None = None
     #: Bytes of the last order-book replay the transport may still hold: not
     #: counted as held (SPEC §7). Only the last replay's, and never more than
     #: the transport holds (it sends in order, so what it holds of a replay
@@ -296,6 +300,7 @@ class StreamProtocol(BoundedServerProtocol):
         self._cancel(self._expiry_timer)
         self._auth_timer = self._expiry_timer = None
         self._queued.clear()
+        self._holding = None
         factory = self.factory
         factory.admission.handshake_done(self)
         uid = self.claims.uid if self.claims is not None else None
@@ -497,7 +502,29 @@ class StreamProtocol(BoundedServerProtocol):
         # Bounded: a broker slow to bind must not hold the reply for ever (it is then sent regardless).
         flowing.addTimeout(EVENTS_FLOWING_WAIT, factory.clock)
         flowing.addErrback(lambda failure: None)
-        return flowing
+        # The registry already hands this connection the member's events:
+        # one that overtakes the binding's answer (deliveries and binds go on
+        # different channels; a covering binding; another connection of the
+        # member) waits for the dialect's reply, which the caller chains on
+        # the Deferred returned, and follows it.
+        holding: list[bytes] = []
+        self._holding = holding
+        told: Deferred[None] = Deferred()
+
+        def reply_then_release(_: object) -> None:
+            told.callback(None)
+            self._release(holding)
+
+        flowing.addCallback(reply_then_release)
+        return told
+
+    def _release(self, holding: list[bytes]) -> None:
+        """Write the events held while the reply to an authentication waited (L{authenticated}), in order."""
+        if self._holding is not holding:
+            return
+        self._holding = None
+        if holding:
+            self.send_frames(holding)
 
     def unauthenticated(self) -> None:
         """A failed re-authentication: no more events, and the auth timeout runs again."""
@@ -572,15 +599,27 @@ class StreamProtocol(BoundedServerProtocol):
 
     # -- what the registry calls -----------------------------------------------------
 
-    def send_frame(self, frame: bytes) -> bool:
+    def send_frame(self, frame: bytes, control: bool = False) -> bool:
         """
-        Write a ready event frame. While the transport has asked us to pause
-        (its buffer is full: the client is not reading), count what piles up
-        and close with 4008 past WEBSOCKET_MAX_BUFFER instead of buffering
-        without bound.
+        Write a ready event frame (or a C{control} frame: a ping, never held
+        behind the reply to an authentication). While the transport has asked
+        us to pause (its buffer is full: the client is not reading), count
+        what piles up and close with 4008 past WEBSOCKET_MAX_BUFFER instead
+        of buffering without bound.
         """
         if self.state != _STATE_OPEN:
             return False
+        holding = self._holding
+        if holding is not None and not control:
+            # Bounded like a client that does not read: what waits for the
+            # reply counts with what the transport holds.
+            waiting = sum(map(len, holding)) + len(frame)
+            if self._held_bytes() + waiting > self.factory.settings.websocket_max_buffer:
+                self.factory.metrics.slow_consumer_closes.inc()
+                self.close_with(CloseCode.SLOW_CONSUMER, "Too slow")
+                return False
+            holding.append(frame)
+            return True
         if self._paused:
             if self._held_bytes() + len(frame) > self.factory.settings.websocket_max_buffer:
                 # The close line (a warning) says it: closed by server: 4008 Too slow.
@@ -614,7 +653,7 @@ class StreamProtocol(BoundedServerProtocol):
                 if type(frames) is tuple:
                     joined[0] = frames
                     joined[1] = data
-        if self._paused or self.state != _STATE_OPEN:
+        if self._paused or self._holding is not None or self.state != _STATE_OPEN:
             return self.send_frame(data)
         _transport.write(self.transport, self._socket, data)
         return True

@@ -188,7 +188,7 @@ class StreamFactory(WebSocketServerFactory):
                 proto.drop("missed its ping")
             else:
                 proto.awaiting_pong = True
-                proto.send_frame(PING_FRAME)
+                proto.send_frame(PING_FRAME, control=True)
         if end < len(protos):
             slices = -(-len(protos) // PING_SLICE)
             gap = min(PING_SLICE_GAP, self.settings.websocket_ping_interval / 4 / slices)

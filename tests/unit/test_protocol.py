@@ -335,6 +335,55 @@ class EventsFlowingTests(ProtocolTestCase):
         second = self.connect()
         self.authenticate(second, uid="IDBOUND")
 
+    def test_events_meanwhile_follow_the_reply(self) -> None:
+        """
+        Events that reach the connection before its binding's answer (they
+        overtake it: deliveries and binds travel on different channels)
+        are written after "Authenticated.", in order, never before it.
+        """
+        client = self.connect()
+        client.send_json({"jwt": "Bearer " + self.token(uid="IDEARLY")})
+        self.assertEqual(self.publish("IDEARLY", "order", b'{"id":1}'), 1)
+        self.assertEqual(self.publish("IDEARLY", "trade", b'{"id":2}'), 1)
+        self.assertEqual(client.messages(), [])
+        self.binder.pending["IDEARLY"].callback(None)
+        self.assertEqual(client.messages(), [AUTHENTICATED, {"order": {"id": 1}}, {"trade": {"id": 2}}])
+        self.publish("IDEARLY", "order", b'{"id":3}')
+        self.assertEqual(client.messages(), [{"order": {"id": 3}}])
+
+    def test_events_meanwhile_after_the_wait(self) -> None:
+        """Held events follow the reply sent regardless after EVENTS_FLOWING_WAIT too."""
+        client = self.connect()
+        client.send_json({"jwt": "Bearer " + self.token(uid="IDLATE")})
+        self.publish("IDLATE", "order", b'{"id":1}')
+        self.clock.advance(EVENTS_FLOWING_WAIT + 0.01)
+        self.assertEqual(client.messages(), [AUTHENTICATED, {"order": {"id": 1}}])
+
+    def test_events_meanwhile_bounded(self) -> None:
+        """What waits for the reply counts against WEBSOCKET_MAX_BUFFER: past it, 4008."""
+        limit = 10_000
+        self.build(websocket_max_buffer=limit)
+        self.binder = Binder()
+        self.registry.add_observer(self.binder)
+        client = self.connect()
+        client.send_json({"jwt": "Bearer " + self.token(uid="IDFLOOD")})
+        frame = text_frame(b"x" * 996)
+        for _ in range(limit // len(frame)):
+            self.assertTrue(client.protocol.send_frame(frame))
+        self.assertIsNone(client.close_code())
+        self.assertFalse(client.protocol.send_frame(frame))
+        self.assertEqual(client.close_code(), CloseCode.SLOW_CONSUMER)
+        self.assertEqual(self.metrics.slow_consumer_closes._value.get(), 1)
+
+    def test_pings_not_held(self) -> None:
+        """A keep-alive ping goes out while the reply waits (else the client would miss it through no fault)."""
+        client = self.connect()
+        client.send_json({"jwt": "Bearer " + self.token(uid="IDPING")})
+        self.factory._ping_sweep()
+        self.assertEqual([f.opcode for f in client.received()], [9])
+        self.binder.pending["IDPING"].callback(None)
+        self.assertEqual(client.messages(), [AUTHENTICATED])
+
     def test_closed_while_waiting(self) -> None:
         """A client gone before its binding is in place gets nothing, and nothing fails."""
         client = self.connect()
