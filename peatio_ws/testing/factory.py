@@ -26,9 +26,9 @@ def stream_factory(
 ) -> StreamFactory:
     """
     A L{StreamFactory} with the verifier C{settings} describe, on C{clock},
-    with a registry and metrics of its own unless given. Autobahn's own
-    timers are off by default: they run on the global reactor, which unit
-    tests must leave clean.
+    with a registry and metrics of its own unless given. Autobahn's
+    closing-handshake timeout is off by default (C{handshake_timeouts}): on
+    C{clock}, a test that does not advance it would leave it pending.
     """
     metrics = metrics if metrics is not None else Metrics()
     registry = registry if registry is not None else Registry(metrics)

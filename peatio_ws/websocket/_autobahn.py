@@ -20,6 +20,12 @@ answers it. Anything else (a header twice, a fragment, an Origin it
 refuses, an extension offer it would parse, any malformed request) goes to
 Autobahn's own C{processHandshake}, which accepts or refuses it as always.
 
+L{BucketTimer} replaces the factory's C{_batched_timer} (txaio's), which
+keeps each bucket's calls in a list and cancels one with C{list.remove}: a
+shutdown's 15,000 closing-handshake timers land in one bucket, and each
+client's answer cancels one, so the cancels cost O(n) each (in process, 19
+µs a connection's close at 2,000 connections, 47 at 15,000, 83 at 30,000).
+
 L{bake_options} puts Autobahn's options on the protocol class once per
 factory instead of on every connection; L{quiet_debug_arguments} stops the
 arguments of Autobahn's debug lines being formatted when no debug line is
@@ -37,13 +43,17 @@ C{_protocols}/C{_origin}/C{_extensions}, C{_wskey}, C{data}) and how it
 checks the Origin (C{_url_to_origin}, C{_is_same_origin},
 C{allowedOriginsPatterns}, C{allowNullOrigin}), C{succeedHandshake}, C{CONFIG_ATTRS}
 and C{WebSocketServerFactory.setProtocolOptions}/C{resetProtocolOptions};
+the factory's C{_batched_timer}, of which Autobahn calls only
+C{call_later(delay, func)} and the result's C{cancel()};
 the module globals C{hltype}, C{hlval} (both modules below) and C{pformat}
 (C{autobahn.websocket.protocol}), used only for log lines' arguments.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from functools import partial
 from types import FunctionType, ModuleType
 from typing import Any
 from urllib.parse import parse_qs
@@ -59,7 +69,7 @@ from twisted.python.failure import Failure
 
 from peatio_ws.websocket.limits import MAX_EMPTY_FRAGMENTS, MAX_FRAMES_PER_MESSAGE, MAX_REQUEST_HEAD
 
-__all__ = ["BoundedServerProtocol", "bake_options", "quiet_debug_arguments"]
+__all__ = ["BoundedServerProtocol", "BucketTimer", "bake_options", "quiet_debug_arguments", "use_bucket_timer"]
 
 _END_OF_HEAD = b"\r\n\r\n"
 
@@ -402,3 +412,85 @@ def quiet_debug_arguments() -> None:
     for module, names in DEBUG_ARGUMENT_HELPERS.items():
         for name in names:
             setattr(module, name, repr if name == "pformat" else _as_is)
+
+
+class _Timed:
+    """One call of a L{BucketTimer}: C{cancel()} takes it out of its bucket (O(1))."""
+
+    __slots__ = ("_slot", "_timer", "call")
+
+    def __init__(self, timer: BucketTimer, slot: int, call: Any) -> None:
+        self._timer: BucketTimer | None = timer
+        self._slot = slot
+        self.call = call
+
+    def cancel(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer._cancel(self._slot, self)
+
+    def fired(self) -> None:
+        self._timer = None
+
+
+class BucketTimer:
+    """
+    What Autobahn asks of a factory's C{_batched_timer} (the closing
+    handshake's timeout, the keep-alive's, the opening handshake's):
+    C{call_later} and a C{cancel()} on what it returns. Calls due in the same
+    C{bucket} seconds share one timer of C{clock}, cancelled with the last of
+    them; each fires at the end of its bucket, never early (at most
+    C{bucket} late), in the order made. A bucket is an insertion-ordered
+    dict, so a cancel costs the same whatever the number of calls. On the
+    injected clock, unlike txaio's (the global reactor's).
+    """
+
+    def __init__(self, clock: Any, bucket: float = 0.2) -> None:
+        self._clock = clock
+        self._bucket = bucket
+        #: slot -> (the clock's call, the calls due then).
+        self._buckets: dict[int, tuple[Any, dict[_Timed, None]]] = {}
+
+    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> _Timed:
+        now = self._clock.seconds()
+        slot = math.ceil((now + delay) / self._bucket)
+        entry = self._buckets.get(slot)
+        if entry is None:
+            entry = self._buckets[slot] = (
+                self._clock.callLater(max(0.0, slot * self._bucket - now), self._fire, slot),
+                {},
+            )
+        timed = _Timed(self, slot, partial(func, *args, **kwargs) if args or kwargs else func)
+        entry[1][timed] = None
+        return timed
+
+    def _cancel(self, slot: int, timed: _Timed) -> None:
+        entry = self._buckets.get(slot)
+        if entry is None:
+            return
+        calls = entry[1]
+        calls.pop(timed, None)
+        if not calls:
+            del self._buckets[slot]
+            entry[0].cancel()
+
+    def _fire(self, slot: int) -> None:
+        entry = self._buckets.pop(slot, None)
+        if entry is None:
+            return
+        for timed in list(entry[1]):
+            timed.fired()
+            try:
+                timed.call()
+            except Exception:
+                _log.failure("a timed call of a connection failed", Failure())
+
+    def pending(self) -> int:
+        """Calls made and neither fired nor cancelled."""
+        return sum(len(calls) for _, calls in self._buckets.values())
+
+
+def use_bucket_timer(factory: Any, clock: Any) -> None:
+    """Give C{factory} (an Autobahn factory) a L{BucketTimer} on C{clock} for its connections' timers."""
+    factory._batched_timer = BucketTimer(clock)

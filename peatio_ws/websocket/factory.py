@@ -25,7 +25,7 @@ from peatio_ws.logs import LineThrottle, logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.streams import PublicHub
-from peatio_ws.websocket._autobahn import bake_options, quiet_debug_arguments
+from peatio_ws.websocket._autobahn import bake_options, quiet_debug_arguments, use_bucket_timer
 from peatio_ws.websocket.admission import Admission
 from peatio_ws.websocket.connection import Dialect, StreamProtocol
 from peatio_ws.websocket.legacy import LEGACY
@@ -81,6 +81,7 @@ class StreamFactory(WebSocketServerFactory):
     ) -> None:
         quiet_debug_arguments()
         super().__init__(url, server="peatio-ws")
+        use_bucket_timer(self, clock)
         self.settings = settings
         self.registry = registry
         self.verifier = verifier
@@ -108,8 +109,8 @@ class StreamFactory(WebSocketServerFactory):
             # Without this a too-big message is answered by dropping TCP, and
             # the client sees 1006 instead of 1009.
             failByDrop=False,
-            # Autobahn's timer rounds down: 1 s often drops the close frame.
-            # (0 in unit tests: Autobahn's timers run on the global reactor.)
+            # Timed by the BucketTimer on the injected clock (at most 0.2 s
+            # late, never early); 0 (none) in most unit tests.
             closeHandshakeTimeout=settings.websocket_close_timeout if handshake_timeouts else 0,
             # The handshake deadline is ours (Admission, on the injected clock).
             openHandshakeTimeout=0,

@@ -16,6 +16,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import tcp
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -150,6 +151,95 @@ class AutobahnDoorTests(SynchronousTestCase):
         self.assertIs(protocol.hltype(marker), marker)
         self.assertIs(protocol.hlval(marker, color="red"), marker)
         self.assertIsInstance(str(protocol.Timings()), str)
+
+    def test_batched_timer(self) -> None:
+        """
+        The factory's _batched_timer, which the door replaces with a
+        BucketTimer: Autobahn makes it in the factory and calls only
+        call_later(delay, func) on it, keeping the result to cancel().
+        """
+        from autobahn.websocket import protocol
+
+        factory_init = inspect.getsource(protocol.WebSocketServerFactory.__init__)
+        self.assertIn("self._batched_timer = txaio.make_batched_timer(", factory_init)
+        source = inspect.getsource(WebSocketProtocol)
+        uses = re.findall(r"_batched_timer\.(\w+)\(", source)
+        self.assertTrue(uses)
+        self.assertEqual(set(uses), {"call_later"}, "Autobahn calls more of _batched_timer than call_later")
+        # What Autobahn does with a timer it made: cancel it, nothing else.
+        for name in ("closeHandshakeTimeoutCall", "autoPingTimeoutCall", "autoPingPendingCall"):
+            calls = set(re.findall(rf"self\.{name}\.(\w+)\(", source))
+            self.assertLessEqual(calls, {"cancel"}, name)
+
+
+class BucketTimerTests(SynchronousTestCase):
+    """L{_autobahn.BucketTimer}: Autobahn's connection timers on the injected clock, cancelled in O(1)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000.05)
+        self.timer = _autobahn.BucketTimer(self.clock, bucket=0.2)
+        self.fired: list[object] = []
+
+    def test_never_early_at_most_a_bucket_late(self) -> None:
+        self.timer.call_later(1.0, self.fired.append, "a")
+        self.clock.advance(0.999)
+        self.assertEqual(self.fired, [])
+        self.clock.advance(0.2)
+        self.assertEqual(self.fired, ["a"])
+        self.assertEqual(self.timer.pending(), 0)
+
+    def test_one_clock_call_per_bucket_in_order(self) -> None:
+        for i in range(5):
+            self.timer.call_later(1.0 + i / 100, self.fired.append, i)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(1.2)
+        self.assertEqual(self.fired, [0, 1, 2, 3, 4])
+
+    def test_cancel(self) -> None:
+        calls = [self.timer.call_later(1.0, self.fired.append, i) for i in range(4)]
+        calls[1].cancel()
+        calls[1].cancel()
+        calls[3].cancel()
+        self.assertEqual(self.timer.pending(), 2)
+        self.clock.advance(2)
+        self.assertEqual(self.fired, [0, 2])
+        calls[0].cancel()  # after it fired: nothing happens
+        self.assertEqual(self.timer.pending(), 0)
+
+    def test_last_cancel_cancels_the_clock_call(self) -> None:
+        """A bucket whose calls were all cancelled leaves nothing on the clock (a reactor left clean)."""
+        calls = [self.timer.call_later(1.0, self.fired.append, i) for i in range(3)]
+        for call in calls:
+            call.cancel()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.timer.pending(), 0)
+
+    def test_keyword_arguments(self) -> None:
+        self.timer.call_later(0.5, lambda a, b: self.fired.append((a, b)), 1, b=2)
+        self.clock.advance(1)
+        self.assertEqual(self.fired, [(1, 2)])
+
+    def test_a_failing_call_does_not_stop_the_others(self) -> None:
+        def boom() -> None:
+            raise RuntimeError("boom")
+
+        self.timer.call_later(0.1, boom)
+        self.timer.call_later(0.1, self.fired.append, "after")
+        self.clock.advance(1)
+        self.assertEqual(self.fired, ["after"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_factory_uses_it(self) -> None:
+        """The daemon's factory times its connections on its own clock."""
+        from peatio_ws.testing import settings_for_tests
+        from peatio_ws.testing.factory import stream_factory
+
+        factory = stream_factory(settings_for_tests(), self.clock, handshake_timeouts=True)
+        self.assertIsInstance(factory._batched_timer, _autobahn.BucketTimer)
+        factory._batched_timer.call_later(0.1, self.fired.append, "x")
+        self.clock.advance(1)
+        self.assertEqual(self.fired, ["x"])
 
 
 class TwistedTransportDoorTests(SynchronousTestCase):
