@@ -56,7 +56,7 @@ from tests.support.corpus import (
 )
 from tests.support.corpus import handshake_with as upgrade_request
 from tests.support.corpus import victim_claims as _claims
-from tests.support.fuzzing import FULL, examples
+from tests.support.fuzzing import FULL, examples, upgrade_headers
 from tests.support.oracle import expected_reply, forwardable, private_key_names
 
 DOCUMENTED = {
@@ -423,14 +423,7 @@ class HandshakeFuzzTests(_FuzzCase):
 
     @examples(200)
     @given(
-        st.lists(
-            st.tuples(
-                st.sampled_from(["Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol", "Origin", "Cookie", "X-Any",
-                                 "Sec-WebSocket-Version", "Connection", "Upgrade", "Host", "Sec-WebSocket-Key"]),
-                st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80),
-            ),
-            max_size=5,
-        ),
+        upgrade_headers((32, 126), 80, 5),
         st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40),
     )
     def test_arbitrary_headers(self, headers: list[tuple[str, str]], path: str) -> None:

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from peatio_ws.testing.frames import SAMPLE_KEY, client_frame, upgrade_request
 from peatio_ws.websocket._autobahn import BoundedServerProtocol, bake_options
 from tests.support.corpus import BAD_HANDSHAKES, UNUSUAL_HANDSHAKES, handshake_with
-from tests.support.fuzzing import examples
+from tests.support.fuzzing import examples, upgrade_headers
 
 #: What Autobahn's handshake leaves on the connection, compared attribute by attribute.
 STATE = (
@@ -197,14 +197,7 @@ class QuickUpgradeTests(SynchronousTestCase):
 
     @examples(300)
     @given(
-        st.lists(
-            st.tuples(
-                st.sampled_from(["Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol", "Origin", "Cookie", "X-Any",
-                                 "Sec-WebSocket-Version", "Connection", "Upgrade", "Host", "Sec-WebSocket-Key"]),
-                st.text(alphabet=st.characters(min_codepoint=9, max_codepoint=255), max_size=60),
-            ),
-            max_size=4,
-        ),
+        upgrade_headers((9, 255), 60, 4),
         st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=40),
     )
     def test_arbitrary_requests(self, headers: list[tuple[str, str]], path: str) -> None:
