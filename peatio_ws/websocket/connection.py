@@ -126,8 +126,10 @@ class StreamProtocol(BoundedServerProtocol):
     ranger_claims: Claims | None = None
     #: Event frames that arrived between the registry's learning of this
     #: member and the dialect's reply saying so (L{authenticated}): written
-    #: right after that reply, never before it. [frames..., ] or None.
+    #: right after that reply, never before it. None when nothing waits for
+    #: a reply; with their bytes, counted against WEBSOCKET_MAX_BUFFER.
     _holding: list[bytes] | None = None
+    _holding_size = 0
     #: Bytes of the last order-book replay the transport may still hold: not
     #: counted as held (SPEC §7). Only the last replay's, and never more than
     #: the transport holds (it sends in order, so what it holds of a replay
@@ -301,6 +303,7 @@ class StreamProtocol(BoundedServerProtocol):
         self._auth_timer = self._expiry_timer = None
         self._queued.clear()
         self._holding = None
+        self._holding_size = 0
         factory = self.factory
         factory.admission.handshake_done(self)
         uid = self.claims.uid if self.claims is not None else None
@@ -504,11 +507,11 @@ class StreamProtocol(BoundedServerProtocol):
         flowing.addErrback(lambda failure: None)
         # The registry already hands this connection the member's events:
         # one that overtakes the binding's answer (deliveries and binds go on
-        # different channels; a covering binding; another connection of the
-        # member) waits for the dialect's reply, which the caller chains on
-        # the Deferred returned, and follows it.
+        # different channels; a covering binding) waits for the dialect's
+        # reply, which the caller chains on the Deferred returned, and
+        # follows it.
         holding: list[bytes] = []
-        self._holding = holding
+        self._holding, self._holding_size = holding, 0
         told: Deferred[None] = Deferred()
 
         def reply_then_release(_: object) -> None:
@@ -523,6 +526,7 @@ class StreamProtocol(BoundedServerProtocol):
         if self._holding is not holding:
             return
         self._holding = None
+        self._holding_size = 0
         if holding:
             self.send_frames(holding)
 
@@ -613,12 +617,13 @@ class StreamProtocol(BoundedServerProtocol):
         if holding is not None and not control:
             # Bounded like a client that does not read: what waits for the
             # reply counts with what the transport holds.
-            waiting = sum(map(len, holding)) + len(frame)
+            waiting = self._holding_size + len(frame)
             if self._held_bytes() + waiting > self.factory.settings.websocket_max_buffer:
                 self.factory.metrics.slow_consumer_closes.inc()
                 self.close_with(CloseCode.SLOW_CONSUMER, "Too slow")
                 return False
             holding.append(frame)
+            self._holding_size = waiting
             return True
         if self._paused:
             if self._held_bytes() + len(frame) > self.factory.settings.websocket_max_buffer:
