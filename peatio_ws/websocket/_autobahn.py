@@ -64,9 +64,9 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import _is_same_origin, _url_to_origin
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from peatio_ws.logs import logger
 from peatio_ws.websocket.limits import MAX_EMPTY_FRAGMENTS, MAX_FRAMES_PER_MESSAGE, MAX_REQUEST_HEAD
 
 __all__ = ["BoundedServerProtocol", "BucketTimer", "bake_options", "quiet_debug_arguments", "use_bucket_timer"]
@@ -93,7 +93,7 @@ _DEFLATE_OFFERS: dict[str, tuple[str, dict[str, list[Any]]]] = {
     "permessage-deflate; client_max_window_bits": ("permessage-deflate", {"client_max_window_bits": [True]}),
 }
 
-_log = Logger("peatio_ws.protocol")
+_log = logger("peatio_ws.protocol")
 
 
 class BoundedServerProtocol(WebSocketServerProtocol):
@@ -288,7 +288,8 @@ class BoundedServerProtocol(WebSocketServerProtocol):
         if origin and not self._origin_allowed(origin):
             return False
 
-        request_line = head[: head.index(b"\r\n")].decode("ascii")
+        # The request line is what precedes the header lines the match found.
+        request_line = head[: match.start(3) - 2].decode("ascii")
         query = match.group(2)
         self.http_request_data = head
         self.http_status_line = request_line
