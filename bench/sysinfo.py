@@ -157,6 +157,14 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def _read_first(path: str) -> str:
+    """The first line of a /proc file, or "?" where there is none."""
+    try:
+        return Path(path).read_text().split("\n", 1)[0].strip() or "?"
+    except OSError:
+        return "?"
+
+
 def machine() -> dict[str, str]:
     """Date, machine and software versions, for the record."""
     mem_kib = 0
@@ -169,6 +177,8 @@ def machine() -> dict[str, str]:
         "cpu": cpu_model(),
         "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
         "kernel": platform.release(),
+        # The accept queue's length (with the daemon's backlog): it decides whether a storm's SYNs wait or drop.
+        "somaxconn": _read_first("/proc/sys/net/core/somaxconn"),
         "python": platform.python_version(),
         "twisted": _version("twisted"),
         "autobahn": _version("autobahn"),

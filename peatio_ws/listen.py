@@ -54,11 +54,13 @@ __all__ = [
 
 log = logger("peatio_ws.listen")
 
-#: Pending connections the kernel may queue (capped by net.core.somaxconn,
-#: 4,096 on current kernels). Twisted's default of 50 overflows when
-#: thousands of clients reconnect at once after a restart, and a dropped SYN
-#: comes back only after the client's 1, 3, 7, 15 s retransmissions.
-BACKLOG = 4096
+#: Pending connections the kernel may queue. Linux takes the smaller of this
+#: and net.core.somaxconn (4,096 by default on current kernels), so the
+#: operator's sysctl decides: a process meant to take back N clients at once
+#: after a restart wants somaxconn >= N (docs/deploy.md). Twisted's default of
+#: 50 overflows when thousands reconnect at once, and a dropped SYN comes back
+#: only after the client's 1, 3, 7, 15 s retransmissions.
+BACKLOG = 65535
 
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 

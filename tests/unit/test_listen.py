@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,10 +26,11 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from peatio_ws.config import ConfigError
 from peatio_ws.listen import (
+    BACKLOG,
     PortService,
     bind_reuse_port,
     bound_port,
@@ -73,7 +75,7 @@ class DescriptionTests(SynchronousTestCase):
         settings = settings_for_tests(websocket_host="::1", websocket_port=8080)
         service = listener_service(settings, Factory.forProtocol(Protocol), reactor)
         assert isinstance(service, PortService)
-        self.assertEqual((service.host, service.port, service.backlog, service.reuse_port), ("::1", 8080, 4096, False))
+        self.assertEqual((service.host, service.port, service.backlog, service.reuse_port), ("::1", 8080, 65535, False))
 
     def test_service_kinds(self) -> None:
         """Reuse-port on or off: one L{PortService}, told which. Neither binds yet."""
@@ -227,6 +229,29 @@ class ReusePortTests(TestCase):
         self.assertTrue(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
         self.assertTrue(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
         self.assertFalse(sock.getblocking())
+
+    def test_accept_queue(self) -> None:
+        """
+        The shared socket's accept queue is as long as the kernel allows:
+        Linux takes min(backlog, net.core.somaxconn), so raising the sysctl
+        is all an operator does for a bigger reconnect wave. The kernel's own
+        limit is read back from TCP_INFO (a listener's tcpi_sacked).
+        """
+        self.assertGreaterEqual(BACKLOG, 65535)
+        tcp_info = getattr(socket, "TCP_INFO", None)
+        try:
+            with open("/proc/sys/net/core/somaxconn") as f:
+                somaxconn = int(f.read())
+        except OSError:
+            somaxconn = None
+        if tcp_info is None or somaxconn is None:
+            raise SkipTest("needs Linux: TCP_INFO and /proc/sys/net/core/somaxconn")
+        sock = bind_reuse_port("127.0.0.1", 0)
+        self.addCleanup(sock.close)
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 104)
+        # struct tcp_info: eight one-byte fields, then rto, ato, snd_mss, rcv_mss, unacked, sacked.
+        (limit,) = struct.unpack_from("=I", info, 28)
+        self.assertEqual(limit, min(BACKLOG, somaxconn))
 
     async def test_stop_releases_port(self) -> None:
         """After stopService the port is free for a plain listener again."""

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws import logs
 from peatio_ws.http import HealthResource
-from peatio_ws.listen import PortService
+from peatio_ws.listen import BACKLOG, PortService
 from peatio_ws.logs import JSONLinesObserver, event_as_dict, json_observer
 from peatio_ws.service import CONSUMER_START_WAIT, STOP_STEP_TIMEOUT, Daemon, StartupError, stop_once_on_signals
 from peatio_ws.testing import settings_for_tests
@@ -254,8 +254,9 @@ class StartTests(DaemonTestCase):
         self.assertEqual(self.reactor.tcpServers, [])
         daemon.privilegedStartService()
         daemon.startService()
-        ports = sorted((port, interface) for port, _factory, _backlog, interface in self.reactor.tcpServers)
-        self.assertEqual(ports, [(9100, "127.0.0.1"), (9443, "0.0.0.0")])
+        ports = sorted((port, interface, backlog) for port, _factory, backlog, interface in self.reactor.tcpServers)
+        # The WebSocket port queues a restart's reconnect wave (as far as somaxconn lets it).
+        self.assertEqual(ports, [(9100, "127.0.0.1", 50), (9443, "0.0.0.0", BACKLOG)])
         [websocket] = [f for port, f, _b, _i in self.reactor.tcpServers if port == 9443]
         self.assertIs(websocket, daemon.factory)
         self.successResultOf(daemon.stopService())
