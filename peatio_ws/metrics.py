@@ -11,13 +11,16 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from math import inf
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["Metrics", "RepeatedHistogram"]
+__all__ = ["Children", "Metrics", "RepeatedHistogram"]
+
+_Labelled = TypeVar("_Labelled", Counter, Gauge)
 
 
 class RepeatedHistogram(Collector):
@@ -56,6 +59,28 @@ class RepeatedHistogram(Collector):
 
     def describe(self) -> Iterable[Metric]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=())
+
+
+class Children(Generic[_Labelled]):
+    """
+    A labelled metric's children, by label values (in the metric's label
+    order), kept once made: C{labels()} checks its arguments and takes a lock
+    on every call, several times a connection's life. The values come from
+    code (reasons, close codes, dialects), never from clients, so the set
+    stays small, as prometheus_client's own does.
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _Labelled) -> None:
+        self._metric: _Labelled = metric
+        self._children: dict[tuple[str, ...], _Labelled] = {}
+
+    def __call__(self, *values: str) -> _Labelled:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -165,6 +190,14 @@ class Metrics:
             ["event"], registry=r,
         )
         self.listener_up = Gauge("peatio_ws_listener_up", "1 while the WebSocket port is listening", registry=r)
+        # The children a connection's life touches, by label values in each metric's label order.
+        self.auth_by = Children(self.auth)
+        self.closes_by = Children(self.closes)
+        self.rejected_by = Children(self.rejected)
+        self.inbound_limited_by = Children(self.inbound_limited)
+        self.dialect_connections_by = Children(self.dialect_connections)
+        self.ranger_connections_by = Children(self.ranger_connections)
+        self.ranger_connections_total_by = Children(self.ranger_connections_total)
         # Memory, CPU and open files against LimitNOFILE: what an operator
         # sizing a host for tens of thousands of sockets watches.
         ProcessCollector(registry=r)

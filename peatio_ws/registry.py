@@ -75,6 +75,9 @@ class Registry:
         #: uid -> how many of its connections choose their private events
         #: (C{private_streams} is a set): only those members' events are filtered.
         self._selective: dict[str, int] = {}
+        # Counted when scraped, not set at every login and logout.
+        self._metrics.members.set_function(self._by_uid.__len__)
+        self._metrics.authenticated_connections.set_function(self._claims.__len__)
         self._observers: list[MembershipObserver] = []
         #: While a batch is open (L{begin_batch}): frames held per connection (for
         #: few recipients, until the first event for many); then the frames held
@@ -123,7 +126,6 @@ class Registry:
                     observer.member_joined(claims.uid)
             else:
                 members.add(conn)
-        self._update_gauges()
         for observer in self._observers:
             flowing = getattr(observer, "events_flowing", None)
             waiting = flowing(claims.uid) if flowing is not None else None
@@ -150,7 +152,6 @@ class Registry:
                 del self._by_uid[claims.uid]
                 for observer in self._observers:
                     observer.member_left(claims.uid)
-        self._update_gauges()
 
     def _unindex_jti(self, conn: Connection, jti: str) -> None:
         holders = self._by_jti.get(jti)
@@ -158,10 +159,6 @@ class Registry:
             holders.discard(conn)
             if not holders:
                 del self._by_jti[jti]
-
-    def _update_gauges(self) -> None:
-        self._metrics.members.set(len(self._by_uid))
-        self._metrics.authenticated_connections.set(len(self._claims))
 
     # -- queries -----------------------------------------------------------
 

@@ -41,6 +41,8 @@ class Admission:
         #: Sockets whose upgrade request is not complete, with their deadlines, oldest first.
         self._handshaking: dict[StreamProtocol, float] = {}
         self._sweep_call: IDelayedCall | None = None
+        # Counted when scraped, not set at every accept and upgrade.
+        metrics.handshakes.set_function(lambda: len(self._handshaking))
         #: The new-socket budget (a token bucket: tokens, when filled), full at first.
         self._pace = [math.inf, 0.0]
 
@@ -70,7 +72,6 @@ class Admission:
             return "per_ip_limit"
         self.per_ip[ip] = count + 1
         self._handshaking[proto] = self._clock.seconds() + settings.websocket_handshake_timeout
-        self._metrics.handshakes.set(len(self._handshaking))
         if self._sweep_call is None:
             self._sweep_call = self._clock.callLater(settings.websocket_handshake_timeout, self._sweep)
         return None
@@ -87,7 +88,6 @@ class Admission:
         """C{proto} finished its handshake, or is gone: its deadline no longer applies."""
         handshaking = self._handshaking
         if handshaking.pop(proto, None) is not None:
-            self._metrics.handshakes.set(len(handshaking))
             call = self._sweep_call
             if not handshaking and call is not None:
                 # No socket left to watch: no timer either.
@@ -110,7 +110,7 @@ class Admission:
                 break
             expired.append(proto)
         if expired:
-            self._metrics.inbound_limited.labels(limit="handshake_timeout").inc(len(expired))
+            self._metrics.inbound_limited_by("handshake_timeout").inc(len(expired))
             held = self._log_throttle("handshake_timeout")
             if held is not None:
                 _log.info(
@@ -124,7 +124,6 @@ class Admission:
             self._handshaking.pop(proto, None)
             proto.mute()
             proto.dropConnection(abort=True)
-        self._metrics.handshakes.set(len(self._handshaking))
         if next_deadline is not None:
             self._sweep_call = self._clock.callLater(next_deadline - now, self._sweep)
 
@@ -134,6 +133,5 @@ class Admission:
             self._sweep_call.cancel()
         self._sweep_call = None
         handshaking, self._handshaking = self._handshaking, {}
-        self._metrics.handshakes.set(0)
         for proto in handshaking:
             proto.dropConnection(abort=True)

@@ -246,7 +246,7 @@ class StreamProtocol(BoundedServerProtocol):
         """
         factory = self.factory
         self.refusal_counted = True
-        factory.metrics.rejected.labels(reason=label).inc()
+        factory.metrics.rejected_by(label).inc()
         held = factory.log_throttle(label)
         if held is not None:
             fields.setdefault("reason", label)
@@ -333,7 +333,7 @@ class StreamProtocol(BoundedServerProtocol):
         if self.state != _STATE_OPEN:
             return
         self.ended_by_server(code, reason)
-        self.factory.metrics.closes.labels(reason=str(code)).inc()
+        self.factory.metrics.closes_by(str(code)).inc()
         if reply is not None:
             self.write(text_frame(reply))
         self.stop_events()
@@ -378,7 +378,7 @@ class StreamProtocol(BoundedServerProtocol):
     # -- the inbound bounds (the hooks of BoundedServerProtocol) ----------------------
 
     def request_head_too_large(self) -> None:
-        self.factory.metrics.inbound_limited.labels(limit="request_head").inc()
+        self.factory.metrics.inbound_limited_by("request_head").inc()
         self.refuse_with(431, "Request Header Fields Too Large", "request_head_too_large")
 
     def too_many_frames(self) -> None:
@@ -444,7 +444,7 @@ class StreamProtocol(BoundedServerProtocol):
     def _over_budget(self, limit: str, reason: str) -> None:
         """Close 1008 for what the client sent, and stop reading from it."""
         factory = self.factory
-        factory.metrics.inbound_limited.labels(limit=limit).inc()
+        factory.metrics.inbound_limited_by(limit).inc()
         claims = self.claims
         held = factory.log_throttle(limit)
         if held is not None:
@@ -457,7 +457,7 @@ class StreamProtocol(BoundedServerProtocol):
             )
         if self.state == _STATE_OPEN:
             self.ended_by_server(CloseCode.POLICY_VIOLATION, reason)
-            factory.metrics.closes.labels(reason=str(CloseCode.POLICY_VIOLATION)).inc()
+            factory.metrics.closes_by(str(CloseCode.POLICY_VIOLATION)).inc()
             self.stop_events()
             self.fail(CloseCode.POLICY_VIOLATION, reason)
             self._let_go()

@@ -95,6 +95,8 @@ class StreamFactory(WebSocketServerFactory):
         self.log_throttle = LineThrottle(clock)
         self.admission = Admission(settings, metrics, clock, self.log_throttle)
         self.connections: set[StreamProtocol] = set()
+        # Counted when scraped, not set at every open and close.
+        metrics.connections.set_function(self.connections.__len__)
         self.byte_burst = byte_burst(settings.websocket_inbound_bytes_per_second, settings.websocket_max_message_size)
         #: Connection ids are "<prefix>-<n>": the prefix, random per process
         #: (40 bits), makes them unique across processes and restarts.
@@ -149,17 +151,15 @@ class StreamFactory(WebSocketServerFactory):
 
     def connection_opened(self, proto: StreamProtocol) -> None:
         self.connections.add(proto)
-        self.metrics.connections.set(len(self.connections))
         self.metrics.connections_total.inc()
-        self.metrics.dialect_connections.labels(dialect=proto.dialect.name).inc()
+        self.metrics.dialect_connections_by(proto.dialect.name).inc()
 
     def connection_closed(self, proto: StreamProtocol) -> bool:
         """Forget C{proto}; True the first time only."""
         if proto not in self.connections:
             return False
         self.connections.discard(proto)
-        self.metrics.connections.set(len(self.connections))
-        self.metrics.dialect_connections.labels(dialect=proto.dialect.name).dec()
+        self.metrics.dialect_connections_by(proto.dialect.name).dec()
         return True
 
     # -- keep-alive ----------------------------------------------------------------
@@ -185,7 +185,7 @@ class StreamFactory(WebSocketServerFactory):
                 continue
             if proto.awaiting_pong:
                 # The close line says it: closed by server: 1006 missed its ping.
-                self.metrics.closes.labels(reason="ping_timeout").inc()
+                self.metrics.closes_by("ping_timeout").inc()
                 proto.drop("missed its ping")
             else:
                 proto.awaiting_pong = True

@@ -91,7 +91,7 @@ class LegacyDialect:
     def _authenticate(self, conn: StreamProtocol, token: str) -> Deferred[Any] | None:
         factory = conn.factory
         if self._over_attempt_limit(conn):
-            factory.metrics.auth.labels(result="failure", reason="rate_limited").inc()
+            factory.metrics.auth_by("failure", "rate_limited").inc()
             conn.close_with(CloseCode.TOO_MANY_ATTEMPTS, "Too many authentication attempts", Reply.TOO_MANY_ATTEMPTS)
             return None
         try:
@@ -110,7 +110,7 @@ class LegacyDialect:
 
     @staticmethod
     def _failed(conn: StreamProtocol, reason: str) -> None:
-        conn.factory.metrics.auth.labels(result="failure", reason=reason).inc()
+        conn.factory.metrics.auth_by("failure", reason).inc()
         if conn.state != _STATE_OPEN:
             return
         previous = conn.claims
@@ -145,7 +145,7 @@ class LegacyDialect:
     def _say_authenticated(conn: StreamProtocol, claims: Claims, previous: Claims | None) -> None:
         if conn.state != _STATE_OPEN or conn.claims is not claims:
             return
-        conn.factory.metrics.auth.labels(result="success", reason="ok").inc()
+        conn.factory.metrics.auth_by("success", "ok").inc()
         if previous is None:
             conn.log_line("authenticated as {uid}", uid_in_head=False)
         elif previous.uid != claims.uid:

@@ -194,7 +194,7 @@ class RangerDialect:
     @staticmethod
     def _refuse(conn: StreamProtocol, reason: str) -> None:
         """Count and log (throttled) a 401 for C{reason}, the rule that failed (never the token)."""
-        conn.factory.metrics.auth.labels(result="failure", reason=reason).inc()
+        conn.factory.metrics.auth_by("failure", reason).inc()
         conn.count_refusal(401, "unauthorized", "authentication failed: {reason}", reason=reason)
         raise ConnectionDeny(401, "Unauthorized")
 
@@ -213,10 +213,10 @@ class RangerDialect:
             # Before the registry learns of it: its private events are filtered from the start.
             conn.private_streams = set()
             flowing = conn.authenticated(claims)
-            factory.metrics.auth.labels(result="success", reason="ok").inc()
+            factory.metrics.auth_by("success", "ok").inc()
             conn.log_line("authenticated as {uid}", uid_in_head=False)
-        factory.metrics.ranger_connections.labels(auth=auth).inc()
-        factory.metrics.ranger_connections_total.labels(auth=auth).inc()
+        factory.metrics.ranger_connections_by(auth).inc()
+        factory.metrics.ranger_connections_total_by(auth).inc()
         if flowing is None:
             self._open_streams(conn)
         else:
@@ -241,7 +241,7 @@ class RangerDialect:
         factory.hub.forget(conn)
         conn.subscriptions = None
         auth = "private" if conn.private_streams is not None else "public"
-        factory.metrics.ranger_connections.labels(auth=auth).dec()
+        factory.metrics.ranger_connections_by(auth).dec()
 
     # -- messages ------------------------------------------------------------------------
 

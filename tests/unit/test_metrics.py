@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from twisted.trial.unittest import SynchronousTestCase
 
-from peatio_ws.metrics import Metrics, RepeatedHistogram
+from peatio_ws.metrics import Children, Metrics, RepeatedHistogram
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -78,3 +78,32 @@ class RepeatedHistogramTests(SynchronousTestCase):
         self.assertIsInstance(metrics.delivery_latency, RepeatedHistogram)
         metrics.delivery_latency.observe(0.003, 7)
         self.assertIn('peatio_ws_delivery_latency_seconds_bucket{le="0.005"} 7.0', exposition(metrics.registry))
+
+
+class ChildrenTests(SynchronousTestCase):
+    """L{Children}: prometheus_client's own child for the same label values, made once."""
+
+    def test_same_child(self) -> None:
+        """The child is the one C{labels()} gives, by values in the metric's label order."""
+        metrics = Metrics()
+        child = metrics.auth_by("failure", "expired")
+        self.assertIs(child, metrics.auth.labels(result="failure", reason="expired"))
+        self.assertIs(metrics.auth_by("failure", "expired"), child)
+        child.inc()
+        value = metrics.registry.get_sample_value(
+            "peatio_ws_authentications_total", {"result": "failure", "reason": "expired"}
+        )
+        self.assertEqual(value, 1.0)
+
+    def test_wrong_count(self) -> None:
+        """Too few values fail as C{labels()} does, and nothing is kept."""
+        metrics = Metrics()
+        self.assertRaises(ValueError, metrics.auth_by, "failure")
+        self.assertEqual(metrics.auth_by._children, {})
+
+    def test_every_labelled_metric_has_its_children(self) -> None:
+        """Each C{*_by} belongs to the metric of its name."""
+        metrics = Metrics()
+        for name, value in vars(metrics).items():
+            if isinstance(value, Children):
+                self.assertIs(value._metric, getattr(metrics, name.removesuffix("_by")))

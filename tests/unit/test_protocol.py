@@ -831,6 +831,23 @@ class HostileInputTests(ProtocolTestCase):
         # No sweep left behind: only the open connection's auth timer.
         self.assertEqual([cast(Any, call).func.__name__ for call in self.clock.getDelayedCalls()], ["_auth_timed_out"])
 
+    def test_gauges_follow_sockets(self) -> None:
+        """Open connections and sockets in their handshake, as a scrape reads them, from accept to close."""
+
+        def gauges() -> tuple[float | None, float | None]:
+            sample = self.metrics.registry.get_sample_value
+            return sample("peatio_ws_connections"), sample("peatio_ws_handshakes")
+
+        self.assertEqual(gauges(), (0, 0))
+        raw, _ = raw_connect(self.factory)
+        self.assertEqual(gauges(), (0, 1))
+        client = self.connect()
+        self.assertEqual(gauges(), (1, 1))
+        raw.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(gauges(), (1, 0))
+        client.answer_close()
+        self.assertEqual(gauges(), (0, 0))
+
     def test_handshaking_sockets_count_per_address(self) -> None:
         """Sockets that have sent nothing yet count against WEBSOCKET_MAX_CONNECTIONS_PER_IP: the next gets 503."""
         self.build(websocket_max_connections_per_ip=2)

@@ -55,8 +55,16 @@ class RegistryTests(SynchronousTestCase):
         self.registry.authenticate(a, claims("U"))
         self.registry.authenticate(b, claims("U"))
         self.registry.authenticate(c, claims("V"))
-        self.assertEqual(self.metrics.members._value.get(), 2)
-        self.assertEqual(self.metrics.authenticated_connections._value.get(), 3)
+        self.assertEqual(self.gauges(), (2.0, 3.0))
+        self.registry.deauthenticate(a)
+        self.assertEqual(self.gauges(), (2.0, 2.0))
+        self.registry.deauthenticate(c)
+        self.assertEqual(self.gauges(), (1.0, 1.0))
+
+    def gauges(self) -> tuple[float | None, float | None]:
+        """Members and authenticated connections, as a scrape reads them."""
+        sample = self.metrics.registry.get_sample_value
+        return sample("peatio_ws_members"), sample("peatio_ws_authenticated_connections")
 
     def test_move(self) -> None:
         """Authenticating as another uid moves the connection, with its jti index."""
