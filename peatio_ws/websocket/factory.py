@@ -25,7 +25,12 @@ from peatio_ws.logs import LineThrottle, logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.streams import PublicHub
-from peatio_ws.websocket._autobahn import bake_options, quiet_debug_arguments, use_bucket_timer
+from peatio_ws.websocket._autobahn import (
+    bake_options,
+    quiet_debug_arguments,
+    use_bucket_timer,
+    use_small_frame_masker,
+)
 from peatio_ws.websocket.admission import Admission
 from peatio_ws.websocket.connection import Dialect, StreamProtocol
 from peatio_ws.websocket.legacy import LEGACY
@@ -80,6 +85,7 @@ class StreamFactory(WebSocketServerFactory):
         hub: PublicHub | None = None,
     ) -> None:
         quiet_debug_arguments()
+        use_small_frame_masker()
         super().__init__(url, server="peatio-ws")
         use_bucket_timer(self, clock)
         self.settings = settings

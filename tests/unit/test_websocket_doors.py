@@ -15,12 +15,15 @@ import socket
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import tcp
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.websocket import _autobahn, _transport
+from tests.support.fuzzing import examples
 
 
 def parameters(function: object) -> list[str]:
@@ -151,6 +154,53 @@ class AutobahnDoorTests(SynchronousTestCase):
         self.assertIs(protocol.hltype(marker), marker)
         self.assertIs(protocol.hlval(marker, color="red"), marker)
         self.assertIsInstance(str(protocol.Timings()), str)
+
+    def test_masker_factory(self) -> None:
+        """
+        Autobahn makes a masker per received frame through the module global
+        create_xor_masker(mask, length), which use_small_frame_masker
+        replaces, and asks of it only process(), pointer() and reset().
+        """
+        import autobahn.websocket.protocol as protocol
+
+        self.assertIn("create_xor_masker", vars(protocol), "autobahn.websocket.protocol has no create_xor_masker")
+        process_data = inspect.getsource(WebSocketProtocol.processData)
+        self.assertRegex(
+            process_data,
+            r"current_frame_masker = create_xor_masker\(\s*frame_mask, frame_payload_len\s*\)",
+            "Autobahn no longer makes a frame's masker with create_xor_masker(mask, length)",
+        )
+        used = set(re.findall(r"current_frame_masker\.(\w+)\(", inspect.getsource(WebSocketProtocol)))
+        self.assertLessEqual(used, {"process", "pointer", "reset"}, "Autobahn asks more of a masker")
+        self.assertEqual(parameters(_autobahn._autobahn_masker), ["mask", "length"])
+        _autobahn.use_small_frame_masker()
+        _autobahn.use_small_frame_masker()
+        self.assertIs(protocol.create_xor_masker, _autobahn.small_frame_masker)
+        self.assertIsInstance(protocol.create_xor_masker(b"abcd", 10), _autobahn.IntMasker)
+        self.assertNotIsInstance(protocol.create_xor_masker(b"abcd", _autobahn.SMALL_FRAME), _autobahn.IntMasker)
+
+    @examples(300)
+    @given(
+        mask=st.binary(min_size=4, max_size=4),
+        payload=st.binary(max_size=2 * _autobahn.SMALL_FRAME),
+        cuts=st.lists(st.integers(min_value=0, max_value=2 * _autobahn.SMALL_FRAME), max_size=6),
+    )
+    def test_small_frame_masker_is_autobahns(self, mask: bytes, payload: bytes, cuts: list[int]) -> None:
+        """
+        The small-frame masker unmasks as Autobahn's own does (the oracle),
+        the payload handed over in any pieces, with the same pointer after each.
+        """
+        ours = _autobahn.small_frame_masker(mask, len(payload))
+        theirs = _autobahn._autobahn_masker(mask, len(payload))
+        start = 0
+        for end in [*sorted(c for c in cuts if c <= len(payload)), len(payload)]:
+            piece = payload[start:end]
+            self.assertEqual(ours.process(piece), theirs.process(piece))
+            self.assertEqual(ours.pointer(), theirs.pointer())
+            start = end
+        ours.reset()
+        theirs.reset()
+        self.assertEqual((ours.pointer(), ours.process(payload)), (theirs.pointer(), theirs.process(payload)))
 
     def test_batched_timer(self) -> None:
         """
