@@ -38,13 +38,16 @@ class Bindings:
         self.dirty: set[str] = set()
         #: Members whose unbind was taken and not answered yet (still in L{bound} till then).
         self.unbinding: set[str] = set()
-        self._unbind_calls: dict[str, IDelayedCall] = {}
+        #: Members due to be unbound, with when, oldest first (one delay for
+        #: all, so leaving order is due order), and the one timer that sweeps
+        #: them: a member leaving costs a dict entry, not a reactor timer (a
+        #: process's shutdown sees every member leave at once).
+        self._leaving: dict[str, float] = {}
+        self._sweep_call: IDelayedCall | None = None
 
     def join(self, uid: str) -> None:
         """A connection of C{uid} authenticated: want its binding (and keep one about to go)."""
-        call = self._unbind_calls.pop(uid, None)
-        if call is not None and call.active():
-            call.cancel()
+        self._leaving.pop(uid, None)
         if uid in self.wanted:
             return
         self.wanted.add(uid)
@@ -57,18 +60,35 @@ class Bindings:
         unbind delay (at once from the books when C{stopping}: the queue is
         deleted anyway).
         """
-        if uid not in self.wanted or uid in self._unbind_calls:
+        if uid not in self.wanted or uid in self._leaving:
             return
         if stopping:
             self.wanted.discard(uid)
             return
-        self._unbind_calls[uid] = self._clock.callLater(self._unbind_delay, self._unbind_due, uid)
+        self._leaving[uid] = self._clock.seconds() + self._unbind_delay
+        if self._sweep_call is None:
+            self._sweep_call = self._clock.callLater(self._unbind_delay, self._unbind_due)
 
-    def _unbind_due(self, uid: str) -> None:
-        del self._unbind_calls[uid]
-        self.wanted.discard(uid)
-        self.dirty.add(uid)
-        self._changed()
+    def _unbind_due(self) -> None:
+        """The members whose delay is over are no longer wanted; the sweep waits for the next one."""
+        self._sweep_call = None
+        now = self._clock.seconds()
+        due = []
+        next_due = None
+        for uid, when in self._leaving.items():
+            # A hair's slack: a timer set for "when - now" may fire a rounding error early.
+            if when - now > 1e-6:
+                next_due = when
+                break
+            due.append(uid)
+        for uid in due:
+            del self._leaving[uid]
+            self.wanted.discard(uid)
+            self.dirty.add(uid)
+        if next_due is not None:
+            self._sweep_call = self._clock.callLater(next_due - now, self._unbind_due)
+        if due:
+            self._changed()
 
     def reconnected(self, members: Iterable[str]) -> None:
         """
@@ -134,7 +154,7 @@ class Bindings:
 
     def stop(self) -> None:
         """Cancel the pending unbinds."""
-        for call in self._unbind_calls.values():
-            if call.active():
-                call.cancel()
-        self._unbind_calls.clear()
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
+        self._leaving.clear()

@@ -61,6 +61,44 @@ class BindingsTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.bindings.bound, {"U1"})
 
+    def test_many_leave_one_timer(self) -> None:
+        """
+        Members leaving are swept by one timer, each exactly its delay after
+        it left (never early), in one kick per sweep; one back meanwhile stays.
+        """
+        for uid in ("U1", "U2", "U3", "U4"):
+            self.bindings.join(uid)
+        self.sync()
+        kicks = self.kicks
+        self.bindings.leave("U1")
+        self.bindings.leave("U2")
+        self.clock.advance(1.0)
+        self.bindings.leave("U3")
+        self.clock.advance(0.5)
+        self.bindings.leave("U4")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.bindings.join("U2")
+        self.clock.advance(3.5)  # 5.0 after U1 left
+        self.assertEqual((self.bindings.wanted, self.kicks), ({"U2", "U3", "U4"}, kicks + 1))
+        self.clock.advance(0.999)
+        self.assertEqual(self.bindings.wanted, {"U2", "U3", "U4"})
+        self.clock.advance(0.001)  # 5.0 after U3 left
+        self.assertEqual((self.bindings.wanted, self.kicks), ({"U2", "U4"}, kicks + 2))
+        self.clock.advance(0.5)
+        self.assertEqual((self.bindings.wanted, self.kicks), ({"U2"}, kicks + 3))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.sync(), [("U1", False), ("U3", False), ("U4", False)])
+
+    def test_stop_cancels_the_sweep(self) -> None:
+        """stop() leaves no timer, and the members due to go stay in the books till the queue goes."""
+        self.bindings.join("U1")
+        self.sync()
+        self.bindings.leave("U1")
+        self.bindings.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10)
+        self.assertEqual(self.bindings.wanted, {"U1"})
+
     def test_leave_unknown(self) -> None:
         """Leaving without having joined schedules nothing."""
         self.bindings.leave("U1")
