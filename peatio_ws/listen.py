@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -191,6 +192,7 @@ class PortService(Service):
         reactor: Any,
         backlog: int = BACKLOG,
         reuse_port: bool = False,
+        room: Callable[[], int] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -198,12 +200,16 @@ class PortService(Service):
         self.reactor = reactor
         self.backlog = backlog
         self.reuse_port = reuse_port
+        #: How many more connections may be accepted now (L{_port.accept_at_most}); None: no bound.
+        self.room = room
         self.listening_port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         if self.listening_port is None:
             self.listening_port = self._listen()
+            if self.room is not None:
+                _port.accept_at_most(self.listening_port, self.room)
 
     def startService(self) -> None:
         self.privilegedStartService()
@@ -255,10 +261,13 @@ def bound_port(service: IService) -> IListeningPort | None:
     return service.listening_port if isinstance(service, PortService) else None
 
 
-def listener_service(settings: Settings, factory: IProtocolFactory, reactor: Any) -> IService:
+def listener_service(
+    settings: Settings, factory: IProtocolFactory, reactor: Any, room: Callable[[], int] | None = None
+) -> IService:
     """
     The WebSocket port as a service: TLS when configured, shared with
-    SO_REUSEPORT when WEBSOCKET_REUSE_PORT is on.
+    SO_REUSEPORT when WEBSOCKET_REUSE_PORT is on; accepting at most
+    C{room()} connections per poll when given (the handshake cap's room).
 
     @raise ConfigError: the TLS key or certificate is unusable.
     """
@@ -266,5 +275,10 @@ def listener_service(settings: Settings, factory: IProtocolFactory, reactor: Any
     if settings.tls:
         served = TLSMemoryBIOFactory(tls_options(settings, announce=True), False, factory, clock=reactor)
     return PortService(
-        settings.websocket_host, settings.websocket_port, served, reactor, reuse_port=settings.websocket_reuse_port
+        settings.websocket_host,
+        settings.websocket_port,
+        served,
+        reactor,
+        reuse_port=settings.websocket_reuse_port,
+        room=room,
     )

@@ -197,7 +197,7 @@ class Daemon(MultiService):
             )
         )
         if listener is None:
-            self.listener: IService = listener_service(settings, self.factory, reactor)
+            self.listener: IService = listener_service(settings, self.factory, reactor, self.factory.admission.room)
         elif IService.providedBy(listener):
             self.listener = listener
         else:

@@ -12,6 +12,7 @@ their upgrade request (WEBSOCKET_MAX_HANDSHAKES), and their deadline
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -75,6 +76,16 @@ class Admission:
         if self._sweep_call is None:
             self._sweep_call = self._clock.callLater(settings.websocket_handshake_timeout, self._sweep)
         return None
+
+    def room(self) -> int:
+        """
+        How many more sockets may start their handshake now: the listening
+        port accepts no more than this per poll, so a reconnect storm waits
+        in the kernel's accept queue instead of being answered 503 at the
+        cap (C{sys.maxsize} when WEBSOCKET_MAX_HANDSHAKES is 0, no cap).
+        """
+        cap = self._settings.websocket_max_handshakes
+        return cap - len(self._handshaking) if cap > 0 else sys.maxsize
 
     def release(self, ip: str) -> None:
         """A socket admitted from C{ip} is gone."""

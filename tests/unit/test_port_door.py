@@ -9,9 +9,13 @@ C{getReaders()}.
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
+import socket
+from typing import Any, cast
 
 from twisted.internet import reactor, tcp
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from peatio_ws import _port
@@ -63,3 +67,57 @@ class PortDoorTests(TestCase):
         """Anything but a listening tcp.Port: not paused, and said so."""
         self.assertFalse(_port.pause_accepting(object()))
         _port.resume_accepting(object())
+
+    def test_accept_loop_reads_number_accepts(self) -> None:
+        """Twisted's accept loop is still bounded by the port's numberAccepts, read on every doRead."""
+        source = inspect.getsource(tcp.Port.doRead)
+        where = f"tcp.Port.doRead no longer bounds its accepts by numberAccepts in Twisted {INSTALLED}"
+        self.assertIn("numAccepts = self.numberAccepts", source, where)
+        self.assertIn("range(numAccepts)", source, where)
+        port = self.listening().listening_port
+        self.assertIsInstance(getattr(port, "numberAccepts", None), int, where)
+
+    async def test_accept_at_most(self) -> None:
+        """
+        A port bounded by room() accepts at most that many waiting
+        connections per poll, and one when there is no room; the rest wait
+        in the kernel's queue for the next poll.
+        """
+        for reuse_port in (False, True):
+            await self.accepts_by_room(reuse_port)
+
+    async def accepts_by_room(self, reuse_port: bool) -> None:
+        room = [2]
+        built: list[Protocol] = []
+
+        class Counting(Factory):
+            def buildProtocol(self, addr: object) -> Protocol:
+                built.append(Protocol())
+                return built[-1]
+
+        service = PortService("127.0.0.1", 0, Counting(), reactor, reuse_port=reuse_port, room=lambda: room[0])
+        service.startService()
+        port: Any = service.listening_port
+        # Stop reading: the polls below are made by hand, not by the running reactor.
+        port.stopReading()
+        clients = [socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) for _ in range(6)]
+        try:
+            port.doRead()
+            self.assertEqual(len(built), 2)
+            room[0] = 0
+            port.doRead()
+            self.assertEqual(len(built), 3)
+            room[0] = 100
+            port.doRead()
+            self.assertEqual(len(built), 6)
+        finally:
+            for protocol in built:
+                cast(Any, protocol.transport).abortConnection()
+            for sock in clients:
+                sock.close()
+            await service.stopService()
+            await deferLater(reactor, 0, lambda: None)
+
+    def test_accept_at_most_other_ports(self) -> None:
+        """A port of another kind (a test double, TLS wrapped elsewhere) is left as it is."""
+        self.assertFalse(_port.accept_at_most(object(), lambda: 1))

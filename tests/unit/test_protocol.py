@@ -6,6 +6,7 @@ transport with a fake clock.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
@@ -878,6 +879,28 @@ class HostileInputTests(ProtocolTestCase):
         admitted, transport = raw_connect(self.factory, "10.0.0.3")
         self.addCleanup(admitted.connectionLost, Failure(ConnectionDone()))
         self.assertEqual(transport.value(), b"")
+
+    def test_handshake_room(self) -> None:
+        """
+        The room the listening port accepts into (per poll): the cap less the
+        sockets in their handshake, down to none; a finished one frees a
+        place; no cap is room without end.
+        """
+        self.build(websocket_max_handshakes=2)
+        room = self.factory.admission.room
+        self.assertEqual(room(), 2)
+        first, _ = raw_connect(self.factory, "10.0.0.1")
+        self.addCleanup(first.connectionLost, Failure(ConnectionDone()))
+        second, _ = raw_connect(self.factory, "10.0.0.2")
+        self.addCleanup(second.connectionLost, Failure(ConnectionDone()))
+        self.assertEqual(room(), 0)
+        refused, _ = raw_connect(self.factory, "10.0.0.3")
+        self.addCleanup(refused.connectionLost, Failure(ConnectionDone()))
+        self.assertEqual(room(), 0)
+        first.dataReceived(UPGRADE_HEAD + b"\r\n")
+        self.assertEqual(room(), 1)
+        self.build(websocket_max_handshakes=0)
+        self.assertEqual(self.factory.admission.room(), sys.maxsize)
 
     def test_new_connections_paced(self) -> None:
         """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Application, IService, IServiceCollection, MultiService, Service
 from twisted.internet.defer import Deferred
@@ -251,6 +251,9 @@ class StartTests(DaemonTestCase):
         )
         self.assertIsInstance(daemon.listener, PortService)
         self.assertIsInstance(daemon.monitoring, PortService)
+        # The WebSocket port accepts no more per poll than the handshake cap has room for.
+        self.assertEqual(cast(PortService, daemon.listener).room, daemon.factory.admission.room)
+        self.assertIsNone(cast(PortService, daemon.monitoring).room)
         self.assertEqual(self.reactor.tcpServers, [])
         daemon.privilegedStartService()
         daemon.startService()
