@@ -232,6 +232,7 @@ class PortService(Service):
         port, self.listening_port = self.listening_port, None
         if port is None:
             return succeed(None)
+        _port.forget(port)
         stopped = port.stopListening()
         return stopped if isinstance(stopped, Deferred) else succeed(None)
 

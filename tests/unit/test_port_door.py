@@ -80,8 +80,9 @@ class PortDoorTests(TestCase):
     async def test_accept_at_most(self) -> None:
         """
         A port bounded by room() accepts at most that many waiting
-        connections per poll, and one when there is no room; the rest wait
-        in the kernel's queue for the next poll.
+        connections per poll; with no room, none: it leaves the poll (the
+        rest wait in the kernel's queue) until there is room again, and
+        comes back only once no other reason holds it.
         """
         for reuse_port in (False, True):
             await self.accepts_by_room(reuse_port)
@@ -98,18 +99,32 @@ class PortDoorTests(TestCase):
         service = PortService("127.0.0.1", 0, Counting(), reactor, reuse_port=reuse_port, room=lambda: room[0])
         service.startService()
         port: Any = service.listening_port
-        # Stop reading: the polls below are made by hand, not by the running reactor.
-        port.stopReading()
+        # Held as the consumer gate holds it: the polls below are made by hand.
+        self.assertTrue(service.pause_accepting())
         clients = [socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) for _ in range(6)]
         try:
             port.doRead()
             self.assertEqual(len(built), 2)
             room[0] = 0
             port.doRead()
-            self.assertEqual(len(built), 3)
+            self.assertEqual(len(built), 2)
             room[0] = 100
+            await deferLater(reactor, 5 * _port.ROOM_RECHECK, lambda: None)
+            # Room again, but the gate still holds it.
+            self.assertNotIn(port, reactor.getReaders())
             port.doRead()
             self.assertEqual(len(built), 6)
+            room[0] = 0
+            port.doRead()
+            service.resume_accepting()
+            # The gate let go, but there is no room: still out of the poll, till there is.
+            self.assertNotIn(port, reactor.getReaders())
+            room[0] = 1
+            await deferLater(reactor, 5 * _port.ROOM_RECHECK, lambda: None)
+            self.assertIn(port, reactor.getReaders())
+            # Closed while waiting for room: nothing is left scheduled.
+            room[0] = 0
+            port.doRead()
         finally:
             for protocol in built:
                 cast(Any, protocol.transport).abortConnection()
