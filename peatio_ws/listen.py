@@ -12,6 +12,11 @@ number after asking for port 0).
    and C{SO_REUSEPORT}, bound, listening, and handed to the reactor with
    C{adoptStreamPort}; several processes (each with its own broker queue)
    then share one port and the kernel spreads new connections across them.
+ - Started by systemd socket activation (C{LISTEN_FDS}/C{LISTEN_PID} name
+   this process; the socket named C{websocket}, else the first): that
+   listening socket, adopted, whatever the settings say. It outlives the
+   process, so clients reconnecting while it restarts wait in its accept
+   queue instead of being refused (and backing off).
 
 TLS (both WEBSOCKET_SSL_KEY and WEBSOCKET_SSL_CERT set) is layered the same
 way in both cases, by wrapping the WebSocket factory in a
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -39,6 +44,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorSocket, IReactorTCP
 from twisted.internet.ssl import CertificateOptions
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.systemd import ListenFDs
 
 from peatio_ws import _port
 from peatio_ws.config import ConfigError, Settings
@@ -49,6 +55,7 @@ __all__ = [
     "PortService",
     "bind_reuse_port",
     "bound_port",
+    "inherited_listener",
     "listener_service",
     "tls_options",
 ]
@@ -193,6 +200,7 @@ class PortService(Service):
         backlog: int = BACKLOG,
         reuse_port: bool = False,
         room: Callable[[], int] | None = None,
+        inherited: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -202,6 +210,8 @@ class PortService(Service):
         self.reuse_port = reuse_port
         #: How many more connections may be accepted now (L{_port.accept_at_most}); None: no bound.
         self.room = room
+        #: A listening socket's descriptor to adopt instead of binding (socket activation).
+        self.inherited = inherited
         self.listening_port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
@@ -237,6 +247,8 @@ class PortService(Service):
         return stopped if isinstance(stopped, Deferred) else succeed(None)
 
     def _listen(self) -> IListeningPort:
+        if self.inherited is not None:
+            return self._adopt(self.inherited)
         if not self.reuse_port:
             if not IReactorTCP.providedBy(self.reactor):
                 raise CannotListenError(self.host, self.port, OSError("this reactor cannot listen on TCP"))
@@ -256,6 +268,41 @@ class PortService(Service):
             sock.close()
         return port
 
+    def _adopt(self, fd: int) -> IListeningPort:
+        """The listening socket C{fd}, inherited (systemd's): adopted as it is, left open for whoever passed it."""
+        if not IReactorSocket.providedBy(self.reactor):
+            raise CannotListenError(self.host, self.port, OSError("this reactor cannot adopt sockets"))
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            raise CannotListenError(self.host, self.port, e) from None
+        try:
+            if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                raise CannotListenError(self.host, self.port, OSError(f"descriptor {fd} is not a listening TCP socket"))
+            sock.setblocking(False)
+            # adoptStreamPort duplicates the descriptor; the inherited one stays as it was passed.
+            port: IListeningPort = self.reactor.adoptStreamPort(fd, sock.family, cast(Any, self.factory))
+        except OSError as e:
+            raise CannotListenError(self.host, self.port, e) from None
+        finally:
+            sock.detach()
+        log.info("listening on the socket passed by the service manager (descriptor {fd})", fd=fd)
+        return port
+
+
+def inherited_listener(environ: Mapping[str, str] | None = None) -> int | None:
+    """
+    The WebSocket listening socket systemd passed this process (socket
+    activation: C{LISTEN_PID} is ours), the one named C{websocket} or else
+    the first; None when there is none.
+    """
+    fds = ListenFDs.fromEnvironment(environ=environ)
+    named = fds.inheritedNamedDescriptors()
+    if "websocket" in named:
+        return named["websocket"]
+    inherited = fds.inheritedDescriptors()
+    return inherited[0] if inherited else None
+
 
 def bound_port(service: IService) -> IListeningPort | None:
     """The listening port of a L{PortService} once it has bound, or None (not bound, or another service)."""
@@ -263,12 +310,17 @@ def bound_port(service: IService) -> IListeningPort | None:
 
 
 def listener_service(
-    settings: Settings, factory: IProtocolFactory, reactor: Any, room: Callable[[], int] | None = None
+    settings: Settings,
+    factory: IProtocolFactory,
+    reactor: Any,
+    room: Callable[[], int] | None = None,
+    inherited: int | None = None,
 ) -> IService:
     """
     The WebSocket port as a service: TLS when configured, shared with
     SO_REUSEPORT when WEBSOCKET_REUSE_PORT is on; accepting at most
-    C{room()} connections per poll when given (the handshake cap's room).
+    C{room()} connections per poll when given (the handshake cap's room);
+    on the listening socket C{inherited} when given (L{inherited_listener}).
 
     @raise ConfigError: the TLS key or certificate is unusable.
     """
@@ -282,4 +334,5 @@ def listener_service(
         reactor,
         reuse_port=settings.websocket_reuse_port,
         room=room,
+        inherited=inherited,
     )

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from peatio_ws import logs
 from peatio_ws.config import Settings
 from peatio_ws.http import HealthCheck, monitoring_site
-from peatio_ws.listen import PortService, bound_port, listener_service
+from peatio_ws.listen import PortService, bound_port, inherited_listener, listener_service
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.sdnotify import Notifier
@@ -197,7 +197,9 @@ class Daemon(MultiService):
             )
         )
         if listener is None:
-            self.listener: IService = listener_service(settings, self.factory, reactor, self.factory.admission.room)
+            self.listener: IService = listener_service(
+                settings, self.factory, reactor, self.factory.admission.room, inherited_listener()
+            )
         elif IService.providedBy(listener):
             self.listener = listener
         else:

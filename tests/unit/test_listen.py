@@ -11,6 +11,7 @@ L{StreamFactory}.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import struct
@@ -34,6 +35,7 @@ from peatio_ws.listen import (
     PortService,
     bind_reuse_port,
     bound_port,
+    inherited_listener,
     listener_service,
     tls_options,
 )
@@ -101,6 +103,30 @@ class DescriptionTests(SynchronousTestCase):
             served = service.factory
             self.assertIsInstance(served, TLSMemoryBIOFactory)
             self.assertIs(served.wrappedFactory, factory)
+
+
+class InheritedListenerTests(SynchronousTestCase):
+    """Which descriptor systemd's socket activation names as the WebSocket socket."""
+
+    def environ(self, fds: int, names: str | None = None, pid: int | None = None) -> dict[str, str]:
+        env = {"LISTEN_PID": str(os.getpid() if pid is None else pid), "LISTEN_FDS": str(fds)}
+        if names is not None:
+            env["LISTEN_FDNAMES"] = names
+        return env
+
+    def test_none(self) -> None:
+        """Not socket-activated, or the variables are another process's: none."""
+        self.assertIsNone(inherited_listener({}))
+        self.assertIsNone(inherited_listener(self.environ(1, pid=os.getpid() + 1)))
+        self.assertIsNone(inherited_listener(self.environ(0)))
+
+    def test_first_or_named(self) -> None:
+        """The one named websocket, else the first (descriptors start at 3)."""
+        self.assertEqual(inherited_listener(self.environ(1, "peatio-ws.socket")), 3)
+        self.assertEqual(inherited_listener(self.environ(2, "metrics:websocket")), 4)
+        self.assertEqual(inherited_listener(self.environ(2, "a:b")), 3)
+        # systemd (227 and later) always names them; a count without names is not its.
+        self.assertIsNone(inherited_listener(self.environ(1)))
 
 
 class TLSOptionsTests(SynchronousTestCase):
@@ -195,6 +221,50 @@ class ReusePortTests(TestCase):
                 pass
         await _until(lambda: len(accepted) == 32)
         self.assertEqual(set(accepted), {"a", "b"})
+
+    async def test_inherited_socket(self) -> None:
+        """
+        A listening socket passed in (socket activation) is adopted whatever
+        the settings say, and left open for its owner: a second process
+        adopts it after the first has stopped, and the connections made
+        meanwhile waited in its queue.
+        """
+        accepted: list[int] = []
+
+        class Count(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(1)
+                assert self.transport is not None
+                self.transport.loseConnection()
+
+        held = socket.socket()
+        self.addCleanup(held.close)
+        held.bind(("127.0.0.1", 0))
+        held.listen(16)
+        number = held.getsockname()[1]
+        first = listener_service(self.settings(1, False), Factory.forProtocol(Count), reactor, inherited=held.fileno())
+        self.assertEqual(self.start(first), number)
+        with socket.create_connection(("127.0.0.1", number), timeout=WAIT):
+            pass
+        await _until(lambda: len(accepted) == 1)
+        await first.stopService()
+        # Between the two: the socket still listens, so this one waits instead of being refused.
+        waiting = socket.create_connection(("127.0.0.1", number), timeout=WAIT)
+        self.addCleanup(waiting.close)
+        second = listener_service(self.settings(1, True), Factory.forProtocol(Count), reactor, inherited=held.fileno())
+        self.assertEqual(self.start(second), number)
+        await _until(lambda: len(accepted) == 2)
+
+    def test_inherited_must_listen(self) -> None:
+        """A passed descriptor that is not a listening TCP socket is a CannotListenError, at start."""
+        idle = socket.socket()
+        self.addCleanup(idle.close)
+        factory = Factory.forProtocol(Protocol)
+        service = listener_service(self.settings(0, False), factory, reactor, inherited=idle.fileno())
+        self.assertRaises(CannotListenError, service.privilegedStartService)
+        # Still its owner's.
+        self.assertGreaterEqual(idle.fileno(), 0)
+        idle.getsockname()
 
     def test_conflict_without_reuse_fails_loudly(self) -> None:
         """Without reuse a taken port raises CannotListenError at once, from privilegedStartService."""
