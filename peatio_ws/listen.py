@@ -27,10 +27,12 @@ endpoint string would silently cut down to the leaf.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 from cryptography import x509
@@ -290,13 +292,31 @@ class PortService(Service):
         return port
 
 
+def _started_with() -> dict[str, str]:
+    """
+    systemd's C{LISTEN_*} variables as this process was started with them
+    (C{/proc/self/environ}): importing C{twisted.internet.endpoints}, which
+    twistd does, takes C{LISTEN_PID} and C{LISTEN_FDS} out of C{os.environ}.
+    """
+    try:
+        raw = Path("/proc/self/environ").read_bytes()
+    except OSError:
+        return {k: v for k, v in os.environ.items() if k.startswith("LISTEN_")}
+    found = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key.startswith(b"LISTEN_"):
+            found[key.decode("ascii", "replace")] = value.decode("ascii", "replace")
+    return found
+
+
 def inherited_listener(environ: Mapping[str, str] | None = None) -> int | None:
     """
     The WebSocket listening socket systemd passed this process (socket
     activation: C{LISTEN_PID} is ours), the one named C{websocket} or else
     the first; None when there is none.
     """
-    fds = ListenFDs.fromEnvironment(environ=environ)
+    fds = ListenFDs.fromEnvironment(environ=_started_with() if environ is None else environ)
     named = fds.inheritedNamedDescriptors()
     if "websocket" in named:
         return named["websocket"]

@@ -94,7 +94,9 @@ class DaemonProcess:
     free ports and a unique exchange. C{log_path} keeps the log in that file
     (it survives L{cleanup}); C{own_session} starts the daemon in a session
     of its own (a terminal's Ctrl-C does not reach it); C{error_lines}
-    limits how much of the log a start-up failure shows.
+    limits how much of the log a start-up failure shows; C{listening}, a
+    listening socket of the caller's, is passed as systemd's socket
+    activation would (descriptor 3, C{LISTEN_FDS}, C{LISTEN_PID} the daemon's).
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class DaemonProcess:
         log_path: Path | None = None,
         own_session: bool = False,
         error_lines: int | None = None,
+        listening: socket.socket | None = None,
     ) -> None:
         self.port = port if port is not None else free_port()
         self.metrics_port = metrics_port if metrics_port is not None else free_port()
@@ -128,6 +131,9 @@ class DaemonProcess:
         self.env = {k: v for k, v in merged.items() if v is not None}
         self.metrics_host = loopback(self.env.get("METRICS_HOST", "127.0.0.1"))
         self.args = args or []
+        self.listening = listening
+        if listening is not None:
+            self.env.update(LISTEN_FDS="1", LISTEN_FDNAMES="websocket")
         self.own_session = own_session
         self.error_lines = error_lines
         self.keep_log = log_path is not None
@@ -154,14 +160,23 @@ class DaemonProcess:
 
     def start(self, timeout: float = 30.0, wait_healthy: bool = True) -> DaemonProcess:
         """Start it and wait until /health says every component is up (or, unless C{wait_healthy}, answers)."""
+        command = [*_twistd(), "-n", "--pidfile=", "peatio-ws", *self.args]
+        passed: tuple[int, ...] = ()
+        if self.listening is not None:
+            # As systemd does: the socket as descriptor 3, LISTEN_PID the daemon's own (the shell's, exec'd).
+            fd = self.listening.fileno()
+            passed = (fd,)
+            move = "" if fd == 3 else f"exec 3<&{fd} {fd}<&- && "
+            command = ["sh", "-c", move + 'export LISTEN_PID=$$ && exec "$@"', "sh", *command]
         self.process = subprocess.Popen(
-            [*_twistd(), "-n", "--pidfile=", "peatio-ws", *self.args],
+            command,
             cwd=str(REPO),
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=self.own_session,
+            pass_fds=passed,
         )
         last: list[Any] = ["no answer"]
 

@@ -29,6 +29,7 @@ from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from peatio_ws import listen
 from peatio_ws.config import ConfigError
 from peatio_ws.listen import (
     BACKLOG,
@@ -119,6 +120,16 @@ class InheritedListenerTests(SynchronousTestCase):
         self.assertIsNone(inherited_listener({}))
         self.assertIsNone(inherited_listener(self.environ(1, pid=os.getpid() + 1)))
         self.assertIsNone(inherited_listener(self.environ(0)))
+
+    def test_read_as_started(self) -> None:
+        """
+        What the process was started with counts, not os.environ now:
+        importing twisted.internet.endpoints (twistd does) deletes
+        LISTEN_PID and LISTEN_FDS from os.environ.
+        """
+        self.patch(os, "environ", {**os.environ, "LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1"})
+        self.assertEqual(listen._started_with(), {})
+        self.assertIsNone(inherited_listener())
 
     def test_first_or_named(self) -> None:
         """The one named websocket, else the first (descriptors start at 3)."""
