@@ -69,6 +69,7 @@ import math
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -643,6 +644,9 @@ class StormOptions:
     surge: bool = False
     #: What is restarted: the daemon, or the baseline bridge (L{bench.baseline}; one process, no pacing).
     server: str = "daemon"
+    #: The listening socket held by the bench and passed to each daemon, as a systemd .socket unit
+    #: does (socket activation): it outlives the restart, so reconnects queue instead of being refused.
+    held_socket: bool = False
 
     def quick(self) -> StormOptions:
         return dataclasses.replace(self, sizes=(1000,), daemon_env=dict(self.daemon_env))
@@ -818,7 +822,7 @@ class Storms:
         }
         if self.o.processes > 1:
             env["WEBSOCKET_REUSE_PORT"] = "true"
-        return DaemonProcess(env=env, port=port, exchange=exchange)
+        return DaemonProcess(env=env, port=port, exchange=exchange, listening=getattr(self, "held", None))
 
     @contextlib.contextmanager
     def _workers(self, n: int) -> Iterator[list[Worker]]:
@@ -861,6 +865,21 @@ class Storms:
         from tests.support.daemon import free_port
 
         port = free_port()
+        self.held: socket.socket | None = None
+        if o.held_socket:
+            self.held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.held.bind(("127.0.0.1", port))
+            self.held.listen(65535)
+        try:
+            self._size(n, uids, exchange, port)
+        finally:
+            if self.held is not None:
+                self.held.close()
+                self.held = None
+
+    def _size(self, n: int, uids: list[str], exchange: str, port: int) -> None:
+        o = self.o
         storms = [(policy, pace) for pace in o.paces for policy in o.policies]
         self.log(f"N={n:,}: {len(storms)} storms ({', '.join(f'{p}/pace {r}' for p, r in storms)})")
         with self._workers(o.client_procs) as workers, self._publisher() as pub:
@@ -1608,6 +1627,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--surge", action="store_true", help="with --processes: start the replacement, then stop the old")
     p.add_argument("--baseline", action="store_true", help="restart the baseline bridge instead (one process)")
     p.add_argument("--profile", action="store_true", help="py-spy profile of each new daemon, grouped")
+    p.add_argument(
+        "--held-socket",
+        action="store_true",
+        help="hold the listening socket and pass it to each daemon, as systemd socket activation does",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE")
     return p
@@ -1635,11 +1659,14 @@ def options_from(args: argparse.Namespace) -> StormOptions:
     if args.processes:
         o.processes = args.processes
     o.surge = args.surge
+    o.held_socket = args.held_socket
     if args.baseline:
         if o.processes > 1:
             raise SystemExit("--baseline runs one bridge: not with --processes")
         o.server = "baseline"
         o.paces = (0,)
+    if o.held_socket and (o.processes > 1 or o.server != "daemon"):
+        raise SystemExit("--held-socket: one daemon only, not the baseline bridge")
     for item in args.daemon_env:
         key, sep, value = item.partition("=")
         if not sep:
