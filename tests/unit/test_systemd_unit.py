@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING
 from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.config import Settings
+from peatio_ws.listen import BACKLOG
 from peatio_ws.service import STOP_STEP_TIMEOUT
 from tests.support.paths import REPO
 
 UNITS = REPO / "systemd"
 SERVICE = UNITS / "peatio-ws.service"
 TEMPLATE = UNITS / "peatio-ws@.service"
+SOCKET = UNITS / "peatio-ws.socket"
 INSTALLED_TWISTD = "/opt/peatio-ws/venv/bin/twistd"
 
 Unit = dict[str, list[tuple[str, str]]]
@@ -206,6 +208,19 @@ class TemplateUnitTests(UnitSettingsMixin, SynchronousTestCase):
             )
 
 
+class SocketUnitTests(SynchronousTestCase):
+    """C{peatio-ws.socket}: what the daemon's socket activation looks for (peatio_ws.listen.inherited_listener)."""
+
+    def test_socket(self) -> None:
+        """The port the service listens on by default, named websocket, its queue as long as BACKLOG."""
+        unit = parse_unit(SOCKET.read_text(encoding="utf-8"))
+        self.assertEqual(value(unit, "Socket", "ListenStream"), str(Settings().websocket_port))
+        self.assertEqual(value(unit, "Socket", "FileDescriptorName"), "websocket")
+        self.assertEqual(value(unit, "Socket", "Backlog"), str(BACKLOG))
+        self.assertEqual(value(unit, "Socket", "Service"), SERVICE.name)
+        self.assertEqual(value(unit, "Install", "WantedBy"), "sockets.target")
+
+
 class VerifyTests(SynchronousTestCase):
     """C{systemd-analyze verify} on both units."""
 
@@ -262,6 +277,13 @@ class VerifyTests(SynchronousTestCase):
     def test_template_instance(self) -> None:
         """An instance of the template (peatio-ws@9101) verifies without a complaint."""
         self.assertEqual(self.verify(self.copy(TEMPLATE, "peatio-ws@9101.service")), (0, []))
+
+    def test_socket(self) -> None:
+        """The socket unit (with its service beside it) verifies without a complaint."""
+        self.copy(SERVICE, "peatio-ws.service")
+        socket_unit = self.directory / "peatio-ws.socket"
+        socket_unit.write_text(SOCKET.read_text(encoding="utf-8"), encoding="utf-8")
+        self.assertEqual(self.verify(socket_unit), (0, []))
 
     def test_verify_catches_mistakes(self) -> None:
         """The check above would see a mistake: a bad value is reported."""
