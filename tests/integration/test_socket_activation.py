@@ -9,6 +9,7 @@ waits in the socket's queue and the next daemon answers it.
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -23,8 +24,12 @@ from tests.support.raw_client import RawClient
 
 class SocketActivationTests(SynchronousTestCase):
     def held_socket(self) -> socket.socket:
-        """A listening socket of the test's own, as the service manager's."""
+        """A listening socket of the test's own, as the service manager's, on a descriptor over 9."""
+        for _ in range(12):
+            spacer = open(os.devnull, "rb")  # noqa: SIM115 (closed at cleanup)
+            self.addCleanup(spacer.close)
         held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.assertGreater(held.fileno(), 9)
         self.addCleanup(held.close)
         held.bind(("127.0.0.1", 0))
         held.listen(128)

@@ -75,6 +75,19 @@ def stop_child(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: 
             return None
 
 
+#: Run argv[2:] with descriptor argv[1] as descriptor 3 and LISTEN_PID this process's own (exec keeps it),
+#: as systemd passes a socket (a shell's redirections take single-digit descriptors only).
+_AS_SYSTEMD_PASSES = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "if fd != 3:\n"
+    "    os.dup2(fd, 3)\n"
+    "    os.close(fd)\n"
+    "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
 def _twistd() -> list[str]:
     # `python -m twisted.scripts.twistd` does nothing (that module has no
     # __main__ guard): the twistd script beside this interpreter, else its entry point.
@@ -166,8 +179,7 @@ class DaemonProcess:
             # As systemd does: the socket as descriptor 3, LISTEN_PID the daemon's own (the shell's, exec'd).
             fd = self.listening.fileno()
             passed = (fd,)
-            move = "" if fd == 3 else f"exec 3<&{fd} {fd}<&- && "
-            command = ["sh", "-c", move + 'export LISTEN_PID=$$ && exec "$@"', "sh", *command]
+            command = [sys.executable, "-c", _AS_SYSTEMD_PASSES, str(fd), *command]
         self.process = subprocess.Popen(
             command,
             cwd=str(REPO),
