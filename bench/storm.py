@@ -797,6 +797,8 @@ class Storms:
         self.profiles: dict[str, Any] = {}
         self.notes: list[str] = []
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        #: With --held-socket, the listening socket of the storm under way (passed to each daemon).
+        self.held: socket.socket | None = None
         self._log = log
 
     def log(self, text: str) -> None:
@@ -822,7 +824,7 @@ class Storms:
         }
         if self.o.processes > 1:
             env["WEBSOCKET_REUSE_PORT"] = "true"
-        return DaemonProcess(env=env, port=port, exchange=exchange, listening=getattr(self, "held", None))
+        return DaemonProcess(env=env, port=port, exchange=exchange, listening=self.held)
 
     @contextlib.contextmanager
     def _workers(self, n: int) -> Iterator[list[Worker]]:
@@ -865,7 +867,6 @@ class Storms:
         from tests.support.daemon import free_port
 
         port = free_port()
-        self.held: socket.socket | None = None
         if o.held_socket:
             self.held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             self.held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

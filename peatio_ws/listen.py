@@ -258,22 +258,16 @@ class PortService(Service):
                 self.port, cast(Any, self.factory), backlog=self.backlog, interface=self.host
             )
             return listening
-        if not IReactorSocket.providedBy(self.reactor):
-            raise CannotListenError(self.host, self.port, OSError("this reactor cannot adopt sockets"))
+        self._can_adopt()
         sock = bind_reuse_port(self.host, self.port, self.backlog)
         try:
-            # adoptStreamPort duplicates the descriptor; ours is closed below.
-            port: IListeningPort = self.reactor.adoptStreamPort(sock.fileno(), sock.family, cast(Any, self.factory))
-        except OSError as e:
-            raise CannotListenError(self.host, self.port, e) from None
+            return self._adopted(sock)
         finally:
-            sock.close()
-        return port
+            sock.close()  # the reactor has its own duplicate
 
     def _adopt(self, fd: int) -> IListeningPort:
         """The listening socket C{fd}, inherited (systemd's): adopted as it is, left open for whoever passed it."""
-        if not IReactorSocket.providedBy(self.reactor):
-            raise CannotListenError(self.host, self.port, OSError("this reactor cannot adopt sockets"))
+        self._can_adopt()
         try:
             sock = socket.socket(fileno=fd)
         except OSError as e:
@@ -282,13 +276,24 @@ class PortService(Service):
             if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 raise CannotListenError(self.host, self.port, OSError(f"descriptor {fd} is not a listening TCP socket"))
             sock.setblocking(False)
-            # adoptStreamPort duplicates the descriptor; the inherited one stays as it was passed.
-            port: IListeningPort = self.reactor.adoptStreamPort(fd, sock.family, cast(Any, self.factory))
+            port = self._adopted(sock)
         except OSError as e:
             raise CannotListenError(self.host, self.port, e) from None
         finally:
-            sock.detach()
+            sock.detach()  # the inherited descriptor stays as it was passed
         log.info("listening on the socket passed by the service manager (descriptor {fd})", fd=fd)
+        return port
+
+    def _can_adopt(self) -> None:
+        if not IReactorSocket.providedBy(self.reactor):
+            raise CannotListenError(self.host, self.port, OSError("this reactor cannot adopt sockets"))
+
+    def _adopted(self, sock: socket.socket) -> IListeningPort:
+        """C{sock}, listening, handed to the reactor (which duplicates its descriptor)."""
+        try:
+            port: IListeningPort = self.reactor.adoptStreamPort(sock.fileno(), sock.family, cast(Any, self.factory))
+        except OSError as e:
+            raise CannotListenError(self.host, self.port, e) from None
         return port
 
 

@@ -176,7 +176,7 @@ class DaemonProcess:
         command = [*_twistd(), "-n", "--pidfile=", "peatio-ws", *self.args]
         passed: tuple[int, ...] = ()
         if self.listening is not None:
-            # As systemd does: the socket as descriptor 3, LISTEN_PID the daemon's own (the shell's, exec'd).
+            # As systemd does: the socket as descriptor 3, LISTEN_PID the daemon's own (the wrapper execs it).
             fd = self.listening.fileno()
             passed = (fd,)
             command = [sys.executable, "-c", _AS_SYSTEMD_PASSES, str(fd), *command]
