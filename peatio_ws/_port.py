@@ -83,18 +83,20 @@ def resume_accepting(port: Any) -> None:
         _release(port, _CONSUMER)
 
 
-def accept_at_most(port: Any, room: Callable[[], int]) -> bool:
+def accept_at_most(port: Any, room: Callable[[], int], clock: Any = None) -> bool:
     """
     From now on C{port} accepts, per poll, at most C{room()} connections
     (Twisted's own adaptive bound still applies below that). With no room
     it accepts none: it leaves the poll (its connections wait in the
     kernel's queue) and comes back once C{room()} is positive again, looked
-    at every L{ROOM_RECHECK} seconds. False for a port of another kind.
+    at every L{ROOM_RECHECK} seconds on C{clock} (the port's reactor by
+    default). False for a port of another kind.
     """
     if not isinstance(port, tcp.Port):
         return False
     accept = port.doRead
-    clock: Any = port.reactor
+    if clock is None:
+        clock = port.reactor
 
     def recheck() -> None:
         port.__dict__.pop(_RECHECK, None)

@@ -221,7 +221,7 @@ class PortService(Service):
         if self.listening_port is None:
             self.listening_port = self._listen()
             if self.room is not None:
-                _port.accept_at_most(self.listening_port, self.room)
+                _port.accept_at_most(self.listening_port, self.room, self.reactor)
 
     def startService(self) -> None:
         self.privilegedStartService()

@@ -1,9 +1,10 @@
 """
 The door to Twisted's listening port (L{peatio_ws._port}, written against
 Twisted 26.10.0): what it relies on, checked on the real reactor's ports so
-an upgrade that moves it fails here, naming it. Nothing connects and nothing
-waits: whether the port is in the reactor's poll is read from
-C{getReaders()}.
+an upgrade that moves it fails here, naming it. Nothing waits on the real
+clock: whether the port is in the reactor's poll is read from
+C{getReaders()}, a port's accepts are made by calling its C{doRead} while
+it is held out of the poll, and the looks at the room run on a fake clock.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, cast
 
 from twisted.internet import reactor, tcp
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
 from peatio_ws import _port
@@ -96,9 +97,11 @@ class PortDoorTests(TestCase):
                 built.append(Protocol())
                 return built[-1]
 
-        service = PortService("127.0.0.1", 0, Counting(), reactor, reuse_port=reuse_port, room=lambda: room[0])
+        service = PortService("127.0.0.1", 0, Counting(), reactor, reuse_port=reuse_port)
         service.startService()
         port: Any = service.listening_port
+        clock = Clock()
+        self.assertTrue(_port.accept_at_most(port, lambda: room[0], clock))
         # Held as the consumer gate holds it: the polls below are made by hand.
         self.assertTrue(service.pause_accepting())
         clients = [socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) for _ in range(6)]
@@ -109,7 +112,7 @@ class PortDoorTests(TestCase):
             port.doRead()
             self.assertEqual(len(built), 2)
             room[0] = 100
-            await deferLater(reactor, 5 * _port.ROOM_RECHECK, lambda: None)
+            clock.advance(_port.ROOM_RECHECK)
             # Room again, but the gate still holds it.
             self.assertNotIn(port, reactor.getReaders())
             port.doRead()
@@ -119,12 +122,17 @@ class PortDoorTests(TestCase):
             service.resume_accepting()
             # The gate let go, but there is no room: still out of the poll, till there is.
             self.assertNotIn(port, reactor.getReaders())
+            clock.advance(_port.ROOM_RECHECK)
+            self.assertNotIn(port, reactor.getReaders())
             room[0] = 1
-            await deferLater(reactor, 5 * _port.ROOM_RECHECK, lambda: None)
+            clock.advance(_port.ROOM_RECHECK)
             self.assertIn(port, reactor.getReaders())
             # Closed while waiting for room: nothing is left scheduled.
             room[0] = 0
             port.doRead()
+            self.assertEqual(len(clock.getDelayedCalls()), 1)
+            _port.forget(port)
+            self.assertEqual(clock.getDelayedCalls(), [])
         finally:
             for protocol in built:
                 cast(Any, protocol.transport).abortConnection()
@@ -132,6 +140,21 @@ class PortDoorTests(TestCase):
                 sock.close()
             await service.stopService()
             await deferLater(reactor, 0, lambda: None)
+
+    async def test_stop_forgets_the_room(self) -> None:
+        """A PortService given a room bounds its port on its reactor, and its stop leaves no look at the room."""
+
+        def looks() -> list[Any]:
+            return [c for c in reactor.getDelayedCalls() if getattr(cast(Any, c).func, "__name__", "") == "recheck"]
+
+        service = PortService("127.0.0.1", 0, Factory.forProtocol(Protocol), reactor, room=lambda: 0)
+        service.startService()
+        port: Any = service.listening_port
+        self.assertTrue(service.pause_accepting())
+        port.doRead()
+        self.assertEqual(len(looks()), 1)
+        await service.stopService()
+        self.assertEqual(looks(), [])
 
     def test_accept_at_most_other_ports(self) -> None:
         """A port of another kind (a test double, TLS wrapped elsewhere) is left as it is."""
