@@ -43,7 +43,7 @@ naming the piece when an upgrade changes one):
     the pending C{checkHB} DelayedCall (C{heartbeatInterval *
     MAX_UNSEEN_HEARTBEAT} seconds ahead) instead of cancelling it and
     scheduling a new one per read. C{closed} says the connection is
-    closing.
+    closing; C{clock} (the reactor, or the clock given) times the acks.
 
  6. Why a connection ended. C{do_close(reason)} runs when the broker sends
     C{connection.close} (reason: its Message) and on our close;
@@ -379,6 +379,9 @@ CAPABILITIES = {"consumer_cancel_notify": True}
 #: Bytes read from the broker's socket per reactor iteration (Twisted's default is 64 KiB).
 READ_SIZE = 1 << 20
 
+#: While deliveries keep coming, acks go at most this often (seconds; L{DeliveryClient.flush_ack}).
+ACK_INTERVAL = 0.005
+
 
 def endpoint(
     reactor: Any,
@@ -421,9 +424,14 @@ class DeliveryClient(AMQClient):
     AMQClient whose C{dataReceived} takes the deliveries on the consumer
     channel straight to a handler, synchronously, in the broker's order.
 
-    Messages are acknowledged once per read (C{multiple=True} for the highest
-    delivery tag handled), after the handler returned and C{read_done} ran;
-    so an ack is never left waiting while the connection is idle.
+    Messages are acknowledged after the handler returned and C{read_done}
+    ran, with C{multiple=True} for the highest delivery tag handled: at once
+    when the last ack went L{ACK_INTERVAL} ago or more (so a quiet
+    connection's ack is never late), else when the interval is up, or at
+    once when half the prefetch window is unacked. Under load that is one
+    ack per interval instead of one per read: each ack is a write that
+    wakes RabbitMQ and work for it (docs/benchmarks.md). A delivery left
+    unacked when the connection drops comes again, as it always could.
     """
 
     def __init__(
@@ -457,6 +465,14 @@ class DeliveryClient(AMQClient):
         self.close_reason: object = None
         #: Where the connection stands with ClientService (L{_clientservice}).
         self.guard: Any = None
+        #: The highest delivery tag handled and not acked yet (0: none), and how many deliveries that covers.
+        self._ack_tag = 0
+        self._ack_count = 0
+        #: Ack at once when this many are unacked (L{enable_fast_path}'s C{prefetch}).
+        self._ack_every = 1
+        #: When the last ack went (the clock's seconds); the pending ack's timer, if one is set.
+        self._ack_at = float("-inf")
+        self._ack_call: Any = None
 
     def makeConnection(self, transport: Any) -> None:
         """Read up to L{READ_SIZE} from the broker per reactor iteration (10.)."""
@@ -473,15 +489,23 @@ class DeliveryClient(AMQClient):
         return self
 
     def enable_fast_path(
-        self, channel: int, handler: DeliveryHandler, read_done: Callable[[], None] | None = None
+        self,
+        channel: int,
+        handler: DeliveryHandler,
+        read_done: Callable[[], None] | None = None,
+        prefetch: int = 0,
     ) -> None:
         """
         Take C{basic.deliver} on C{channel} to C{handler} from now on; call
         C{read_done} after the deliveries of each read, before acking them.
+        C{prefetch} is the channel's C{basic.qos} (0: no limit): an ack
+        goes at once when half of it is unacked, so the broker never
+        waits for one.
         """
         self._handler = handler
         self._read_done = read_done
         self._reader.channel = channel
+        self._ack_every = max(1, prefetch // 2) if prefetch else 1 << 62
 
     def enable_bindings(self, channel: int, answered: BindingsAnswered) -> None:
         """
@@ -531,7 +555,7 @@ class DeliveryClient(AMQClient):
         bind_channel = self._bind_channel
         answers: list[bool] = []
         try:
-            ack = 0
+            ack = handled = 0
             try:
                 handler = self._handler
                 for item in read.items:
@@ -543,6 +567,7 @@ class DeliveryClient(AMQClient):
                             except Exception:
                                 log.failure("Handling an event from RabbitMQ failed")
                         ack = tag
+                        handled += 1
                     else:
                         if answered is not None:
                             answer = binding_answer(cast(bytes, item), bind_channel)
@@ -563,7 +588,7 @@ class DeliveryClient(AMQClient):
                 if read.fast and self._read_done is not None:
                     self._read_done()
                 if ack:
-                    self._send_ack(ack)
+                    self._acknowledge(ack, handled)
                 if read.fast and self.heartbeatInterval > 0 and not self.closed:
                     # The fast path skips process_frame, which would note the traffic.
                     self.reschedule_check_heartbeat()
@@ -572,8 +597,27 @@ class DeliveryClient(AMQClient):
             self._reader.reset()
             self.abort()
 
-    def _send_ack(self, tag: int) -> None:
-        if self.transport is not None and not self.closed and not self.lost:
+    def _acknowledge(self, tag: int, count: int) -> None:
+        """Up to C{tag} (C{count} more deliveries) is handled: ack now, or when the interval is up."""
+        self._ack_tag = tag
+        self._ack_count += count
+        if self._ack_count >= self._ack_every:
+            self.flush_ack()
+        elif self._ack_call is None:
+            wait = self._ack_at + ACK_INTERVAL - self.clock.seconds()
+            if wait > 0:
+                self._ack_call = self.clock.callLater(wait, self.flush_ack)
+            else:
+                self.flush_ack()
+
+    def flush_ack(self) -> None:
+        """Send the pending ack now, if there is one (the consumer calls this before a clean stop)."""
+        call, self._ack_call = self._ack_call, None
+        if call is not None and call.active():
+            call.cancel()
+        tag, self._ack_tag, self._ack_count = self._ack_tag, 0, 0
+        if tag and self.transport is not None and not self.closed and not self.lost:
+            self._ack_at = self.clock.seconds()
             self.transport.write(ack_frame(self._reader.channel, tag))
 
     # -- lifecycle hooks ---------------------------------------------------
@@ -608,6 +652,8 @@ class DeliveryClient(AMQClient):
     def connectionLost(self, reason: Failure) -> None:
         self.lost = True
         self._reader.reset()
+        # What was not acked comes again from the broker; nothing is left scheduled.
+        self.flush_ack()
         try:
             super().connectionLost(reason)
         finally:

@@ -338,6 +338,8 @@ class EventConsumer(Service):
         """The clean way out: nothing more is delivered, nothing is left behind."""
         channel = session.channel
         await channel.basic_cancel(consumer_tag=self._consumer_tag)
+        # Everything delivered before the cancel-ok was handled: ack it now, not when the interval is up.
+        session.client.flush_ack()
         self._consuming = False
         self._metrics.broker_up.set(0)
         # The process is going away; so are its members' connections. Without
@@ -448,7 +450,7 @@ class EventConsumer(Service):
             if not self._all_flowing(session):
                 session.drained = Deferred()
                 await session.drained
-        client.enable_fast_path(CHANNEL, self._handle_delivery, self._read_done)
+        client.enable_fast_path(CHANNEL, self._handle_delivery, self._read_done, prefetch=s.rabbitmq_prefetch)
         await channel.basic_consume(queue=self._queue, consumer_tag=self._consumer_tag, no_ack=False)
         if self._session is not session:
             raise Closed("connection lost while starting to consume")

@@ -27,6 +27,7 @@ from peatio_ws.amqp import (
     STOP_TIMEOUT,
     EventConsumer,
 )
+from peatio_ws.amqp._txamqp import ACK_INTERVAL
 from peatio_ws.amqp.consumer import BIND_CHANNEL
 from peatio_ws.auth import Claims
 from peatio_ws.config import KEYS, Settings
@@ -1007,6 +1008,11 @@ class DeliveryTests(SynchronousTestCase):
         self.assertTrue(self.h.consumer.up)
 
 
+def ack_timers(h: Harness) -> list[Any]:
+    """The timers of pending acks on the harness's reactor."""
+    return [c for c in h.reactor.getDelayedCalls() if getattr(getattr(c, "func", None), "__name__", "") == "flush_ack"]
+
+
 class FastPathTests(SynchronousTestCase):
     """Frame assembly and acknowledgement in L{_txamqp.DeliveryClient}."""
 
@@ -1074,16 +1080,92 @@ class FastPathTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors()), 1)
 
     def test_one_ack_per_read(self) -> None:
-        """All messages of one read are acked by one basic.ack(multiple) for the highest tag."""
+        """All messages of one read are acked by one basic.ack(multiple) for the highest tag, at once."""
         _, broker, _ = self.consuming()
         for i in range(100):
             broker.deliver("private.ID1.order", json.dumps({"i": i}))
         broker.pump()
         self.assertEqual(broker.acks, [(100, True)])
-        for i in range(3):
-            broker.deliver("private.ID1.order", json.dumps({"i": i}))
+
+    def test_acks_at_most_once_per_interval(self) -> None:
+        """
+        Reads within ACK_INTERVAL of the last ack are acked together, for the
+        highest tag, when the interval is up (not a moment before); a read
+        after a quiet interval is acked at once.
+        """
+        h, broker, _ = self.consuming()
+        broker.deliver("private.ID1.order", "{}")
+        broker.pump()
+        self.assertEqual(broker.acks, [(1, True)])
+        h.reactor.advance(ACK_INTERVAL / 2)
+        for _ in range(3):
+            broker.deliver("private.ID1.order", "{}")
             broker.pump()
-        self.assertEqual(broker.acks, [(100, True), (101, True), (102, True), (103, True)])
+        self.assertEqual(broker.acks, [(1, True)])
+        self.assertEqual(len(ack_timers(h)), 1)
+        h.reactor.advance(ACK_INTERVAL / 2 - 1e-6)
+        self.assertEqual(broker.acks, [(1, True)])
+        h.reactor.advance(1e-6)
+        broker.pump()
+        self.assertEqual(broker.acks, [(1, True), (4, True)])
+        h.reactor.advance(ACK_INTERVAL)
+        broker.deliver("private.ID1.order", "{}")
+        broker.pump()
+        self.assertEqual(broker.acks, [(1, True), (4, True), (5, True)])
+        self.assertEqual(ack_timers(h), [])
+
+    def test_ack_at_once_at_half_the_prefetch(self) -> None:
+        """Half the prefetch window unacked is acked at once, interval or not: the broker never waits."""
+        h = Harness(self, rabbitmq_prefetch=10)
+        h.join("ID1")
+        broker = h.consuming()
+        broker.deliver("private.ID1.order", "{}")
+        broker.pump()
+        for n in range(1, 6):
+            broker.deliver("private.ID1.order", "{}")
+            broker.pump()
+            self.assertEqual(len(broker.acks), 1 if n < 5 else 2, n)
+        self.assertEqual(broker.acks, [(1, True), (6, True)])
+        h.reactor.advance(ACK_INTERVAL)
+        broker.pump()
+        self.assertEqual(broker.acks, [(1, True), (6, True)])
+
+    def test_prefetch_one_acks_every_read(self) -> None:
+        """With a prefetch of 1 every read is acked at once (the broker sends nothing more until then)."""
+        h = Harness(self, rabbitmq_prefetch=1)
+        h.join("ID1")
+        broker = h.consuming()
+        for _ in range(3):
+            broker.deliver("private.ID1.order", "{}")
+            broker.pump()
+        self.assertEqual(broker.acks, [(1, True), (2, True), (3, True)])
+
+    def test_pending_ack_dropped_with_the_connection(self) -> None:
+        """A connection lost with an ack pending writes nothing later and leaves no timer behind."""
+        h, broker, _ = self.consuming()
+        for _ in range(2):
+            broker.deliver("private.ID1.order", "{}")
+            broker.pump()
+        self.assertEqual(broker.acks, [(1, True)])
+        self.assertEqual(len(ack_timers(h)), 1)
+        broker.drop()
+        self.assertEqual(ack_timers(h), [])
+        h.reactor.advance(ACK_INTERVAL)
+        self.assertEqual(broker.acks, [(1, True)])
+
+    def test_clean_stop_acks_what_is_pending(self) -> None:
+        """A clean stop acks what was handled once the consumer is cancelled, before deleting the queue."""
+        h, broker, _ = self.consuming()
+        for _ in range(2):
+            broker.deliver("private.ID1.order", "{}")
+            broker.pump()
+        d = h.consumer.stopService()
+        broker.pump()
+        names = broker.names()
+        self.assertEqual(names[names.index("basic.cancel") :][:3], ["basic.cancel", "basic.ack", "queue.delete"])
+        self.assertEqual(broker.acks, [(1, True), (2, True)])
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
 
     def test_ack_after_handing_over(self) -> None:
         """A message is acked only after the connections were given it; a half-read one is not acked yet."""
@@ -1099,6 +1181,7 @@ class FastPathTests(SynchronousTestCase):
         broker.pump()
         self.assertEqual(acks_seen, [0])
         self.assertEqual(broker.acks, [(1, True)])
+        h.reactor.advance(ACK_INTERVAL)
         broker.outbox.append(data[-3:])
         broker.pump()
         self.assertEqual(acks_seen, [0, 1])

@@ -311,8 +311,9 @@ class FastPathTests(DoorCase):
         return client, clock
 
     def test_heartbeat_attributes(self) -> None:
-        """heartbeatInterval, MAX_UNSEEN_HEARTBEAT (3), closed, and checkHB (a DelayedCall) are there."""
-        client, _ = self.heartbeat_client()
+        """heartbeatInterval, MAX_UNSEEN_HEARTBEAT (3), closed, checkHB (a DelayedCall) and clock are there."""
+        client, clock = self.heartbeat_client()
+        self.check(client.clock is clock, self.PIECE, "clock (the acks are timed on it)")
         self.check(client.heartbeatInterval == 10, self.PIECE, "heartbeatInterval")
         self.check(AMQClient.MAX_UNSEEN_HEARTBEAT == 3, self.PIECE, "MAX_UNSEEN_HEARTBEAT")
         self.check(client.closed is False, self.PIECE, "closed")
