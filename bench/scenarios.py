@@ -410,8 +410,11 @@ class Bench:
         result["published"] = pub["sent"]
         result["publish_rate"] = pub["sent"] / max(1e-9, pub["t1"] - pub["t0"])
         result["publisher_max_late_ms"] = 1000 * pub["max_late"]
+        result["offered_rate"] = rate
         result["cpu"] = cpu
         result["cpu_others"] = meter.top_others
+        server = next(iter(groups))
+        result["server_us_per_event"] = 1e6 * meter.seconds[server] / max(1, result["received"])
         if profiler is not None:
             self._profile_done(name, profiler)
         return result
