@@ -74,13 +74,23 @@ naming the piece when an upgrade changes one):
     delegate as C{basic_ack}, C{basic_nack} and C{basic_return_}
     (C{Delegate.dispatch} names a handler C{<class>_<method>}, pythonized).
 
-10. Reading more per reactor iteration (L{DeliveryClient.makeConnection};
-    Twisted 26.10.0, not txAMQP). Twisted's C{tcp.Connection.doRead} reads
-    at most C{bufferSize} (64 KiB) per iteration of the reactor: about 160
-    events. When thousands of sockets are ready at once (a reconnect storm)
-    an iteration takes a long time and events queued behind that 64 KiB at
-    a time (p99 8.7 s in a 15,000-client storm, 0.6 s reading 1 MiB):
-    the broker's socket reads L{READ_SIZE} instead.
+10. Reading more per reactor iteration, into one buffer
+    (L{DeliveryClient.makeConnection}, L{_ReadInto}; Twisted 26.10.0, not
+    txAMQP). Twisted's C{tcp.Connection.doRead} is
+    C{self._dataReceived(self.socket.recv(self.bufferSize))}, at most 64 KiB
+    per iteration of the reactor: about 160 events. When thousands of
+    sockets are ready at once (a reconnect storm) an iteration takes a long
+    time and events queued behind that 64 KiB at a time (p99 8.7 s in a
+    15,000-client storm, 0.6 s reading 1 MiB), so the broker's socket reads
+    L{READ_SIZE}. But C{recv(n)} allocates n bytes for every read: at 1 MiB
+    that is an C{mmap}, an C{mremap} and a C{munmap} per read, and a fresh
+    page faulted in, however little came. The broker's transport gets an
+    instance attribute C{doRead} (the reactor calls C{selectable.doRead()})
+    that C{recv_into}s one buffer kept for the connection and hands a copy
+    of what came to C{_dataReceived}, which returns C{CONNECTION_DONE} for
+    no bytes (the peer closed) and otherwise calls the protocol; an
+    C{OSError} is C{EWOULDBLOCK} (nothing to read) or C{CONNECTION_LOST},
+    as in Twisted's own.
 
 11. Members' bindings (L{DeliveryClient.enable_bindings},
     C{send_bindings}). Through txAMQP each C{queue.bind} or C{unbind} is
@@ -100,11 +110,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from errno import EWOULDBLOCK
 from io import BytesIO
 from time import perf_counter
 from typing import Any, NamedTuple, Protocol, cast
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
@@ -379,6 +390,25 @@ CAPABILITIES = {"consumer_cancel_notify": True}
 #: Bytes read from the broker's socket per reactor iteration (Twisted's default is 64 KiB).
 READ_SIZE = 1 << 20
 
+class _ReadInto:
+    """The broker transport's C{doRead} (10.): C{recv_into} one buffer, a copy of what came to the protocol."""
+
+    __slots__ = ("_buffer", "_data_received", "_recv_into", "_view")
+
+    def __init__(self, transport: tcp.Connection, size: int) -> None:
+        self._buffer = bytearray(size)
+        self._view = memoryview(self._buffer)
+        self._recv_into = transport.socket.recv_into
+        self._data_received = transport._dataReceived
+
+    def __call__(self) -> object:
+        try:
+            n = self._recv_into(self._buffer)
+        except OSError as e:
+            return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
+        return self._data_received(self._view[:n].tobytes())
+
+
 #: While deliveries keep coming, acks go at most this often (seconds; L{DeliveryClient.flush_ack}).
 ACK_INTERVAL = 0.005
 
@@ -475,9 +505,9 @@ class DeliveryClient(AMQClient):
         self._ack_call: Any = None
 
     def makeConnection(self, transport: Any) -> None:
-        """Read up to L{READ_SIZE} from the broker per reactor iteration (10.)."""
+        """Read up to L{READ_SIZE} from the broker per reactor iteration, into one buffer (10.)."""
         if isinstance(transport, tcp.Connection):
-            transport.bufferSize = READ_SIZE
+            transport.doRead = _ReadInto(transport, READ_SIZE)  # type: ignore[method-assign,assignment]
         super().makeConnection(transport)
 
     def unwrap(self) -> DeliveryClient:

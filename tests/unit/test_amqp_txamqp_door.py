@@ -16,7 +16,8 @@ import struct
 from io import BytesIO
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
+from twisted.internet.posixbase import _PollLikeMixin
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -575,17 +576,25 @@ class PublishingTests(DoorCase):
 
 
 class ReadSizeTests(DoorCase):
-    """10. Reading more per reactor iteration (Twisted's tcp.Connection, not txAMQP)."""
+    """10. Reading more per reactor iteration, into one buffer (Twisted's tcp.Connection, not txAMQP)."""
 
-    PIECE = "10. reading more per reactor iteration (tcp.Connection.bufferSize)"
+    PIECE = "10. reading into one buffer (tcp.Connection.doRead, _dataReceived)"
 
-    def test_do_read_reads_buffer_size(self) -> None:
-        """tcp.Connection.doRead reads self.bufferSize bytes: the attribute DeliveryClient raises."""
+    def test_twisted_reads_as_replaced(self) -> None:
+        """
+        Twisted's doRead is recv(bufferSize) handed to _dataReceived, which
+        takes no bytes for the peer's close; the reactor calls doRead on the
+        selectable, where an instance attribute overrides the method.
+        """
         source = inspect.getsource(tcp.Connection.doRead)
-        self.check("self.socket.recv(self.bufferSize)" in source, self.PIECE, "doRead no longer reads bufferSize")
+        self.check("self.socket.recv(self.bufferSize)" in source, self.PIECE, "doRead no longer recv()s bufferSize")
+        self.check("self._dataReceived(data)" in source, self.PIECE, "doRead no longer hands data to _dataReceived")
+        self.check("EWOULDBLOCK" in source and "CONNECTION_LOST" in source, self.PIECE, "doRead's errors changed")
+        received = inspect.getsource(tcp.Connection._dataReceived)
+        self.check("return main.CONNECTION_DONE" in received, self.PIECE, "_dataReceived(b'') no longer means done")
+        self.check("selectable.doRead()" in inspect.getsource(_PollLikeMixin._doReadOrWrite), self.PIECE, "doRead call")
 
-    def test_delivery_client_raises_it(self) -> None:
-        """On a real TCP transport the broker's connection reads READ_SIZE per iteration; a fake one is left alone."""
+    def connection(self) -> tuple[_txamqp.DeliveryClient, tcp.Server, socket.socket, list[bytes]]:
         left, right = socket.socketpair()
         self.addCleanup(left.close)
         self.addCleanup(right.close)
@@ -593,8 +602,43 @@ class ReadSizeTests(DoorCase):
         client = _txamqp.DeliveryClient(None, "/", spec.load(SPEC_PATH), clock=Clock())
         transport = tcp.Server(left, client, ("127.0.0.1", 1), None, 1, MemoryReactor())  # type: ignore[arg-type]
         client.makeConnection(transport)
-        self.assertEqual(transport.bufferSize, _txamqp.READ_SIZE)
+        got: list[bytes] = []
+        client.dataReceived = got.append  # type: ignore[method-assign,assignment]
+        return client, transport, right, got
+
+    def test_reads_into_one_buffer(self) -> None:
+        """
+        The broker's transport hands the protocol exactly what came, each read
+        a bytes of its own (the buffer is reused), at most READ_SIZE a read;
+        nothing to read is nothing; the peer's close is CONNECTION_DONE, a
+        broken socket CONNECTION_LOST.
+        """
+        _, transport, peer, got = self.connection()
+        self.assertIsInstance(transport.__dict__.get("doRead"), _txamqp._ReadInto)
+        peer.sendall(b"first")
+        self.assertIsNone(transport.doRead())
+        peer.sendall(b"2nd")
+        transport.doRead()
+        self.assertEqual(got, [b"first", b"2nd"])
+        self.assertTrue(all(type(g) is bytes for g in got))
+        self.assertIsNone(transport.doRead())  # nothing came: EWOULDBLOCK
+        self.assertEqual(len(got), 2)
         self.assertGreater(_txamqp.READ_SIZE, tcp.Connection.bufferSize)
+        big = bytes(range(256)) * (_txamqp.READ_SIZE // 256 + 1)
+        peer.setblocking(False)
+        sent = 0
+        while sent < len(big):
+            sent += peer.send(big[sent:])
+            transport.doRead()
+        self.assertEqual(b"".join(got[2:]), big)
+        self.assertLessEqual(max(len(g) for g in got), _txamqp.READ_SIZE)
+        peer.close()
+        self.assertIs(transport.doRead(), main.CONNECTION_DONE)
+        transport.socket.close()
+        self.assertIs(transport.doRead(), main.CONNECTION_LOST)
+
+    def test_fake_transport_left_alone(self) -> None:
+        """A transport that is not Twisted's TCP (a test's, TLS) reads its own way."""
         fake = StringTransport()
         _txamqp.DeliveryClient(None, "/", spec.load(SPEC_PATH), clock=Clock()).makeConnection(fake)
-        self.assertFalse(hasattr(fake, "bufferSize"))
+        self.assertNotIn("doRead", fake.__dict__)
