@@ -777,9 +777,14 @@ class Bench:
                 # The floor does not know which accepted socket is which member: every
                 # connection gets the same number of events, in order, seq 1, 2, ...
                 groups = {"floor": [w.pid], "clients": [x.pid for x in workers]}
-                # Flat out, then at the pace peatio-ws delivered (or 20,000/s): on
-                # loopback a send costs the sender more when it wakes an idle client.
-                tp = self.results.get("throughput", {}).get("rate") or 20000.0
+                # Flat out, then at the pace peatio-ws delivered in its burst (or of its
+                # steady-rate run, or 20,000/s): on loopback a send costs the sender more
+                # when it wakes an idle client.
+                tp = (
+                    self.results.get("throughput", {}).get("rate")
+                    or self.results.get("latency", {}).get("offered_rate")
+                    or 20000.0
+                )
                 for label, rate in (("floor", 0.0), ("floor_paced", float(int(tp)))):
                     n = o.floor_events if not rate else int(min(o.floor_events, rate * 8))
                     counts = events.expected_counts(n, len(members))
