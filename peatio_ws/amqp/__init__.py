@@ -15,12 +15,20 @@ Peatio's private events from RabbitMQ (SPEC §4, §8).
 Existing code imports these names from here.
 """
 
-from peatio_ws.amqp.consumer import BIND_BATCH, CONNECT_TIMEOUT, SETUP_TIMEOUT, STOP_TIMEOUT, EventConsumer
+from peatio_ws.amqp.consumer import (
+    BIND_BATCH,
+    CLEAN_CLOSE_TIMEOUT,
+    CONNECT_TIMEOUT,
+    SETUP_TIMEOUT,
+    STOP_TIMEOUT,
+    EventConsumer,
+)
 from peatio_ws.amqp.publisher import Nacked, NotConnected, Publisher, PublisherError, Unconfirmed
 from peatio_ws.amqp.routing import MAX_UID_BYTES, binding_key, event_label, parse_routing_key, valid_json, valid_uid
 
 __all__ = [
     "BIND_BATCH",
+    "CLEAN_CLOSE_TIMEOUT",
     "CONNECT_TIMEOUT",
     "MAX_UID_BYTES",
     "SETUP_TIMEOUT",

@@ -69,7 +69,7 @@ from peatio_ws.streams.names import PUBLIC_BINDING, parse_public_key
 if TYPE_CHECKING:
     from peatio_ws.streams import PublicHub
 
-__all__ = ["BIND_BATCH", "CONNECT_TIMEOUT", "SETUP_TIMEOUT", "STOP_TIMEOUT", "EventConsumer"]
+__all__ = ["BIND_BATCH", "CLEAN_CLOSE_TIMEOUT", "CONNECT_TIMEOUT", "SETUP_TIMEOUT", "STOP_TIMEOUT", "EventConsumer"]
 
 log = logger("peatio_ws.amqp")
 
@@ -93,8 +93,13 @@ CONNECT_TIMEOUT = 30.0
 #: Seconds for declaring, binding and starting to consume after login.
 SETUP_TIMEOUT = 30.0
 #: Seconds a clean close (cancel, delete, close) may take on stop before the
-#: connection is dropped; the same again for the TCP close itself.
-STOP_TIMEOUT = 5.0
+#: connection is closed without it. RabbitMQ takes seconds to delete a queue
+#: with thousands of bindings; it finishes the delete by itself.
+CLEAN_CLOSE_TIMEOUT = 2.0
+#: Seconds the whole stop may take: the clean close, then the TCP close,
+#: aborted at this bound. Under the service's STOP_STEP_TIMEOUT, so the
+#: consumer says why it did not wait, not the service that it went on.
+STOP_TIMEOUT = 2.5
 #: Binds/unbinds in flight at once (pipelined on the channel).
 BIND_BATCH = 1000
 #: What stands for the covering binding in L{_Session.pending} (no uid is empty).
@@ -191,6 +196,8 @@ class EventConsumer(Service):
         self._connection: DeliveryClient | None = None
         self._consuming = False
         self._stopped = False
+        #: While a clean stop waits for queue.delete-ok: how many member bindings the queue had.
+        self._deleting: int | None = None
         self._waiters: list[Deferred[None]] = []
         #: uid -> who waits for its binding (L{events_flowing}).
         self._flowing: dict[str, list[Deferred[None]]] = {}
@@ -297,8 +304,8 @@ class EventConsumer(Service):
     def stopService(self) -> Deferred[None]:
         """
         Cancel the consumer, delete the queue, close the channel and the
-        connection, and stop reconnecting; never takes much more than
-        2 x STOP_TIMEOUT.
+        connection, and stop reconnecting; never takes more than
+        STOP_TIMEOUT.
         """
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
@@ -310,18 +317,31 @@ class EventConsumer(Service):
         self._forget_probe()
         self._bindings.stop()
         session = self._session
+        started = self._reactor.seconds()
         if session is not None and self._consuming:
             closing = Deferred.fromCoroutine(self._close(session))
-            closing.addTimeout(STOP_TIMEOUT, self._reactor)
+            closing.addTimeout(CLEAN_CLOSE_TIMEOUT, self._reactor)
             try:
                 await closing
             except Exception as e:
-                log.warn(
-                    "RabbitMQ: clean close did not finish ({reason}); dropping the connection", reason=describe(e)
-                )
+                if self._deleting is not None:
+                    log.info(
+                        "RabbitMQ: still deleting {queue} and its {bindings} bindings after {timeout} s; closing the "
+                        "connection without waiting (RabbitMQ finishes the delete by itself)",
+                        queue=self.queue_name,
+                        bindings=self._deleting,
+                        timeout=CLEAN_CLOSE_TIMEOUT,
+                    )
+                else:
+                    log.warn(
+                        "RabbitMQ: clean close did not finish ({reason}); closing the connection",
+                        reason=describe(e),
+                    )
+                self._deleting = None
         stopping = self._service.stopService()
         connection = self._connection
-        fallback = self._reactor.callLater(STOP_TIMEOUT, connection.abort) if connection is not None else None
+        left = max(0.0, STOP_TIMEOUT - (self._reactor.seconds() - started))
+        fallback = self._reactor.callLater(left, connection.abort) if connection is not None else None
         try:
             await stopping
         finally:
@@ -344,7 +364,9 @@ class EventConsumer(Service):
         self._metrics.broker_up.set(0)
         # The process is going away; so are its members' connections. Without
         # this the queue would collect their events until x-expires.
+        self._deleting = len(self._bindings.bound)
         await channel.queue_delete(queue=self._queue)
+        self._deleting = None
         self._bindings.unbound_all()
         self._cover_left = False
         self._metrics.bindings.set(0)

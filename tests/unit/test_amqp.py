@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.amqp import (
     BIND_BATCH,
+    CLEAN_CLOSE_TIMEOUT,
     CONNECT_TIMEOUT,
     MAX_UID_BYTES,
     STOP_TIMEOUT,
@@ -33,6 +34,7 @@ from peatio_ws.auth import Claims
 from peatio_ws.config import KEYS, Settings
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
+from peatio_ws.service import STOP_STEP_TIMEOUT
 from peatio_ws.streams.names import parse_stream
 from peatio_ws.testing.amqp import EventsConnection as FakeConnection
 from peatio_ws.testing.amqp import FakeBroker, Harness, bind_keys
@@ -1340,21 +1342,62 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(h.logged("reconnect scheduled"), [])
 
     def test_stop_unresponsive_broker(self) -> None:
-        """A broker that does not answer cannot hold the stop up for long."""
+        """
+        A broker that does not answer cannot hold the stop up for long: after
+        CLEAN_CLOSE_TIMEOUT the connection is closed (with a warning), and
+        aborted at STOP_TIMEOUT.
+        """
         h = Harness(self)
         broker = h.consuming()
         broker.hold.add("basic.cancel")
         d = h.consumer.stopService()
         broker.pump()
         self.assertNoResult(d)
-        h.reactor.advance(STOP_TIMEOUT)
+        h.reactor.advance(CLEAN_CLOSE_TIMEOUT - 0.001)
+        self.assertFalse(broker.transport.disconnecting)
+        h.reactor.advance(0.001)
         self.assertTrue(broker.transport.disconnecting)
         self.assertNoResult(d)
-        h.reactor.advance(STOP_TIMEOUT)
+        self.assertEqual(len(h.logged("clean close did not finish")), 1)
+        h.reactor.advance(STOP_TIMEOUT - CLEAN_CLOSE_TIMEOUT - 0.001)
+        self.assertFalse(broker.transport.aborted)
+        h.reactor.advance(0.001)
         self.assertTrue(broker.transport.aborted)
         broker.pump()
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_stop_while_the_queue_is_deleted(self) -> None:
+        """
+        A queue.delete RabbitMQ takes long to answer (thousands of bindings)
+        is not waited for past CLEAN_CLOSE_TIMEOUT: one info line names the
+        queue and its bindings, no warning; the stop ends within STOP_TIMEOUT.
+        """
+        h = Harness(self)
+        for uid in ("ID1", "ID2", "ID3"):
+            h.join(uid)
+        broker = h.consuming()
+        broker.pump()
+        broker.hold.add("queue.delete")
+        d = h.consumer.stopService()
+        broker.pump()
+        h.reactor.advance(CLEAN_CLOSE_TIMEOUT)
+        broker.pump()
+        [line] = h.logged("still deleting")
+        self.assertEqual(
+            formatEvent(line),
+            f"RabbitMQ: still deleting {h.consumer.queue_name} and its 3 bindings after {CLEAN_CLOSE_TIMEOUT} s;"
+            " closing the connection without waiting (RabbitMQ finishes the delete by itself)",
+        )
+        self.assertEqual(h.logged("clean close did not finish"), [])
+        self.assertTrue(broker.lost)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_stop_fits_the_service_step(self) -> None:
+        """The consumer's own bound is under the service's step bound, so the consumer says why it stopped waiting."""
+        self.assertLess(CLEAN_CLOSE_TIMEOUT, STOP_TIMEOUT)
+        self.assertLess(STOP_TIMEOUT, STOP_STEP_TIMEOUT)
 
     def test_stop_with_bind_in_flight(self) -> None:
         """
