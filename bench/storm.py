@@ -1448,8 +1448,9 @@ def classify(frames: Sequence[str]) -> str:
     """
     The group of one py-spy sample (its frames, outermost first): idle,
     start-up (outside the reactor's loop) and event delivery first; then its
-    innermost frame that is logging, metrics, JWT, Redis or AMQP code; then
-    the first of L{_MARKERS} anywhere in the stack.
+    innermost frame that is logging, metrics, JWT, Redis or AMQP code, unless
+    the connection's own code is further in (called back by Redis' or
+    RabbitMQ's answer); then the first of L{_MARKERS} anywhere in the stack.
     """
     parsed = [_frame(f) for f in frames]
     if not parsed:
@@ -1465,6 +1466,10 @@ def classify(frames: Sequence[str]) -> str:
     if "MonitoringChannel" in stack or "peatio_ws/http.py" in ";".join(p for _, p in parsed):
         return "monitoring requests (the bench's /health and /metrics)"
     for _func, path in reversed(parsed):
+        if path.startswith("peatio_ws/websocket/"):
+            # The connection's own code, called back when Redis or RabbitMQ answered
+            # (the reply, the log line): the markers below say what it was doing.
+            break
         if path.startswith(("twisted/logger/", "peatio_ws/logs.py")):
             return "logging"
         if path.startswith(("prometheus_client/", "peatio_ws/metrics.py")):
