@@ -118,7 +118,7 @@ from typing import Any, NamedTuple, Protocol, cast
 from twisted.internet import main, tcp
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from txamqp import spec as _spec
 from txamqp.client import Closed, TwistedDelegate
@@ -390,6 +390,7 @@ CAPABILITIES = {"consumer_cancel_notify": True}
 #: Bytes read from the broker's socket per reactor iteration (Twisted's default is 64 KiB).
 READ_SIZE = 1 << 20
 
+
 class _ReadInto:
     """The broker transport's C{doRead} (10.): C{recv_into} one buffer, a copy of what came to the protocol."""
 
@@ -502,7 +503,7 @@ class DeliveryClient(AMQClient):
         self._ack_every = 1
         #: When the last ack went (the clock's seconds); the pending ack's timer, if one is set.
         self._ack_at = float("-inf")
-        self._ack_call: Any = None
+        self._ack_call: IDelayedCall | None = None
 
     def makeConnection(self, transport: Any) -> None:
         """Read up to L{READ_SIZE} from the broker per reactor iteration, into one buffer (10.)."""

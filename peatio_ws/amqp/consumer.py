@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -324,7 +325,7 @@ class EventConsumer(Service):
             try:
                 await closing
             except Exception as e:
-                if self._deleting is not None:
+                if self._deleting is not None and isinstance(e, DeferredTimeout):
                     log.info(
                         "RabbitMQ: still deleting {queue} and its {bindings} bindings after {timeout} s; closing the "
                         "connection without waiting (RabbitMQ finishes the delete by itself)",

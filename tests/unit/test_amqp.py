@@ -1394,6 +1394,22 @@ class LifecycleTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(h.reactor.getDelayedCalls(), [])
 
+    def test_stop_losing_the_broker_while_deleting(self) -> None:
+        """A connection lost while the queue is deleted is a warning with its reason, not the info line."""
+        h = Harness(self)
+        h.join("ID1")
+        broker = h.consuming()
+        broker.pump()
+        broker.hold.add("queue.delete")
+        d = h.consumer.stopService()
+        broker.pump()
+        broker.drop()
+        self.assertEqual(h.logged("still deleting"), [])
+        self.assertEqual(len(h.logged("clean close did not finish")), 1)
+        h.reactor.advance(STOP_TIMEOUT)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
     def test_stop_fits_the_service_step(self) -> None:
         """The consumer's own bound is under the service's step bound, so the consumer says why it stopped waiting."""
         self.assertLess(CLEAN_CLOSE_TIMEOUT, STOP_TIMEOUT)
