@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
+
+from peatio_ws.deadlines import Deadlines
 
 __all__ = ["Bindings"]
 
@@ -27,8 +29,6 @@ class Bindings:
     """
 
     def __init__(self, clock: IReactorTime, unbind_delay: float, changed: Callable[[], None]) -> None:
-        self._clock = clock
-        self._unbind_delay = unbind_delay
         self._changed = changed
         #: Members whose binding the queue should have.
         self.wanted: set[str] = set()
@@ -38,16 +38,14 @@ class Bindings:
         self.dirty: set[str] = set()
         #: Members whose unbind was taken and not answered yet (still in L{bound} till then).
         self.unbinding: set[str] = set()
-        #: Members due to be unbound, with when, oldest first (one delay for
-        #: all, so leaving order is due order), and the one timer that sweeps
-        #: them: a member leaving costs a dict entry, not a reactor timer (a
-        #: process's shutdown sees every member leave at once).
-        self._leaving: dict[str, float] = {}
-        self._sweep_call: IDelayedCall | None = None
+        #: Members due to be unbound, oldest first (a process's shutdown sees
+        #: every member leave at once). A hair's slack: the sweep's timer may
+        #: fire a rounding error early.
+        self._leaving: Deadlines[str] = Deadlines(clock, unbind_delay, self._unbind_due, slack=1e-6)
 
     def join(self, uid: str) -> None:
         """A connection of C{uid} authenticated: want its binding (and keep one about to go)."""
-        self._leaving.pop(uid, None)
+        self._leaving.discard(uid)
         if uid in self.wanted:
             return
         self.wanted.add(uid)
@@ -65,30 +63,14 @@ class Bindings:
         if stopping:
             self.wanted.discard(uid)
             return
-        self._leaving[uid] = self._clock.seconds() + self._unbind_delay
-        if self._sweep_call is None:
-            self._sweep_call = self._clock.callLater(self._unbind_delay, self._unbind_due)
+        self._leaving.add(uid)
 
-    def _unbind_due(self) -> None:
-        """The members whose delay is over are no longer wanted; the sweep waits for the next one."""
-        self._sweep_call = None
-        now = self._clock.seconds()
-        due = []
-        next_due = None
-        for uid, when in self._leaving.items():
-            # A hair's slack: a timer set for "when - now" may fire a rounding error early.
-            if when - now > 1e-6:
-                next_due = when
-                break
-            due.append(uid)
+    def _unbind_due(self, due: list[str]) -> None:
+        """The members whose delay is over are no longer wanted."""
         for uid in due:
-            del self._leaving[uid]
             self.wanted.discard(uid)
             self.dirty.add(uid)
-        if next_due is not None:
-            self._sweep_call = self._clock.callLater(next_due - now, self._unbind_due)
-        if due:
-            self._changed()
+        self._changed()
 
     def reconnected(self, members: Iterable[str]) -> None:
         """
@@ -154,7 +136,4 @@ class Bindings:
 
     def stop(self) -> None:
         """Cancel the pending unbinds."""
-        if self._sweep_call is not None and self._sweep_call.active():
-            self._sweep_call.cancel()
-        self._sweep_call = None
         self._leaving.clear()

@@ -15,9 +15,10 @@ import math
 import sys
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
 from peatio_ws.config import Settings
+from peatio_ws.deadlines import Deadlines
 from peatio_ws.logs import LineThrottle, held_note, logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.websocket.limits import refill
@@ -39,9 +40,10 @@ class Admission:
         self._metrics = metrics
         self._clock = clock
         self.per_ip: dict[str, int] = {}
-        #: Sockets whose upgrade request is not complete, with their deadlines, oldest first.
-        self._handshaking: dict[StreamProtocol, float] = {}
-        self._sweep_call: IDelayedCall | None = None
+        #: Sockets whose upgrade request is not complete, oldest first, dropped at their deadline.
+        self._handshaking: Deadlines[StreamProtocol] = Deadlines(
+            clock, settings.websocket_handshake_timeout, self._expired
+        )
         # Counted when scraped, not set at every accept and upgrade.
         metrics.handshakes.set_function(lambda: len(self._handshaking))
         #: The new-socket budget (a token bucket: tokens, when filled), full at first.
@@ -72,9 +74,7 @@ class Admission:
         if limit > 0 and count >= limit:
             return "per_ip_limit"
         self.per_ip[ip] = count + 1
-        self._handshaking[proto] = self._clock.seconds() + settings.websocket_handshake_timeout
-        if self._sweep_call is None:
-            self._sweep_call = self._clock.callLater(settings.websocket_handshake_timeout, self._sweep)
+        self._handshaking.add(proto)
         return None
 
     def room(self) -> int:
@@ -97,52 +97,25 @@ class Admission:
 
     def handshake_done(self, proto: StreamProtocol) -> None:
         """C{proto} finished its handshake, or is gone: its deadline no longer applies."""
-        handshaking = self._handshaking
-        if handshaking.pop(proto, None) is not None:
-            call = self._sweep_call
-            if not handshaking and call is not None:
-                # No socket left to watch: no timer either.
-                call.cancel()
-                self._sweep_call = None
+        self._handshaking.discard(proto)
 
-    def _sweep(self) -> None:
-        """
-        Drop the sockets past their handshake deadline. Deadlines are made in
-        order with one timeout, so the oldest come first and the sweep stops
-        at the first one still in time.
-        """
-        self._sweep_call = None
-        now = self._clock.seconds()
-        expired = []
-        next_deadline = None
-        for proto, deadline in self._handshaking.items():
-            if deadline > now:
-                next_deadline = deadline
-                break
-            expired.append(proto)
-        if expired:
-            self._metrics.inbound_limited_by("handshake_timeout").inc(len(expired))
-            held = self._log_throttle("handshake_timeout")
-            if held is not None:
-                _log.info(
-                    "{count} socket(s) did not finish their handshake in time, the first from {peer}; "
-                    "dropping{held}",
-                    count=len(expired),
-                    peer=expired[0].peer,
-                    held=held_note(held),
-                )
+    def _expired(self, expired: list[StreamProtocol]) -> None:
+        """Drop the sockets past their handshake deadline (oldest first)."""
+        self._metrics.inbound_limited_by("handshake_timeout").inc(len(expired))
+        held = self._log_throttle("handshake_timeout")
+        if held is not None:
+            _log.info(
+                "{count} socket(s) did not finish their handshake in time, the first from {peer}; "
+                "dropping{held}",
+                count=len(expired),
+                peer=expired[0].peer,
+                held=held_note(held),
+            )
         for proto in expired:
-            self._handshaking.pop(proto, None)
             proto.mute()
             proto.dropConnection(abort=True)
-        if next_deadline is not None:
-            self._sweep_call = self._clock.callLater(next_deadline - now, self._sweep)
 
     def drop_all(self) -> None:
         """Shutdown: every socket still in its handshake is dropped, and the sweep stops."""
-        if self._sweep_call is not None and self._sweep_call.active():
-            self._sweep_call.cancel()
-        self._sweep_call = None
-        handshaking, self._handshaking = self._handshaking, {}
-        for proto in handshaking:
+        for proto in self._handshaking.clear():
             proto.dropConnection(abort=True)
