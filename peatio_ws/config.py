@@ -173,6 +173,20 @@ def _optional_readable_file(raw: Any) -> str | None:
     return _readable_file(raw) if _text(raw) else None
 
 
+def _handover_file(raw: Any) -> str | None:
+    value = _text(raw)
+    if not value:
+        return None
+    directory = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{directory!r} does not exist or is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write in {directory!r}")
+    if os.path.isdir(value):
+        raise ValueError(f"{value!r} is a directory; name a file in it")
+    return value
+
+
 def _exchange_name(raw: Any) -> str:
     value = _required(raw)
     if len(value.encode("utf-8")) > 255:
@@ -289,6 +303,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "RABBITMQ_QUEUE_TYPE": _choice("classic", "quorum"),
     "RABBITMQ_PRIVATE_BINDING": _choice("member", "all"),
     "RABBITMQ_STORM_BINDING_AT": _integer(0, 1_000_000),
+    "RABBITMQ_HANDOVER_FILE": _handover_file,
     "AMQP_SPEC": _readable_file,
     "REDIS_URL": _redis_url,
     "REDIS_REVOCATION_WHEN_DOWN": _choice("allow", "deny"),
@@ -403,6 +418,7 @@ class Settings:
     rabbitmq_queue_type: str = _DEFAULTS["rabbitmq_queue_type"]
     rabbitmq_private_binding: str = _DEFAULTS["rabbitmq_private_binding"]
     rabbitmq_storm_binding_at: int = _DEFAULTS["rabbitmq_storm_binding_at"]
+    rabbitmq_handover_file: str | None = _DEFAULTS["rabbitmq_handover_file"]
     amqp_spec: str = _DEFAULTS["amqp_spec"]
 
     redis_url: RedisAddress = _DEFAULTS["redis_url"]

@@ -83,6 +83,22 @@ class Bindings:
         self.bound -= self.wanted
         self.unbinding.clear()  # what was in flight went with the old connection
 
+    def adopt(self, handed: Iterable[str], members: Iterable[str]) -> None:
+        """
+        A queue taken over from the previous process (the first connection),
+        with the bindings of C{handed}: want C{members} and those, bind only
+        members not handed over, and unbind those handed over but not here
+        after the unbind delay, unless they come (back) meanwhile.
+        """
+        self.wanted.update(members)
+        for uid in handed:
+            self.bound.add(uid)
+            if uid not in self.wanted:
+                self.wanted.add(uid)
+                self._leaving.add(uid)
+        self.dirty |= self.wanted - self.bound
+        self.unbinding.clear()
+
     def take(self, limit: int) -> list[tuple[str, bool]]:
         """
         Up to C{limit} dirty members, no longer dirty, with what each needs:
@@ -101,6 +117,10 @@ class Bindings:
                 work.append((uid, False))
                 self.unbinding.add(uid)
         return work
+
+    def unbound(self) -> int:
+        """How many wanted members have no binding yet (a set-up's work)."""
+        return len(self.wanted.difference(self.bound))
 
     def flowing(self, uid: str) -> bool:
         """

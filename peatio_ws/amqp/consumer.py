@@ -8,6 +8,9 @@ C{private.<uid>.*} while member C{<uid>} has a connection here, so a process
 only receives the events of its own members (SPEC §4).
 
 Which bindings the queue should have is L{bindings.Bindings}' bookkeeping.
+With RABBITMQ_HANDOVER_FILE a clean stop leaves the queue, bindings and
+all, to the next process, which takes it over (L{handover}) instead of
+binding every member again in the middle of the reconnect storm.
 The connection is kept by Twisted's C{ClientService}, through
 L{_clientservice.GuardedEndpoint}, which makes a failed attempt safe with it.
 
@@ -52,6 +55,7 @@ from twisted.python.failure import Failure
 from peatio_ws.amqp import _clientservice, _txamqp
 from peatio_ws.amqp._txamqp import Closed, DeliveryClient, describe
 from peatio_ws.amqp.bindings import Bindings
+from peatio_ws.amqp.handover import Handover, HandoverError, Shape, leave, take
 from peatio_ws.amqp.nodes import NodeRotation
 from peatio_ws.amqp.routing import (
     ALL_PRIVATE_BINDING,
@@ -174,14 +178,18 @@ class EventConsumer(Service):
         # Fails start-up with one line naming AMQP_SPEC if the spec is unusable.
         _txamqp.load_spec(settings.amqp_spec)
 
-        self.queue_name = _queue_name()
-        self._queue = self.queue_name.encode("utf-8")
+        self._exchange = settings.rabbitmq_events_exchange.encode("utf-8")
+        self._expires_ms = max(1, min(int(settings.rabbitmq_queue_expires * 1000), 2**31 - 1))
+        #: What the client tells the broker about itself; its connection_name is the queue's name.
+        self._client_properties: dict[str, Any] = {"product": "peatio-ws"}
+        self.queue_name = ""
+        self._use_queue(_queue_name())
         #: Whether the queue was declared on an earlier connection (so it may have gone since).
         self._declared = False
-        self._exchange = settings.rabbitmq_events_exchange.encode("utf-8")
-        self._consumer_tag = self._queue
-        self._canary = CANARY_PREFIX + self._queue
-        self._expires_ms = max(1, min(int(settings.rabbitmq_queue_expires * 1000), 2**31 - 1))
+        #: RABBITMQ_HANDOVER_FILE: where a clean stop leaves the queue to the next process.
+        self._handover_path = settings.rabbitmq_handover_file
+        #: A queue left by the previous process, taken at start, until the first connection takes it over.
+        self._handed: Handover | None = None
 
         self._bindings = Bindings(reactor, settings.rabbitmq_unbind_delay, self._kick)
         #: RABBITMQ_PRIVATE_BINDING=all: one binding for every private event, none per member.
@@ -227,7 +235,7 @@ class EventConsumer(Service):
         factory = _txamqp.DeliveryClientFactory(
             settings.amqp_spec,
             reactor,
-            {"product": "peatio-ws", "connection_name": self.queue_name},
+            self._client_properties,
             self._built,
         )
         self._nodes = NodeRotation(
@@ -295,9 +303,57 @@ class EventConsumer(Service):
 
     # -- service -----------------------------------------------------------
 
+    def _use_queue(self, name: str) -> None:
+        """Make C{name} this process's queue (the consumer tag and the canary binding follow it)."""
+        self.queue_name = name
+        self._queue = name.encode("utf-8")
+        self._consumer_tag = self._queue
+        self._canary = CANARY_PREFIX + self._queue
+        self._client_properties["connection_name"] = name
+
+    def _shape(self) -> Shape:
+        """What this process makes its queue with: a queue left with another shape is not taken over."""
+        s = self._settings
+        return Shape(
+            exchange=s.rabbitmq_events_exchange,
+            vhost=s.rabbitmq_vhost,
+            queue_type=s.rabbitmq_queue_type,
+            expires_ms=self._expires_ms,
+            private_binding=s.rabbitmq_private_binding,
+            public=self._hub is not None,
+        )
+
+    def _take_handover(self, path: str) -> None:
+        """At the first start: the queue the previous process left at C{path}, if any, becomes ours."""
+        try:
+            handed = take(path)
+        except HandoverError as e:
+            log.warn(
+                "RABBITMQ_HANDOVER_FILE {path}: {problem}; starting with a new queue",
+                path=path,
+                problem=str(e),
+            )
+            return
+        if handed is None:
+            return
+        ours = self._shape()
+        if handed.shape != ours:
+            differ = handed.shape.differences(ours)
+            log.info(
+                "RabbitMQ: not taking over queue {queue} from RABBITMQ_HANDOVER_FILE: it was made with another "
+                "{differ}; starting with a new queue (RabbitMQ deletes that one once unused for its x-expires)",
+                queue=handed.queue,
+                differ=", ".join(differ),
+            )
+            return
+        self._use_queue(handed.queue)
+        self._handed = handed
+
     def startService(self) -> None:
         """Start connecting (and reconnecting); returns at once."""
         super().startService()
+        if self._handover_path is not None and not self._declared and self._handed is None:
+            self._take_handover(self._handover_path)
         self._stopped = False
         self._service.startService()
         self._prober.start(self._settings.health_probe_interval, now=False)
@@ -317,6 +373,7 @@ class EventConsumer(Service):
             self._prober.stop()
         self._forget_probe()
         self._bindings.stop()
+        self._give_back()
         session = self._session
         started = self._reactor.seconds()
         if session is not None and self._consuming:
@@ -363,17 +420,73 @@ class EventConsumer(Service):
         session.client.flush_ack()
         self._consuming = False
         self._metrics.broker_up.set(0)
-        # The process is going away; so are its members' connections. Without
-        # this the queue would collect their events until x-expires.
+        if not self._leave_queue(session):
+            await self._delete_queue(channel)
+        await channel.channel_close(reply_code=200, reply_text="peatio-ws stopping")
+        connection = await session.client.channel(0)
+        await connection.connection_close(reply_code=200, reply_text="peatio-ws stopping")
+
+    def _leave_queue(self, session: _Session) -> bool:
+        """
+        With RABBITMQ_HANDOVER_FILE: keep the queue and its bindings for the
+        next process, and say so in the file (the members bound, and those
+        whose bind is in flight: their binding may be there). False: the
+        queue is to be deleted (no file, or it could not be written).
+        """
+        path = self._handover_path
+        if path is None:
+            return False
+        members = set(self._bindings.bound)
+        members.update(uid for uid, bind in session.pending if bind and uid != _COVER)
+        try:
+            leave(path, self.queue_name, self._shape(), members, self._cover_left, self._reactor.seconds())
+        except HandoverError as e:
+            log.warn(
+                "RABBITMQ_HANDOVER_FILE {path}: {problem}; deleting queue {queue} instead",
+                path=path,
+                problem=str(e),
+                queue=self.queue_name,
+            )
+            return False
+        log.info(
+            "RabbitMQ: left queue {queue} and its {bindings} member bindings to the next process "
+            "(RABBITMQ_HANDOVER_FILE {path}); unused, RabbitMQ deletes it after {expires:g} s",
+            queue=self.queue_name,
+            bindings=len(members),
+            path=path,
+            expires=self._settings.rabbitmq_queue_expires,
+        )
+        return True
+
+    def _give_back(self) -> None:
+        """
+        Stopping before the queue handed over was taken over (RabbitMQ was
+        unreachable): leave it, as it was left, to the next process.
+        """
+        handed, self._handed = self._handed, None
+        if handed is None or self._handover_path is None:
+            return
+        try:
+            leave(self._handover_path, handed.queue, handed.shape, handed.members, handed.cover, handed.left_at)
+        except HandoverError as e:
+            log.warn("RABBITMQ_HANDOVER_FILE {path}: {problem}", path=self._handover_path, problem=str(e))
+            return
+        log.info(
+            "RabbitMQ: queue {queue} was not taken over yet; left to the next process as it was",
+            queue=handed.queue,
+        )
+
+    async def _delete_queue(self, channel: Any) -> None:
+        """
+        The process is going away; so are its members' connections. Without
+        this the queue would collect their events until x-expires.
+        """
         self._deleting = len(self._bindings.bound)
         await channel.queue_delete(queue=self._queue)
         self._deleting = None
         self._bindings.unbound_all()
         self._cover_left = False
         self._metrics.bindings.set(0)
-        await channel.channel_close(reply_code=200, reply_text="peatio-ws stopping")
-        connection = await session.client.channel(0)
-        await connection.connection_close(reply_code=200, reply_text="peatio-ws stopping")
 
     # -- connecting ----------------------------------------------------------
 
@@ -417,7 +530,13 @@ class EventConsumer(Service):
         await channel.channel_open()
         # As Peatio declares it: a topic exchange, neither durable nor auto-deleted.
         await channel.exchange_declare(exchange=self._exchange, type="topic", durable=False)
-        if self._declared and not await self._queue_survived(client):
+        handed = self._handed
+        adopted: frozenset[str] | None = None
+        if handed is not None:
+            adopted = await self._take_over(client, handed)
+            if adopted is None or self._bind_all:
+                self._handed = None  # else once its bindings are taken over, below
+        elif self._declared and await self._queue_consumers(client) is None:
             self._events_lost()
         # Not exclusive, not auto-delete: it outlives a short disconnect, and
         # x-expires removes it once no one has used it for a while. A quorum
@@ -435,7 +554,7 @@ class EventConsumer(Service):
             arguments=arguments,
         )
         self._declared = True
-        # The canary: a binding no producer uses, whose absence says the others went too (_queue_survived).
+        # The canary: a binding no producer uses, whose absence says the others went too (_queue_consumers).
         await channel.queue_bind(queue=self._queue, exchange=self._exchange, routing_key=self._canary)
         if self._hub is not None:
             # Every public event, from start-up, whoever is subscribed: the order-book stores stay warm.
@@ -455,8 +574,16 @@ class EventConsumer(Service):
         # of members who left while we were away are removed.
         if not self._bind_all:
             client.enable_bindings(BIND_CHANNEL, lambda answers: self._answered(session, answers))
-            self._bindings.reconnected(uid for uid in self._registry.members() if valid_uid(uid))
-            if self._cover_at and max(len(self._flowing), len(self._bindings.wanted)) >= self._cover_at:
+            members = (uid for uid in self._registry.members() if valid_uid(uid))
+            if handed is not None and adopted is not None:
+                self._handed = None
+                self._bindings.adopt((uid for uid in adopted if valid_uid(uid)), members)
+                self._cover_left = self._cover_left or handed.cover
+                for uid in [uid for uid in self._flowing if self._bindings.flowing(uid)]:
+                    self._release_flowing(uid)
+            else:
+                self._bindings.reconnected(members)
+            if self._cover_at and max(len(self._flowing), self._bindings.unbound()) >= self._cover_at:
                 # Many to bind (a queue that was new, a storm during the outage):
                 # consume once the covering binding is up; the members' follow.
                 self._cover(session, True)
@@ -494,7 +621,40 @@ class EventConsumer(Service):
         for d in waiters:
             d.callback(None)
 
-    async def _queue_survived(self, client: DeliveryClient) -> bool:
+    async def _take_over(self, client: DeliveryClient, handed: Handover) -> frozenset[str] | None:
+        """
+        The queue the previous process left (RABBITMQ_HANDOVER_FILE): its
+        members if it is there as left, with no consumer; else None, and
+        this process starts as if there had been no handover.
+        """
+        consumers = await self._queue_consumers(client)
+        if consumers is None:
+            log.info(
+                "RabbitMQ: queue {queue}, left by the previous process, is gone or lost its bindings; "
+                "declaring it again and binding each member",
+                queue=self.queue_name,
+            )
+            return None
+        if consumers:
+            log.warn(
+                "RabbitMQ: queue {queue} from RABBITMQ_HANDOVER_FILE has {consumers} consumer(s): another process "
+                "uses it (two processes with one RABBITMQ_HANDOVER_FILE?); starting with a new queue",
+                queue=self.queue_name,
+                consumers=consumers,
+            )
+            self._use_queue(_queue_name())
+            return None
+        log.info(
+            "RabbitMQ: took over queue {queue} from the previous process (left {age:.1f} s ago, {bindings} member "
+            "bindings); those not back within RABBITMQ_UNBIND_DELAY={delay:g} s are unbound",
+            queue=self.queue_name,
+            age=max(0.0, self._reactor.seconds() - handed.left_at),
+            bindings=len(handed.members),
+            delay=self._settings.rabbitmq_unbind_delay,
+        )
+        return handed.members
+
+    async def _queue_consumers(self, client: DeliveryClient) -> int | None:
         """
         Whether our queue, and its bindings, are as we left them, checked on
         a channel of its own: a passive declare, then a probe published with
@@ -502,15 +662,16 @@ class EventConsumer(Service):
         bindings: a quorum queue survives a broker restart, the non-durable
         exchange (as Peatio declares it) and every binding to it do not, and
         events published before we bind again are dropped by the broker.
+        None when either is gone, else how many consumers the queue has.
         """
         probe = await client.channel(PROBE_CHANNEL)
         await probe.channel_open()
         try:
-            await probe.queue_declare(queue=self._queue, passive=True)
+            ok = await probe.queue_declare(queue=self._queue, passive=True)
         except Closed as e:
             reason = e.args[0] if e.args else None
             if getattr(reason, "reply_code", None) == 404:
-                return False
+                return None
             raise
         client.returned.clear()
         client.probe_route(PROBE_CHANNEL, self._exchange, self._canary)
@@ -523,8 +684,8 @@ class EventConsumer(Service):
                 "restarted)",
                 queue=self.queue_name,
             )
-            return False
-        return True
+            return None
+        return int(ok.consumer_count)
 
     def _set_up_failed(self, failure: Failure, client: DeliveryClient) -> Failure:
         if self._session is not None and self._session.client is client:

@@ -124,7 +124,8 @@ class FakeBroker:
     C{hold} names methods to leave unanswered (until L{release}), C{fail}
     methods to refuse (C{name: (code, text)}; neither applies to the
     consumer's canary binding, so that they reach the members' binds),
-    C{silent} makes it say nothing at all. C{spec} is the path of the spec to speak (AMQP_SPEC's
+    C{silent} makes it say nothing at all. C{queue_consumers} is what a passive
+    C{queue.declare} finds (None: no such queue). C{spec} is the path of the spec to speak (AMQP_SPEC's
     default when None; RabbitMQ's extended one for publisher confirms).
     """
 
@@ -150,6 +151,8 @@ class FakeBroker:
         self.hold: set[str] = set()
         self.held: list[tuple[int, str, dict[str, Any]]] = []
         self.fail: dict[str, tuple[int, str]] = {}
+        #: What a passive queue.declare finds: the queue's consumers, or (None) no queue (404).
+        self.queue_consumers: int | None = 0
         self.silent = False
         self.lost = False
         self.next_tag = 1
@@ -247,6 +250,13 @@ class FakeBroker:
                 self.send(0, "connection.close", reply_code=code, reply_text=text, **ids)
             else:
                 self.send(channel, "channel.close", reply_code=code, reply_text=text, **ids)
+            return
+        if name == "queue.declare" and fields["passive"]:
+            if self.queue_consumers is None:
+                ids = {"class_id": self.codec.class_id("queue"), "method_id": 0}
+                self.send(channel, "channel.close", reply_code=404, reply_text="NOT_FOUND - no queue", **ids)
+            else:
+                self.send(channel, "queue.declare-ok", queue=fields["queue"], consumer_count=self.queue_consumers)
             return
         if name == "basic.consume":
             self.consumer_tag = fields["consumer_tag"]

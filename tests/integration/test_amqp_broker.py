@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import uuid
 from typing import Any, cast
 
@@ -384,6 +385,40 @@ class EventConsumerBrokerTests(TestCase):
         await within(consumer.stopService(), 15, "the consumer to stop")
         self.assertFalse(consumer.up)
         self.assertFalse(await self.publisher.queue_exists(consumer.queue_name))
+
+    async def test_restart_hands_the_queue_over(self) -> None:
+        """
+        RABBITMQ_HANDOVER_FILE: a clean stop keeps the queue and its bindings;
+        events published before the next process consumes wait in it; the
+        next process (a new registry) consumes the same queue, binds no one
+        handed over, and unbinds the member that did not come back.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        path = os.path.join(directory, "queue.json")
+        self.join("IDKEEP")
+        self.join("IDGOES")
+        first = await self.consumer(rabbitmq_handover_file=path, rabbitmq_unbind_delay=0.5)
+        await wait_for(lambda: first.bound == {"IDKEEP", "IDGOES"}, 10, "both members bound")
+        await within(first.stopService(), 15, "the first consumer to stop")
+        self.assertTrue(os.path.exists(path))
+        self.assertIn((self.exchange, "private.IDKEEP.*"), await broker.bindings_of(first.queue_name))
+        self.publish("private.IDKEEP.order", {"id": "meanwhile"})
+
+        self.metrics = Metrics()
+        self.registry = Registry(self.metrics)
+        back = self.join("IDKEEP")
+        second = await self.consumer(rabbitmq_handover_file=path, rabbitmq_unbind_delay=0.5)
+        self.assertEqual(second.queue_name, first.queue_name)
+        self.assertFalse(os.path.exists(path))
+        await wait_for(lambda: back.events() == [{"order": {"id": "meanwhile"}}], 10, "the event that waited")
+        await wait_for(lambda: second.bound == {"IDKEEP"}, 10, "IDGOES unbound after the delay")
+        self.assertEqual(
+            sorted(await broker.bindings_of(second.queue_name)),
+            sorted([(self.exchange, f"peatio-ws.canary.{second.queue_name}"), (self.exchange, "private.IDKEEP.*")]),
+        )
+        self.publish("private.IDKEEP.order", {"id": "after"})
+        await wait_for(lambda: len(back.frames) == 2, 10, "an event after the take-over")
 
     # -- continuity (SPEC §8) ------------------------------------------------------
 

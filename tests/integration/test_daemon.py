@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 
 from peatio_ws.testing import make_token
+from tests.support.broker import queue_name_from_log
 from tests.support.cases import DaemonTestCase
+from tests.support.daemon import DaemonProcess
 from tests.support.oracle import AUTHENTICATED
 
 
@@ -87,3 +90,44 @@ class EndToEndTests(DaemonTestCase):
         for ws in clients:
             self.assertEqual(self.close_code(ws), 1001)
         self.assertIn("shutdown complete", self.daemon.log_text())
+
+
+class RestartTests(DaemonTestCase):
+    """A restart with RABBITMQ_HANDOVER_FILE: the next daemon consumes the queue the first one left."""
+
+    def test_queue_handed_over(self) -> None:
+        """
+        SIGTERM leaves the queue and its binding; the next daemon (same port,
+        exchange and file) takes the queue over, binding and all, before it
+        accepts anyone, and the member, logged in again, receives its events.
+        (Events published in between are consumed before anyone is back, and
+        dropped: tests.integration.test_amqp_broker shows them waiting.)
+        """
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir(parents=True)
+        env = {
+            "RABBITMQ_HANDOVER_FILE": str(directory / "queue.json"),
+            # What is left on the shared broker after the test goes soon.
+            "RABBITMQ_QUEUE_EXPIRES": "5",
+        }
+        first = self.start_daemon(**env)
+        uid = f"ID{uuid.uuid4().hex[:10].upper()}"
+        ws = self.client()
+        self.login(ws, uid)
+        first.stop()
+        self.assertEqual(self.close_code(ws), 1001)
+        queue = queue_name_from_log(first.log_text())
+        self.assertIn(f"left queue {queue} and its 1 member bindings to the next process", first.log_text())
+        self.assertTrue((directory / "queue.json").exists())
+
+        second = DaemonProcess(env=env, port=first.port, exchange=first.exchange)
+        self.addCleanup(second.cleanup)
+        second.start()
+        self.daemon = second
+        self.assertIn(f"took over queue {queue} from the previous process", second.log_text())
+        self.assertIn(f"connected and consuming from {queue} (1 bindings)", second.log_text())
+        self.assertFalse((directory / "queue.json").exists())
+        ws = self.client()
+        self.login(ws, uid)
+        self.publish(uid, "order", {"id": "after"})
+        self.assertEqual(self.recv(ws), {"order": {"id": "after"}})

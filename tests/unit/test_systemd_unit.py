@@ -88,6 +88,7 @@ class UnitSettingsMixin(_Base):  # type: ignore[misc,valid-type]
     """Checks both units must pass."""
 
     path: Path
+    handover_file: str
 
     def unit(self) -> Unit:
         return parse_unit(self.path.read_text(encoding="utf-8"))
@@ -170,17 +171,28 @@ class UnitSettingsMixin(_Base):  # type: ignore[misc,valid-type]
     def test_install(self) -> None:
         self.assertEqual(value(self.unit(), "Install", "WantedBy"), "multi-user.target")
 
+    def test_handover_file(self) -> None:
+        """A clean stop leaves the queue to the next start, in the state directory systemd makes writable."""
+        unit = self.unit()
+        self.assertEqual(value(unit, "Service", "StateDirectory"), "peatio-ws")
+        handover = [e for e in values(unit, "Service", "Environment") if e.startswith("RABBITMQ_HANDOVER_FILE=")]
+        self.assertEqual(handover, [f"RABBITMQ_HANDOVER_FILE=%S/peatio-ws/{self.handover_file}"])
+
 
 class ServiceUnitTests(UnitSettingsMixin, SynchronousTestCase):
     path = SERVICE
+    handover_file = "queue.json"
 
     def test_no_reuse_port(self) -> None:
-        """The single-process unit leaves WEBSOCKET_REUSE_PORT to the configuration."""
-        self.assertEqual(values(self.unit(), "Service", "Environment"), [])
+        """The single-process unit leaves WEBSOCKET_REUSE_PORT to the configuration (it sets the handover file only)."""
+        environment = values(self.unit(), "Service", "Environment")
+        self.assertEqual(environment, ["RABBITMQ_HANDOVER_FILE=%S/peatio-ws/queue.json"])
 
 
 class TemplateUnitTests(UnitSettingsMixin, SynchronousTestCase):
     path = TEMPLATE
+    #: One per instance: two processes must never take the same queue.
+    handover_file = "queue@%i.json"
 
     def test_instances_share_port(self) -> None:
         """Every instance listens with SO_REUSEPORT; the instance name is its METRICS_PORT."""
