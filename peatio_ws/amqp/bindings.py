@@ -19,7 +19,14 @@ from twisted.internet.interfaces import IReactorTime
 
 from peatio_ws.deadlines import Deadlines
 
-__all__ = ["Bindings"]
+__all__ = ["HANDED_UNBIND_DELAY", "Bindings"]
+
+#: Seconds the members of a queue taken over from the previous process have
+#: to come back before their bindings go (RABBITMQ_UNBIND_DELAY if longer).
+#: They are the clients of a restart: after the 1001 browsers wait up to 5 s
+#: and back off up to 30 s between failed attempts (docs/protocol.md section
+#: 6), and the whole storm must not find itself unbound and bound again.
+HANDED_UNBIND_DELAY = 30.0
 
 
 class Bindings:
@@ -42,10 +49,15 @@ class Bindings:
         #: every member leave at once). A hair's slack: the sweep's timer may
         #: fire a rounding error early.
         self._leaving: Deadlines[str] = Deadlines(clock, unbind_delay, self._unbind_due, slack=1e-6)
+        #: Seconds the members handed over with a taken-over queue have to come back.
+        self.handed_delay = max(unbind_delay, HANDED_UNBIND_DELAY)
+        #: Members handed over with a taken-over queue (L{adopt}) and not back yet.
+        self._handed: Deadlines[str] = Deadlines(clock, self.handed_delay, self._unbind_due, slack=1e-6)
 
     def join(self, uid: str) -> None:
         """A connection of C{uid} authenticated: want its binding (and keep one about to go)."""
         self._leaving.discard(uid)
+        self._handed.discard(uid)
         if uid in self.wanted:
             return
         self.wanted.add(uid)
@@ -88,14 +100,14 @@ class Bindings:
         A queue taken over from the previous process (the first connection),
         with the bindings of C{handed}: want C{members} and those, bind only
         members not handed over, and unbind those handed over but not here
-        after the unbind delay, unless they come (back) meanwhile.
+        after L{HANDED_UNBIND_DELAY}, unless they come (back) meanwhile.
         """
         self.wanted.update(members)
         for uid in handed:
             self.bound.add(uid)
             if uid not in self.wanted:
                 self.wanted.add(uid)
-                self._leaving.add(uid)
+                self._handed.add(uid)
         self.dirty |= self.wanted - self.bound
         self.unbinding.clear()
 
@@ -157,3 +169,4 @@ class Bindings:
     def stop(self) -> None:
         """Cancel the pending unbinds."""
         self._leaving.clear()
+        self._handed.clear()

@@ -646,11 +646,11 @@ class EventConsumer(Service):
             return None
         log.info(
             "RabbitMQ: took over queue {queue} from the previous process (left {age:.1f} s ago, {bindings} member "
-            "bindings); those not back within RABBITMQ_UNBIND_DELAY={delay:g} s are unbound",
+            "bindings); those not back within {delay:g} s are unbound",
             queue=self.queue_name,
             age=max(0.0, self._reactor.seconds() - handed.left_at),
             bindings=len(handed.members),
-            delay=self._settings.rabbitmq_unbind_delay,
+            delay=self._bindings.handed_delay,
         )
         return handed.members
 

@@ -20,7 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from peatio_ws.amqp import EventConsumer
+from peatio_ws.amqp import EventConsumer, bindings
 from peatio_ws.amqp import Publisher as AmqpPublisher
 from peatio_ws.auth import Claims
 from peatio_ws.config import Settings
@@ -393,6 +393,7 @@ class EventConsumerBrokerTests(TestCase):
         next process (a new registry) consumes the same queue, binds no one
         handed over, and unbinds the member that did not come back.
         """
+        self.patch(bindings, "HANDED_UNBIND_DELAY", 0.5)
         directory = self.mktemp()
         os.mkdir(directory)
         path = os.path.join(directory, "queue.json")

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from peatio_ws.amqp.bindings import HANDED_UNBIND_DELAY
 from peatio_ws.amqp.handover import FORMAT, Handover, HandoverError, Shape, leave, take
 from peatio_ws.config import KEYS, ConfigError, Settings, load_settings
 from peatio_ws.testing import public_key_b64, rsa_key
@@ -217,7 +218,7 @@ class ConsumerTests(SynchronousTestCase):
         """
         The queue left is consumed under its name; only members not handed
         over are bound; those handed over and not back are unbound after
-        the delay; one back meanwhile keeps its binding. The file is gone.
+        HANDED_UNBIND_DELAY; one back meanwhile keeps its binding. The file is gone.
         """
         self.handed(["IDA", "IDB", "IDC"])
         h = self.harness()
@@ -235,7 +236,8 @@ class ConsumerTests(SynchronousTestCase):
         self.assertEqual(h.value("peatio_ws_rabbitmq_queue_lost_total"), 0)
         [line] = self.lines(h, "took over")
         self.assertIn(f"took over queue {QUEUE} from the previous process (left 0.0 s ago, 3 member bindings)", line)
-        h.reactor.advance(4.9)
+        self.assertIn(f"those not back within {HANDED_UNBIND_DELAY:g} s are unbound", line)
+        h.reactor.advance(HANDED_UNBIND_DELAY - 0.1)
         h.join("IDB")
         broker.pump()
         self.assertEqual(bind_keys(broker, "queue.unbind"), [])
@@ -244,6 +246,29 @@ class ConsumerTests(SynchronousTestCase):
         self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.IDC.*"])
         self.assertEqual(bind_keys(broker), [b"private.IDD.*"])
         self.assertEqual(h.consumer.bound, {"IDA", "IDB", "IDD"})
+
+    def test_handed_delay_at_least_the_unbind_delay(self) -> None:
+        """A RABBITMQ_UNBIND_DELAY longer than HANDED_UNBIND_DELAY is the handed members' delay too."""
+        self.handed(["IDA"])
+        h = self.harness(rabbitmq_unbind_delay=HANDED_UNBIND_DELAY + 10)
+        broker = h.consuming()
+        h.reactor.advance(HANDED_UNBIND_DELAY + 9.9)
+        broker.pump()
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [])
+        h.reactor.advance(0.1)
+        broker.pump()
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.IDA.*"])
+
+    def test_member_leaving_after_taking_over(self) -> None:
+        """A handed member back then gone again has RABBITMQ_UNBIND_DELAY, as anyone."""
+        self.handed(["IDA"])
+        h = self.harness()
+        broker = h.consuming()
+        conn = h.join("IDA")
+        h.leave(conn)
+        h.reactor.advance(5)
+        broker.pump()
+        self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.IDA.*"])
 
     def test_handed_members_need_not_wait(self) -> None:
         """A login of a member handed over is told at once once taken over: its binding is there."""
@@ -389,6 +414,6 @@ class ConsumerTests(SynchronousTestCase):
         broker = second.consuming()
         self.assertEqual(second.consumer.queue_name, first.consumer.queue_name)
         self.assertEqual(bind_keys(broker), [])
-        second.reactor.advance(5)
+        second.reactor.advance(HANDED_UNBIND_DELAY)
         broker.pump()
         self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.IDA.*"])
