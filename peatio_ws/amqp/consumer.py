@@ -578,6 +578,7 @@ class EventConsumer(Service):
             if handed is not None and adopted is not None:
                 self._handed = None
                 self._bindings.adopt((uid for uid in adopted if valid_uid(uid)), members)
+                self._metrics.bindings.set(len(self._bindings.bound))
                 self._cover_left = self._cover_left or handed.cover
                 for uid in [uid for uid in self._flowing if self._bindings.flowing(uid)]:
                     self._release_flowing(uid)

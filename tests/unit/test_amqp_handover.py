@@ -284,6 +284,14 @@ class ConsumerTests(SynchronousTestCase):
         self.assertEqual(fired, [None])
         self.assertIsNone(h.consumer.events_flowing("IDA"))
 
+    def test_bindings_gauge(self) -> None:
+        """The bindings handed over count in peatio_ws_rabbitmq_bindings at once, with no bind answered."""
+        self.handed(["IDA", "IDB"])
+        h = self.harness()
+        broker = h.consuming()
+        self.assertEqual(bind_keys(broker), [])
+        self.assertEqual(h.value("peatio_ws_rabbitmq_bindings"), 2)
+
     def test_handed_cover_unbound(self) -> None:
         """The covering binding may have been left on: it is unbound (few members to bind)."""
         self.handed(["IDA"], cover=True)
