@@ -107,6 +107,25 @@ class FileTests(SynchronousTestCase):
         e = self.assertRaises(HandoverError, leave, missing, QUEUE, SHAPE, [], False, 1.0)
         self.assertTrue(str(e).startswith("cannot write it: "), str(e))
 
+    def test_taken_by_another_process_meanwhile(self) -> None:
+        """The file went between our read and our unlink (another process took it): not ours."""
+        leave(self.path, QUEUE, SHAPE, ["IDA"], False, 1.0)
+        real_unlink = os.unlink
+
+        def taken(path: str) -> None:
+            real_unlink(path)
+            raise FileNotFoundError(path)
+
+        self.patch(os, "unlink", taken)
+        self.assertIsNone(take(self.path))
+
+    def test_failed_rename_leaves_no_temporary_file(self) -> None:
+        """The rename fails (here the path is a directory): the error says so, no temporary file is left."""
+        os.mkdir(self.path)
+        e = self.assertRaises(HandoverError, leave, self.path, QUEUE, SHAPE, [], False, 1.0)
+        self.assertTrue(str(e).startswith("cannot write it: "), str(e))
+        self.assertEqual(os.listdir(os.path.dirname(self.path)), ["queue.json"])
+
     def test_differences(self) -> None:
         other = Shape("x", "/", "quorum", 120_000, "member", True)
         self.assertEqual(SHAPE.differences(other), ["exchange", "queue_type", "public"])
