@@ -413,14 +413,21 @@ class EventConsumer(Service):
             log.info("RabbitMQ: consumer stopped")
 
     async def _close(self, session: _Session) -> None:
-        """The clean way out: nothing more is delivered, nothing is left behind."""
+        """
+        The clean way out: nothing more is delivered, and the queue is
+        deleted or left to the next process. It is left before anything is
+        asked of the broker: while the process tells thousands of clients
+        1001 its reactor reads the broker's answers late, and a handover
+        that waited for the cancel-ok could miss the clean close's bound.
+        """
         channel = session.channel
+        kept = self._leave_queue(session)
         await channel.basic_cancel(consumer_tag=self._consumer_tag)
         # Everything delivered before the cancel-ok was handled: ack it now, not when the interval is up.
         session.client.flush_ack()
         self._consuming = False
         self._metrics.broker_up.set(0)
-        if not self._leave_queue(session):
+        if not kept:
             await self._delete_queue(channel)
         await channel.channel_close(reply_code=200, reply_text="peatio-ws stopping")
         connection = await session.client.channel(0)

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from peatio_ws.amqp import CLEAN_CLOSE_TIMEOUT, STOP_TIMEOUT
 from peatio_ws.amqp.bindings import HANDED_UNBIND_DELAY
 from peatio_ws.amqp.handover import FORMAT, Handover, HandoverError, Shape, leave, take
 from peatio_ws.config import KEYS, ConfigError, Settings, load_settings
@@ -209,6 +210,29 @@ class ConsumerTests(SynchronousTestCase):
         self.assertIn(f"left queue {h.consumer.queue_name} and its 2 member bindings to the next process", line)
         self.assertEqual(h.logged("still deleting"), [])
         self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_left_even_if_the_broker_does_not_answer(self) -> None:
+        """
+        The file is written when the stop starts: a broker (or a reactor
+        busy telling thousands of clients 1001) that does not answer the
+        cancel within the clean close's bound still leaves the queue to the
+        next process, and nothing deletes it.
+        """
+        h = self.harness()
+        h.join("IDA")
+        broker = h.consuming()
+        broker.hold.add("basic.cancel")
+        d = h.consumer.stopService()
+        broker.pump()
+        self.assertTrue(os.path.exists(self.path))
+        h.reactor.advance(CLEAN_CLOSE_TIMEOUT)
+        h.reactor.advance(STOP_TIMEOUT - CLEAN_CLOSE_TIMEOUT)
+        broker.pump()
+        self.successResultOf(d)
+        self.assertNotIn("queue.delete", broker.names())
+        handed = take(self.path)
+        assert handed is not None
+        self.assertEqual(handed.members, {"IDA"})
 
     def test_stop_deletes_when_the_file_cannot_be_written(self) -> None:
         """The file cannot be written: one warning, and the queue is deleted as without the setting."""
