@@ -5,16 +5,23 @@ the handshakes' deadlines (L{peatio_ws.websocket.admission}) and the members
 due to be unbound (L{peatio_ws.amqp.bindings}). A reconnect storm or a
 shutdown adds or removes thousands at once: each costs a dict entry, not a
 reactor timer of its own (a heap push and a cancel each).
+
+And deadlines decided after the next read (L{LateCall}, L{add_late_timeout}):
+the shutdown's bounds, which a turn spent telling thousands of clients 1001
+would otherwise find passed while the answers they wait for sit unread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
-__all__ = ["Deadlines"]
+__all__ = ["Deadlines", "LateCall", "add_late_timeout"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -86,3 +93,52 @@ class Deadlines(Generic[K]):
             self._call = self._clock.callLater(next_due - now, self._sweep)
         if late:
             self._due(late)
+
+
+class LateCall:
+    """
+    C{callback()} once C{seconds} have passed and the reactor has read its
+    sockets once more. A reactor turn runs the timers due before it reads:
+    when the process was too busy to read for a while (telling thousands of
+    clients 1001 at once takes a turn of seconds), what a deadline waits
+    for may have arrived and not been read yet. It is read first; the
+    callback runs only if the waiting was not ended meanwhile (L{cancel}).
+    """
+
+    def __init__(self, clock: IReactorTime, seconds: float, callback: Callable[[], object]) -> None:
+        self._clock = clock
+        self._callback = callback
+        self._call: IDelayedCall = clock.callLater(seconds, self._due)
+
+    def _due(self) -> None:
+        self._call = self._clock.callLater(0, self._callback)
+
+    def cancel(self) -> None:
+        """The waiting is over: no callback (if it has not run)."""
+        if self._call.active():
+            self._call.cancel()
+
+
+def add_late_timeout(d: Deferred[Any], seconds: float, clock: IReactorTime) -> Deferred[Any]:
+    """
+    C{d.addTimeout(seconds, clock)}, decided after the next read (L{LateCall}):
+    C{d} is cancelled, and fails with Twisted's C{TimeoutError}, only if it
+    has not fired by then.
+    """
+    timed_out = False
+
+    def give_up() -> None:
+        nonlocal timed_out
+        timed_out = True
+        d.cancel()
+
+    call = LateCall(clock, seconds, give_up)
+
+    def settle(result: object) -> object:
+        call.cancel()
+        if timed_out and isinstance(result, Failure) and result.check(CancelledError):
+            raise DeferredTimeout(seconds, "Deferred")
+        return result
+
+    d.addBoth(settle)
+    return d

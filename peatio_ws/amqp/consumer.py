@@ -66,6 +66,7 @@ from peatio_ws.amqp.routing import (
     valid_uid,
 )
 from peatio_ws.config import Settings
+from peatio_ws.deadlines import LateCall, add_late_timeout
 from peatio_ws.logs import LineThrottle, logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
@@ -378,7 +379,7 @@ class EventConsumer(Service):
         started = self._reactor.seconds()
         if session is not None and self._consuming:
             closing = Deferred.fromCoroutine(self._close(session))
-            closing.addTimeout(CLEAN_CLOSE_TIMEOUT, self._reactor)
+            add_late_timeout(closing, CLEAN_CLOSE_TIMEOUT, self._reactor)
             try:
                 await closing
             except Exception as e:
@@ -399,11 +400,11 @@ class EventConsumer(Service):
         stopping = self._service.stopService()
         connection = self._connection
         left = max(0.0, STOP_TIMEOUT - (self._reactor.seconds() - started))
-        fallback = self._reactor.callLater(left, connection.abort) if connection is not None else None
+        fallback = LateCall(self._reactor, left, connection.abort) if connection is not None else None
         try:
             await stopping
         finally:
-            if fallback is not None and fallback.active():
+            if fallback is not None:
                 fallback.cancel()
             self._set_down()
             self._release_flowing()

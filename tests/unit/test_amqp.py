@@ -1367,6 +1367,30 @@ class LifecycleTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(h.reactor.getDelayedCalls(), [])
 
+    def test_stop_answered_in_the_turn_of_the_deadline(self) -> None:
+        """
+        The cancel-ok read in the turn the clean close's deadline comes due
+        (the process was busy telling clients 1001) is in time: the close
+        goes on cleanly, no warning.
+        """
+        h = Harness(self)
+        broker = h.consuming()
+        broker.hold.add("basic.cancel")
+        d = h.consumer.stopService()
+        broker.pump()
+
+        def answer() -> None:
+            broker.release()
+            broker.pump()
+
+        h.reactor.callLater(CLEAN_CLOSE_TIMEOUT, answer)
+        h.reactor.advance(CLEAN_CLOSE_TIMEOUT)
+        broker.pump()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(broker.names()[-2:], ["channel.close", "connection.close"])
+        self.assertEqual(h.logged("clean close did not finish"), [])
+        self.assertFalse(broker.transport.aborted)
+
     def test_stop_while_the_queue_is_deleted(self) -> None:
         """
         A queue.delete RabbitMQ takes long to answer (thousands of bindings)
