@@ -419,17 +419,26 @@ class EventConsumer(Service):
         deleted or left to the next process. It is left before anything is
         asked of the broker: while the process tells thousands of clients
         1001 its reactor reads the broker's answers late, and a handover
-        that waited for the cancel-ok could miss the clean close's bound.
+        that waited for them could miss the clean close's bound.
         """
         channel = session.channel
-        kept = self._leave_queue(session)
+        if self._leave_queue(session):
+            # The queue stays: nothing to wait for but the close, one round
+            # trip. What was handled is acked first; the broker cancels the
+            # consumer and puts back in the queue, for the next process,
+            # what came after (no client here would get it: all were told 1001).
+            session.client.flush_ack()
+            self._consuming = False
+            self._metrics.broker_up.set(0)
+            connection = await session.client.channel(0)
+            await connection.connection_close(reply_code=200, reply_text="peatio-ws stopping")
+            return
         await channel.basic_cancel(consumer_tag=self._consumer_tag)
         # Everything delivered before the cancel-ok was handled: ack it now, not when the interval is up.
         session.client.flush_ack()
         self._consuming = False
         self._metrics.broker_up.set(0)
-        if not kept:
-            await self._delete_queue(channel)
+        await self._delete_queue(channel)
         await channel.channel_close(reply_code=200, reply_text="peatio-ws stopping")
         connection = await session.client.channel(0)
         await connection.connection_close(reply_code=200, reply_text="peatio-ws stopping")

@@ -182,8 +182,10 @@ class ConsumerTests(SynchronousTestCase):
 
     def test_stop_leaves_the_queue(self) -> None:
         """
-        A clean stop cancels, keeps the queue (no queue.delete) and writes
-        the members bound and those whose bind is in flight.
+        A clean stop keeps the queue (no queue.delete) and writes the
+        members bound and those whose bind is in flight; it acks what was
+        handled and closes the connection (the broker cancels the consumer),
+        one round trip.
         """
         h = self.harness()
         h.join("IDA")
@@ -199,7 +201,8 @@ class ConsumerTests(SynchronousTestCase):
         self.successResultOf(d)
         names = broker.names()
         self.assertNotIn("queue.delete", names)
-        self.assertEqual(names[names.index("basic.cancel"):][-2:], ["channel.close", "connection.close"])
+        self.assertNotIn("basic.cancel", names)
+        self.assertEqual(names[-1], "connection.close")
         handed = take(self.path)
         assert handed is not None
         self.assertEqual(handed.queue, h.consumer.queue_name)
@@ -221,7 +224,7 @@ class ConsumerTests(SynchronousTestCase):
         h = self.harness()
         h.join("IDA")
         broker = h.consuming()
-        broker.hold.add("basic.cancel")
+        broker.hold.add("connection.close")
         d = h.consumer.stopService()
         broker.pump()
         self.assertTrue(os.path.exists(self.path))
@@ -233,6 +236,23 @@ class ConsumerTests(SynchronousTestCase):
         handed = take(self.path)
         assert handed is not None
         self.assertEqual(handed.members, {"IDA"})
+
+    def test_acks_what_was_handled_before_closing(self) -> None:
+        """Deliveries handled before the stop are acked (at once, not at the interval) before the close."""
+        h = self.harness()
+        h.join("IDA")
+        broker = h.consuming()
+        broker.deliver("private.IDA.order", "{}")
+        broker.pump()
+        broker.deliver("private.IDA.order", "{}")
+        broker.pump()
+        self.assertEqual(broker.acks, [(1, True)])  # the second waits for the ack interval
+        d = h.consumer.stopService()
+        broker.pump()
+        self.successResultOf(d)
+        self.assertEqual(broker.acks, [(1, True), (2, True)])
+        names = broker.names()
+        self.assertLess(names.index("basic.ack", names.index("basic.ack") + 1), names.index("connection.close"))
 
     def test_stop_deletes_when_the_file_cannot_be_written(self) -> None:
         """The file cannot be written: one warning, and the queue is deleted as without the setting."""
