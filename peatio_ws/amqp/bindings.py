@@ -8,7 +8,9 @@ RABBITMQ_UNBIND_DELAY seconds after its last one left (unless it comes back
 meanwhile). A member is dirty when wanted and bound may differ: the
 consumer takes dirty members in batches (L{Bindings.take}), binds or
 unbinds each, and reports the outcome (L{Bindings.done},
-L{Bindings.failed}).
+L{Bindings.failed}). Binds go first, and only so many unbinds are in flight
+at once: RabbitMQ does a channel's work in order, and a login may be
+waiting for its member's bind, while nobody waits for an unbind.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class Bindings:
     """
     The wanted, bound and dirty sets, and the pending unbinds. C{changed()}
     is called whenever new work appears (a member to bind or unbind).
+    Dirty members are kept in two sets by what they most likely need (it
+    is checked when they are taken): C{to_bind}, wanted when they became
+    dirty, and C{to_unbind}, not wanted then.
     """
 
     def __init__(self, clock: IReactorTime, unbind_delay: float, changed: Callable[[], None]) -> None:
@@ -41,8 +46,10 @@ class Bindings:
         self.wanted: set[str] = set()
         #: Members whose binding the queue has (as far as we know).
         self.bound: set[str] = set()
-        #: Members whose binding may need adding or removing.
-        self.dirty: set[str] = set()
+        #: Dirty members that were wanted when they became dirty: a bind, most likely.
+        self.to_bind: set[str] = set()
+        #: Dirty members that were not wanted when they became dirty: an unbind, most likely.
+        self.to_unbind: set[str] = set()
         #: Members whose unbind was taken and not answered yet (still in L{bound} till then).
         self.unbinding: set[str] = set()
         #: Members due to be unbound, oldest first (a process's shutdown sees
@@ -61,7 +68,7 @@ class Bindings:
         if uid in self.wanted:
             return
         self.wanted.add(uid)
-        self.dirty.add(uid)
+        self.to_bind.add(uid)
         self._changed()
 
     def leave(self, uid: str, stopping: bool = False) -> None:
@@ -81,7 +88,7 @@ class Bindings:
         """The members whose delay is over are no longer wanted."""
         for uid in due:
             self.wanted.discard(uid)
-            self.dirty.add(uid)
+            self.to_unbind.add(uid)
         self._changed()
 
     def reconnected(self, members: Iterable[str]) -> None:
@@ -91,7 +98,8 @@ class Bindings:
         wanted get unbound.
         """
         self.wanted.update(members)
-        self.dirty |= self.wanted | self.bound
+        self.to_bind |= self.wanted
+        self.to_unbind |= self.bound - self.wanted
         self.bound -= self.wanted
         self.unbinding.clear()  # what was in flight went with the old connection
 
@@ -108,26 +116,38 @@ class Bindings:
             if uid not in self.wanted:
                 self.wanted.add(uid)
                 self._handed.add(uid)
-        self.dirty |= self.wanted - self.bound
+        self.to_bind |= self.wanted - self.bound
         self.unbinding.clear()
 
-    def take(self, limit: int) -> list[tuple[str, bool]]:
+    @property
+    def dirty(self) -> bool:
+        """Whether some member's binding may need adding or removing."""
+        return bool(self.to_bind or self.to_unbind)
+
+    def _dirty(self, uid: str) -> None:
+        (self.to_bind if uid in self.wanted else self.to_unbind).add(uid)
+
+    def take(self, limit: int, unbinding: int | None = None) -> list[tuple[str, bool]]:
         """
         Up to C{limit} dirty members, no longer dirty, with what each needs:
         C{(uid, True)} a bind, C{(uid, False)} an unbind (those needing
-        neither are dropped).
+        neither are dropped). Those likely to need a bind first; then the
+        others while fewer than C{unbinding} unbinds are in flight (no bound
+        when None).
         """
-        dirty = self.dirty
         wanted = self.wanted
         bound = self.bound
-        batch = [dirty.pop() for _ in range(min(limit, len(dirty)))]
-        work = []
-        for uid in batch:
-            if uid in wanted and uid not in bound:
-                work.append((uid, True))
-            elif uid not in wanted and uid in bound:
-                work.append((uid, False))
-                self.unbinding.add(uid)
+        in_flight = self.unbinding
+        most = len(in_flight) + limit if unbinding is None else unbinding
+        work: list[tuple[str, bool]] = []
+        for dirty, first in ((self.to_bind, True), (self.to_unbind, False)):
+            while dirty and len(work) < limit and (first or len(in_flight) < most):
+                uid = dirty.pop()
+                if uid in wanted and uid not in bound:
+                    work.append((uid, True))
+                elif uid not in wanted and uid in bound:
+                    work.append((uid, False))
+                    in_flight.add(uid)
         return work
 
     def unbound(self) -> int:
@@ -154,12 +174,12 @@ class Bindings:
             self.bound.discard(uid)
             self.unbinding.discard(uid)
         if (uid in self.wanted) is not bound:
-            self.dirty.add(uid)
+            self._dirty(uid)
 
     def failed(self, uid: str) -> None:
         """The bind or unbind of C{uid} failed: it is to be done again."""
         self.unbinding.discard(uid)
-        self.dirty.add(uid)
+        self._dirty(uid)
 
     def unbound_all(self) -> None:
         """The queue is gone (deleted): nothing is bound."""

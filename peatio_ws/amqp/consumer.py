@@ -108,6 +108,10 @@ CLEAN_CLOSE_TIMEOUT = 2.0
 STOP_TIMEOUT = 2.5
 #: Binds/unbinds in flight at once (pipelined on the channel).
 BIND_BATCH = 1000
+#: Of those, unbinds at most: binds go first, and a bind sent after this
+#: many unbinds waits for them only (a tenth of a second), not for a
+#: thousand. Enough to keep RabbitMQ's binding work going.
+UNBIND_BATCH = 100
 #: What stands for the covering binding in L{_Session.pending} (no uid is empty).
 _COVER = ""
 
@@ -927,7 +931,7 @@ class EventConsumer(Service):
         room = BIND_BATCH - len(session.pending)
         if room <= 0:
             return
-        work = self._bindings.take(room)
+        work = self._bindings.take(room, UNBIND_BATCH)
         if work:
             session.pending.extend(work)
             session.client.send_bindings(self._queue, self._exchange, [(binding_key(uid), bind) for uid, bind in work])

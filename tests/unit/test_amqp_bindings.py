@@ -31,10 +31,11 @@ class BindingsTests(SynchronousTestCase):
         """A first connection makes the binding wanted and dirty, once."""
         self.bindings.join("U1")
         self.bindings.join("U1")
-        self.assertEqual((self.bindings.wanted, self.bindings.dirty, self.kicks), ({"U1"}, {"U1"}, 1))
+        self.assertEqual((self.bindings.wanted, self.bindings.to_bind, self.kicks), ({"U1"}, {"U1"}, 1))
+        self.assertEqual(self.bindings.to_unbind, set())
         self.assertEqual(self.sync(), [("U1", True)])
         self.assertEqual(self.bindings.bound, {"U1"})
-        self.assertEqual(self.bindings.dirty, set())
+        self.assertFalse(self.bindings.dirty)
 
     def test_leave_after_delay(self) -> None:
         """The binding goes the unbind delay after the member left."""
@@ -44,7 +45,7 @@ class BindingsTests(SynchronousTestCase):
         self.clock.advance(4.9)
         self.assertEqual(self.bindings.wanted, {"U1"})
         self.clock.advance(0.1)
-        self.assertEqual((self.bindings.wanted, self.bindings.dirty, self.kicks), (set(), {"U1"}, 2))
+        self.assertEqual((self.bindings.wanted, self.bindings.to_unbind, self.kicks), (set(), {"U1"}, 2))
         self.assertEqual(self.sync(), [("U1", False)])
         self.assertEqual(self.bindings.bound, set())
 
@@ -116,18 +117,43 @@ class BindingsTests(SynchronousTestCase):
             self.bindings.join(f"U{i}")
         first = self.bindings.take(4)
         self.assertEqual(len(first), 4)
-        self.assertEqual(len(self.bindings.dirty), 6)
-        self.bindings.dirty.add("NOBODY")
+        self.assertEqual(len(self.bindings.to_bind), 6)
+        self.bindings.to_bind.add("NOBODY")
         rest = self.bindings.take(100)
         self.assertEqual(sorted(uid for uid, _ in first + rest), sorted(f"U{i}" for i in range(10)))
         self.assertTrue(all(bind for _, bind in first + rest))
+
+    def test_binds_first_and_unbinds_bounded(self) -> None:
+        """
+        take() gives binds before unbinds, whatever the order they became due
+        in, and no more unbinds than leave C{unbinding} in flight; the
+        answers make room for the rest.
+        """
+        for i in range(5):
+            self.bindings.join(f"OLD{i}")
+        self.sync()
+        for i in range(5):
+            self.bindings.leave(f"OLD{i}")
+        self.clock.advance(5)
+        self.bindings.join("NEW")
+        first = self.bindings.take(1000, unbinding=2)
+        self.assertEqual(first[0], ("NEW", True))
+        self.assertEqual([bind for _, bind in first[1:]], [False, False])
+        self.assertEqual(self.bindings.take(1000, unbinding=2), [])
+        self.bindings.done(first[1][0], False)
+        [(_, bind)] = self.bindings.take(1000, unbinding=2)
+        self.assertFalse(bind)
+        self.assertEqual(len(self.bindings.to_unbind), 2)
+        # The limit counts binds and unbinds alike.
+        self.bindings.join("NEW2")
+        self.assertEqual(self.bindings.take(1, unbinding=10), [("NEW2", True)])
 
     def test_failed_is_retried(self) -> None:
         """A failed bind is dirty again."""
         self.bindings.join("U1")
         [(uid, _)] = self.bindings.take(10)
         self.bindings.failed(uid)
-        self.assertEqual(self.bindings.dirty, {"U1"})
+        self.assertEqual(self.bindings.to_bind, {"U1"})
         self.assertEqual(self.bindings.bound, set())
 
     def test_changed_while_in_flight(self) -> None:
@@ -148,7 +174,7 @@ class BindingsTests(SynchronousTestCase):
         self.bindings.done("U1", False)
         self.assertEqual(self.bindings.take(10), [("U1", True)])
         self.bindings.done("U1", True)
-        self.assertEqual(self.bindings.dirty, set())
+        self.assertFalse(self.bindings.dirty)
         self.assertEqual(self.bindings.bound, {"U1"})
 
     def test_flowing(self) -> None:

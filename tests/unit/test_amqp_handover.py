@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.amqp import CLEAN_CLOSE_TIMEOUT, STOP_TIMEOUT
 from peatio_ws.amqp.bindings import HANDED_UNBIND_DELAY
+from peatio_ws.amqp.consumer import UNBIND_BATCH
 from peatio_ws.amqp.handover import FORMAT, Handover, HandoverError, Shape, leave, take
 from peatio_ws.config import KEYS, ConfigError, Settings, load_settings
 from peatio_ws.testing import public_key_b64, rsa_key
@@ -332,6 +333,29 @@ class ConsumerTests(SynchronousTestCase):
         h.reactor.advance(5)
         broker.pump()
         self.assertEqual(bind_keys(broker, "queue.unbind"), [b"private.IDA.*"])
+
+    def test_login_bound_before_the_handed_unbinds(self) -> None:
+        """
+        When the members not back are unbound (hundreds, after a rolling
+        restart moved them elsewhere), at most UNBIND_BATCH unbinds are in
+        flight, and a login's bind goes out at once, not after all of them.
+        """
+        self.handed([f"ID{i}" for i in range(300)])
+        h = self.harness()
+        broker = h.consuming()
+        broker.hold.add("queue.unbind")
+        h.reactor.advance(HANDED_UNBIND_DELAY)
+        broker.pump()
+        self.assertEqual(len(bind_keys(broker, "queue.unbind")), UNBIND_BATCH)
+        h.join("NEW")
+        broker.pump()
+        self.assertEqual(bind_keys(broker), [b"private.NEW.*"])
+        self.assertEqual(len(bind_keys(broker, "queue.unbind")), UNBIND_BATCH)
+        broker.release()
+        broker.pump()
+        self.assertEqual(len(bind_keys(broker, "queue.unbind")), 300)
+        self.assertEqual(h.consumer.bound, {"NEW"})
+        self.assertEqual(h.value("peatio_ws_rabbitmq_bindings"), 1)
 
     def test_handed_members_need_not_wait(self) -> None:
         """A login of a member handed over is told at once once taken over: its binding is there."""
