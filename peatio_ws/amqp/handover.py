@@ -27,10 +27,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["FORMAT", "Handover", "HandoverError", "Shape", "leave", "take"]
+__all__ = ["FORMAT", "MAX_BYTES", "Handover", "HandoverError", "Shape", "leave", "take"]
 
 #: The file's C{format}: a later layout gets a new number, and an unknown one is not taken.
 FORMAT = 1
+#: Bytes read at most: a million members' uids fit in a tenth of it; a larger file is not ours.
+MAX_BYTES = 256 * 1024 * 1024
 
 
 class HandoverError(Exception):
@@ -136,7 +138,7 @@ def take(path: str) -> Handover | None:
     """
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -147,6 +149,8 @@ def take(path: str) -> Handover | None:
         return None  # taken by another process between our read and our unlink
     except OSError as e:
         raise HandoverError(f"cannot remove it: {e.strerror or e}") from None
+    if len(data) > MAX_BYTES:
+        raise HandoverError(f"larger than {MAX_BYTES} bytes")
     return Handover.from_json(data)
 
 

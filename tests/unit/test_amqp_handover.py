@@ -18,7 +18,7 @@ from typing import Any
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from peatio_ws.amqp import CLEAN_CLOSE_TIMEOUT, STOP_TIMEOUT
+from peatio_ws.amqp import CLEAN_CLOSE_TIMEOUT, STOP_TIMEOUT, handover
 from peatio_ws.amqp.bindings import HANDED_UNBIND_DELAY
 from peatio_ws.amqp.consumer import UNBIND_BATCH
 from peatio_ws.amqp.handover import FORMAT, Handover, HandoverError, Shape, leave, take
@@ -71,6 +71,9 @@ class FileTests(SynchronousTestCase):
 
     def _bad(self, data: bytes, problem: str) -> None:
         Path(self.path).write_bytes(data)
+        self._bad_file(problem)
+
+    def _bad_file(self, problem: str) -> None:
         e = self.assertRaises(HandoverError, take, self.path)
         self.assertEqual(str(e), problem)
         self.assertFalse(os.path.exists(self.path), "a bad file is not met twice")
@@ -95,6 +98,12 @@ class FileTests(SynchronousTestCase):
         self._bad(self._fields(expires_ms=1.5), "expires_ms: missing or not int")
         self._bad(self._fields(public="yes"), "public: missing or not bool")
         self._bad(self._fields(left_at="now"), "left_at: missing or not a number")
+
+    def test_too_large(self) -> None:
+        """A file over MAX_BYTES is not read whole, nor taken; it is removed."""
+        self.patch(handover, "MAX_BYTES", 64)
+        leave(self.path, QUEUE, SHAPE, [f"ID{i}" for i in range(10)], False, 1.0)
+        self._bad_file("larger than 64 bytes")
 
     def test_unreadable(self) -> None:
         """A path that cannot be read (here a directory) says so; nothing is removed."""
