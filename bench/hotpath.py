@@ -9,7 +9,9 @@ costs, for comparing one code change with the next.
    written frame: microseconds per event;
  - connect: the WebSocket handshake, challenge and RS256 authentication of
    one connection through the real factory and protocol: microseconds per
-   connection, and the memory each connection keeps (tracemalloc).
+   connection, and the memory each connection keeps (tracemalloc);
+ - bindings: the consumer's bookkeeping of one member's binding in a storm
+   of logins (L{Bindings}: join, take, bind-ok): microseconds per member.
 
 C{python -m bench hotpath}.
 """
@@ -182,6 +184,24 @@ def connect(n: int = 3000) -> dict[str, float]:
     return {"connections": n, "us_per_connection": 1e6 * cpu / n, "kib_per_connection": per / 1024}
 
 
+def bindings(members: int = 15_000, rounds: int = 7) -> dict[str, float]:
+    """Python time per member of a storm of logins through L{Bindings} (join, take, bind-ok), best of C{rounds}."""
+    from peatio_ws.amqp.bindings import Bindings
+    from peatio_ws.amqp.consumer import BIND_BATCH, UNBIND_BATCH
+
+    uids = [f"HB{i:05d}" for i in range(members)]
+    best = float("inf")
+    for _ in range(rounds):
+        books = Bindings(Clock(), 5.0, lambda: None)
+        t0 = time.perf_counter()
+        for uid in uids:
+            books.join(uid)
+            for member, bind in books.take(BIND_BATCH, UNBIND_BATCH):
+                books.done(member, bind)
+        best = min(best, time.perf_counter() - t0)
+    return {"members": members, "us_per_member": 1e6 * best / members}
+
+
 def main() -> int:
     d = delivery()
     print(f"delivery (in-process, 1,000 members x 1 connection): {d['us_per_event']:.1f} µs Python CPU per event")
@@ -194,5 +214,10 @@ def main() -> int:
     print(
         f"connect + auth (in-process): {c['us_per_connection']:.0f} µs Python CPU per connection; "
         f"{c['kib_per_connection']:.2f} KiB kept per connection (tracemalloc, incl. the test client's objects)"
+    )
+    b = bindings()
+    print(
+        f"bindings (in-process, a storm of 15,000 logins): {b['us_per_member']:.2f} µs per member "
+        "(join, take, bind-ok)"
     )
     return 0
