@@ -459,11 +459,13 @@ def render(info: dict[str, str], res: dict[str, Any], notes: list[str], elapsed:
     if hot:
         d, c = hot["delivery"], hot["connect"]
         pub = hot.get("public")
+        books = hot.get("bindings")
         row(
             "8. in-process hot paths (Python CPU, no kernel)",
             "-",
             f"{d['us_per_event']:.1f} µs per event; {c['us_per_connection']:.0f} µs per connect + auth"
-            + (f"; {pub['us_per_copy']:.3f} µs per public copy" if pub else ""),
+            + (f"; {pub['us_per_copy']:.3f} µs per public copy" if pub else "")
+            + (f"; {books['us_per_member']:.2f} µs per member's binding books" if books else ""),
             None,
             f"{c['kib_per_connection']:.2f} KiB kept per connection (tracemalloc, with the test client)"
             + ("; public: 10,000 ob-inc subscribers, 25 increments per read" if pub else ""),

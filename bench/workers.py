@@ -336,7 +336,12 @@ def hotpath_main(conn: Connection) -> None:
     def run() -> dict[str, Any]:
         from bench import hotpath
 
-        return {"delivery": hotpath.delivery(), "public": hotpath.public_fanout(), "connect": hotpath.connect()}
+        return {
+            "delivery": hotpath.delivery(),
+            "public": hotpath.public_fanout(),
+            "connect": hotpath.connect(),
+            "bindings": hotpath.bindings(),
+        }
 
     _serve(conn, {"run": run})
 
