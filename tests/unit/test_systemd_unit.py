@@ -171,6 +171,12 @@ class UnitSettingsMixin(_Base):  # type: ignore[misc,valid-type]
     def test_install(self) -> None:
         self.assertEqual(value(self.unit(), "Install", "WantedBy"), "multi-user.target")
 
+    def test_log_rate_limit(self) -> None:
+        """journald keeps a restart's lines: 3 per client (close, open, login) for 100,000 clients fit."""
+        unit = self.unit()
+        self.assertEqual(seconds(value(unit, "Service", "LogRateLimitIntervalSec")), 30)
+        self.assertGreaterEqual(int(value(unit, "Service", "LogRateLimitBurst")), 3 * 100_000)
+
     def test_handover_file(self) -> None:
         """A clean stop leaves the queue to the next start, in the state directory systemd makes writable."""
         unit = self.unit()
