@@ -14,7 +14,7 @@ import re
 import socket
 import struct
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import main, tcp
 from twisted.internet.posixbase import _PollLikeMixin
@@ -636,6 +636,63 @@ class ReadSizeTests(DoorCase):
         self.assertIs(transport.doRead(), main.CONNECTION_DONE)
         transport.socket.close()
         self.assertIs(transport.doRead(), main.CONNECTION_LOST)
+
+    def test_twisted_pauses_reading_as_relied_on(self) -> None:
+        """stopReading/startReading take the socket out of the reactor's readers and back; the flags exist."""
+        _, transport, _, _ = self.connection()
+        reactor = cast(MemoryReactor, transport.reactor)
+        transport.startReading()
+        self.check(transport in reactor.readers, self.PIECE, "startReading no longer adds a reader")
+        transport.stopReading()
+        self.check(transport not in reactor.readers, self.PIECE, "stopReading no longer removes the reader")
+        for flag in ("disconnecting", "disconnected"):
+            self.check(isinstance(getattr(transport, flag, None), int), self.PIECE, f"tcp.Connection.{flag} changed")
+
+    def test_pause_after_a_read(self) -> None:
+        """
+        A read that brought something takes the socket out of the readers
+        for READ_PAUSE; one that brought nothing does not; what came
+        meanwhile is one read; a lost connection leaves no timer.
+        """
+        client, transport, peer, got = self.connection()
+        clock = client.clock
+        reactor = cast(MemoryReactor, transport.reactor)
+        transport.startReading()
+        self.assertIsNone(transport.doRead())  # nothing came
+        self.assertIn(transport, reactor.readers)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        peer.sendall(b"one")
+        transport.doRead()
+        self.assertNotIn(transport, reactor.readers)
+        [pause] = clock.getDelayedCalls()
+        self.assertEqual(pause.getTime(), _txamqp.READ_PAUSE)
+        peer.sendall(b"two")
+        peer.sendall(b"three")
+        clock.advance(_txamqp.READ_PAUSE - 1e-9)
+        self.assertNotIn(transport, reactor.readers)
+        clock.advance(1e-9)
+        self.assertIn(transport, reactor.readers)
+        transport.doRead()
+        self.assertEqual(got, [b"one", b"twothree"])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        client.connectionLost(Failure(main.CONNECTION_DONE))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_no_pause_once_closing(self) -> None:
+        """A read while the transport closes does not pause it, nor does a timer restart a closed one."""
+        client, transport, peer, _ = self.connection()
+        transport.startReading()
+        peer.sendall(b"one")
+        transport.doRead()
+        transport.disconnected = True
+        client.clock.advance(_txamqp.READ_PAUSE)
+        self.assertNotIn(transport, cast(MemoryReactor, transport.reactor).readers)
+        transport.disconnected = False
+        transport.disconnecting = True
+        transport.startReading()
+        peer.sendall(b"two")
+        transport.doRead()
+        self.assertEqual(client.clock.getDelayedCalls(), [])
 
     def test_fake_transport_left_alone(self) -> None:
         """A transport that is not Twisted's TCP (a test's, TLS) reads its own way."""
