@@ -92,10 +92,12 @@ naming the piece when an upgrade changes one):
     C{OSError} is C{EWOULDBLOCK} (nothing to read) or C{CONNECTION_LOST},
     as in Twisted's own. After a read that brought something the transport
     stops reading (C{stopReading}) for L{READ_PAUSE} and then starts again
-    (C{startReading}, unless C{disconnecting} or C{disconnected}): at an
-    ordinary pace each event came in a read, an C{epoll_wait} and a
-    C{recvfrom} of its own; now what comes within the pause shares one.
-    The first event after a quiet spell is read at once.
+    (C{startReading}, unless C{disconnecting} or C{disconnected}), when
+    it came less than the pause after the previous read: at an ordinary
+    pace each event came in a read, an C{epoll_wait} and a C{recvfrom} of
+    its own; now what comes within the pause shares one. The first event
+    after a quiet spell is read at once, and reads that are further apart
+    anyway (long reactor turns) are not delayed.
 
 11. Members' bindings (L{DeliveryClient.enable_bindings},
     C{send_bindings}). Through txAMQP each C{queue.bind} or C{unbind} is
@@ -401,11 +403,26 @@ READ_PAUSE = 0.001
 class _ReadInto:
     """
     The broker transport's C{doRead} (10.): C{recv_into} one buffer, a copy
-    of what came to the protocol; then, if something came, no reading for
-    C{pause} seconds, so that what arrives meanwhile comes in one read.
+    of what came to the protocol; then, if something came less than
+    C{pause} seconds after the previous read, no reading for C{pause}
+    seconds, so that what arrives meanwhile comes in one read. Reads
+    further apart (a quiet broker, or reactor turns that take longer: a
+    reconnect storm, a shutdown) are never delayed: a paused socket is
+    back among the readers only for the turn after, and a turn of a
+    second would make every other turn a read of the broker's.
     """
 
-    __slots__ = ("_buffer", "_clock", "_data_received", "_pause", "_recv_into", "_resume_call", "_transport", "_view")
+    __slots__ = (
+        "_buffer",
+        "_clock",
+        "_data_received",
+        "_last",
+        "_pause",
+        "_recv_into",
+        "_resume_call",
+        "_transport",
+        "_view",
+    )
 
     def __init__(self, transport: tcp.Connection, size: int, clock: IReactorTime, pause: float) -> None:
         self._buffer = bytearray(size)
@@ -416,6 +433,8 @@ class _ReadInto:
         self._clock = clock
         self._pause = pause
         self._resume_call: IDelayedCall | None = None
+        #: When the previous read brought something (the clock's seconds).
+        self._last = float("-inf")
 
     def __call__(self) -> object:
         try:
@@ -423,8 +442,12 @@ class _ReadInto:
         except OSError as e:
             return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
         result = self._data_received(self._view[:n].tobytes())
+        if not n or result is not None:
+            return result
+        now = self._clock.seconds()
+        close, self._last = now - self._last < self._pause, now
         transport = self._transport
-        if n and result is None and self._pause > 0 and not (transport.disconnecting or transport.disconnected):
+        if close and not (transport.disconnecting or transport.disconnected):
             transport.stopReading()
             self._resume_call = self._clock.callLater(self._pause, self._resume)
         return result

@@ -650,38 +650,61 @@ class ReadSizeTests(DoorCase):
 
     def test_pause_after_a_read(self) -> None:
         """
-        A read that brought something takes the socket out of the readers
-        for READ_PAUSE; one that brought nothing does not; what came
-        meanwhile is one read; a lost connection leaves no timer.
+        A read that brought something less than READ_PAUSE after the
+        previous one takes the socket out of the readers for READ_PAUSE; the
+        first read after a quiet spell does not, nor one that brought
+        nothing; what came meanwhile is one read; a lost connection leaves
+        no timer.
         """
         client, transport, peer, got = self.connection()
         clock = client.clock
         reactor = cast(MemoryReactor, transport.reactor)
         transport.startReading()
         self.assertIsNone(transport.doRead())  # nothing came
+        peer.sendall(b"one")
+        transport.doRead()  # the first after a quiet spell
         self.assertIn(transport, reactor.readers)
         self.assertEqual(clock.getDelayedCalls(), [])
-        peer.sendall(b"one")
+        clock.advance(_txamqp.READ_PAUSE - 1e-6)
+        peer.sendall(b"two")
         transport.doRead()
         self.assertNotIn(transport, reactor.readers)
         [pause] = clock.getDelayedCalls()
-        self.assertEqual(pause.getTime(), _txamqp.READ_PAUSE)
-        peer.sendall(b"two")
+        self.assertAlmostEqual(pause.getTime() - clock.seconds(), _txamqp.READ_PAUSE)
         peer.sendall(b"three")
+        peer.sendall(b"four")
         clock.advance(_txamqp.READ_PAUSE - 1e-9)
         self.assertNotIn(transport, reactor.readers)
         clock.advance(1e-9)
         self.assertIn(transport, reactor.readers)
         transport.doRead()
-        self.assertEqual(got, [b"one", b"twothree"])
+        self.assertEqual(got, [b"one", b"two", b"threefour"])
+        self.assertEqual(clock.getDelayedCalls(), [])  # a pause after the last read: not close
+        peer.sendall(b"five")
+        transport.doRead()
         self.assertEqual(len(clock.getDelayedCalls()), 1)
         client.connectionLost(Failure(main.CONNECTION_DONE))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_reads_far_apart_not_delayed(self) -> None:
+        """Reads READ_PAUSE or more apart (long reactor turns, a quiet broker) never pause the socket."""
+        client, transport, peer, got = self.connection()
+        reactor = cast(MemoryReactor, transport.reactor)
+        transport.startReading()
+        for i in range(3):
+            peer.sendall(b"x%d" % i)
+            transport.doRead()
+            self.assertIn(transport, reactor.readers)
+            client.clock.advance(_txamqp.READ_PAUSE)
+        self.assertEqual(client.clock.getDelayedCalls(), [])
+        self.assertEqual(got, [b"x0", b"x1", b"x2"])
 
     def test_no_pause_once_closing(self) -> None:
         """A read while the transport closes does not pause it, nor does a timer restart a closed one."""
         client, transport, peer, _ = self.connection()
         transport.startReading()
+        peer.sendall(b"zero")
+        transport.doRead()
         peer.sendall(b"one")
         transport.doRead()
         transport.disconnected = True
