@@ -8,13 +8,15 @@ reactor timer of its own (a heap push and a cancel each).
 
 And deadlines decided after the next read (L{LateCall}, L{add_late_timeout}):
 the shutdown's bounds, which a turn spent telling thousands of clients 1001
-would otherwise find passed while the answers they wait for sit unread.
+would otherwise find passed while the answers they wait for sit unread, and
+the RabbitMQ and Redis health probes (a process paused by SIGSTOP or a VM
+migration finds its answers waiting).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
@@ -95,6 +97,18 @@ class Deadlines(Generic[K]):
             self._due(late)
 
 
+class _Call(Protocol):
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class _Timers(Protocol):
+    """What L{LateCall} needs of a clock: a reactor, a L{task.Clock}, or a service's narrower type for one."""
+
+    def callLater(self, delay: float, f: Callable[..., object], /, *args: Any, **kwargs: Any) -> _Call: ...
+
+
 class LateCall:
     """
     C{callback()} once C{seconds} have passed and the reactor has read its
@@ -105,10 +119,10 @@ class LateCall:
     callback runs only if the waiting was not ended meanwhile (L{cancel}).
     """
 
-    def __init__(self, clock: IReactorTime, seconds: float, callback: Callable[[], object]) -> None:
+    def __init__(self, clock: _Timers, seconds: float, callback: Callable[[], object]) -> None:
         self._clock = clock
         self._callback = callback
-        self._call: IDelayedCall = clock.callLater(seconds, self._due)
+        self._call = clock.callLater(seconds, self._due)
 
     def _due(self) -> None:
         self._call = self._clock.callLater(0, self._callback)

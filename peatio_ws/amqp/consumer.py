@@ -48,7 +48,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
+from twisted.internet.interfaces import IProtocol, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
@@ -234,7 +234,7 @@ class EventConsumer(Service):
         self._prober.clock = reactor
         #: The session the one outstanding probe was sent on.
         self._probe_session: _Session | None = None
-        self._probe_late_call: IDelayedCall | None = None
+        self._probe_late_call: LateCall | None = None
 
         self._backoff = backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=1.5)
         factory = _txamqp.DeliveryClientFactory(
@@ -803,7 +803,9 @@ class EventConsumer(Service):
         if session is None or not self._consuming or self._stopped or self._probe_session is not None:
             return
         self._probe_session = session
-        self._probe_late_call = self._reactor.callLater(self._probe_timeout, self._probe_late, session)
+        # Decided after the next read: when this process itself was paused
+        # (SIGSTOP, a VM migration), the answer may be waiting unread.
+        self._probe_late_call = LateCall(self._reactor, self._probe_timeout, lambda: self._probe_overdue(session))
         d = Deferred.fromCoroutine(self._round_trip(session))
         d.addBoth(self._probe_answered, session)
 
@@ -823,14 +825,6 @@ class EventConsumer(Service):
         # channel/connection listeners deal with that, and say why.
         if self._probe_session is session:
             self._forget_probe()
-
-    def _probe_late(self, session: _Session) -> None:
-        # A reactor turn runs due timers before it reads sockets: when this
-        # process itself was paused (SIGSTOP, a VM migration), the answer may
-        # be waiting unread. Decide after the next read.
-        self._probe_late_call = None
-        if self._probe_session is session:
-            self._probe_late_call = self._reactor.callLater(0, self._probe_overdue, session)
 
     def _probe_overdue(self, session: _Session) -> None:
         self._probe_late_call = None
@@ -853,7 +847,7 @@ class EventConsumer(Service):
 
     def _forget_probe(self) -> None:
         self._probe_session = None
-        if self._probe_late_call is not None and self._probe_late_call.active():
+        if self._probe_late_call is not None:
             self._probe_late_call.cancel()
         self._probe_late_call = None
 

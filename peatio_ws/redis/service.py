@@ -58,6 +58,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from peatio_ws.config import Settings
+from peatio_ws.deadlines import LateCall
 from peatio_ws.logs import logger
 from peatio_ws.metrics import Metrics
 from peatio_ws.redis._txredisapi import LinkFactory, error_text
@@ -184,7 +185,7 @@ class RevocationService(Service):
         self._prober: LoopingCall | None = None
         #: The command connection the one outstanding probe PING was sent on.
         self._probe_link: _Link | None = None
-        self._probe_late_call: _DelayedCall | None = None
+        self._probe_late_call: LateCall | None = None
         #: The command connection left a probe unanswered for the probe timeout.
         self._stalled = False
 
@@ -570,7 +571,9 @@ class RevocationService(Service):
         if link is None or self._probe_link is not None or self._stopping:
             return
         self._probe_link = link
-        self._probe_late_call = self._clock.callLater(self._probe_timeout, self._probe_late, link)
+        # Decided after the next read: when this process itself was paused
+        # (SIGSTOP, a VM migration), the answer may be waiting unread.
+        self._probe_late_call = LateCall(self._clock, self._probe_timeout, lambda: self._probe_overdue(link))
         link.ping().addBoth(self._probe_answered, link)
 
     def _probe_answered(self, result: object, link: _Link) -> None:
@@ -583,14 +586,6 @@ class RevocationService(Service):
             self._stalled = False
             self._update_state()  # logs "is back after" when this ends the outage
 
-    def _probe_late(self, link: _Link) -> None:
-        # A reactor turn runs due timers before it reads sockets: when this
-        # process itself was paused (SIGSTOP, a VM migration), the answer may
-        # be waiting unread. Decide after the next read.
-        self._probe_late_call = None
-        if self._probe_link is link:
-            self._probe_late_call = self._clock.callLater(0, self._probe_overdue, link)
-
     def _probe_overdue(self, link: _Link) -> None:
         self._probe_late_call = None
         if self._probe_link is not link or self._cmd is not link or self._stopping:
@@ -602,7 +597,7 @@ class RevocationService(Service):
     def _forget_probe(self) -> None:
         """Drop the outstanding probe (its connection changed or the service stops)."""
         self._probe_link = None
-        if self._probe_late_call is not None and self._probe_late_call.active():
+        if self._probe_late_call is not None:
             self._probe_late_call.cancel()
         self._probe_late_call = None
 

@@ -840,12 +840,14 @@ class ProbeTests(SynchronousTestCase):
         """
         self.broker.hold.add("queue.declare")
         self.tick()
-        session = self.h.consumer._session
-        assert session is not None
-        self.h.consumer._probe_late(session)
-        self.broker.release()
-        self.broker.pump()
-        self.h.reactor.advance(0)
+
+        def answer() -> None:
+            # Read in the turn the deadline comes due (scheduled after it, at the same time).
+            self.broker.release()
+            self.broker.pump()
+
+        self.h.reactor.callLater(5.0, answer)
+        self.h.reactor.advance(5.0)
         self.assertTrue(self.h.consumer.up)
         self.assertFalse(self.broker.transport.disconnecting)
 

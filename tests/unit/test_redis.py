@@ -480,9 +480,9 @@ class ProbeTests(SynchronousTestCase):
         was paused; timers run before reads) still counts: no outage.
         """
         self.h.clock.advance(self.interval)
-        self.h.service._probe_late(self.cmd)
-        self.cmd.pings[0].callback("PONG")
-        self.h.clock.advance(0)
+        # Read in the turn the deadline comes due (scheduled after it, at the same time).
+        self.h.clock.callLater(self.timeout, self.cmd.pings[0].callback, "PONG")
+        self.h.clock.advance(self.timeout)
         self.assertTrue(self.h.service.up)
         self.assertEqual(self.h.logged("is unavailable"), [])
 
