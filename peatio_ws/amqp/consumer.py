@@ -426,24 +426,20 @@ class EventConsumer(Service):
         that waited for them could miss the clean close's bound.
         """
         channel = session.channel
-        if self._leave_queue(session):
-            # The queue stays: nothing to wait for but the close, one round
-            # trip. What was handled is acked first; the broker cancels the
-            # consumer and puts back in the queue, for the next process,
-            # what came after (no client here would get it: all were told 1001).
-            session.client.flush_ack()
-            self._consuming = False
-            self._metrics.broker_up.set(0)
-            connection = await session.client.channel(0)
-            await connection.connection_close(reply_code=200, reply_text="peatio-ws stopping")
-            return
-        await channel.basic_cancel(consumer_tag=self._consumer_tag)
-        # Everything delivered before the cancel-ok was handled: ack it now, not when the interval is up.
+        # A queue left needs nothing but the close, one round trip: the broker
+        # cancels the consumer and puts back in the queue, for the next
+        # process, what came after the ack (no client here would get it: all
+        # were told 1001).
+        kept = self._leave_queue(session)
+        if not kept:
+            await channel.basic_cancel(consumer_tag=self._consumer_tag)
+        # Everything handled (before the cancel-ok, if one was asked): ack it now, not when the interval is up.
         session.client.flush_ack()
         self._consuming = False
         self._metrics.broker_up.set(0)
-        await self._delete_queue(channel)
-        await channel.channel_close(reply_code=200, reply_text="peatio-ws stopping")
+        if not kept:
+            await self._delete_queue(channel)
+            await channel.channel_close(reply_code=200, reply_text="peatio-ws stopping")
         connection = await session.client.channel(0)
         await connection.connection_close(reply_code=200, reply_text="peatio-ws stopping")
 

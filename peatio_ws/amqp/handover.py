@@ -6,11 +6,12 @@ Without it a stopping process deletes its queue and the next one declares a
 new queue and binds each member again as they log back in. With 15,000
 members RabbitMQ needs seconds to delete those bindings and seconds more to
 add them back, in the middle of the reconnect storm. With it, the stopping
-process cancels its consumer, keeps its queue and writes here the queue's
-name, the members bound to it and the settings that shaped it; the next
-process with the same file takes them (L{take} removes the file, so only one
-process can), consumes the same queue, and binds only members who were not
-bound; those who do not come back are unbound after RABBITMQ_UNBIND_DELAY.
+process writes here the queue's name, the members bound to it and the
+settings that shaped it, and keeps the queue (closing its connection cancels
+its consumer); the next process with the same file takes them (L{take}
+removes the file, so only one process can), consumes the same queue, and
+binds only members who were not bound; those who do not come back are
+unbound after L{peatio_ws.amqp.bindings.HANDED_UNBIND_DELAY}.
 
 The file is a small JSON object, written to a temporary file and renamed
 over the path, so a reader sees the whole of it or nothing. It is not synced
