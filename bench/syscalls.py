@@ -1,6 +1,6 @@
 """
 C{python -m bench.syscalls [--connections N] [--rounds R] [--daemon-env K=V]
-[--server daemon|floor|floor-jwt|baseline]}: the system calls and the CPU
+[--server daemon|floor|floor-jwt|baseline] [--again]}: the system calls and the CPU
 of one connection's life on the real daemon; on L{bench.lifefloor}'s bare
 Twisted server (C{floor}; C{floor-jwt} with the RS256 check): what Twisted
 and the kernel alone cost per life here; or on the baseline bridge
@@ -151,18 +151,34 @@ def _profiled(server: _Server, tokens: list[str]) -> dict[str, float]:
 
 
 def measure(
-    n: int, rounds: int, daemon_env: dict[str, str], kind: str = "daemon", profile: bool = False
+    n: int,
+    rounds: int,
+    daemon_env: dict[str, str],
+    kind: str = "daemon",
+    profile: bool = False,
+    again: bool = False,
 ) -> dict[str, Any]:
+    """
+    @param again: every measured life presents one of the same C{n} tokens,
+        each of which has logged in before (members reconnecting to a
+        process that stayed up), instead of a token never seen.
+    """
     with _server(kind, daemon_env) as server:
         now = time.time()
         # With an expiry: the baseline bridge (PyJWT) refuses a token without one.
         life = 3 * 3600
-        tokens = [make_token(now=now, uid=f"SC{i:06d}", lifetime=life) for i in range(200 + n * (rounds + 2))]
+        count = 200 + n * (1 if again else rounds + 2)
+        tokens = [make_token(now=now, uid=f"SC{i:06d}", lifetime=life) for i in range(count)]
+        if again:
+            # The same n tokens round after round; the warm-up logs each in once.
+            tokens = tokens[:200] + tokens[200:] * (rounds + 2)
+            _run(server, tokens[200 : 200 + n])
         _run(server, tokens[:200])
         result: dict[str, Any] = {
             "server": kind,
             "connections": n,
             "daemon_env": daemon_env,
+            "again": again,
             "syscalls": None,
             "cpu_us": [],
         }
@@ -201,9 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--server", choices=SERVERS, default="daemon")
     parser.add_argument("--profile", action="store_true", help="one more round under py-spy, by group")
+    parser.add_argument(
+        "--again", action="store_true", help="each life presents a token that logged in before (a reconnect)"
+    )
     args = parser.parse_args(argv)
     daemon_env = dict(kv.split("=", 1) for kv in args.daemon_env)
-    r = measure(args.connections, args.rounds, daemon_env, args.server, args.profile)
+    r = measure(args.connections, args.rounds, daemon_env, args.server, args.profile, args.again)
     calls = r["syscalls"]
     if calls is None:
         print("syscalls: strace is not installed (apt-get install strace); CPU only")
@@ -211,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         top = ", ".join(f"{name} {per:.1f}" for name, per in list(calls.items())[:10])
         print(f"system calls per connection life ({r['connections']:,} lives): {sum(calls.values()):.1f}: {top}")
     cpu = ", ".join(f"{x:.0f}" for x in r["cpu_us"])
-    print(f"{r['server']} CPU per connection life, µs ({len(r['cpu_us'])} rounds of {r['connections']:,}): {cpu}")
+    tokens = "tokens that logged in before" if r["again"] else "new tokens"
+    rounds = f"{len(r['cpu_us'])} rounds of {r['connections']:,}, {tokens}"
+    print(f"{r['server']} CPU per connection life, µs ({rounds}): {cpu}")
     if args.profile and "profile_us" not in r:
         print("profile: py-spy is not installed (pip install -r bench/requirements.txt)")
     for group, us in sorted(r.get("profile_us", {}).items(), key=lambda kv: -kv[1]):

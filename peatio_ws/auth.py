@@ -5,14 +5,21 @@ Verify Barong session JWTs.
 Only asymmetric algorithms are ever accepted, and only those configured in
 JWT_ALGORITHM: never C{none}, and never HMAC (which would let anyone holding
 the public key forge tokens). The key is loaded once, at start-up.
+
+A token that verified is remembered by its SHA-256 (L{REMEMBERED_TOKENS}
+at most), so a member reconnecting with it costs a hash, not a signature
+check: only its expiry is checked again. Revocation is not the verifier's:
+Redis is asked at every login.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +33,7 @@ from peatio_ws._pyjwt import verifying_jwt
 from peatio_ws.uids import valid_uid
 
 __all__ = [
+    "REMEMBERED_TOKENS",
     "AuthError",
     "Claims",
     "SecondsClock",
@@ -181,6 +189,13 @@ def _optional_str(claims: dict[str, Any], name: str) -> str | None:
 
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]*={0,2}\.[A-Za-z0-9_-]*={0,2}\.[A-Za-z0-9_-]*={0,2}")
 
+#: Distinct tokens whose claims a verifier remembers (the least recently
+#: presented go first): more than one process's members, so that all of
+#: them reconnecting at once (a load balancer's restart, a network blip)
+#: are each verified without the signature. A remembered token costs ~140
+#: bytes while its member is connected (the claims are shared), ~600 after.
+REMEMBERED_TOKENS = 32_768
+
 
 class TokenVerifier:
     """
@@ -199,10 +214,12 @@ class TokenVerifier:
         issuer: str | None = None,
         audience: Iterable[str] = (),
         leeways: Mapping[str, float] | None = None,
+        remember: int = REMEMBERED_TOKENS,
     ) -> None:
         """
         @param leeways: seconds of clock leeway for C{exp}, C{nbf} and
             C{iat}; a claim not named has none.
+        @param remember: how many distinct verified tokens to remember.
         """
         self._key = key
         self._algorithms = list(algorithms)
@@ -211,6 +228,9 @@ class TokenVerifier:
         leeways = leeways or {}
         self._leeway = {claim: float(leeways.get(claim, 0.0)) for claim in ("exp", "nbf", "iat")}
         self._clock = clock
+        #: SHA-256 of a token whose signature and claims verified -> its claims.
+        self._remembered: OrderedDict[bytes, Claims] = OrderedDict()
+        self._remember = remember
         self._jwt = verifying_jwt(
             options={
                 "verify_signature": True,
@@ -234,6 +254,36 @@ class TokenVerifier:
         # accepted before 2.13).
         if _COMPACT_JWS.fullmatch(token) is None:
             raise AuthError("malformed")
+        # A token seen before is not verified again: its signature, header and
+        # claims are what they were (the digest covers every byte), and so is
+        # every check but the one time can undo. Revocation is Redis's, asked
+        # on every connection all the same (L{peatio_ws.websocket.tokens}).
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        remembered = self._remembered.get(digest)
+        if remembered is not None:
+            if remembered.expires_at is not None and self._clock.seconds() >= remembered.expires_at:
+                del self._remembered[digest]
+                raise AuthError("expired")
+            self._remembered.move_to_end(digest)
+            # A Claims of its own: a connection tells its authentications apart by identity.
+            return Claims(
+                remembered.uid,
+                remembered.jti,
+                remembered.expires_at,
+                remembered.email,
+                remembered.role,
+                remembered.level,
+                remembered.state,
+            )
+        claims = self._verified(token)
+        if self._remember > 0:
+            self._remembered[digest] = claims
+            if len(self._remembered) > self._remember:
+                self._remembered.popitem(last=False)
+        return claims
+
+    def _verified(self, token: str) -> Claims:
+        """The claims of a compact JWS not seen before: PyJWT checks its signature, then the claims are checked."""
         try:
             claims = self._jwt.decode(token, self._key, algorithms=self._algorithms)
         except jwt.InvalidAlgorithmError:

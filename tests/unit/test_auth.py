@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.auth import (
+    REMEMBERED_TOKENS,
     AuthError,
     Claims,
     TokenVerifier,
@@ -879,3 +880,100 @@ class NoLeewayTests(SynchronousTestCase):
         """A sub that is not a string is refused as any other wrong subject ("subject", never "invalid")."""
         for sub in (42, ["session"], {"session": 1}, None, True):
             self.assertEqual(self.reason(sub=sub), "subject", sub)
+
+
+class RememberedTokenTests(VerifierMixin, SynchronousTestCase):
+    """
+    A token that verified is remembered (by its SHA-256) and not verified
+    again; what time can change is checked every time, and nothing else
+    about the token can change.
+    """
+
+    def counted(self, verifier: TokenVerifier) -> list[str]:
+        """The tokens whose signature and claims C{verifier} checks from now on."""
+        checked: list[str] = []
+        full = verifier._verified
+
+        def counting(token: str) -> Claims:
+            checked.append(token)
+            return full(token)
+
+        self.patch(verifier, "_verified", counting)
+        return checked
+
+    def test_once(self) -> None:
+        """The second login with a token costs no verification, and gives the same claims in a new object."""
+        verifier = self.verifier()
+        checked = self.counted(verifier)
+        token = self.token(uid="ID1A2B3C4D5E", jti="J-1", exp=NOW + 60)
+        first = verifier.verify(token)
+        second = verifier.verify(token)
+        self.assertEqual(checked, [token])
+        self.assertEqual(first, second)
+        self.assertIsNot(first, second)
+        self.assertEqual((second.uid, second.jti, second.expires_at), ("ID1A2B3C4D5E", "J-1", NOW + 60))
+
+    def test_expires_while_remembered(self) -> None:
+        """A remembered token is expired at exp plus leeway, exactly as one verified anew, and forgotten then."""
+        verifier = self.verifier(jwt_expiration_leeway=10.0)
+        checked = self.counted(verifier)
+        token = self.token(exp=NOW + 60)
+        verifier.verify(token)
+        self.clock.advance(69.5)
+        verifier.verify(token)
+        self.clock.advance(0.5)
+        self.assertEqual(self.assertRaises(AuthError, verifier.verify, token).reason, "expired")
+        self.assertEqual(self.assertRaises(AuthError, verifier.verify, token).reason, "expired")
+        # The second refusal verified it anew: it was forgotten at the first.
+        self.assertEqual(checked, [token, token])
+
+    def test_refused_is_not_remembered(self) -> None:
+        """A token refused for a reason time removes (nbf) verifies once that time has come."""
+        verifier = self.verifier()
+        token = self.token(nbf=NOW + 5)
+        self.assertEqual(self.assertRaises(AuthError, verifier.verify, token).reason, "not_yet_valid")
+        self.clock.advance(5)
+        self.assertEqual(verifier.verify(token).uid, "ID1A2B3C4D5E")
+
+    def test_another_signature(self) -> None:
+        """A remembered token's header and claims under another signature are checked, and refused."""
+        verifier = self.verifier()
+        token = self.token()
+        verifier.verify(token)
+        head, body, signature = token.split(".")
+        forged = f"{head}.{body}.{b64url(rs256_signature(head + '.' + body, other_rsa_key()))}"
+        self.assertEqual(self.assertRaises(AuthError, verifier.verify, forged).reason, "signature")
+        flipped = f"{head}.{body}.{signature[:-2]}{'A' if signature[-2] != 'A' else 'B'}{signature[-1]}"
+        self.assertEqual(self.assertRaises(AuthError, verifier.verify, flipped).reason, "signature")
+
+    def test_bounded(self) -> None:
+        """At most C{remember} tokens are remembered; the one presented least recently goes first."""
+        clock = Clock()
+        clock.advance(NOW)
+        verifier = TokenVerifier(rsa_key().public_key(), ["RS256"], clock, remember=2)
+        checked = self.counted(verifier)
+        a, b, c = (self.token(jti=f"J-{n}") for n in range(3))
+        for token in (a, b, a, c):  # b is now the least recent: c pushes it out
+            verifier.verify(token)
+        self.assertEqual(checked, [a, b, c])
+        verifier.verify(a)
+        verifier.verify(c)
+        self.assertEqual(checked, [a, b, c])
+        verifier.verify(b)
+        self.assertEqual(checked, [a, b, c, b])
+
+    def test_remember_none(self) -> None:
+        """With C{remember=0} every presentation is verified."""
+        clock = Clock()
+        clock.advance(NOW)
+        verifier = TokenVerifier(rsa_key().public_key(), ["RS256"], clock, remember=0)
+        checked = self.counted(verifier)
+        token = self.token()
+        verifier.verify(token)
+        verifier.verify(token)
+        self.assertEqual(checked, [token, token])
+
+    def test_the_default_bound(self) -> None:
+        """The configured verifier remembers more tokens than a large process has members."""
+        self.assertEqual(self.verifier()._remember, REMEMBERED_TOKENS)
+        self.assertGreaterEqual(REMEMBERED_TOKENS, 30_000)

@@ -229,6 +229,21 @@ class AuthenticationTests(ProtocolTestCase):
         self.assertEqual(client.messages(), [AUTH_FAILED])
         self.assertEqual(len(self.registry), 0)
 
+    def test_revoked_after_a_login(self) -> None:
+        """
+        A token that already logged in once (and so is remembered by the
+        verifier) is refused once its session is revoked: Redis is asked
+        on every login.
+        """
+        token = self.token(jti="JTI-1")
+        first = self.connect()
+        first.send_json({"jwt": "Bearer " + token})
+        self.assertEqual(first.messages(), [AUTHENTICATED])
+        self.revocation.revoked.add("JTI-1")
+        second = self.connect()
+        second.send_json({"jwt": "Bearer " + token})
+        self.assertEqual(second.messages(), [AUTH_FAILED])
+
     def test_revocation_unavailable(self) -> None:
         """When the revocation check fails outright, authentication fails (deny policy)."""
         client = self.connect()
