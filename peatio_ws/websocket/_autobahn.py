@@ -20,6 +20,11 @@ answers it. Anything else (a header twice, a fragment, an Origin it
 refuses, an extension offer it would parse, any malformed request) goes to
 Autobahn's own C{processHandshake}, which accepts or refuses it as always.
 
+What Autobahn writes itself (the 101, refusals, pongs, close frames) goes
+through the protocol's C{write}, so the subclass can send it as directly as
+its own frames; the 101 is held until the dialect's first message joins it
+(one send, not two; C{succeedHandshake}).
+
 L{BucketTimer} replaces the factory's C{_batched_timer} (txaio's), which
 keeps each bucket's calls in a list and cancels one with C{list.remove}: a
 shutdown's 15,000 closing-handshake timers land in one bucket, and each
@@ -38,6 +43,7 @@ C{failHandshake} (replaced: what it did, C{wasNotCleanReason}, C{sendHttpErrorRe
 C{wasClean}, C{dropConnection}), C{onFrameBegin}, C{current_frame.fin}, C{failedByMe},
 C{_fail_connection}, C{closedByMe}/C{localCloseCode}/C{localCloseReason}
 (set by C{sendCloseFrame}), C{onMessageBegin}, C{onMessageFrameBegin},
+C{sendData}'s parameters and C{send_queue}/C{logOctets} (L{BoundedServerProtocol.sendData}),
 C{http_request_data}/C{http_response_data}/C{http_headers}, what
 C{processHandshake} sets before C{onConnect} (C{http_status_line},
 C{http_request_uri}/C{_path}/C{_params}/C{_host}, C{websocket_version}/
@@ -124,10 +130,14 @@ class BoundedServerProtocol(WebSocketServerProtocol):
     #: Set by the subclass when it has counted and logged the refusal it is
     #: about to make (an HTTP error it raises as C{ConnectionDeny} included).
     refusal_counted = False
-    # Autobahn's options the quick upgrade reads (on the class: L{bake_options}).
+    # Autobahn's options read here (on the class: L{bake_options}).
     trustXForwardedFor: int
     maxConnections: int
+    logOctets: bool
     allowedOriginsPatterns: list[Any]
+    #: While Autobahn answers an upgrade (L{succeedHandshake}): C{b""}, then
+    #: the 101 it wrote, until the next write takes it along.
+    _corked: bytes | None = None
     #: Whether usual upgrade requests are read by the door's parser (False:
     #: Autobahn reads every one; the door's tests compare the two).
     quick_upgrade = True
@@ -223,7 +233,55 @@ class BoundedServerProtocol(WebSocketServerProtocol):
         self.http_response_data = ""
         self.http_headers = {}
 
+    def write(self, data: bytes) -> None:
+        """Write bytes ready for the wire, after the 101 when it is still held (L{succeedHandshake})."""
+        corked = self._corked
+        if corked is not None:
+            del self._corked
+            data = corked + data
+        self.write_now(data)
+
+    def write_now(self, data: bytes) -> None:
+        """Write bytes at once; the subclass may write more directly than C{transport.write}."""
+        transport: Any = self.transport
+        transport.write(data)
+
+    def _uncork(self) -> None:
+        corked = self._corked
+        if corked is not None:
+            del self._corked
+            if corked:
+                self.write_now(corked)
+
     # -- Autobahn's internals, overridden ------------------------------------------------
+
+    def succeedHandshake(self, res: Any) -> None:
+        """
+        Autobahn's answer to an accepted upgrade, with its 101 held until the
+        next write (what the dialect says on opening: the challenge), so both
+        leave in one send; written at the end in any case.
+        """
+        self._corked = b""
+        try:
+            super().succeedHandshake(res)
+        finally:
+            self._uncork()
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """
+        What Autobahn writes itself (the 101 response, a refusal, a pong, a
+        close frame) goes through L{write}, as the subclass's own frames do;
+        Autobahn's trickling (C{sync}, C{chopsize}, a queue already waiting)
+        and octet logging are left to it. Autobahn's C{trafficStats} are not
+        kept for these writes (nothing here reads them).
+        """
+        if sync or chopsize or self.send_queue or self.logOctets:
+            self._uncork()
+            super().sendData(data, sync, chopsize)
+        elif self._corked == b"":
+            self._corked = data  # the 101 (L{succeedHandshake})
+        else:
+            self.write(data)
 
     def _dataReceived(self, data: bytes) -> None:
         if self.muted or not self.inbound_bytes(len(data)):

@@ -678,8 +678,11 @@ class StreamProtocol(BoundedServerProtocol):
         # (A transport that does not say what it holds: the estimate never counts writes like this one.)
         self._exempt = 0 if held is None else min(len(data), held)
 
-    def write(self, frame: bytes) -> None:
-        """Write a ready frame, with no limit applied (the caller checked, or it is a close path)."""
+    def write_now(self, frame: bytes) -> None:
+        """
+        Write ready bytes, with no limit applied (the caller checked, or it is a
+        close path): a frame of ours, or what Autobahn writes (the 101, a close).
+        """
         _transport.write(self.transport, self._socket, frame)
 
     def _room_for(self, size: int) -> bool:

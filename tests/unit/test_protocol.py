@@ -22,11 +22,12 @@ from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.testing import OMIT, MembershipRecorder, generate_rsa_key, make_token, settings_for_tests
 from peatio_ws.testing.factory import stream_factory
+from peatio_ws.testing.frames import SAMPLE_KEY, upgrade_request
 from peatio_ws.testing.wsclient import Client, client_frame
 from peatio_ws.websocket import CloseCode, StreamFactory
 from peatio_ws.websocket.connection import EVENTS_FLOWING_WAIT, LET_GO_SECONDS
 from peatio_ws.websocket.factory import PING_SLICE, PING_SLICE_GAP
-from peatio_ws.websocket.legacy import new_challenge
+from peatio_ws.websocket.legacy import LEGACY, new_challenge
 from peatio_ws.websocket.limits import MAX_EMPTY_FRAGMENTS, MAX_FRAMES_PER_MESSAGE, MAX_JSON_DEPTH, MAX_REQUEST_HEAD
 from peatio_ws.websocket.origins import normalize_origin
 
@@ -100,6 +101,47 @@ class ChallengeTests(ProtocolTestCase):
         challenge = message["challenge"]
         self.assertEqual(len(challenge), 54)
         self.assertRegex(challenge, r"^[A-Za-z0-9_-]{54}$")
+
+    def writes_of(self, request: bytes, path: str = "/") -> list[bytes]:
+        """What a connection wrote, write by write, for C{request} (an upgrade and whatever follows it)."""
+        writes: list[bytes] = []
+
+        class Counting(StringTransport):
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+                super().write(data)
+
+        address = IPv4Address("TCP", "127.0.0.1", 50000)
+        protocol = self.factory.buildProtocol(address)
+        transport = Counting(peerAddress=address)
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        protocol.dataReceived(request)
+        return writes
+
+    def test_one_write_with_the_101(self) -> None:
+        """The 101 and the challenge leave in one write; what the client pipelined is answered after them."""
+        [both] = self.writes_of(upgrade_request("/", "localhost:8080", key=SAMPLE_KEY))
+        head, _, frame = both.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        self.assertEqual(list(json.loads(frame[2:])), ["challenge"])
+        first, pong = self.writes_of(upgrade_request("/", "localhost:8080", key=SAMPLE_KEY) + client_frame(b"ping"))
+        self.assertTrue(first.startswith(b"HTTP/1.1 101 "))
+        self.assertEqual(pong, text_frame(b"pong"))
+
+    def test_ranger_one_write(self) -> None:
+        """The ranger dialect's first message leaves with the 101 too."""
+        [both] = self.writes_of(upgrade_request("/public", "localhost:8080"))
+        head, _, frame = both.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        self.assertEqual(json.loads(frame[2:]), {"success": {"message": "subscribed", "streams": []}})
+
+    def test_the_101_alone(self) -> None:
+        """A dialect that said nothing on opening: the 101 is written once the upgrade is answered."""
+        self.patch(LEGACY, "opened", lambda conn: None)
+        [only] = self.writes_of(upgrade_request("/", "localhost:8080"))
+        self.assertTrue(only.startswith(b"HTTP/1.1 101 "), only[:100])
+        self.assertTrue(only.endswith(b"\r\n\r\n"), only[-100:])
 
     def test_challenge_fresh(self) -> None:
         """Every connection gets a different challenge."""

@@ -20,7 +20,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from peatio_ws.framing import text_frame
 from peatio_ws.testing import make_token, settings_for_tests
 from peatio_ws.testing.factory import stream_factory
-from peatio_ws.testing.frames import CLOSE, SAMPLE_KEY, client_frame, parse_frames, upgrade_request
+from peatio_ws.testing.frames import (
+    CLOSE,
+    PING,
+    PONG,
+    SAMPLE_KEY,
+    TEXT,
+    client_frame,
+    close_payload,
+    parse_frames,
+    upgrade_request,
+)
 from peatio_ws.websocket import CloseCode
 from peatio_ws.websocket.connection import StreamProtocol
 
@@ -54,6 +64,9 @@ class SendPathTests(SynchronousTestCase):
         self.addCleanup(self._close)
         self.received = b""
         self.proto.dataReceived(upgrade_request("/", "localhost:8080", [], key=SAMPLE_KEY))
+        # Autobahn's own writes go straight to the socket as well: the 101 is there, nothing to poll for.
+        self.assertEqual(self.held(), 0)
+        self.assertNotIn(self.server, self.reactor.writers)
         self.flush()
         head, _, rest = self.received.partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 101"), head[:100])
@@ -105,6 +118,26 @@ class SendPathTests(SynchronousTestCase):
         self.assertNotIn(self.server, self.reactor.writers)
         self.read_peer()
         self.assertEqual(self.received, frame)
+
+    def test_close_frame_direct(self) -> None:
+        """The close frame Autobahn answers a client's close with goes straight to the socket too."""
+        self.proto.dataReceived(client_frame(close_payload(1000), opcode=CLOSE))
+        # (Twisted now waits to write, to close the socket once it holds nothing: it holds nothing.)
+        self.assertEqual(self.held(), 0)
+        self.read_peer()
+        [frame] = self.frames()
+        self.assertEqual((frame.opcode, frame.payload), (CLOSE, close_payload(1000)))
+
+    def test_behind_held_bytes_autobahn_waits_its_turn(self) -> None:
+        """While Twisted holds part of a frame, what Autobahn writes (a pong) queues behind it, in order."""
+        payload = b'{"order":"' + b"x" * 100_000 + b'"}'
+        self.assertTrue(self.proto.send_frame(text_frame(payload)))
+        held = self.held()
+        self.assertGreater(held, 0)
+        self.proto.dataReceived(client_frame(b"hi", opcode=PING))
+        self.assertEqual(self.held(), held + 4)
+        self.flush()
+        self.assertEqual([(f.opcode, f.payload) for f in self.frames()], [(TEXT, payload), (PONG, b"hi")])
 
     def test_partial_send_is_trimmed(self) -> None:
         """

@@ -45,12 +45,25 @@ class AutobahnDoorTests(SynchronousTestCase):
             "failHandshake": ["self", "reason", "code", "responseHeaders"],
             "sendCloseFrame": ["self", "code", "reasonUtf8", "isReply"],
             "succeedHandshake": ["self", "res"],
+            "sendData": ["self", "data", "sync", "chopsize"],
         }
         found = {}
         for name in expected:
             method = getattr(WebSocketServerProtocol, name, None)
             found[name] = parameters(method) if method is not None else "missing"
         self.assertEqual(found, expected, "Autobahn changed a method peatio_ws.websocket._autobahn overrides or calls")
+
+    def test_send_data_state(self) -> None:
+        """
+        sendData writes at once unless trickling (a send_queue) or logging
+        octets, which the door leaves to Autobahn: both still exist.
+        """
+        self.assertIn("self.send_queue = deque()", inspect.getsource(WebSocketProtocol._connectionMade))
+        self.assertIn("logOctets", WebSocketServerProtocol.CONFIG_ATTRS)
+        self.assertIs(WebSocketServerFactory().logOctets, False)
+        source = inspect.getsource(WebSocketProtocol.sendData)
+        self.assertIn("self.send_queue", source)
+        self.assertIn("self.transport.write(data)", source)
 
     def test_quick_upgrade_helpers(self) -> None:
         """
