@@ -1270,6 +1270,9 @@ _KEY_LINES = (
     "shutdown complete",
     "peatio-ws listening on",
     "RabbitMQ: connected and consuming",
+    "RabbitMQ: left queue",
+    "RabbitMQ: took over queue",
+    "JWT_HANDOVER_FILE",
     "Redis:",
     " authenticated as ",
 )

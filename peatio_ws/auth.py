@@ -245,6 +245,45 @@ class TokenVerifier:
             }
         )
 
+    @property
+    def settings_digest(self) -> str:
+        """
+        SHA-256 (hex) of what decides whether a token verifies and what its
+        claims are: the key, the algorithms, the issuer, the audience and the
+        leeways. Tokens remembered under other settings are not taken over.
+        """
+        key = self._key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        described = repr(
+            (sorted(self._algorithms), self._issuer, sorted(self._audience), sorted(self._leeway.items()))
+        )
+        return hashlib.sha256(key + b"\0" + described.encode("utf-8")).hexdigest()
+
+    def remembered(self) -> list[tuple[bytes, Claims]]:
+        """The tokens remembered and not expired, by digest, the least recently presented first."""
+        now = self._clock.seconds()
+        return [
+            (digest, claims)
+            for digest, claims in self._remembered.items()
+            if claims.expires_at is None or now < claims.expires_at
+        ]
+
+    def adopt(self, remembered: Iterable[tuple[bytes, Claims]]) -> int:
+        """
+        Remember tokens another process verified under the same settings
+        (L{settings_digest}; the caller checks), the least recent first, as
+        L{remembered} gives them; the expired are left out. How many are
+        remembered now.
+        """
+        now = self._clock.seconds()
+        table = self._remembered
+        for digest, claims in remembered:
+            if claims.expires_at is None or now < claims.expires_at:
+                table[digest] = claims
+                table.move_to_end(digest)
+        while len(table) > self._remember:
+            table.popitem(last=False)
+        return len(table)
+
     def verify(self, token: str) -> Claims:
         """
         @raise AuthError: the token does not verify; C{reason} says why.

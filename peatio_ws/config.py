@@ -290,6 +290,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "JWT_ISSUED_AT_LEEWAY": _optional_seconds,
     "JWT_EXPIRATION_LEEWAY": _optional_seconds,
     "JWT_NOT_BEFORE_LEEWAY": _optional_seconds,
+    "JWT_HANDOVER_FILE": _handover_file,
     "RABBITMQ_HOST": _rabbitmq_hosts,
     "RABBITMQ_PORT": _integer(1, 65535),
     "RABBITMQ_USER": _required,
@@ -404,6 +405,7 @@ class Settings:
     jwt_issued_at_leeway: float | None = _DEFAULTS["jwt_issued_at_leeway"]
     jwt_expiration_leeway: float | None = _DEFAULTS["jwt_expiration_leeway"]
     jwt_not_before_leeway: float | None = _DEFAULTS["jwt_not_before_leeway"]
+    jwt_handover_file: str | None = _DEFAULTS["jwt_handover_file"]
 
     rabbitmq_host: str = _DEFAULTS["rabbitmq_host"]
     rabbitmq_port: int = _DEFAULTS["rabbitmq_port"]

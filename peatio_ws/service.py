@@ -15,6 +15,10 @@ down while clients drain.
 
 A port that cannot be bound stops start-up with one log line naming the
 setting (L{StartupError}), instead of a traceback or a daemon serving nothing.
+
+With JWT_HANDOVER_FILE the tokens the verifier remembers are left there
+first thing at a stop, and taken from there before the first connection
+(L{peatio_ws.remembered}).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from peatio_ws import logs
+from peatio_ws import logs, remembered
 from peatio_ws.config import Settings
 from peatio_ws.deadlines import LateCall
 from peatio_ws.http import HealthCheck, monitoring_site
@@ -251,6 +255,7 @@ class Daemon(MultiService):
         if not self._bound:
             # Started without twistd (tests, tools): bind first, the same way.
             self.privilegedStartService()
+        self._take_remembered()
         super().startService()
         self.listening = True
         self.metrics.listener_up.set(1)
@@ -273,6 +278,42 @@ class Daemon(MultiService):
             self._watchdog = LoopingCall(self.notifier.watchdog)
             self._watchdog.clock = self.reactor
             self._watchdog.start(interval, now=True)
+
+    def _take_remembered(self) -> None:
+        """The tokens the previous process verified, remembered by this one if they were verified alike."""
+        path = self.settings.jwt_handover_file
+        if path is None:
+            return
+        try:
+            handed = remembered.take(path)
+        except remembered.RememberedError as e:
+            log.warn("JWT_HANDOVER_FILE {path}: {problem}; every token is verified anew", path=path, problem=str(e))
+            return
+        if handed is None:
+            return
+        if handed.settings != self.verifier.settings_digest:
+            log.info("JWT_HANDOVER_FILE {path}: left under other JWT settings; every token is verified anew", path=path)
+            return
+        count = self.verifier.adopt(handed.tokens)
+        log.info(
+            "JWT_HANDOVER_FILE {path}: {count} tokens the previous process verified are remembered",
+            path=path,
+            count=count,
+        )
+
+    def _leave_remembered(self) -> None:
+        path = self.settings.jwt_handover_file
+        if path is None:
+            return
+        verifier = self.verifier
+        try:
+            count = remembered.leave(path, verifier.settings_digest, verifier.remembered(), self.reactor.seconds())
+        except remembered.RememberedError as e:
+            log.warn("JWT_HANDOVER_FILE {path}: {problem}", path=path, problem=str(e))
+            return
+        log.info(
+            "JWT_HANDOVER_FILE {path}: {count} remembered tokens left for the next process", path=path, count=count
+        )
 
     def _accept_once_consuming(self) -> None:
         """
@@ -332,6 +373,7 @@ class Daemon(MultiService):
         count = len(self.factory.connections)
         self.notifier.stopping(f"Shutting down: closing {count} connections")
         log.info("shutting down: closing {count} connections", count=count)
+        self._leave_remembered()
         await self._stop_child(self.listener, "listener")
         self.listening = False
         self.metrics.listener_up.set(0)

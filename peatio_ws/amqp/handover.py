@@ -13,20 +13,20 @@ removes the file, so only one process can), consumes the same queue, and
 binds only members who were not bound; those who do not come back are
 unbound after L{peatio_ws.amqp.bindings.HANDED_UNBIND_DELAY}.
 
-The file is a small JSON object, written to a temporary file and renamed
-over the path, so a reader sees the whole of it or nothing. It is not synced
-to disk: after a power cut the next process may find it empty or missing,
-and then starts with a new queue, as it would without the file.
+The file is a small JSON object, written whole or not at all and taken by
+one reader (L{peatio_ws.statefile}). It is not synced to disk: after a
+power cut the next process may find it empty or missing, and then starts
+with a new queue, as it would without the file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
+
+from peatio_ws import statefile
 
 __all__ = ["FORMAT", "MAX_BYTES", "Handover", "HandoverError", "Shape", "leave", "take"]
 
@@ -138,39 +138,21 @@ def take(path: str) -> Handover | None:
         is removed all the same when it can be, so it is not met again).
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise HandoverError(f"cannot read it: {e.strerror or e}") from None
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return None  # taken by another process between our read and our unlink
-    except OSError as e:
-        raise HandoverError(f"cannot remove it: {e.strerror or e}") from None
-    if len(data) > MAX_BYTES:
-        raise HandoverError(f"larger than {MAX_BYTES} bytes")
-    return Handover.from_json(data)
+        data = statefile.take(path, MAX_BYTES)
+    except statefile.StateFileError as e:
+        raise HandoverError(str(e)) from None
+    return None if data is None else Handover.from_json(data)
 
 
 def leave(path: str, queue: str, shape: Shape, members: Iterable[str], cover: bool, now: float) -> None:
     """
-    Write the handover to C{path}, whole or not at all (a temporary file in
-    the same directory, renamed over it), readable by this user only.
+    Write the handover to C{path}, whole or not at all, readable by this user
+    only (L{peatio_ws.statefile.leave}).
 
     @raise HandoverError: it could not be written.
     """
     handover = Handover(queue=queue, shape=shape, members=frozenset(members), cover=cover, left_at=now)
-    temporary = f"{path}.{os.getpid()}.tmp"
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(handover.to_json())
-        os.replace(temporary, path)
-    except OSError as e:
-        # A failed write leaves no temporary file behind.
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise HandoverError(f"cannot write it: {e.strerror or e}") from None
+        statefile.leave(path, handover.to_json())
+    except statefile.StateFileError as e:
+        raise HandoverError(str(e)) from None

@@ -93,7 +93,10 @@ class EndToEndTests(DaemonTestCase):
 
 
 class RestartTests(DaemonTestCase):
-    """A restart with RABBITMQ_HANDOVER_FILE: the next daemon consumes the queue the first one left."""
+    """
+    A restart with RABBITMQ_HANDOVER_FILE and JWT_HANDOVER_FILE: the next
+    daemon consumes the queue the first one left, and remembers its tokens.
+    """
 
     def test_queue_handed_over(self) -> None:
         """
@@ -107,18 +110,21 @@ class RestartTests(DaemonTestCase):
         directory.mkdir(parents=True)
         env = {
             "RABBITMQ_HANDOVER_FILE": str(directory / "queue.json"),
+            "JWT_HANDOVER_FILE": str(directory / "tokens.json"),
             # What is left on the shared broker after the test goes soon.
             "RABBITMQ_QUEUE_EXPIRES": "5",
         }
         first = self.start_daemon(**env)
         uid = f"ID{uuid.uuid4().hex[:10].upper()}"
+        token = make_token(uid=uid)
         ws = self.client()
-        self.login(ws, uid)
+        self.login(ws, uid, token)
         first.stop()
         self.assertEqual(self.close_code(ws), 1001)
         queue = queue_name_from_log(first.log_text())
         self.assertIn(f"left queue {queue} and its 1 member bindings to the next process", first.log_text())
         self.assertTrue((directory / "queue.json").exists())
+        self.assertIn("1 remembered tokens left for the next process", first.log_text())
 
         second = DaemonProcess(env=env, port=first.port, exchange=first.exchange)
         self.addCleanup(second.cleanup)
@@ -127,7 +133,8 @@ class RestartTests(DaemonTestCase):
         self.assertIn(f"took over queue {queue} from the previous process", second.log_text())
         self.assertIn(f"connected and consuming from {queue} (1 bindings)", second.log_text())
         self.assertFalse((directory / "queue.json").exists())
+        self.assertIn("1 tokens the previous process verified are remembered", second.log_text())
         ws = self.client()
-        self.login(ws, uid)
+        self.login(ws, uid, token)  # the same token: no signature check, the revocation check as always
         self.publish(uid, "order", {"id": "after"})
         self.assertEqual(self.recv(ws), {"order": {"id": "after"}})

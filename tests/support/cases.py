@@ -69,9 +69,10 @@ class DaemonTestCase(SynchronousTestCase):
         except ValueError:
             return message
 
-    def login(self, ws: ClientConnection, uid: str, **claims: Any) -> None:
+    def login(self, ws: ClientConnection, uid: str, token: str | None = None, **claims: Any) -> None:
+        """Log in as C{uid} with C{token}, or a new token with C{claims}."""
         self.assertIn("challenge", self.recv(ws))
-        ws.send(json.dumps({"jwt": "Bearer " + make_token(uid=uid, **claims)}))
+        ws.send(json.dumps({"jwt": "Bearer " + (token or make_token(uid=uid, **claims))}))
         self.assertEqual(self.recv(ws), AUTHENTICATED)
 
     def publish(self, uid: str, event: str, payload: dict[str, Any]) -> None:

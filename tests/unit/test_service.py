@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from typing import Any, cast
 
 from twisted.application.service import Application, IService, IServiceCollection, MultiService, Service
@@ -24,11 +25,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws import logs
+from peatio_ws.auth import AuthError, Claims
 from peatio_ws.http import HealthResource
 from peatio_ws.listen import BACKLOG, PortService
 from peatio_ws.logs import JSONLinesObserver, event_as_dict, json_observer
 from peatio_ws.service import CONSUMER_START_WAIT, STOP_STEP_TIMEOUT, Daemon, StartupError, stop_once_on_signals
-from peatio_ws.testing import settings_for_tests
+from peatio_ws.testing import make_token, settings_for_tests
 from peatio_ws.websocket import StreamFactory
 
 
@@ -634,3 +636,112 @@ class StopOnceTests(SynchronousTestCase):
         trigger()
         reactor.sigInt(2, None)  # type: ignore[attr-defined]
         self.assertEqual(calls, [])
+
+
+class RememberedTokensTests(DaemonTestCase):
+    """JWT_HANDOVER_FILE: the tokens one process verified, remembered by the next one it leaves them to."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.path = os.path.join(self.mktemp(), "tokens.json")
+        os.makedirs(os.path.dirname(self.path))
+        self.reactor.advance(1_700_000_000)
+        self.settings = settings_for_tests(jwt_handover_file=self.path)
+        self.daemon = self.build()
+
+    def token(self, **claims: Any) -> str:
+        return make_token(now=self.reactor.seconds(), **claims)
+
+    def test_left_and_taken(self) -> None:
+        """
+        A stop leaves the verifier's tokens (unexpired) in a file of the user
+        only; the next process takes it (removing it) and does not verify
+        those tokens again.
+        """
+        kept = self.token(uid="ID000000001", exp=self.reactor.seconds() + 600)
+        expired = self.token(uid="ID000000002", exp=self.reactor.seconds() + 5)
+        self.start()
+        self.daemon.verifier.verify(kept)
+        self.daemon.verifier.verify(expired)
+        self.reactor.advance(5)
+        self.successResultOf(self.daemon.stopService())
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+        self.assertIn(f"JWT_HANDOVER_FILE {self.path}: 1 remembered tokens left for the next process", self.messages())
+
+        successor = self.build()
+        checked: list[str] = []
+        verify = successor.verifier._verified
+
+        def counting(token: str) -> Claims:
+            checked.append(token)
+            return verify(token)
+
+        self.patch(successor.verifier, "_verified", counting)
+        successor.privilegedStartService()
+        successor.startService()
+        self.addCleanup(successor.stopService)
+        self.assertFalse(os.path.exists(self.path))
+        self.assertIn(
+            f"JWT_HANDOVER_FILE {self.path}: 1 tokens the previous process verified are remembered", self.messages()
+        )
+        claims = successor.verifier.verify(kept)
+        self.assertEqual((claims.uid, claims.expires_at), ("ID000000001", self.reactor.seconds() + 595))
+        self.assertEqual(checked, [])
+        self.assertEqual(self.assertRaises(AuthError, successor.verifier.verify, expired).reason, "expired")
+        self.assertEqual(checked, [expired])
+
+    def test_other_settings(self) -> None:
+        """Tokens left under other JWT settings (another audience here) are not taken: one line says so."""
+        token = self.token()
+        self.start()
+        self.daemon.verifier.verify(token)
+        self.successResultOf(self.daemon.stopService())
+        successor = self.build(settings=settings_for_tests(jwt_handover_file=self.path, jwt_audience=("other",)))
+        successor.privilegedStartService()
+        successor.startService()
+        self.addCleanup(successor.stopService)
+        self.assertIn(
+            f"JWT_HANDOVER_FILE {self.path}: left under other JWT settings; every token is verified anew",
+            self.messages(LogLevel.info),
+        )
+        self.assertEqual(successor.verifier.remembered(), [])
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_bad_file(self) -> None:
+        """A file that is not ours: one warning, removed, and the process starts as without it."""
+        with open(self.path, "wb") as f:
+            f.write(b"{not json")
+        self.start()
+        self.assertEqual(
+            self.messages(LogLevel.warn),
+            [f"JWT_HANDOVER_FILE {self.path}: not JSON; every token is verified anew"],
+        )
+        self.assertFalse(os.path.exists(self.path))
+        self.assertTrue(self.daemon.listening)
+
+    def test_cannot_write(self) -> None:
+        """A file that cannot be written: one warning, and the stop goes on to the end."""
+        os.rmdir(os.path.dirname(self.path))
+        self.start()
+        self.successResultOf(self.daemon.stopService())
+        [warning] = self.messages(LogLevel.warn)
+        self.assertTrue(warning.startswith(f"JWT_HANDOVER_FILE {self.path}: cannot write it: "), warning)
+        self.assertEqual(self.messages(LogLevel.info)[-1], "shutdown complete")
+
+    def test_left_first(self) -> None:
+        """The file is written before the first client is told 1001 (a slow stop cannot lose it)."""
+        self.start()
+        self.connect("c1", closes=False)
+        stopping = self.daemon.stopService()
+        self.assertTrue(os.path.exists(self.path))
+        self.reactor.advance(60)
+        self.successResultOf(stopping)
+
+    def test_unset(self) -> None:
+        """Without JWT_HANDOVER_FILE nothing is read or written."""
+        self.daemon = self.build(settings=settings_for_tests())
+        self.start()
+        self.daemon.verifier.verify(self.token())
+        self.successResultOf(self.daemon.stopService())
+        self.assertEqual(os.listdir(os.path.dirname(self.path)), [])
+        self.assertFalse([m for m in self.messages() if "JWT_HANDOVER_FILE" in m])

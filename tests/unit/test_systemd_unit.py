@@ -89,6 +89,7 @@ class UnitSettingsMixin(_Base):  # type: ignore[misc,valid-type]
 
     path: Path
     handover_file: str
+    tokens_file: str
 
     def unit(self) -> Unit:
         return parse_unit(self.path.read_text(encoding="utf-8"))
@@ -184,21 +185,36 @@ class UnitSettingsMixin(_Base):  # type: ignore[misc,valid-type]
         handover = [e for e in values(unit, "Service", "Environment") if e.startswith("RABBITMQ_HANDOVER_FILE=")]
         self.assertEqual(handover, [f"RABBITMQ_HANDOVER_FILE=%S/peatio-ws/{self.handover_file}"])
 
+    def test_tokens_file(self) -> None:
+        """
+        A clean stop leaves the tokens it verified to the next start, one file
+        per process, in a state directory only the service's user can enter.
+        """
+        unit = self.unit()
+        self.assertEqual(value(unit, "Service", "StateDirectoryMode"), "0700")
+        tokens = [e for e in values(unit, "Service", "Environment") if e.startswith("JWT_HANDOVER_FILE=")]
+        self.assertEqual(tokens, [f"JWT_HANDOVER_FILE=%S/peatio-ws/{self.tokens_file}"])
+
 
 class ServiceUnitTests(UnitSettingsMixin, SynchronousTestCase):
     path = SERVICE
     handover_file = "queue.json"
+    tokens_file = "tokens.json"
 
     def test_no_reuse_port(self) -> None:
-        """The single-process unit leaves WEBSOCKET_REUSE_PORT to the configuration (it sets the handover file only)."""
+        """The single-process unit leaves WEBSOCKET_REUSE_PORT to the configuration (it sets the two handover files)."""
         environment = values(self.unit(), "Service", "Environment")
-        self.assertEqual(environment, ["RABBITMQ_HANDOVER_FILE=%S/peatio-ws/queue.json"])
+        self.assertEqual(
+            environment,
+            ["RABBITMQ_HANDOVER_FILE=%S/peatio-ws/queue.json", "JWT_HANDOVER_FILE=%S/peatio-ws/tokens.json"],
+        )
 
 
 class TemplateUnitTests(UnitSettingsMixin, SynchronousTestCase):
     path = TEMPLATE
     #: One per instance: two processes must never take the same queue.
     handover_file = "queue@%i.json"
+    tokens_file = "tokens@%i.json"
 
     def test_instances_share_port(self) -> None:
         """Every instance listens with SO_REUSEPORT; the instance name is its METRICS_PORT."""
