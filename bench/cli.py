@@ -464,6 +464,11 @@ def render(info: dict[str, str], res: dict[str, Any], notes: list[str], elapsed:
             "8. in-process hot paths (Python CPU, no kernel)",
             "-",
             f"{d['us_per_event']:.1f} µs per event; {c['us_per_connection']:.0f} µs per connect + auth"
+            + (
+                f" ({c['us_per_connection_again']:.0f} with a token seen before)"
+                if "us_per_connection_again" in c
+                else ""
+            )
             + (f"; {pub['us_per_copy']:.3f} µs per public copy" if pub else "")
             + (f"; {books['us_per_member']:.2f} µs per member's binding books" if books else ""),
             None,
