@@ -103,7 +103,7 @@ class BrokerFaultTests(ChaosTestCase):
     async def stream(self, **env: str) -> _Stream:
         s = _Stream()
         s.daemon = self.start_daemon(**self.rabbit.daemon_env, **env)
-        s.queue = queue_name_from_log(s.daemon.log_text())
+        s.queue = queue_name_from_log(s.daemon.wait_log("consuming from"))
         s.member = await self.member(s.daemon, new_uid())
         await self.until_metric(s.daemon, "peatio_ws_rabbitmq_bindings", lambda v: v == 1, 10, "the member's binding")
         s.publisher = ConfirmingPublisher(s.daemon.exchange, self.rabbit.settings)
@@ -423,7 +423,7 @@ class BrokerFaultTests(ChaosTestCase):
         # What the broker returned while no queue was bound is counted by the publisher...
         self.assertGreater(s.publisher.counts()[RETURNED], 0)
         # ...and the daemon says it found its queue gone, and told its connections.
-        self.assertIn("was gone", s.daemon.log_text())
+        s.daemon.wait_log("was gone")
         self.assertEqual((self.gauge(s.daemon, QUEUE_LOST), self.told_metric(s)), (1, 1))
         self.assert_alive(s.daemon)
 

@@ -188,7 +188,7 @@ class HalfOpenTests(ChaosTestCase):
         by the opening-handshake timeout.
         """
         daemon = self.start_daemon(WEBSOCKET_PING_INTERVAL="1")
-        queue = queue_name_from_log(daemon.log_text())
+        queue = queue_name_from_log(daemon.wait_log("consuming from"))
         # (Closed by Autobahn's 10 s opening-handshake timeout: checked in the long run only.)
         silent = socket.create_connection(("127.0.0.1", daemon.port), timeout=30) if FULL else None
         if silent is not None:
@@ -248,7 +248,7 @@ class ChurnTests(ChaosTestCase):
         daemon = self.start_daemon()
         assert daemon.process is not None
         pid = daemon.process.pid
-        queue = queue_name_from_log(daemon.log_text())
+        queue = queue_name_from_log(daemon.wait_log("consuming from"))
         warm_up, cycles, workers = scaled(200, 500), scaled(1000, 5000), 16
 
         async def run(total: int) -> dict[str, int]:

@@ -181,7 +181,7 @@ class HostileInputTests(ChaosTestCase):
         exact uid; the victim gets exactly its well-formed events, in order.
         """
         daemon = self.start_daemon()
-        queue = queue_name_from_log(daemon.log_text())
+        queue = queue_name_from_log(daemon.wait_log("consuming from"))
         victim_uid = new_uid()
         victim = await self.client(daemon, victim_uid)
         unbindable = ["*", "#", f"{victim_uid}.*", f"{victim_uid}#"]

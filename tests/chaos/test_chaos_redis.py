@@ -118,7 +118,7 @@ class RedisFaultTests(ChaosTestCase):
         self.assertEqual(unavailable, rounds * logins)
         for daemon in daemons.values():
             self.assert_alive(daemon)
-            self.assertIn("is back after", daemon.log_text())
+            daemon.wait_log("is back after")
 
     def healthy(self, daemon: DaemonProcess) -> bool:
         return daemon.health()[0] == 200

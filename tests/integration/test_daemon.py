@@ -89,7 +89,7 @@ class EndToEndTests(DaemonTestCase):
         self.daemon.stop()
         for ws in clients:
             self.assertEqual(self.close_code(ws), 1001)
-        self.assertIn("shutdown complete", self.daemon.log_text())
+        self.assertIn("shutdown complete", self.daemon.log_text())  # written before it exits
 
 
 class RestartTests(DaemonTestCase):
@@ -121,7 +121,7 @@ class RestartTests(DaemonTestCase):
         self.login(ws, uid, token)
         first.stop()
         self.assertEqual(self.close_code(ws), 1001)
-        queue = queue_name_from_log(first.log_text())
+        queue = queue_name_from_log(first.log_text())  # stopped: every line is written
         self.assertIn(f"left queue {queue} and its 1 member bindings to the next process", first.log_text())
         self.assertTrue((directory / "queue.json").exists())
         self.assertIn("1 remembered tokens left for the next process", first.log_text())
@@ -130,10 +130,12 @@ class RestartTests(DaemonTestCase):
         self.addCleanup(second.cleanup)
         second.start()
         self.daemon = second
-        self.assertIn(f"took over queue {queue} from the previous process", second.log_text())
-        self.assertIn(f"connected and consuming from {queue} (1 bindings)", second.log_text())
+        second.wait_log(
+            f"took over queue {queue} from the previous process",
+            f"connected and consuming from {queue} (1 bindings)",
+            "1 tokens the previous process verified are remembered",
+        )
         self.assertFalse((directory / "queue.json").exists())
-        self.assertIn("1 tokens the previous process verified are remembered", second.log_text())
         ws = self.client()
         self.login(ws, uid, token)  # the same token: no signature check, the revocation check as always
         self.publish(uid, "order", {"id": "after"})

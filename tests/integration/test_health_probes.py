@@ -214,5 +214,5 @@ class HealthProbeTests(ChaosTestCase):
                 "connections through the proxy": proxy.connections,
             },
         )
-        self.assertIn("did not answer a health probe", daemon.log_text())
+        daemon.wait_log("did not answer a health probe")
         self.assertLessEqual(to_503, DOWN_DEADLINE)

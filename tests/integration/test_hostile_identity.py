@@ -54,8 +54,9 @@ class HostileIdentityTests(DaemonTestCase):
             self.assertEqual(self.send_token(ws, uid), AUTH_FAILED, repr(uid))
         self.assertEqual(self.send_token(ws, ODD_BUT_VALID), AUTHENTICATED)
         self.assertEqual(self.send_token(ws, "a.b"), AUTH_FAILED)
-        # The daemon logs before it replies and flushes every line: the
-        # log is complete once the reply is here.
+        # The daemon logs before it replies; its info lines reach the log in
+        # batches: the last one is the failed re-authentication's "(was <uid>)".
+        self.daemon.wait_log("(was ")
 
     def assert_clean(self, log: str) -> list[str]:
         """No raw NUL, nothing undecodable, no line starting with the forged text; the lines."""

@@ -662,7 +662,7 @@ class RangerDaemonTests(ChaosTestCase):
         self.assertEqual(await member.next_json(WAIT), subscribed(["order", "trade"]))
         await self.until_metric_is("peatio_ws_rabbitmq_bindings", 1, "the member's binding")
 
-        await pub.delete_queue(queue_name_from_log(self.daemon.log_text()))
+        await pub.delete_queue(queue_name_from_log(self.daemon.wait_log("consuming from")))
         await member.gone(WAIT)
         self.assertEqual(member.close_code, 1012)
         await self.until_metric_is("peatio_ws_rabbitmq_up", 1, "the consumer back on a new queue")

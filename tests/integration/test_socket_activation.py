@@ -49,7 +49,7 @@ class SocketActivationTests(SynchronousTestCase):
             ws.recv(timeout=10)  # the challenge
             ws.send(json.dumps({"jwt": "Bearer " + make_token(uid=new_uid())}))
             self.assertEqual(json.loads(ws.recv(timeout=10)), AUTHENTICATED)
-        self.assertIn("passed by the service manager", daemon.log_path.read_text())
+        daemon.wait_log("passed by the service manager")
 
     def test_restart_queues_instead_of_refusing(self) -> None:
         """Between one daemon's exit and the next one's start, a new client waits; the next one answers it."""

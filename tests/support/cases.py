@@ -224,7 +224,7 @@ class ClusterFailoverCase(ChaosTestCase):
         """The daemon on C{cluster}, C{members} members logged in, and events for them through node C{publish_via}."""
         self.cluster = cluster
         self.daemon = self.start_daemon(**cluster.daemon_env, RABBITMQ_QUEUE_TYPE="quorum", **env)
-        self.queue = queue_name_from_log(self.daemon.log_text())
+        self.queue = queue_name_from_log(self.daemon.wait_log("consuming from"))
         self.members = [await self.member(self.daemon, new_uid()) for _ in range(members)]
         await self.until_metric(
             self.daemon, "peatio_ws_rabbitmq_bindings", lambda v: v == members, 15, "the members' bindings"

@@ -249,8 +249,24 @@ class DaemonProcess:
             raise RuntimeError(f"the daemon did not stop within {timeout:.0f} s; killed:\n{self.tail()}") from None
 
     def log_text(self) -> str:
+        """The log as written so far (info lines reach it in batches: L{wait_log})."""
         self._log.flush()
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_log(self, *texts: str, seconds: float = 10.0) -> str:
+        """
+        The log once it holds each of C{texts}: the daemon writes its info
+        lines in batches, up to L{peatio_ws.logs.FLUSH_INTERVAL} after they
+        are logged (warnings at once), so a line about what a client has
+        just seen may not be there yet.
+        """
+        until_blocking(
+            lambda: all(text in self.log_text() for text in texts),
+            seconds,
+            f"{', '.join(map(repr, texts))} in the daemon's log",
+            interval=0.02,
+        )
+        return self.log_text()
 
     def tail(self, lines: int | None = None) -> str:
         """The last C{lines} lines of the log (default: C{error_lines}; None: all of it)."""

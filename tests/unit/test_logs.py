@@ -9,12 +9,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import (
     ILogObserver,
     Logger,
+    LogLevel,
     LogPublisher,
     formatEvent,
     globalLogPublisher,
@@ -338,3 +341,136 @@ class LineThrottleTests(SynchronousTestCase):
         clock.advance(0.001)
         self.assertEqual(throttle("refused"), 6)
         self.assertIsNone(throttle("refused"))
+
+
+class Stream(io.StringIO):
+    """A text stream that records each write and each flush (with what had been written by then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+        self.flushed: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+        super().flush()
+
+
+class BatchedWriterTests(SynchronousTestCase):
+    """
+    The log observers write their lines in batches, FLUSH_INTERVAL after the
+    first at most; warnings, and lines without a running reactor, at once.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.running = True
+        self.out = Stream()
+
+    def event(self, text: str, level: LogLevel = LogLevel.info) -> dict[str, Any]:
+        return {"log_format": text, "log_level": level, "log_time": 0.0, "log_namespace": "t"}
+
+    def observers(self) -> list[Any]:
+        return [
+            logs.TextLinesObserver(self.out, lambda e: formatEvent(e) + "\n", self.reactor),
+            JSONLinesObserver(self.out, self.reactor),
+        ]
+
+    def test_one_write_per_interval(self) -> None:
+        """Lines are kept and written in one write, flushed, FLUSH_INTERVAL after the first, not before."""
+        for n in range(2):
+            self.out = Stream()
+            observer = self.observers()[n]
+            observer(self.event("line 0"))
+            self.reactor.advance(logs.FLUSH_INTERVAL * 0.5)
+            observer(self.event("line 1"))
+            observer(self.event("line 2"))
+            self.reactor.advance(logs.FLUSH_INTERVAL * 0.49)
+            self.assertEqual((self.out.writes, self.out.flushed), ([], []))
+            self.reactor.advance(logs.FLUSH_INTERVAL * 0.02)
+            [batch] = self.out.writes
+            self.assertEqual(batch.count("line"), 3)
+            self.assertEqual(self.out.flushed, [batch])
+            observer(self.event("later"))
+            self.reactor.advance(logs.FLUSH_INTERVAL)
+            self.assertEqual(len(self.out.writes), 2)
+            self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_exact_lines(self) -> None:
+        """A batch is the lines one after the other, exactly as written one by one."""
+        [text, _] = self.observers()
+        for n in range(5):
+            text(self.event(f"n={n}"))
+        self.reactor.advance(logs.FLUSH_INTERVAL)
+        self.assertEqual(self.out.getvalue(), "".join(f"n={n}\n" for n in range(5)))
+
+    def test_warnings_at_once(self) -> None:
+        """A warning (or worse) is written when logged, after what waited; nothing stays scheduled."""
+        for level in (LogLevel.warn, LogLevel.error, LogLevel.critical):
+            self.out = Stream()
+            [text, _] = self.observers()
+            text(self.event("info first"))
+            text(self.event("then bad", level))
+            self.assertEqual(self.out.writes, ["info first\nthen bad\n"])
+            self.assertEqual(len(self.out.flushed), 1)
+            self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_size_bound(self) -> None:
+        """Past FLUSH_SIZE characters waiting, the batch is written at once."""
+        [text, _] = self.observers()
+        line = "x" * 999
+        for _ in range(logs.FLUSH_SIZE // 1000 - 1):
+            text(self.event(line))
+        self.assertEqual(self.out.writes, [])
+        text(self.event(line))
+        text(self.event(line))
+        [batch] = self.out.writes
+        self.assertEqual(len(batch), 1000 * (logs.FLUSH_SIZE // 1000 + 1))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_no_reactor_running(self) -> None:
+        """Before the reactor runs and after it stopped, every line is written at once."""
+        self.reactor.running = False
+        [text, json_lines] = self.observers()
+        text(self.event("a"))
+        json_lines(self.event("b"))
+        self.assertEqual(len(self.out.writes), 2)
+        self.assertEqual(len(self.out.flushed), 2)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_written_at_shutdown(self) -> None:
+        """What waits is written after the reactor's shutdown, the trigger added once."""
+        [text, _] = self.observers()
+        text(self.event("last"))
+        self.reactor.advance(logs.FLUSH_INTERVAL)
+        text(self.event("very last"))
+        self.assertEqual(list(self.reactor.triggers), ["after"])
+        [(flush, args, kwargs)] = self.reactor.triggers["after"]["shutdown"]
+        flush(*args, **kwargs)
+        self.assertEqual(self.out.writes, ["last\n", "very last\n"])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_failed_write(self) -> None:
+        """A stream that fails raises from the write, and what it failed to take is not kept."""
+        [text, _] = self.observers()
+        text(self.event("lost"))
+        self.patch(self.out, "write", lambda text: 1 / 0)
+        self.assertRaises(ZeroDivisionError, text, self.event("bad", LogLevel.error))
+        del self.out.write
+        text(self.event("after", LogLevel.error))
+        self.assertEqual(self.out.writes, ["after\n"])
+
+    def test_installed_reactor_by_default(self) -> None:
+        """Without a reactor given, the one installed is used; with none installed, lines are written at once."""
+        writer = logs.BatchedWriter(self.out)
+        self.patch(sys, "modules", {**sys.modules, "twisted.internet.reactor": self.reactor})
+        writer.write("x\n", self.event("x"))
+        self.assertEqual(self.out.writes, [])
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.patch(sys, "modules", {k: v for k, v in sys.modules.items() if k != "twisted.internet.reactor"})
+        logs.BatchedWriter(self.out).write("y\n", self.event("y"))
+        self.assertEqual(self.out.writes, ["y\n"])

@@ -14,12 +14,12 @@ from typing import Any, ClassVar
 
 import twisted.logger
 from twisted.application import app
-from twisted.logger import FileLogObserver, LogLevel, formatEventAsClassicLogText
+from twisted.logger import ILogObserver, LogLevel, formatEventAsClassicLogText
 from twisted.scripts import _twistd_unix
 from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws import _twistd
-from peatio_ws.logs import TextFormatter
+from peatio_ws.logs import TextFormatter, TextLinesObserver
 
 WRITTEN_AGAINST = "26.10.0"
 INSTALLED = importlib.metadata.version("twisted")
@@ -39,8 +39,8 @@ class TwistdDoorTests(SynchronousTestCase):
         self.assertIs(_twistd_unix.logger, twisted.logger)
         self.assertIs(app.logger, twisted.logger)
 
-    def test_patch_builds_a_file_observer(self) -> None:
-        """The replacement builds a FileLogObserver around TextFormatter, with twistd's signature."""
+    def test_patch_builds_a_text_observer(self) -> None:
+        """The replacement builds a TextLinesObserver around TextFormatter, with twistd's signature."""
         original = twisted.logger.textFileLogObserver
         self.addCleanup(setattr, twisted.logger, "textFileLogObserver", original)
         ours = inspect.signature(_twistd.fast_text_file_log_observer).parameters
@@ -48,7 +48,8 @@ class TwistdDoorTests(SynchronousTestCase):
         _twistd.use_fast_text_log()
         out = io.StringIO()
         observer = twisted.logger.textFileLogObserver(out)
-        self.assertIsInstance(observer, FileLogObserver)
+        self.assertIsInstance(observer, TextLinesObserver)
+        self.assertTrue(ILogObserver.providedBy(observer))
         observer({"log_format": "hello {who}", "who": "world", "log_time": 0.0, "log_namespace": "n",
                   "log_level": LogLevel.info})
         self.assertEqual(out.getvalue().split(" ", 1)[1], "[n#info] hello world\n")
