@@ -300,10 +300,8 @@ def event_as_dict(event: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
-#: Levels flushed as soon as they are written.
+#: Levels written as soon as they are logged.
 _URGENT = frozenset({LogLevel.warn, LogLevel.error, LogLevel.critical})
-
-
 #: Seconds an info line may wait before it is written.
 FLUSH_INTERVAL = 0.05
 #: Characters of lines waiting that are written at once, whatever the time.
@@ -344,17 +342,13 @@ class BatchedWriter:
         if reactor is None or not getattr(reactor, "running", False):
             self.flush()
             return
-        self._pending = reactor.callLater(FLUSH_INTERVAL, self._due)
+        self._pending = reactor.callLater(FLUSH_INTERVAL, self.flush)
         if not self._at_shutdown:
             self._at_shutdown = True
             reactor.addSystemEventTrigger("after", "shutdown", self.flush)
 
-    def _due(self) -> None:
-        self._pending = None
-        self.flush()
-
     def flush(self) -> None:
-        """Write and flush what waits now (a batch scheduled is cancelled)."""
+        """Write and flush what waits now (a batch scheduled, unless it is this call, is cancelled)."""
         pending, self._pending = self._pending, None
         if pending is not None and pending.active():
             pending.cancel()

@@ -4,8 +4,8 @@ The tokens a process verified, left to the next process at a clean stop
 (JWT_HANDOVER_FILE).
 
 After a restart every client comes back at once with the token it used
-before, and each login checked the token's signature again: the largest
-share of a reconnect storm's CPU after the upgrade itself. With this file
+before, and each login checked the token's signature again: a tenth or
+more of a storm login's CPU (RS256 and PyJWT). With this file
 the stopping process leaves what its verifier remembers
 (L{peatio_ws.auth.TokenVerifier.remembered}: SHA-256 digests of tokens
 that verified, each with its member's uid, session id and expiry) and the
