@@ -69,13 +69,9 @@ class Remembered:
     def from_json(cls, data: bytes) -> Remembered:
         """@raise RememberedError: not JSON, another format, or a field or token of the wrong shape."""
         try:
-            raw = json.loads(data)
-        except ValueError:
-            raise RememberedError("not JSON") from None
-        if not isinstance(raw, dict):
-            raise RememberedError("not a JSON object")
-        if raw.get("format") != FORMAT:
-            raise RememberedError(f"format {raw.get('format')!r}, this version reads {FORMAT}")
+            raw = statefile.json_object(data, FORMAT)
+        except statefile.StateFileError as e:
+            raise RememberedError(str(e)) from None
         settings = raw.get("settings")
         left_at = raw.get("left_at")
         entries = raw.get("tokens")

@@ -14,9 +14,11 @@ of two processes given one file only one can take it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+from typing import Any
 
-__all__ = ["StateFileError", "leave", "take"]
+__all__ = ["StateFileError", "json_object", "leave", "take"]
 
 
 class StateFileError(Exception):
@@ -48,6 +50,23 @@ def take(path: str, max_bytes: int) -> bytes | None:
     if len(data) > max_bytes:
         raise StateFileError(f"larger than {max_bytes} bytes")
     return data
+
+
+def json_object(data: bytes, format: int) -> dict[str, Any]:
+    """
+    The JSON object a state file holds, of this version's C{format}.
+
+    @raise StateFileError: not JSON, not an object, or another C{format}.
+    """
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        raise StateFileError("not JSON") from None
+    if not isinstance(raw, dict):
+        raise StateFileError("not a JSON object")
+    if raw.get("format") != format:
+        raise StateFileError(f"format {raw.get('format')!r}, this version reads {format}")
+    return raw
 
 
 def leave(path: str, data: bytes) -> None:

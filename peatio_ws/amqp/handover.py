@@ -92,13 +92,9 @@ class Handover:
     def from_json(cls, data: bytes) -> Handover:
         """@raise HandoverError: not JSON, another format, or a field missing or of the wrong type."""
         try:
-            raw = json.loads(data)
-        except ValueError:
-            raise HandoverError("not JSON") from None
-        if not isinstance(raw, dict):
-            raise HandoverError("not a JSON object")
-        if raw.get("format") != FORMAT:
-            raise HandoverError(f"format {raw.get('format')!r}, this version reads {FORMAT}")
+            raw = statefile.json_object(data, FORMAT)
+        except statefile.StateFileError as e:
+            raise HandoverError(str(e)) from None
         members = _field(raw, "members", list)
         if not all(isinstance(m, str) for m in members):
             raise HandoverError("members: not a list of strings")
