@@ -26,7 +26,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from peatio_ws import statefile
 from peatio_ws.auth import Claims
@@ -77,7 +77,7 @@ class Remembered:
         entries = raw.get("tokens")
         if not isinstance(settings, str):
             raise RememberedError("settings: missing or not a string")
-        if not isinstance(left_at, (int, float)) or not _number(left_at):
+        if not _number(left_at):
             raise RememberedError("left_at: missing or not a number")
         if not isinstance(entries, list):
             raise RememberedError("tokens: missing or not a list")
@@ -85,7 +85,8 @@ class Remembered:
         return cls(settings=settings, tokens=tokens, left_at=float(left_at))
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
+    """A finite JSON number (not a boolean)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
