@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,13 +36,46 @@ __all__ = ["DaemonProcess", "free_port", "loopback", "run_cli", "stop_child"]
 _GIVEN: set[int] = set()
 
 
+#: Where L{free_port} looks first: below the kernel's ephemeral range (32768 up on Linux).
+_BELOW_EPHEMERAL = range(20000, 32768)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     """
     A TCP port on 127.0.0.1 that nothing listens on right now, and never
     one this process handed out before: the kernel may give a port closed a
     moment ago again, and the ports of a private RabbitMQ cluster (three
     AMQP and three distribution ports) are all chosen before any is bound.
+
+    It is taken below the kernel's ephemeral range where it can be: a port
+    from that range can be taken, between this choice and the server's
+    listen, as the local port of any outgoing connection (a storm's
+    15,000 clients reconnecting took a restarted daemon's metrics port).
     """
+    low = min(_BELOW_EPHEMERAL.stop, _ephemeral_low())
+    for _ in range(200):
+        port = random.randrange(_BELOW_EPHEMERAL.start, low) if low > _BELOW_EPHEMERAL.start else 0
+        if port == 0:
+            break
+        if port not in _GIVEN and _bindable(port):
+            _GIVEN.add(port)
+            return port
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
