@@ -32,7 +32,9 @@ restarted, as in a rolling restart: its clients (about N/P, "moved")
 reconnect to the processes still listening, and to the new one once it
 listens; each storm restarts the process with the most connections. With
 C{--surge} the replacement is started (and healthy) first and the old one
-stopped then, so its clients spread over every process. The CPU of the
+stopped then, so its clients spread over every process (with one process,
+a blue-green restart: two on the port for the moment, every client moves to
+the replacement; docs/deploy.md section 8). The CPU of the
 storm is then the new daemon's and the others' from the SIGTERM until all
 are bound, per moved connection.
 
@@ -822,7 +824,7 @@ class Storms:
             **self.o.daemon_env,
             "WEBSOCKET_NEW_CONNECTIONS_PER_SECOND": str(pace),
         }
-        if self.o.processes > 1:
+        if self.o.processes > 1 or self.o.surge:
             env["WEBSOCKET_REUSE_PORT"] = "true"
         return DaemonProcess(env=env, port=port, exchange=exchange, listening=self.held)
 
@@ -1003,9 +1005,10 @@ class Storms:
         old = current[0]
         others = current[1:]
         surged = None
-        if o.surge and others:
+        if o.surge:
             # The replacement first: it listens and consumes before the old one stops, so the
-            # old one's clients spread over every process, the new one included.
+            # old one's clients spread over every process, the new one included (with one
+            # process: a blue-green restart, everyone moves to the replacement).
             surged = self._daemon(port, exchange, pace)
             current.append(surged)  # in the list the caller stops, whatever happens next
             t_spawn = _ns()
@@ -1026,10 +1029,8 @@ class Storms:
         cpu_old = _reap(old, 60.0 if o.server == "daemon" else 300.0)
         old_status = old.process.returncode
         t_exit = _ns()
-        close_profile = closing.stop() if closing is not None else None
-        old_problems = _log_problems(old)
-        old_timeline = _log_timeline(old, t_term_wall)
-        old.cleanup()
+        # The replacement starts first, as systemd would start it at once: reading the old
+        # log (45,000 lines at 15,000) and stopping its profiler wait until the storm is over.
         started: list[Any] = []
         starter = None
         if surged is not None:
@@ -1051,51 +1052,62 @@ class Storms:
 
             starter = threading.Thread(target=start, name="storm-daemon-start", daemon=True)
             starter.start()
-        profiler = None
-        if o.profile:
-            until = time.monotonic() + 10
-            while new.process is None and time.monotonic() < until:
-                time.sleep(0.005)
-            if new.process is not None:
-                profiler = _SpyUntilStopped(new.pid, RESULTS / f"{self.stamp}-storm-{n}-{policy}-{pace}.txt")
-        # Until every member the old daemon had is back (the clients say), then until every
-        # binding is in place (/metrics, read only then: a scrape costs the daemon CPU).
-        deadline = time.monotonic() + o.deadline
-        back = 0
-        t_bound = 0
-        #: Every 0.2 s: s after the SIGTERM, members back, the new daemon's CPU s, accept-queue overflows.
-        timeline: list[tuple[float, int, float, int]] = []
-        while time.monotonic() < deadline:
-            if started and isinstance(started[0], Exception):
-                raise started[0]
-            if back < moved:
-                st = call_all(workers, "status", 30)
-                back = sum(s["back"] for s in st)
-                timeline.append(
-                    (
-                        round((_ns() - t_term) / 1e9, 2),
-                        back,
-                        _cpu(new.pid) if new.process is not None else 0.0,
-                        _listen_overflows()[0] - overflows0[0],
-                    )
-                )
+        try:
+            profiler = None
+            if o.profile:
+                until = time.monotonic() + 10
+                while new.process is None and time.monotonic() < until:
+                    time.sleep(0.005)
+                if new.process is not None:
+                    profiler = _SpyUntilStopped(new.pid, RESULTS / f"{self.stamp}-storm-{n}-{policy}-{pace}.txt")
+            # Until every member the old daemon had is back (the clients say), then until every
+            # binding is in place (/metrics, read only then: a scrape costs the daemon CPU).
+            deadline = time.monotonic() + o.deadline
+            back = 0
+            t_bound = 0
+            #: Every 0.2 s: s after the SIGTERM, members back, the new daemon's CPU s, accept-queue overflows.
+            timeline: list[tuple[float, int, float, int]] = []
+            while time.monotonic() < deadline:
+                if started and isinstance(started[0], Exception):
+                    raise started[0]
                 if back < moved:
-                    time.sleep(0.2)
-                continue
-            bindings = 0.0
-            with contextlib.suppress(OSError):
-                bindings = self._bound([new, *others])
-            if bindings >= n:
-                t_bound = _ns()
-                break
-            # A scrape costs the daemon ~30 ms with 15,000 sockets (prometheus_client lists
-            # /proc/self/fd): read twice a second, not twenty times, or the scrapes become
-            # a measurable part of the storm's CPU (py-spy: ~25 µs a connection at 0.05 s).
-            time.sleep(0.5)
-        cpu_bound = _cpu(new.pid)
-        cpu_others = sum(_cpu(d.pid) for d in others) - cpu_others0
-        t_done = _ns()
+                    st = call_all(workers, "status", 30)
+                    back = sum(s["back"] for s in st)
+                    timeline.append(
+                        (
+                            round((_ns() - t_term) / 1e9, 2),
+                            back,
+                            _cpu(new.pid) if new.process is not None else 0.0,
+                            _listen_overflows()[0] - overflows0[0],
+                        )
+                    )
+                    if back < moved:
+                        time.sleep(0.2)
+                    continue
+                bindings = 0.0
+                with contextlib.suppress(OSError):
+                    bindings = self._bound([new, *others])
+                if bindings >= n:
+                    t_bound = _ns()
+                    break
+                # A scrape costs the daemon ~30 ms with 15,000 sockets (prometheus_client lists
+                # /proc/self/fd): read twice a second, not twenty times, or the scrapes become
+                # a measurable part of the storm's CPU (py-spy: ~25 µs a connection at 0.05 s).
+                time.sleep(0.5)
+            cpu_bound = _cpu(new.pid)
+            cpu_others = sum(_cpu(d.pid) for d in others) - cpu_others0
+            t_done = _ns()
+        except BaseException:
+            # The old daemon's profiler and log are otherwise dealt with below.
+            if closing is not None:
+                closing.stop()
+            old.cleanup()
+            raise
         profile = profiler.stop() if profiler is not None else None
+        close_profile = closing.stop() if closing is not None else None
+        old_problems = _log_problems(old)
+        old_timeline = _log_timeline(old, t_term_wall)
+        old.cleanup()
         if starter is not None:
             starter.join(max(1.0, deadline - time.monotonic()))
         t_up = started[0] if started and isinstance(started[0], int) else 0
@@ -1633,7 +1645,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry", type=float, help="policy none: seconds before a failed attempt is retried (0.5)")
     p.add_argument("--clients", type=int, help="client processes (default 2)")
     p.add_argument("--processes", type=int, help="daemons sharing the port; one is restarted (default 1)")
-    p.add_argument("--surge", action="store_true", help="with --processes: start the replacement, then stop the old")
+    p.add_argument(
+        "--surge",
+        action="store_true",
+        help="start the replacement (SO_REUSEPORT), then stop the old; with one process a blue-green restart",
+    )
     p.add_argument("--baseline", action="store_true", help="restart the baseline bridge instead (one process)")
     p.add_argument("--profile", action="store_true", help="py-spy profile of each new daemon, grouped")
     p.add_argument(
@@ -1674,8 +1690,10 @@ def options_from(args: argparse.Namespace) -> StormOptions:
             raise SystemExit("--baseline runs one bridge: not with --processes")
         o.server = "baseline"
         o.paces = (0,)
-    if o.held_socket and (o.processes > 1 or o.server != "daemon"):
-        raise SystemExit("--held-socket: one daemon only, not the baseline bridge")
+    if o.held_socket and (o.processes > 1 or o.surge or o.server != "daemon"):
+        raise SystemExit("--held-socket: one daemon restarted in place only, not the baseline bridge")
+    if o.surge and o.server != "daemon":
+        raise SystemExit("--surge: the daemon only, not the baseline bridge")
     for item in args.daemon_env:
         key, sep, value = item.partition("=")
         if not sep:
