@@ -620,6 +620,10 @@ def _publish_until_stopped(
 # The coordinator
 
 
+#: With C{--pin}: the CPU the daemons have to themselves.
+PINNED_CPU = 0
+
+
 @dataclass
 class StormOptions:
     sizes: tuple[int, ...] = (1000, 5000, 15_000)
@@ -649,6 +653,10 @@ class StormOptions:
     #: The listening socket held by the bench and passed to each daemon, as a systemd .socket unit
     #: does (socket activation): it outlives the restart, so reconnects queue instead of being refused.
     held_socket: bool = False
+    #: The daemons on CPU 0 alone and everything the bench starts (clients, publisher, itself) on
+    #: the others, as when the clients are other machines. RabbitMQ and Redis are not the bench's:
+    #: they stay where they are.
+    pin: bool = False
 
     def quick(self) -> StormOptions:
         return dataclasses.replace(self, sizes=(1000,), daemon_env=dict(self.daemon_env))
@@ -826,7 +834,8 @@ class Storms:
         }
         if self.o.processes > 1 or self.o.surge:
             env["WEBSOCKET_REUSE_PORT"] = "true"
-        return DaemonProcess(env=env, port=port, exchange=exchange, listening=self.held)
+        cpus = {PINNED_CPU} if self.o.pin else None
+        return DaemonProcess(env=env, port=port, exchange=exchange, listening=self.held, cpus=cpus)
 
     @contextlib.contextmanager
     def _workers(self, n: int) -> Iterator[list[Worker]]:
@@ -853,12 +862,20 @@ class Storms:
     # -- the scenario ----------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
-        for n in self.o.sizes:
-            try:
-                self.size(n)
-            except Exception as e:
-                self.notes.append(f"storm N={n} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-                self.log(f"N={n} FAILED:\n{traceback.format_exc()}")
+        mask = os.sched_getaffinity(0)
+        if self.o.pin:
+            # The clients and the publisher are started by this process: they inherit it.
+            os.sched_setaffinity(0, mask - {PINNED_CPU})
+        try:
+            for n in self.o.sizes:
+                try:
+                    self.size(n)
+                except Exception as e:
+                    first = str(e).splitlines()[0] if str(e) else ""
+                    self.notes.append(f"storm N={n} failed: {type(e).__name__}: {first}")
+                    self.log(f"N={n} FAILED:\n{traceback.format_exc()}")
+        finally:
+            os.sched_setaffinity(0, mask)
         return self.results
 
     def size(self, n: int) -> None:
@@ -1174,6 +1191,8 @@ class Storms:
             "processes": len(current),
             "moved": moved,
             "surge": surged is not None,
+            "held_socket": o.held_socket,
+            "pinned": o.pin,
             "revision": revision,
             "policy": policy,
             "pace": pace,
@@ -1557,12 +1576,16 @@ def _node(r: dict[str, Any]) -> str:
     """What one storm restarted, for its line, its row and the bench table: "" for one daemon."""
     if r.get("server") == "baseline":
         return " (the baseline bridge)"
+    marks = (("held_socket", "socket held"), ("pinned", "daemon on a CPU of its own"))
+    notes = [text for key, text in marks if r.get(key)]
     if r.get("processes", 1) <= 1:
-        return ""
+        if r.get("surge"):
+            notes.insert(0, "blue-green: the new one started first")
+        return f" ({'; '.join(notes)})" if notes else ""
     how = "the new one started first" if r.get("surge") else "one restarted in place"
     return (
         f" ({r['processes']} processes, {how}: {r['moved']:,} moved, "
-        f"{r['cpu']['moved_life_us_storm']:.0f} µs of the node's CPU each)"
+        f"{r['cpu']['moved_life_us_storm']:.0f} µs of the node's CPU each{''.join('; ' + n for n in notes)})"
     )
 
 
@@ -1651,6 +1674,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the replacement (SO_REUSEPORT), then stop the old; with one process a blue-green restart",
     )
     p.add_argument("--baseline", action="store_true", help="restart the baseline bridge instead (one process)")
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help=f"the daemons on CPU {PINNED_CPU} alone, the bench's clients and publisher on the others",
+    )
     p.add_argument("--profile", action="store_true", help="py-spy profile of each new daemon, grouped")
     p.add_argument(
         "--held-socket",
@@ -1685,11 +1713,15 @@ def options_from(args: argparse.Namespace) -> StormOptions:
         o.processes = args.processes
     o.surge = args.surge
     o.held_socket = args.held_socket
+    o.pin = args.pin
     if args.baseline:
         if o.processes > 1:
             raise SystemExit("--baseline runs one bridge: not with --processes")
         o.server = "baseline"
         o.paces = (0,)
+    cpus = os.sched_getaffinity(0)
+    if o.pin and (o.server != "daemon" or PINNED_CPU not in cpus or len(cpus) < 2):
+        raise SystemExit(f"--pin: the daemon only, with CPU {PINNED_CPU} and another one available")
     if o.held_socket and (o.processes > 1 or o.surge or o.server != "daemon"):
         raise SystemExit("--held-socket: one daemon restarted in place only, not the baseline bridge")
     if o.surge and o.server != "daemon":

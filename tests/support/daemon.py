@@ -143,7 +143,9 @@ class DaemonProcess:
     of its own (a terminal's Ctrl-C does not reach it); C{error_lines}
     limits how much of the log a start-up failure shows; C{listening}, a
     listening socket of the caller's, is passed as systemd's socket
-    activation would (descriptor 3, C{LISTEN_FDS}, C{LISTEN_PID} the daemon's).
+    activation would (descriptor 3, C{LISTEN_FDS}, C{LISTEN_PID} the daemon's);
+    C{cpus}, the CPUs the daemon may run on (a benchmark gives it a core of
+    its own), is set as soon as it is spawned.
     """
 
     def __init__(
@@ -158,7 +160,9 @@ class DaemonProcess:
         own_session: bool = False,
         error_lines: int | None = None,
         listening: socket.socket | None = None,
+        cpus: set[int] | None = None,
     ) -> None:
+        self.cpus = cpus
         self.port = port if port is not None else free_port()
         self.metrics_port = metrics_port if metrics_port is not None else free_port()
         self.exchange = exchange if exchange is not None else f"peatio-ws-test.{uuid.uuid4().hex[:12]}"
@@ -224,6 +228,9 @@ class DaemonProcess:
             start_new_session=self.own_session,
             pass_fds=passed,
         )
+        if self.cpus:
+            # Before its imports are done; threads it starts later inherit it.
+            os.sched_setaffinity(self.process.pid, self.cpus)
         last: list[Any] = ["no answer"]
 
         def ready() -> bool:
