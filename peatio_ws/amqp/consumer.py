@@ -128,11 +128,6 @@ def _queue_name() -> str:
 class _Session:
     """One established connection: its client, channel, and the binds and unbinds in flight on it."""
 
-    @property
-    def member_ops(self) -> int:
-        """Members' binds and unbinds in flight (the covering binding's one, if any, left out)."""
-        return len(self.pending) - (self.cover == "binding" or self.cover == "unbinding")
-
     def __init__(self, client: DeliveryClient, channel: Any) -> None:
         self.client = client
         self.channel = channel
@@ -146,6 +141,11 @@ class _Session:
         self.drained: Deferred[None] | None = None
         #: The health probe's channel, once opened.
         self.health_channel: Any = None
+
+    @property
+    def member_ops(self) -> int:
+        """Members' binds and unbinds in flight (the covering binding's one, if any, left out)."""
+        return len(self.pending) - (self.cover == "binding" or self.cover == "unbinding")
 
 
 # ---------------------------------------------------------------------------
