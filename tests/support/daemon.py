@@ -22,7 +22,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,6 +56,19 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _candidates() -> Iterator[int]:
+    """Ports to try: random ones below the ephemeral range (where there is room), then the kernel's."""
+    low = min(_BELOW_EPHEMERAL.stop, _ephemeral_low())
+    if low > _BELOW_EPHEMERAL.start:
+        for _ in range(200):
+            yield random.randrange(_BELOW_EPHEMERAL.start, low)
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        yield port  # once closed, or it is not bindable
+
+
 def free_port() -> int:
     """
     A TCP port on 127.0.0.1 that nothing listens on right now, and never
@@ -68,21 +81,11 @@ def free_port() -> int:
     listen, as the local port of any outgoing connection (a storm's
     15,000 clients reconnecting took a restarted daemon's metrics port).
     """
-    low = min(_BELOW_EPHEMERAL.stop, _ephemeral_low())
-    for _ in range(200):
-        port = random.randrange(_BELOW_EPHEMERAL.start, low) if low > _BELOW_EPHEMERAL.start else 0
-        if port == 0:
-            break
+    for port in _candidates():
         if port not in _GIVEN and _bindable(port):
             _GIVEN.add(port)
             return port
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port
+    raise AssertionError("unreachable: the kernel's ports never run out")
 
 
 def loopback(host: str) -> str:
