@@ -203,6 +203,7 @@ class PortService(Service):
         reuse_port: bool = False,
         room: Callable[[], int] | None = None,
         inherited: int | None = None,
+        carried: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -214,6 +215,9 @@ class PortService(Service):
         self.room = room
         #: A listening socket's descriptor to adopt instead of binding (socket activation).
         self.inherited = inherited
+        #: C{inherited} is this process's own, left by the program a restart in
+        #: place replaced (L{peatio_ws.reexec}): closed once adopted, not kept for systemd.
+        self.carried = carried
         self.listening_port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
@@ -280,8 +284,12 @@ class PortService(Service):
         except OSError as e:
             raise CannotListenError(self.host, self.port, e) from None
         finally:
-            sock.detach()  # the inherited descriptor stays as it was passed
-        log.info("listening on the socket passed by the service manager (descriptor {fd})", fd=fd)
+            if self.carried:
+                sock.close()  # the reactor has its own duplicate
+            else:
+                sock.detach()  # the inherited descriptor stays as it was passed
+        by = "the program this one replaced" if self.carried else "the service manager"
+        log.info("listening on the socket passed by {by} (descriptor {fd})", by=by, fd=fd)
         return port
 
     def _can_adopt(self) -> None:
@@ -340,12 +348,14 @@ def listener_service(
     reactor: Any,
     room: Callable[[], int] | None = None,
     inherited: int | None = None,
+    carried: bool = False,
 ) -> IService:
     """
     The WebSocket port as a service: TLS when configured, shared with
     SO_REUSEPORT when WEBSOCKET_REUSE_PORT is on; accepting at most
     C{room()} connections per poll when given (the handshake cap's room);
-    on the listening socket C{inherited} when given (L{inherited_listener}).
+    on the listening socket C{inherited} when given (L{inherited_listener};
+    C{carried}: left by the program a restart in place replaced).
 
     @raise ConfigError: the TLS key or certificate is unusable.
     """
@@ -360,4 +370,5 @@ def listener_service(
         reuse_port=settings.websocket_reuse_port,
         room=room,
         inherited=inherited,
+        carried=carried,
     )

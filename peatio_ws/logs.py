@@ -51,6 +51,7 @@ import json
 import math
 import re
 import sys
+import weakref
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -75,6 +76,7 @@ __all__ = [
     "TextFormatter",
     "escape",
     "escape_fields",
+    "flush_all",
     "held_note",
     "install",
     "json_observer",
@@ -308,6 +310,20 @@ FLUSH_INTERVAL = 0.05
 FLUSH_SIZE = 64 * 1024
 
 
+#: Every writer made, for L{flush_all}.
+_writers: weakref.WeakSet[BatchedWriter] = weakref.WeakSet()
+
+
+def flush_all() -> None:
+    """
+    Write what every L{BatchedWriter} holds now: before the process image
+    is replaced (a restart in place, L{peatio_ws.reexec}), which no
+    shutdown trigger sees.
+    """
+    for writer in list(_writers):
+        writer.flush()
+
+
 class BatchedWriter:
     """
     Writes log lines to a stream in batches: a line is kept until
@@ -328,6 +344,7 @@ class BatchedWriter:
         self._size = 0
         self._pending: Any = None
         self._at_shutdown = False
+        _writers.add(self)
 
     def write(self, text: str, event: dict[str, Any]) -> None:
         """Write C{text}, the line of C{event}, now or with the next batch."""

@@ -19,21 +19,31 @@ setting (L{StartupError}), instead of a traceback or a daemon serving nothing.
 With JWT_HANDOVER_FILE the tokens the verifier remembers are left there
 first thing at a stop, and taken from there before the first connection
 (L{peatio_ws.remembered}).
+
+SIGUSR2 asks for a restart in place (L{Daemon.restart_in_place},
+L{peatio_ws.reexec}): the same steps, except that every connection that
+can be carried is frozen instead of told 1001, and the program replaces
+itself, in the same process, by a fresh start of its command line, which
+serves those connections on (L{peatio_ws.websocket.handoff}).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, cast
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from peatio_ws import logs, remembered
+from peatio_ws import logs, reexec, remembered
 from peatio_ws.config import Settings
 from peatio_ws.deadlines import LateCall
 from peatio_ws.http import HealthCheck, monitoring_site
@@ -42,9 +52,16 @@ from peatio_ws.metrics import Metrics
 from peatio_ws.registry import Registry
 from peatio_ws.sdnotify import Notifier
 from peatio_ws.streams import PublicHub
-from peatio_ws.websocket import StreamFactory
+from peatio_ws.websocket import StreamFactory, handoff
 
-__all__ = ["CONSUMER_START_WAIT", "STOP_STEP_TIMEOUT", "Daemon", "StartupError", "stop_once_on_signals"]
+__all__ = [
+    "CONSUMER_START_WAIT",
+    "STOP_STEP_TIMEOUT",
+    "Daemon",
+    "StartupError",
+    "restart_in_place_on_signal",
+    "stop_once_on_signals",
+]
 
 log = logs.logger("peatio_ws.service")
 
@@ -99,6 +116,22 @@ def stop_once_on_signals(reactor: Any) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", started_stopping)
 
 
+def restart_in_place_on_signal(reactor: Any, daemon: Daemon) -> None:
+    """
+    Make SIGUSR2 (the units' C{ExecReload=}) ask C{daemon} for a restart in
+    place, run by the reactor (a signal handler may run between any two
+    bytecodes of the reactor's own work).
+    """
+
+    def handle(number: int, frame: FrameType | None = None) -> None:
+        reactor.callFromThread(daemon.restart_in_place)
+
+    signal.signal(signal.SIGUSR2, handle)
+    # A program started by a restart in place holds SIGTERM, SIGINT and
+    # SIGUSR2 from its exec until the reactor's handlers are in place.
+    reactor.callWhenRunning(reexec.unblock_signals)
+
+
 def _port_number(service: IService, configured: int) -> int:
     """The port C{service} really listens on (port 0 picks one), else C{configured}."""
     port = bound_port(service)
@@ -140,7 +173,8 @@ class Daemon(MultiService):
     C{Daemon(settings, reactor)} builds the real parts. Tests may pass their
     own C{consumer}, C{revocation}, C{listener}, C{monitoring}, C{notifier}
     and C{metrics}; a C{listener} may also be a callable taking the
-    L{StreamFactory}, for a real port with a fake broker.
+    L{StreamFactory}, for a real port with a fake broker. With C{carried}
+    (the plugin's), it takes what a restart in place left (L{reexec.take}).
     """
 
     def __init__(
@@ -154,6 +188,7 @@ class Daemon(MultiService):
         monitoring: IService | None = None,
         notifier: Notifier | None = None,
         metrics: Metrics | None = None,
+        carried: bool = False,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -190,6 +225,10 @@ class Daemon(MultiService):
         self.listening = False
         self._bound = False
         self._watchdog: LoopingCall | None = None
+        #: Set while a restart in place runs (L{restart_in_place}).
+        self._restarting = False
+        #: What the program this one replaced left it (a restart in place), taken at start.
+        self._left = self._take_left() if carried else None
         self.monitoring: IService = (
             monitoring
             if monitoring is not None
@@ -202,8 +241,10 @@ class Daemon(MultiService):
             )
         )
         if listener is None:
+            carried_port = self._left is not None
+            inherited = self._left.listener if self._left is not None else inherited_listener()
             self.listener: IService = listener_service(
-                settings, self.factory, reactor, self.factory.admission.room, inherited_listener()
+                settings, self.factory, reactor, self.factory.admission.room, inherited, carried=carried_port
             )
         elif IService.providedBy(listener):
             self.listener = listener
@@ -257,6 +298,7 @@ class Daemon(MultiService):
             self.privilegedStartService()
         self._take_remembered()
         super().startService()
+        self._adopt_left()
         self.listening = True
         self.metrics.listener_up.set(1)
         self.factory.start_pinging()
@@ -299,6 +341,48 @@ class Daemon(MultiService):
             "JWT_HANDOVER_FILE {path}: {count} tokens the previous process verified are remembered",
             path=path,
             count=count,
+        )
+
+    def _take_left(self) -> reexec.Left | None:
+        try:
+            return reexec.take()
+        except reexec.ReexecError as e:
+            log.error("restart in place: what the previous program left cannot be taken ({problem})", problem=str(e))
+            return None
+
+    def _adopt_left(self) -> None:
+        """Serve on the connections the program this one replaced carried (a restart in place)."""
+        left, self._left = self._left, None
+        if left is None:
+            return
+        adopted = failed = 0
+        for record in left.connections:
+            try:
+                carried = handoff.Carried.from_json(record)
+            except handoff.CarriedError as e:
+                failed += 1
+                log.warn("restart in place: a connection cannot be taken ({problem})", problem=str(e))
+                fd = record.get("fd") if isinstance(record, dict) else None
+                if isinstance(fd, int) and fd > 2 and fd != left.listener:
+                    _close_quietly(fd)
+                continue
+            try:
+                handoff.adopt(self.factory, self.reactor, carried)
+            except OSError as e:
+                failed += 1
+                log.warn(
+                    "restart in place: connection {conn_id} cannot be served on ({error})",
+                    conn_id=carried.conn_id,
+                    error=e.strerror or str(e),
+                )
+                continue
+            adopted += 1
+        log.info(
+            "restart in place: {count} connections carried over, {failed} lost, {seconds:.2f} s after the "
+            "previous program left them",
+            count=adopted,
+            failed=failed,
+            seconds=max(0.0, time.time() - left.left_at),
         )
 
     def _leave_remembered(self) -> None:
@@ -363,6 +447,94 @@ class Daemon(MultiService):
             except Exception:
                 log.failure("closing {service} after a failed start", service=type(child).__name__)
 
+    # -- restart in place --------------------------------------------------------------
+
+    def restart_in_place(self) -> None:
+        """
+        Replace this program by a fresh start of itself in this process,
+        carrying every connection that can be carried (SIGUSR2). Refused,
+        with a warning, when it cannot be done without loss: the program
+        goes on as it was.
+        """
+        why = self._cannot_restart_in_place()
+        if why is not None:
+            log.warn("restart in place refused: {why}; nothing changed", why=why)
+            return
+        self._restarting = True
+        Deferred.fromCoroutine(self._restart_in_place())
+
+    def _cannot_restart_in_place(self) -> str | None:
+        if self._restarting:
+            return "one is under way"
+        if not self.running or not self.listening:
+            return "the daemon is starting or stopping"
+        if self.settings.tls:
+            return "TLS ends in this process, and a TLS session cannot be carried"
+        if self.settings.rabbitmq_handover_file is None:
+            return "RABBITMQ_HANDOVER_FILE is not set, and the queue must outlive the program"
+        if bound_port(self.listener) is None:
+            return "the WebSocket port is not this daemon's own"
+        return None
+
+    async def _restart_in_place(self) -> None:
+        port = bound_port(self.listener)
+        assert port is not None
+        count = len(self.factory.connections)
+        self.notifier.notify(
+            "RELOADING=1",
+            f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}",
+            f"STATUS=Restarting in place: carrying {count} connections",
+        )
+        log.info("restarting in place: carrying {count} connections over to a fresh start of this program", count=count)
+        cast(PortService, self.listener).pause_accepting()
+        self._leave_remembered()
+        self.factory.stop_pinging()
+        # The queue is left for the next program (RABBITMQ_HANDOVER_FILE): what is
+        # published from now on waits there. Redis too: it re-checks every session.
+        await self._stop_child(self.consumer, "rabbitmq")
+        await self._stop_child(self.revocation, "redis")
+        if not self.running:
+            return  # a shutdown began meanwhile: it closes everyone
+        queue_left = os.path.exists(cast(str, self.settings.rabbitmq_handover_file))
+        if not queue_left:
+            # What is published until the next program consumes could be lost without a word.
+            log.warn("restart in place: the queue was not left for the next program; every client is told 1001")
+        frozen, leaving = [], []
+        for proto in self.factory.live():
+            if queue_left and handoff.unfinished(proto) is None:
+                handoff.freeze(proto)
+                frozen.append(proto)
+            elif not proto.is_closed.called:
+                leaving.append(proto.is_closed)
+                proto.going_away()
+        self.factory.admission.drop_all()
+        if leaving and not await self._at_most(
+            DeferredList(leaving, consumeErrors=True), self.settings.websocket_close_timeout + 1
+        ):
+            for proto in self.factory.live():
+                if proto not in frozen and not proto.is_closed.called:
+                    proto.dropConnection(abort=True)
+        await self._stop_child(self.monitoring, "monitoring")
+        if not self.running:
+            return
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
+        carried = [handoff.capture(proto).as_json() for proto in frozen if proto.transport.connected]
+        log.info(
+            "restart in place: {carried} connections carried, {closed} told 1001; starting again",
+            carried=len(carried),
+            closed=len(leaving),
+        )
+        try:
+            state = reexec.leave(cast(Any, port).fileno(), carried)
+            reexec.replace_process(state)
+        except OSError as e:
+            log.critical("restart in place failed: {error}; stopping", error=e.strerror or str(e))
+            for proto in frozen:
+                proto.transport.resumeProducing()
+            self._restarting = False
+            self.reactor.stop()
+
     # -- shutdown ------------------------------------------------------------------
 
     def stopService(self) -> Deferred[None]:
@@ -370,6 +542,10 @@ class Daemon(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self._restarting:
+            # Stopped in the middle of a restart in place: the frozen are read again, to hear their close.
+            for proto in self.factory.live():
+                proto.transport.resumeProducing()
         count = len(self.factory.connections)
         self.notifier.stopping(f"Shutting down: closing {count} connections")
         log.info("shutting down: closing {count} connections", count=count)
@@ -434,3 +610,8 @@ class Daemon(MultiService):
         in_time = await done
         timer.cancel()
         return in_time
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)

@@ -65,7 +65,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from peatio_ws import _twistd, logs
-    from peatio_ws.service import Daemon, stop_once_on_signals
+    from peatio_ws.service import Daemon, restart_in_place_on_signal, stop_once_on_signals
 
     if options.parent is not None:
         # Run by twistd (or twist), which adds its log observers once this
@@ -76,11 +76,13 @@ def makeService(options: Options) -> IService:
         _twistd.use_fast_text_log()
         stop_once_on_signals(reactor)
     try:
-        daemon = Daemon(options.settings, reactor)
+        # Run by twistd: this process may be a restart in place of itself, with connections to take.
+        daemon = Daemon(options.settings, reactor, carried=options.parent is not None)
     except ConfigError as e:
         _config_error(e)
     if options.parent is not None:
         # Process-wide, so only for the process twistd runs, once it is built.
+        restart_in_place_on_signal(reactor, daemon)
         from peatio_ws import collector
 
         frozen = collector.apply(options.settings.gc_policy)

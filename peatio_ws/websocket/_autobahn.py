@@ -31,6 +31,12 @@ shutdown's 15,000 closing-handshake timers land in one bucket, and each
 client's answer cancels one, so the cancels cost O(n) each (in process, 19
 µs a connection's close at 2,000 connections, 47 at 15,000, 83 at 30,000).
 
+L{unfinished} and L{open_carried} are the two ends of a connection carried
+across a restart in place (L{peatio_ws.websocket.handoff}): whether
+Autobahn is between frames with nothing of its own waiting, and a new
+protocol put straight into the state C{succeedHandshake} leaves, without
+a handshake (the previous program did it).
+
 L{bake_options} puts Autobahn's options on the protocol class once per
 factory instead of on every connection; L{quiet_debug_arguments} stops the
 arguments of Autobahn's debug lines being formatted when no debug line is
@@ -43,7 +49,12 @@ C{failHandshake} (replaced: what it did, C{wasNotCleanReason}, C{sendHttpErrorRe
 C{wasClean}, C{dropConnection}), C{onFrameBegin}, C{current_frame.fin}, C{failedByMe},
 C{_fail_connection}, C{closedByMe}/C{localCloseCode}/C{localCloseReason}
 (set by C{sendCloseFrame}), C{onMessageBegin}, C{onMessageFrameBegin},
-C{sendData}'s parameters and C{send_queue}/C{logOctets} (L{BoundedServerProtocol.sendData}),
+C{state}, C{inside_message},
+C{current_frame}, C{_perMessageCompress}, C{closedByMe} (L{unfinished}), what
+C{succeedHandshake} sets after its response (C{websocket_version},
+C{websocket_protocol_in_use}, C{websocket_extensions_in_use}, C{state},
+C{openHandshakeTimeoutCall}, C{inside_message}, C{current_frame}, C{is_open};
+L{open_carried}), C{sendData}'s parameters and C{send_queue}/C{logOctets} (L{BoundedServerProtocol.sendData}),
 C{http_request_data}/C{http_response_data}/C{http_headers}, what
 C{processHandshake} sets before C{onConnect} (C{http_status_line},
 C{http_request_uri}/C{_path}/C{_params}/C{_host}, C{websocket_version}/
@@ -85,7 +96,9 @@ __all__ = [
     "BoundedServerProtocol",
     "BucketTimer",
     "bake_options",
+    "open_carried",
     "quiet_debug_arguments",
+    "unfinished",
     "use_bucket_timer",
     "use_small_frame_masker",
 ]
@@ -439,6 +452,45 @@ class BoundedServerProtocol(WebSocketServerProtocol):
         self._fragments = (frames, empty)
         if frames > MAX_FRAMES_PER_MESSAGE or empty > MAX_EMPTY_FRAGMENTS:
             self.too_many_frames()
+
+
+def unfinished(proto: WebSocketServerProtocol) -> str | None:
+    """
+    Why C{proto} cannot be carried across a restart as it is (a few words),
+    or None: open, between messages, nothing read and not parsed, nothing of
+    Autobahn's waiting to be sent, no compression context.
+    """
+    if proto.state != WebSocketServerProtocol.STATE_OPEN or proto.closedByMe:
+        return "not open"
+    if proto.data or proto.current_frame is not None or proto.inside_message:
+        return "in the middle of a message"
+    if proto.send_queue:
+        return "a write of Autobahn's waiting"
+    if proto._perMessageCompress is not None:
+        return "compressed"
+    return None
+
+
+def open_carried(proto: WebSocketServerProtocol) -> None:
+    """
+    Put C{proto}, just connected (C{connectionMade} done) on a socket whose
+    handshake an earlier program answered, into the state Autobahn's
+    C{succeedHandshake} leaves: open, version 13, no subprotocol, no
+    extension, between messages. Nothing is written and C{onOpen} is not
+    called: the caller restores what the connection had.
+    """
+    proto.websocket_version = 13
+    proto.websocket_protocol_in_use = None
+    proto.websocket_extensions_in_use = []
+    proto.state = WebSocketServerProtocol.STATE_OPEN
+    if proto.openHandshakeTimeoutCall is not None:
+        proto.openHandshakeTimeoutCall.cancel()
+        proto.openHandshakeTimeoutCall = None
+    proto.inside_message = False
+    proto.current_frame = None  # type: ignore[assignment]
+    # txaio's futures are Deferreds under Twisted.
+    if not proto.is_open.called:
+        proto.is_open.callback(None)
 
 
 def bake_options(base: type[BoundedServerProtocol], factory: Any) -> type[BoundedServerProtocol]:

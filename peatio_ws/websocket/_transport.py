@@ -15,9 +15,13 @@ Two shortcuts, both measured (docs/benchmarks.md):
    Twisted has sent it.
  - L{held_bytes}: how much a TCP transport holds beyond the kernel, exactly,
    for the slow-consumer limit (SPEC §3.4).
+ - L{pending_output}: those bytes themselves, in order, for a connection
+   carried across a restart in place (L{peatio_ws.websocket.handoff}): the
+   next program writes them first.
 
 Relied on: L{twisted.internet.tcp.Connection}'s C{socket}, C{dataBuffer},
-C{offset}, C{_tempDataLen}, C{connected} and C{disconnecting}.
+C{offset}, C{_tempDataBuffer}, C{_tempDataLen}, C{connected} and
+C{disconnecting}.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["direct_socket", "held_bytes", "write"]
+__all__ = ["direct_socket", "held_bytes", "pending_output", "write"]
 
 
 def direct_socket(transport: Any) -> socket.socket | None:
@@ -62,3 +66,8 @@ def held_bytes(transport: Any) -> int | None:
     if isinstance(buffer, (bytes, memoryview)) and isinstance(temp, int) and isinstance(offset, int):
         return len(buffer) - offset + temp
     return None
+
+
+def pending_output(transport: Any) -> bytes:
+    """What a TCP transport holds beyond the kernel, in the order it would send it."""
+    return bytes(transport.dataBuffer[transport.offset :]) + b"".join(transport._tempDataBuffer)

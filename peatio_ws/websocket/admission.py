@@ -77,6 +77,10 @@ class Admission:
         self._handshaking.add(proto)
         return None
 
+    def count(self, proto: StreamProtocol) -> None:
+        """Count a socket that is open already (carried across a restart in place): no limit, no deadline."""
+        self.per_ip[proto.client_ip] = self.per_ip.get(proto.client_ip, 0) + 1
+
     def room(self) -> int:
         """
         How many more sockets may start their handshake now: the listening

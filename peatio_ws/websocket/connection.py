@@ -90,6 +90,9 @@ class Dialect(Protocol):
     def closed(self, conn: StreamProtocol) -> None:
         """The connection is gone (every close path, once): let go of what the dialect holds for it."""
 
+    def carried_on(self, conn: StreamProtocol, claims: Claims | None, streams: tuple[str, ...]) -> None:
+        """Carried across a restart in place: restore the member and the subscriptions, silently."""
+
 
 @implementer(IPushProducer)
 class StreamProtocol(BoundedServerProtocol):
@@ -136,6 +139,8 @@ class StreamProtocol(BoundedServerProtocol):
     #: only shrinks): a client that does not read and subscribes again and
     #: again is not given room for each replay.
     _exempt = 0
+    #: Carried across a restart in place, open already (L{handoff}).
+    carried = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -212,6 +217,11 @@ class StreamProtocol(BoundedServerProtocol):
         self.transport.registerProducer(self, True)
         # Plain TCP (not TLS): events may go straight to the socket (send_frame).
         self._socket = _transport.direct_socket(self.transport)
+        if self.carried:
+            # Open already (the previous program admitted it): counted, never refused.
+            self.factory.admission.count(self)
+            self._counted = True
+            return
         # Admitted from the first byte, not once the upgrade request is read:
         # sockets still in their handshake count against the per-address and
         # the global limits, and the handshake deadline starts now.
@@ -280,6 +290,28 @@ class StreamProtocol(BoundedServerProtocol):
         factory.connection_opened(self)
         self.log_line("opened")
         self.dialect.opened(self)
+
+    def carried_on(self, dialect: str, claims: Claims | None, streams: tuple[str, ...]) -> None:
+        """
+        Open again after a restart in place (L{handoff.adopt}): counted as
+        open, the member and the subscriptions restored by C{dialect},
+        nothing said to the client.
+        """
+        factory = self.factory
+        self.dialect = factory.dialect_named(dialect)
+        factory.connection_opened(self, carried=True)
+        self.dialect.carried_on(self, claims, streams)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a message is being handled, queued, or events wait for a reply."""
+        return self._busy is not None or bool(self._queued) or self._holding is not None
+
+    def stop_timers(self) -> None:
+        """Cancel this connection's own timers (a restart in place: the next program sets them again)."""
+        for call in (self._drop_call, self._auth_timer, self._expiry_timer):
+            self._cancel(call)
+        self._drop_call = self._auth_timer = self._expiry_timer = None
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._forget(wasClean, code, reason)

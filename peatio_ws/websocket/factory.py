@@ -155,9 +155,15 @@ class StreamFactory(WebSocketServerFactory):
 
     # -- bookkeeping ---------------------------------------------------------------
 
-    def connection_opened(self, proto: StreamProtocol) -> None:
+    def dialect_named(self, name: str) -> Dialect:
+        """The dialect called C{name} (a connection carried across a restart names its own)."""
+        return RANGER if name == RANGER.name else LEGACY
+
+    def connection_opened(self, proto: StreamProtocol, carried: bool = False) -> None:
+        """C{proto} is open; C{carried}: it was open before a restart in place (not counted as a new one)."""
         self.connections.add(proto)
-        self.metrics.connections_total.inc()
+        if not carried:
+            self.metrics.connections_total.inc()
         self.metrics.dialect_connections_by(proto.dialect.name).inc()
 
     def connection_closed(self, proto: StreamProtocol) -> bool:

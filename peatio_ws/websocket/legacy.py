@@ -50,6 +50,15 @@ class LegacyDialect:
         conn.write(text_frame(json.dumps({"challenge": conn.challenge}).encode("ascii")))
         conn.start_auth_timer()
 
+    def carried_on(self, conn: StreamProtocol, claims: Claims | None, streams: tuple[str, ...]) -> None:
+        """The member again, or the auth timeout again for a connection that had not authenticated."""
+        if claims is None:
+            conn.start_auth_timer()
+            return
+        flowing = conn.authenticated(claims)
+        if flowing is not None:
+            flowing.addErrback(lambda failure: None)
+
     def received(self, conn: StreamProtocol, payload: bytes, is_binary: bool) -> Deferred[Any] | None:
         """Handle one client message; a Deferred while a revocation check runs."""
         if is_binary:

@@ -223,6 +223,28 @@ class RangerDialect:
             # The subscribed reply goes once the member's events reach us; messages wait till then.
             conn.hold_messages(flowing.addCallback(lambda _: self._open_streams(conn)))
 
+    def carried_on(self, conn: StreamProtocol, claims: Claims | None, streams: tuple[str, ...]) -> None:
+        """
+        The member and the subscriptions again, without a reply. An
+        order book's subscriber waits for the market's next snapshot (this
+        program has seen none yet), as any subscriber the server cannot
+        replay to: its book stops changing, it never goes wrong.
+        """
+        factory = conn.factory
+        conn.subscriptions = {}
+        auth = "public"
+        if claims is not None:
+            auth = "private"
+            conn.private_streams = set()
+            flowing = conn.authenticated(claims)
+            if flowing is not None:
+                flowing.addErrback(lambda failure: None)
+        factory.metrics.ranger_connections_by(auth).inc()
+        parsed = [parse_stream(name) for name in streams]
+        replay = factory.hub.subscribe(conn, [stream for stream in parsed if stream is not None])
+        if replay:
+            conn.send_frames(replay)
+
     def _open_streams(self, conn: StreamProtocol) -> None:
         """Subscribe the query's streams, replay, then say what is subscribed."""
         if conn.subscriptions is None or conn.state != _STATE_OPEN:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 from typing import Any, cast
 
 from twisted.application.service import Application, IService, IServiceCollection, MultiService, Service
@@ -24,14 +25,14 @@ from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from peatio_ws import logs
+from peatio_ws import logs, reexec, service
 from peatio_ws.auth import AuthError, Claims
 from peatio_ws.http import HealthResource
 from peatio_ws.listen import BACKLOG, PortService
 from peatio_ws.logs import JSONLinesObserver, event_as_dict, json_observer
 from peatio_ws.service import CONSUMER_START_WAIT, STOP_STEP_TIMEOUT, Daemon, StartupError, stop_once_on_signals
 from peatio_ws.testing import make_token, settings_for_tests
-from peatio_ws.websocket import StreamFactory
+from peatio_ws.websocket import StreamFactory, handoff
 
 
 class FakeChild(Service):
@@ -79,6 +80,10 @@ class FakeNotifier:
 
     def watchdog(self) -> bool:
         self.pings += 1
+        return True
+
+    def notify(self, *assignments: str) -> bool:
+        self.calls.append(assignments[0])
         return True
 
 
@@ -745,3 +750,151 @@ class RememberedTokensTests(DaemonTestCase):
         self.successResultOf(self.daemon.stopService())
         self.assertEqual(os.listdir(os.path.dirname(self.path)), [])
         self.assertFalse([m for m in self.messages() if "JWT_HANDOVER_FILE" in m])
+
+
+class FakePort:
+    """The listening port a restart in place leaves to the next program."""
+
+    def fileno(self) -> int:
+        return 99
+
+    def getHost(self) -> Any:
+        return None
+
+
+class RestartInPlaceTests(DaemonTestCase):
+    """
+    SIGUSR2 (L{Daemon.restart_in_place}): the same ordered steps as a stop,
+    except that connections that can be carried are frozen, not told 1001,
+    and the program replaces itself (the exec replaced here by a recorder).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        directory = self.mktemp()
+        os.mkdir(directory)
+        # What the consumer's clean stop leaves (the fake consumer leaves nothing).
+        self.queue_file = os.path.join(directory, "queue.json")
+        with open(self.queue_file, "w") as f:
+            f.write("{}")
+        self.settings = settings_for_tests(rabbitmq_handover_file=self.queue_file)
+        self.daemon = self.build()
+        self.listener = self.children["listener"]
+
+        def pause_accepting() -> bool:
+            self.calls.append("pause listener")
+            return True
+
+        self.listener.pause_accepting = pause_accepting  # type: ignore[attr-defined]
+        self.patch(service, "bound_port", lambda child: FakePort() if child is self.listener else None)
+        self.unfinished: dict[str, str | None] = {}
+        self.patch(handoff, "unfinished", lambda proto: self.unfinished.get(proto.name))
+        self.patch(handoff, "freeze", lambda proto: self.calls.append(f"freeze {proto.name}"))
+        self.patch(handoff, "capture", lambda proto: FakeCarried(proto.name))
+        self.left: list[tuple[int, list[Any]]] = []
+
+        def leave(listener: int, records: list[Any]) -> int:
+            self.left.append((listener, records))
+            return 7
+
+        self.patch(reexec, "leave", leave)
+        self.exec_error: OSError | None = None
+
+        def replace_process(state: int) -> None:
+            self.calls.append(f"exec {state}")
+            if self.exec_error is not None:
+                raise self.exec_error
+
+        self.patch(reexec, "replace_process", replace_process)
+
+    def test_steps_in_order(self) -> None:
+        """
+        RELOADING=1; stop accepting; stop consuming (the queue is left) and
+        Redis; freeze who can be carried, 1001 to the others and wait for
+        them; close the monitoring port; leave the records; exec.
+        """
+        self.start()
+        self.connect("c1").transport = FakeTransport([])  # type: ignore[attr-defined]
+        self.connect("c2")
+        self.unfinished["c2"] = "in the middle of a message"
+        self.daemon.restart_in_place()
+        self.assertEqual(self.calls[:4], ["RELOADING=1", "pause listener", "stop rabbitmq", "stop redis"])
+        self.assertEqual(sorted(self.calls[4:6]), ["1001 c2", "freeze c1"])
+        self.assertEqual(self.calls[6:], ["stop monitoring", "exec 7"])
+        self.assertEqual(self.left, [(99, [{"name": "c1"}])])
+        self.assertIn("restart in place: 1 connections carried, 1 told 1001; starting again", self.messages())
+
+    def test_queue_not_left(self) -> None:
+        """A consumer that did not leave the queue: everyone is told 1001 (the next program starts empty)."""
+        os.unlink(self.queue_file)
+        self.start()
+        self.connect("c1")
+        self.daemon.restart_in_place()
+        self.assertIn("1001 c1", self.calls)
+        self.assertEqual(self.left, [(99, [])])
+        self.assertEqual(
+            self.messages(LogLevel.warn),
+            ["restart in place: the queue was not left for the next program; every client is told 1001"],
+        )
+
+    def refused(self, why: str) -> None:
+        self.daemon.restart_in_place()
+        self.assertEqual(self.messages(LogLevel.warn), [f"restart in place refused: {why}; nothing changed"])
+        self.assertEqual(self.calls, [])
+
+    def test_refused_without_queue_handover(self) -> None:
+        self.daemon = self.build(settings=settings_for_tests())
+        self.start()
+        self.refused("RABBITMQ_HANDOVER_FILE is not set, and the queue must outlive the program")
+
+    def test_refused_with_tls(self) -> None:
+        self.daemon = self.build(
+            settings=replace(self.settings, websocket_ssl_key="/k.pem", websocket_ssl_cert="/c.pem")
+        )
+        self.start()
+        self.refused("TLS ends in this process, and a TLS session cannot be carried")
+
+    def test_refused_before_start_and_twice(self) -> None:
+        self.refused("the daemon is starting or stopping")
+        self.start()
+        self.daemon._restarting = True
+        del self.log_events[:]
+        self.refused("one is under way")
+
+    def test_refused_without_own_port(self) -> None:
+        self.patch(service, "bound_port", lambda child: None)
+        self.start()
+        self.refused("the WebSocket port is not this daemon's own")
+
+    def test_exec_fails(self) -> None:
+        """An exec that fails: one critical line, the frozen read again, and the daemon stops (systemd restarts it)."""
+        self.exec_error = OSError(2, "No such file or directory")
+        self.start()
+        conn = self.connect("c1")
+        resumed: list[str] = []
+        conn.transport = FakeTransport(resumed)  # type: ignore[attr-defined]
+        self.daemon.restart_in_place()
+        self.assertEqual(
+            self.messages(LogLevel.critical), ["restart in place failed: No such file or directory; stopping"]
+        )
+        self.assertEqual(resumed, ["resume"])
+        self.assertFalse(self.daemon._restarting)
+        self.assertFalse(self.reactor.running)
+
+
+class FakeCarried:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+class FakeTransport:
+    connected = True
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")

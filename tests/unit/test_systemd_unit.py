@@ -109,6 +109,10 @@ class UnitSettingsMixin(_Base):  # type: ignore[misc,valid-type]
             f"{INSTALLED_TWISTD} --nodaemon --pidfile= peatio-ws --config /etc/peatio-ws/application.yml",
         )
 
+    def test_reload(self) -> None:
+        """`systemctl reload` sends the main process SIGUSR2: a restart in place."""
+        self.assertEqual(value(self.unit(), "Service", "ExecReload"), "/bin/kill -USR2 $MAINPID")
+
     def test_user_and_secrets(self) -> None:
         """A dedicated user; secrets from an optional env file."""
         unit = self.unit()

@@ -130,6 +130,39 @@ class AutobahnDoorTests(SynchronousTestCase):
         for needle in needles:
             self.assertIn(needle, source, f"Autobahn's sendCloseFrame no longer sets {needle.split(' =')[0]}")
 
+    def test_open_state_as_succeed_handshake_leaves_it(self) -> None:
+        """
+        open_carried sets what succeedHandshake sets after its response, no
+        more: an upgrade that sets something new there fails here, for
+        open_carried to set it too.
+        """
+        source = inspect.getsource(WebSocketServerProtocol.succeedHandshake)
+        after = source[source.index("self.sendData(response.encode(") :]
+        assignments = set(re.findall(r"self\.(\w+) = ", after))
+        assignments |= set(re.findall(r"txaio\.resolve\(self\.(\w+)", after))
+        expected = {"state", "openHandshakeTimeoutCall", "inside_message", "current_frame", "is_open"}
+        # The response kept for Autobahn's test suite, and the auto-ping (off here): not state open_carried needs.
+        expected |= {"http_response_data", "autoPingPendingCall"}
+        self.assertEqual(
+            assignments,
+            expected,
+            "Autobahn's succeedHandshake sets other state after its response: open_carried must follow",
+        )
+        before = source[: source.index("self.sendData(response.encode(")]
+        for needle in ("self.websocket_protocol_in_use = ", "self.websocket_extensions_in_use = []"):
+            self.assertIn(needle, before)
+
+    def test_unfinished_state(self) -> None:
+        """What unfinished reads is what _connectionMade sets up, and the frame state as frames use it."""
+        made = inspect.getsource(WebSocketProtocol._connectionMade)
+        needles = ["self._perMessageCompress = None", "self.send_queue = deque()", 'self.data = b""']
+        needles.append("self.closedByMe = False")
+        for needle in needles:
+            self.assertIn(needle, made, f"Autobahn's _connectionMade no longer sets {needle.split(' =')[0]}")
+        process = inspect.getsource(WebSocketProtocol.processData)
+        self.assertIn("self.inside_message", process)
+        self.assertIn("self.current_frame = None", inspect.getsource(WebSocketProtocol.onFrameEnd))
+
     def test_options_copied_per_connection(self) -> None:
         """CONFIG_ATTRS still lists the options copied into each connection, read from the factory."""
         attrs = WebSocketServerProtocol.CONFIG_ATTRS
@@ -329,6 +362,27 @@ class TwistedTransportDoorTests(SynchronousTestCase):
             self.assertEqual(_transport.held_bytes(server), 0)
             self.assertIsInstance(server.dataBuffer, bytes | memoryview)
             self.assertIsInstance(server._tempDataLen, int)
+        finally:
+            client.close()
+            accepted.close()
+            listener.close()
+
+    def test_pending_output(self) -> None:
+        """What transport.write keeps (dataBuffer from offset, then _tempDataBuffer) is what pending_output returns."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        accepted, address = listener.accept()
+        try:
+            server = tcp.Server(accepted, None, address, None, 1, MemoryReactor())  # type: ignore[arg-type]
+            self.assertIsInstance(server._tempDataBuffer, list)
+            server.write(b"one")
+            server.write(b"two")
+            self.assertEqual(_transport.pending_output(server), b"onetwo")
+            server.dataBuffer, server.offset = b"xxhead", 2
+            self.assertEqual(_transport.pending_output(server), b"headonetwo")
+            self.assertEqual(_transport.held_bytes(server), len(b"headonetwo"))
         finally:
             client.close()
             accepted.close()
