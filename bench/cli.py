@@ -11,9 +11,10 @@ fan-out (L{bench.public}): public (one market's ob-inc to 1, 100, 1,000 and
 10,000 subscribers, and its floor), tickers (global.tickers to 15,000),
 replay (a new ob-inc subscriber with 1,000 stored increments); storm
 (1,000 / 5,000 / 15,000 authenticated clients, the daemon restarted, every
-client back at once: L{bench.storm}); bindings (15,000 logins at once waiting
-for their members' bindings, with and without the covering binding:
-L{bench.bindings}).
+client back at once: L{bench.storm}); inplace (the same clients, the daemon
+restarted in place with SIGUSR2, every connection carried over:
+L{bench.inplace}); bindings (15,000 logins at once waiting for their
+members' bindings, with and without the covering binding: L{bench.bindings}).
 
 Results also go to bench/results/<date>.json (and the profiles, with
 C{--profile}, next to it), with PNG charts beside it (<date>-<chart>.png;
@@ -31,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import bindings, charts, public, storm
+from bench import bindings, charts, inplace, public, storm
 from bench.scenarios import Bench, Options
 from bench.sysinfo import machine
 from bench.workers import event_loop_name, raise_nofile
@@ -52,6 +53,7 @@ SCENARIOS = (
     "tickers",
     "replay",
     "storm",
+    "inplace",
     "bindings",
 )
 
@@ -152,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "storm" in chosen:
         sizes = [int(x) for x in args.storm_sizes.split(",")] if args.storm_sizes else None
         steps.append(("storm", functools.partial(storm.bench_step, bench, args.quick, sizes)))
+    if "inplace" in chosen:
+        sizes = [int(x) for x in args.storm_sizes.split(",")] if args.storm_sizes else None
+        steps.append(("inplace", functools.partial(inplace.bench_step, bench, args.quick, sizes)))
     if "bindings" in chosen:
         steps.append(("bindings", functools.partial(bindings.bench_step, bench, args.quick)))
     failed = []
@@ -477,6 +482,8 @@ def render(info: dict[str, str], res: dict[str, Any], notes: list[str], elapsed:
         )
     _public_rows(res, row)
     for what, goal, value, met, note in storm.rows(res.get("storm", [])):
+        row(what, goal, value, met, note)
+    for what, goal, value, met, note in inplace.rows(res.get("inplace", [])):
         row(what, goal, value, met, note)
     for what, goal, value, met, note in bindings.rows(res.get("bindings", [])):
         row(what, goal, value, met, note)

@@ -949,10 +949,14 @@ class Storms:
                     r = self.storm(n, uids, workers, pub, current, port, exchange, policy, pace, calm, k)
                     r["calm_connect"] = calm
                     self.results.append(r)
-                    self.log(summary_line(r))
+                    self.log(self.summary(r))
             finally:
                 for d in current:
                     d.cleanup()
+
+    def summary(self, r: dict[str, Any]) -> str:
+        """One storm's figures, in a line."""
+        return summary_line(r)
 
     def _bound(self, daemons: Sequence[Any]) -> float:
         """
