@@ -99,7 +99,7 @@ class Registry:
 
     # -- membership ------------------------------------------------------
 
-    def authenticate(self, conn: Connection, claims: Claims) -> Deferred[None] | None:
+    def authenticate(self, conn: Connection, claims: Claims, wait: bool = True) -> Deferred[None] | None:
         """
         Record that C{conn} is authenticated as C{claims.uid}: a first
         authentication adds it, the same uid refreshes its claims (nothing is
@@ -107,6 +107,8 @@ class Registry:
         once the member's events reach this process, or None when they do
         already (or no observer can say): a dialect tells the client it is
         authenticated only then, so nothing published after that is missed.
+        Not C{wait}: None, nothing asked (a connection carried across a
+        restart in place, whose member's binding was handed over).
         """
         old = self._claims.get(conn)
         if old is not None and old.uid != claims.uid:
@@ -126,6 +128,8 @@ class Registry:
                     observer.member_joined(claims.uid)
             else:
                 members.add(conn)
+        if not wait:
+            return None
         for observer in self._observers:
             flowing = getattr(observer, "events_flowing", None)
             waiting = flowing(claims.uid) if flowing is not None else None

@@ -356,6 +356,7 @@ class Daemon(MultiService):
         if left is None:
             return
         adopted = failed = 0
+        began = self.reactor.seconds()
         for record in left.connections:
             try:
                 carried = handoff.Carried.from_json(record)
@@ -377,11 +378,15 @@ class Daemon(MultiService):
                 )
                 continue
             adopted += 1
+        carried_over = getattr(self.consumer, "carried_over", None)
+        if adopted and carried_over is not None:
+            carried_over()
         log.info(
-            "restart in place: {count} connections carried over, {failed} lost, {seconds:.2f} s after the "
-            "previous program left them",
+            "restart in place: {count} connections carried over, {failed} lost, in {took:.2f} s, {seconds:.2f} s "
+            "after the previous program left them",
             count=adopted,
             failed=failed,
+            took=self.reactor.seconds() - began,
             seconds=max(0.0, time.time() - left.left_at),
         )
 
@@ -477,6 +482,7 @@ class Daemon(MultiService):
         return None
 
     async def _restart_in_place(self) -> None:
+        began = self.reactor.seconds()
         port = bound_port(self.listener)
         assert port is not None
         count = len(self.factory.connections)
@@ -489,30 +495,44 @@ class Daemon(MultiService):
         cast(PortService, self.listener).pause_accepting()
         self._leave_remembered()
         self.factory.stop_pinging()
-        # The queue is left for the next program (RABBITMQ_HANDOVER_FILE): what is
-        # published from now on waits there. Redis too: it re-checks every session.
-        await self._stop_child(self.consumer, "rabbitmq")
-        await self._stop_child(self.revocation, "redis")
-        if not self.running:
-            return  # a shutdown began meanwhile: it closes everyone
-        queue_left = os.path.exists(cast(str, self.settings.rabbitmq_handover_file))
-        if not queue_left:
-            # What is published until the next program consumes could be lost without a word.
-            log.warn("restart in place: the queue was not left for the next program; every client is told 1001")
-        frozen, leaving = [], []
+        # First no client message is read any more (a login now would find Redis
+        # stopping): who can be carried is frozen, the others are told 1001.
+        frozen: list[Any] = []
+        leaving: list[Any] = []
         for proto in self.factory.live():
-            if queue_left and handoff.unfinished(proto) is None:
+            if handoff.unfinished(proto) is None:
                 handoff.freeze(proto)
                 frozen.append(proto)
             elif not proto.is_closed.called:
-                leaving.append(proto.is_closed)
+                leaving.append(proto)
                 proto.going_away()
         self.factory.admission.drop_all()
-        if leaving and not await self._at_most(
-            DeferredList(leaving, consumeErrors=True), self.settings.websocket_close_timeout + 1
+        # The queue is left for the next program (RABBITMQ_HANDOVER_FILE): what is
+        # published from now on waits there. Events the consumer still hands out
+        # meanwhile are written to the frozen connections as ever. The next
+        # program's Redis re-checks every session it is given.
+        await DeferredList(
+            [
+                Deferred.fromCoroutine(self._stop_child(self.consumer, "rabbitmq")),
+                Deferred.fromCoroutine(self._stop_child(self.revocation, "redis")),
+            ]
+        )
+        if not self.running:
+            return  # a shutdown began meanwhile: it closes everyone
+        if not os.path.exists(cast(str, self.settings.rabbitmq_handover_file)):
+            # What is published until the next program consumes could be lost without a word.
+            log.warn("restart in place: the queue was not left for the next program; every client is told 1001")
+            for proto in frozen:
+                proto.transport.resumeProducing()
+                proto.going_away()
+            leaving += frozen
+            frozen = []
+        waiting = [proto.is_closed for proto in leaving if not proto.is_closed.called]
+        if waiting and not await self._at_most(
+            DeferredList(waiting, consumeErrors=True), self.settings.websocket_close_timeout + 1
         ):
-            for proto in self.factory.live():
-                if proto not in frozen and not proto.is_closed.called:
+            for proto in leaving:
+                if not proto.is_closed.called:
                     proto.dropConnection(abort=True)
         await self._stop_child(self.monitoring, "monitoring")
         if not self.running:
@@ -521,9 +541,10 @@ class Daemon(MultiService):
             self._watchdog.stop()
         carried = [handoff.capture(proto).as_json() for proto in frozen if proto.transport.connected]
         log.info(
-            "restart in place: {carried} connections carried, {closed} told 1001; starting again",
+            "restart in place: {carried} connections carried, {closed} told 1001, in {seconds:.2f} s; starting again",
             carried=len(carried),
             closed=len(leaving),
+            seconds=self.reactor.seconds() - began,
         )
         try:
             state = reexec.leave(cast(Any, port).fileno(), carried)

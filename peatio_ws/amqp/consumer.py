@@ -195,6 +195,8 @@ class EventConsumer(Service):
         self._handover_path = settings.rabbitmq_handover_file
         #: A queue left by the previous process, taken at start, until the first connection takes it over.
         self._handed: Handover | None = None
+        #: Connections were carried across a restart in place (L{carried_over}), counting on that queue.
+        self._carried = False
 
         self._bindings = Bindings(reactor, settings.rabbitmq_unbind_delay, self._kick)
         #: RABBITMQ_PRIVATE_BINDING=all: one binding for every private event, none per member.
@@ -290,6 +292,15 @@ class EventConsumer(Service):
     def bound(self) -> frozenset[str]:
         """The members whose binding is on the queue (as far as we know)."""
         return frozenset(self._bindings.bound)
+
+    def carried_over(self) -> None:
+        """
+        Connections were carried across a restart in place (L{peatio_ws.reexec})
+        before the first connection: their members count on the queue left
+        for this process. Should it be gone, or used by another process,
+        they are told (1012), as for any queue lost (SPEC §8).
+        """
+        self._carried = True
 
     def when_consuming(self) -> Deferred[None]:
         """
@@ -551,6 +562,10 @@ class EventConsumer(Service):
         adopted: frozenset[str] | None = None
         if handed is not None:
             adopted = await self._take_over(client, handed)
+            if adopted is None and self._carried:
+                # What was published while the program restarted was to wait there.
+                self._events_lost()
+            self._carried = False
             if adopted is None or self._bind_all:
                 self._handed = None  # else once its bindings are taken over, below
         elif self._declared and await self._queue_consumers(client) is None:

@@ -514,16 +514,18 @@ class StreamProtocol(BoundedServerProtocol):
         if self.claims is None:
             self.close_with(CloseCode.AUTH_TIMEOUT, "Authentication timeout")
 
-    def authenticated(self, claims: Claims) -> Deferred[None] | None:
+    def authenticated(self, claims: Claims, wait: bool = True) -> Deferred[None] | None:
         """
         The member is C{claims}: events from now on, until the token expires
         (4001). Returns a Deferred firing once the member's events reach
         this process (its binding is in place; at most L{EVENTS_FLOWING_WAIT}
         seconds), or None when they already do: the dialect tells the client
-        it is authenticated then, so nothing published after is missed.
+        it is authenticated then, so nothing published after is missed. Not
+        C{wait} (a connection carried across a restart in place: no reply
+        to send, its member's binding handed over with the queue): None.
         """
         factory = self.factory
-        flowing = factory.registry.authenticate(self, claims)
+        flowing = factory.registry.authenticate(self, claims, wait)
         self.claims = claims
         self._cancel(self._auth_timer)
         self._auth_timer = None

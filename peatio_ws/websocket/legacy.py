@@ -54,10 +54,8 @@ class LegacyDialect:
         """The member again, or the auth timeout again for a connection that had not authenticated."""
         if claims is None:
             conn.start_auth_timer()
-            return
-        flowing = conn.authenticated(claims)
-        if flowing is not None:
-            flowing.addErrback(lambda failure: None)
+        else:
+            conn.authenticated(claims, wait=False)
 
     def received(self, conn: StreamProtocol, payload: bytes, is_binary: bool) -> Deferred[Any] | None:
         """Handle one client message; a Deferred while a revocation check runs."""

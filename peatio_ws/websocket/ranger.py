@@ -236,9 +236,7 @@ class RangerDialect:
         if claims is not None:
             auth = "private"
             conn.private_streams = set()
-            flowing = conn.authenticated(claims)
-            if flowing is not None:
-                flowing.addErrback(lambda failure: None)
+            conn.authenticated(claims, wait=False)
         factory.metrics.ranger_connections_by(auth).inc()
         parsed = [parse_stream(name) for name in streams]
         replay = factory.hub.subscribe(conn, [stream for stream in parsed if stream is not None])

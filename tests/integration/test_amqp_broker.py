@@ -80,8 +80,12 @@ class EventConsumerBrokerTests(TestCase):
         self.registry = Registry(self.metrics)
         self.conns: list[FakeConnection] = []
 
-    async def consumer(self, **settings: Any) -> EventConsumer:
-        """Start a consumer on this test's exchange; stopped (and its queue deleted) afterwards."""
+    async def consumer(self, carried: bool = False, **settings: Any) -> EventConsumer:
+        """
+        Start a consumer on this test's exchange; stopped (and its queue
+        deleted) afterwards. C{carried}: told that connections were carried
+        across a restart in place before it starts.
+        """
         base = Settings(
             rabbitmq_host=HOST,
             rabbitmq_port=PORT,
@@ -93,6 +97,8 @@ class EventConsumerBrokerTests(TestCase):
             rabbitmq_heartbeat=10,
         )
         consumer = EventConsumer(dataclasses.replace(base, **settings), self.registry, self.metrics)
+        if carried:
+            consumer.carried_over()
         consumer.startService()
 
         async def stop() -> None:
@@ -420,6 +426,30 @@ class EventConsumerBrokerTests(TestCase):
         )
         self.publish("private.IDKEEP.order", {"id": "after"})
         await wait_for(lambda: len(back.frames) == 2, 10, "an event after the take-over")
+
+    async def test_carried_members_told_when_the_handed_queue_is_gone(self) -> None:
+        """
+        A restart in place carries a member's connection, counting on the
+        queue left for it; if that queue is gone when the next program comes
+        to consume it, what was published meanwhile may be lost: the member
+        is told (1012), never left with a silent gap (SPEC §8).
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        path = os.path.join(directory, "queue.json")
+        self.join("IDCARRY")
+        first = await self.consumer(rabbitmq_handover_file=path)
+        await wait_for(lambda: first.bound == {"IDCARRY"}, 10, "the member bound")
+        await within(first.stopService(), 15, "the first consumer to stop")
+        await self.publisher.delete_queue(first.queue_name)
+
+        self.metrics = Metrics()
+        self.registry = Registry(self.metrics)
+        carried = self.join("IDCARRY")  # joined before the next consumer runs, as a carried connection is
+        second = await self.consumer(rabbitmq_handover_file=path, carried=True)
+        await wait_for(lambda: carried.lost == 1, 10, "1012 to the carried member")
+        self.assertEqual(self.value("peatio_ws_rabbitmq_queue_lost_total"), 1)
+        self.assertEqual(second.queue_name, first.queue_name)
 
     # -- continuity (SPEC §8) ------------------------------------------------------
 

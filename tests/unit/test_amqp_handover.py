@@ -421,6 +421,24 @@ class ConsumerTests(SynchronousTestCase):
         [line] = self.lines(h, "left by the previous process, is gone")
         self.assertIn(QUEUE, line)
 
+    def test_queue_gone_under_carried_connections(self) -> None:
+        """
+        Connections carried across a restart in place counted on the queue
+        left: gone, what was published meanwhile may be lost: every
+        authenticated connection is told (1012), as for any queue lost.
+        """
+        self.handed(["IDA"])
+        h = self.harness()
+        conn = h.join("IDA")
+        h.consumer.carried_over()
+        h.start()
+        broker = h.accept()
+        broker.queue_consumers = None
+        broker.pump()
+        self.assertTrue(h.consumer.up)
+        self.assertEqual(conn.lost, 1)
+        self.assertEqual(h.value("peatio_ws_rabbitmq_queue_lost_total"), 1)
+
     def test_queue_in_use(self) -> None:
         """The queue left has a consumer (another process with the same file): a new queue instead."""
         self.handed(["IDA"])
