@@ -599,6 +599,16 @@ class DeliveryClient(AMQClient):
         self._reader.channel = channel
         self._ack_every = max(1, prefetch // 2) if prefetch else 1 << 62
 
+    def stop_handling(self) -> None:
+        """
+        Deliveries from now on are neither handed over nor acked: closing
+        the connection puts them back in the queue, for the next consumer
+        of a queue left to the next process (a clean stop, a restart in
+        place). Handed over here after the last ack, they would reach the
+        clients twice if the clients are carried over.
+        """
+        self._handler = None
+
     def enable_bindings(self, channel: int, answered: BindingsAnswered) -> None:
         """
         Send binds and unbinds on C{channel} from now on (L{send_bindings}),
@@ -652,12 +662,13 @@ class DeliveryClient(AMQClient):
                 handler = self._handler
                 for item in read.items:
                     if type(item) is tuple:
+                        if handler is None:
+                            continue  # not handled, not acked: the broker gives it to the next consumer
                         tag, key, body = item
-                        if handler is not None:
-                            try:
-                                handler(key, body, received)
-                            except Exception:
-                                log.failure("Handling an event from RabbitMQ failed")
+                        try:
+                            handler(key, body, received)
+                        except Exception:
+                            log.failure("Handling an event from RabbitMQ failed")
                         ack = tag
                         handled += 1
                     else:

@@ -439,10 +439,13 @@ class EventConsumer(Service):
         channel = session.channel
         # A queue left needs nothing but the close, one round trip: the broker
         # cancels the consumer and puts back in the queue, for the next
-        # process, what came after the ack (no client here would get it: all
-        # were told 1001).
+        # process, what came after the ack (handed to no client here: the
+        # clients are told 1001, or carried over by a restart in place).
         kept = self._leave_queue(session)
-        if not kept:
+        if kept:
+            # Whatever comes after the last ack waits in the queue for the next process.
+            session.client.stop_handling()
+        else:
             await channel.basic_cancel(consumer_tag=self._consumer_tag)
         # Everything handled (before the cancel-ok, if one was asked): ack it now, not when the interval is up.
         session.client.flush_ack()

@@ -29,8 +29,9 @@ class RestartInPlaceTests(DaemonTestCase):
         return self.start_daemon(
             RABBITMQ_HANDOVER_FILE=str(directory / "queue.json"),
             JWT_HANDOVER_FILE=str(directory / "tokens.json"),
-            # What is left on the shared broker after the test goes soon.
-            RABBITMQ_QUEUE_EXPIRES="5",
+            # What is left on the shared broker after the test goes by itself, yet not
+            # while a restart on a busy machine takes a few seconds.
+            RABBITMQ_QUEUE_EXPIRES="30",
             **env,
         )
 
@@ -142,7 +143,7 @@ class RestartInPlaceTests(DaemonTestCase):
         directory = Path(self.mktemp()).resolve()
         directory.mkdir(parents=True)
         daemon = DaemonProcess(
-            env={"RABBITMQ_HANDOVER_FILE": str(directory / "queue.json"), "RABBITMQ_QUEUE_EXPIRES": "5"},
+            env={"RABBITMQ_HANDOVER_FILE": str(directory / "queue.json"), "RABBITMQ_QUEUE_EXPIRES": "30"},
             port=held.getsockname()[1],
             listening=held,
         )

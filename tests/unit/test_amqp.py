@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import struct
 from typing import Any
 
@@ -1170,6 +1171,28 @@ class FastPathTests(SynchronousTestCase):
         self.assertEqual(broker.acks, [(1, True), (2, True)])
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_queue_left_takes_nothing_after_the_last_ack(self) -> None:
+        """
+        A clean stop that leaves the queue (RABBITMQ_HANDOVER_FILE): what
+        arrives after its last ack is neither handed to the connections nor
+        acked. Closing puts it back in the queue for the next process, whose
+        clients (carried over by a restart in place) would otherwise get it twice.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        h = Harness(self, rabbitmq_handover_file=os.path.join(directory, "queue.json"))
+        conn = h.join("ID1")
+        broker = h.consuming()
+        broker.deliver("private.ID1.order", '{"i":1}')
+        broker.pump()
+        # In flight when the stop begins: it reaches the client before the close-ok.
+        broker.deliver("private.ID1.order", '{"i":2}')
+        d = h.consumer.stopService()
+        broker.pump()
+        self.assertEqual(conn.events(), [{"order": {"i": 1}}])
+        self.assertEqual(broker.acks, [(1, True)])
+        self.assertIsNone(self.successResultOf(d))
 
     def test_ack_after_handing_over(self) -> None:
         """A message is acked only after the connections were given it; a half-read one is not acked yet."""
