@@ -96,15 +96,18 @@ def analyse(
     Every event published: event i went to member i % N with seq i // N + 1,
     published at C{stamps[i]}; C{before} the signal, C{during} the restart
     (until the daemon was healthy again), C{after}: published, delivered,
-    lost, late (over 1 s), latency.
+    lost, late (over 1 s), latency; and events received twice.
     """
     n = len(stamps)
     latency = [-1] * n
-    unknown = 0
+    unknown = duplicates = 0
     for member, seq, ts, recv in received:
         i = (seq - 1) * n_members + member
         if not 0 <= i < n or stamps[i] != ts:
             unknown += 1
+            continue
+        if latency[i] >= 0:
+            duplicates += 1
             continue
         latency[i] = recv - ts
     out: dict[str, Any] = {}
@@ -119,6 +122,7 @@ def analyse(
             "latency": percentiles_ms(got),
         }
     out["unknown_frames"] = unknown
+    out["duplicates"] = duplicates
     return out
 
 
@@ -248,7 +252,8 @@ def summary_line(r: dict[str, Any]) -> str:
     return (
         f"N={r['n']:,} in place: carried over {_s(r['carried_s'])} s after the signal, healthy at "
         f"{_s(r['healthy_s'])} s; closed {r['closed'] or 'none'}, reconnect attempts {r['reconnect_attempts']}; "
-        f"events published {sum(ev[k]['published'] for k in ('before', 'during', 'after')):,}, lost {lost}; "
+        f"events published {sum(ev[k]['published'] for k in ('before', 'during', 'after')):,}, lost {lost}, "
+        f"twice {ev['duplicates']}; "
         f"during the restart {during['published']:,}: late {during['late']:,}, p50/p99/max "
         f"{_ms(during['latency'])} ms; after {after['published']:,}: p99 {_ms(after['latency'])} ms; daemon CPU "
         f"{c['until_healthy_s']:.2f} s until healthy, {c['per_connection_us']:.0f} µs a connection; load "
@@ -258,7 +263,7 @@ def summary_line(r: dict[str, Any]) -> str:
 
 def render(results: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| N | carried over / healthy, s after SIGUSR2 | closed; reconnects | events: published / lost | "
+        "| N | carried over / healthy, s after SIGUSR2 | closed; reconnects | events: published / lost / twice | "
         "published during the restart: late > 1 s / p50, p99, max ms | daemon CPU until healthy: s; µs a "
         "connection | load avg |",
         "|---|---|---|---|---|---|---|",
@@ -270,7 +275,7 @@ def render(results: Sequence[dict[str, Any]]) -> str:
         lost = sum(ev[k]["lost"] for k in ("before", "during", "after"))
         lines.append(
             f"| {r['n']:,} | {_s(r['carried_s'])} / {_s(r['healthy_s'])} | "
-            f"{sum(r['closed'].values())}; {r['reconnect_attempts']} | {published:,} / {lost} | "
+            f"{sum(r['closed'].values())}; {r['reconnect_attempts']} | {published:,} / {lost} / {ev['duplicates']} | "
             f"{d['late']:,} / {_ms(d['latency'])} | {c['until_healthy_s']:.2f}; {c['per_connection_us']:.0f} | "
             f"{r['load_before'][0]:.1f} |"
         )
@@ -350,7 +355,7 @@ def rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, bool | 
                 "signal; connections closed; events lost (all owed); published during it: p99 ms",
                 ("< 5 s; " if big else "") + "none closed, none lost",
                 f"{_s(r['carried_s'])} / {_s(r['healthy_s'])}; {closed}; {lost}; {during.get('p99', 0):,.0f}",
-                r["healthy_s"] < (5 if big else math.inf) and not closed and not lost,
+                r["healthy_s"] < (5 if big else math.inf) and not closed and not lost and not ev["duplicates"],
                 f"daemon CPU {c['until_healthy_s']:.2f} s until healthy ({c['per_connection_us']:.0f} µs a "
                 f"connection); {r['reconnect_attempts']} reconnects; after it p99 "
                 f"{ev['after']['latency'].get('p99', 0):,.0f} ms; load {r['load_before'][0]:.1f}",

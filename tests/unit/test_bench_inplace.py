@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -27,6 +28,7 @@ class AnalyseTests(SynchronousTestCase):
             (0, 3, 3000 * MS, 3001 * MS),
             (1, 3, 3010 * MS, 3012 * MS),
             (1, 9, 5, 6),  # not an event published here
+            (0, 1, 0, 2 * MS),  # event 0 again
         ]
         out = analyse(members, stamps, received, t_signal=50 * MS, t_healthy=2000 * MS)
         fields = ("published", "delivered", "lost", "late")
@@ -37,10 +39,15 @@ class AnalyseTests(SynchronousTestCase):
         )
         self.assertEqual(out["during"]["latency"]["max"], 1500.0)
         self.assertEqual(out["unknown_frames"], 1)
+        self.assertEqual(out["duplicates"], 1)
+        self.assertEqual(out["before"]["latency"]["max"], 2.0, "the first copy counts")
 
     def test_row(self) -> None:
         """The row meets its goal only with no connection closed and no event lost (under 5 s at 15,000)."""
-        events = {k: {"published": 1, "lost": 0, "latency": {"p99": 10.0}} for k in ("before", "during", "after")}
+        events: dict[str, Any] = {
+            k: {"published": 1, "lost": 0, "latency": {"p99": 10.0}} for k in ("before", "during", "after")
+        }
+        events["duplicates"] = 0
         r = {
             "n": 15_000,
             "events": events,
@@ -54,6 +61,7 @@ class AnalyseTests(SynchronousTestCase):
         self.assertTrue(rows([r])[0][3])
         self.assertFalse(rows([{**r, "closed": {"1001": 1}}])[0][3])
         self.assertFalse(rows([{**r, "healthy_s": 5.5}])[0][3])
+        self.assertFalse(rows([{**r, "events": {**events, "duplicates": 1}}])[0][3])
 
 
 class LogTailTests(SynchronousTestCase):
