@@ -57,7 +57,9 @@ from bench.storm import (
     _ms,
     _ns,
     _s,
+    daemon_env,
     daemon_revision,
+    end,
     percentiles_ms,
 )
 from bench.workers import Worker, call_all, event_loop_name
@@ -162,15 +164,9 @@ class InPlaceRestarts(Storms):
         calm: dict[str, Any],
         k: int,
     ) -> dict[str, Any]:
-        from bench.sysinfo import busy_now
-
         o = self.o
         d = current[0]
-        busy, top = busy_now(1.0)
-        load = os.getloadavg()
-        call_all(workers, "arm", 30, policy=policy, retry=o.retry, seed=1000 * n + k)
-        pub.send("run", exchange=exchange, uids=uids, rate=o.rate, max_seconds=o.deadline + 180)
-        time.sleep(o.before)
+        busy, top, load = self.begin(n, uids, workers, pub, exchange, policy, k)
         tail = LogTail(d.log_path)
         cpu0 = _cpu(d.pid)
         t_signal = _ns()
@@ -294,12 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--held-socket", action="store_true", help="the listening socket held by the bench (systemd's)")
     p.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    o = StormOptions(sizes=tuple(int(x) for x in args.sizes.split(",")), rate=args.rate, held_socket=args.held_socket)
-    for item in args.daemon_env:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--daemon-env wants KEY=VALUE, got {item!r}")
-        o.daemon_env[key] = value
+    o = StormOptions(
+        sizes=tuple(int(x) for x in args.sizes.split(",")),
+        rate=args.rate,
+        held_socket=args.held_socket,
+        daemon_env=daemon_env(args.daemon_env),
+    )
     info = machine()
     info["client_loop"] = event_loop_name()
     info["revision"] = daemon_revision()
@@ -311,10 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.write_text(json.dumps({"machine": info, "results": restarts.results, "notes": restarts.notes}, indent=2))
     print()
     print(render(restarts.results))
-    for note in restarts.notes:
-        print(f"* {note}")
-    print(f"\nresults: {path}")
-    return 1 if restarts.notes else 0
+    return end(restarts.notes, path)
 
 
 if __name__ == "__main__":

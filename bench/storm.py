@@ -958,6 +958,24 @@ class Storms:
         """One storm's figures, in a line."""
         return summary_line(r)
 
+    def begin(
+        self, n: int, uids: list[str], workers: list[Worker], pub: Worker, exchange: str, policy: str, k: int
+    ) -> tuple[float, list[Any], tuple[float, float, float]]:
+        """
+        How busy the machine is (CPU % and its top processes, load average),
+        then the clients armed with C{policy} and the events flowing for
+        L{StormOptions.before} seconds: the start of every storm.
+        """
+        from bench.sysinfo import busy_now
+
+        o = self.o
+        busy, top = busy_now(1.0)
+        load = os.getloadavg()
+        call_all(workers, "arm", 30, policy=policy, retry=o.retry, seed=1000 * n + k)
+        pub.send("run", exchange=exchange, uids=uids, rate=o.rate, max_seconds=o.deadline + 180)
+        time.sleep(o.before)
+        return busy, top, load
+
     def _bound(self, daemons: Sequence[Any]) -> float:
         """
         Members whose events reach the node: the bound gauges of C{daemons},
@@ -997,18 +1015,14 @@ class Storms:
         One restart of C{current[0]} under C{n} clients (the others, if any,
         keep serving): its figures; C{current[0]} is then the new daemon.
         """
-        from bench.sysinfo import CpuMeter, busy_now, rabbitmq_pids
+        from bench.sysinfo import CpuMeter, rabbitmq_pids
         from tests.support.probes import metric
 
         o = self.o
         revision = daemon_revision()
         startup_cpu = calm["startup_cpu_s"]
         label = f"N={n:,} {policy} pace={pace}"
-        busy, top = busy_now(1.0)
-        load = os.getloadavg()
-        call_all(workers, "arm", 30, policy=policy, retry=o.retry, seed=1000 * n + k)
-        pub.send("run", exchange=exchange, uids=uids, rate=o.rate, max_seconds=o.deadline + 180)
-        time.sleep(o.before)
+        busy, top, load = self.begin(n, uids, workers, pub, exchange, policy, k)
         groups = {"clients": [x.pid for x in workers], "rabbitmq": rabbitmq_pids(), "publisher": [pub.pid]}
         meter = CpuMeter(groups).start()
         overflows0 = _listen_overflows()
@@ -1730,12 +1744,19 @@ def options_from(args: argparse.Namespace) -> StormOptions:
         raise SystemExit("--held-socket: one daemon restarted in place only, not the baseline bridge")
     if o.surge and o.server != "daemon":
         raise SystemExit("--surge: the daemon only, not the baseline bridge")
-    for item in args.daemon_env:
+    o.daemon_env.update(daemon_env(args.daemon_env))
+    return o
+
+
+def daemon_env(items: Sequence[str]) -> dict[str, str]:
+    """The daemon's environment from C{--daemon-env KEY=VALUE} options."""
+    env = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--daemon-env wants KEY=VALUE, got {item!r}")
-        o.daemon_env[key] = value
-    return o
+        env[key] = value
+    return env
 
 
 def save(storms: Storms, info: dict[str, str]) -> Path:
@@ -1765,10 +1786,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if key in r:
                 print()
                 print(r[key]["text"])
-    for note in storms.notes:
+    return end(storms.notes, path)
+
+
+def end(notes: Sequence[str], path: Path) -> int:
+    """Print what went wrong and where the results are; the exit status (1 if anything went wrong)."""
+    for note in notes:
         print(f"* {note}")
     print(f"\nresults: {path}")
-    return 1 if storms.notes else 0
+    return 1 if notes else 0
 
 
 if __name__ == "__main__":

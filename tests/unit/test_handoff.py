@@ -26,6 +26,7 @@ from peatio_ws.testing.factory import stream_factory
 from peatio_ws.testing.frames import SAMPLE_KEY, TEXT
 from peatio_ws.websocket import StreamFactory, _transport, handoff
 from peatio_ws.websocket.connection import StreamProtocol
+from tests.support.sockets import connected_pair
 
 
 class _AdoptingReactor(MemoryReactor):
@@ -55,15 +56,7 @@ class HandoffTestCase(SynchronousTestCase):
         self, factory: StreamFactory, path: str = "/", headers: list[tuple[str, str]] | None = None
     ) -> tuple[StreamProtocol, socket.socket]:
         """A protocol of C{factory} on a real accepted socket (upgraded), and the client's socket."""
-        listener = socket.socket()
-        self.addCleanup(listener.close)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        client = socket.create_connection(listener.getsockname())
-        self.addCleanup(client.close)
-        client.settimeout(5)
-        accepted, (host, port) = listener.accept()
-        accepted.setblocking(False)
+        client, accepted, (host, port) = connected_pair(self)
         address = IPv4Address("TCP", host, port)
         proto = factory.buildProtocol(address)
         transport = tcp.Server(accepted, proto, (host, port), None, 1, MemoryReactor())  # type: ignore[arg-type]

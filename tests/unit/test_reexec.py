@@ -11,13 +11,13 @@ import io
 import json
 import os
 import signal
-import socket
 import sys
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws import logs, reexec
+from tests.support.sockets import listening
 
 
 def _memfd(data: bytes) -> int:
@@ -36,16 +36,9 @@ def _closed(fd: int) -> bool:
 
 
 class LeaveTakeTests(SynchronousTestCase):
-    def listener(self) -> socket.socket:
-        sock = socket.socket()
-        self.addCleanup(sock.close)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1)
-        return sock
-
     def test_round_trip(self) -> None:
         """What is left is taken whole; the variable is removed and the descriptor closed."""
-        sock = self.listener()
+        sock = listening(self)
         records = [{"fd": 10, "id": "a-1"}, {"fd": 11, "id": "a-2"}]
         fd = reexec.leave(sock.fileno(), records)
         self.assertTrue(os.get_inheritable(fd), "the exec must keep it")

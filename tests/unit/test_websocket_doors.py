@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import socket
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -24,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peatio_ws.websocket import _autobahn, _transport
 from tests.support.fuzzing import examples
+from tests.support.sockets import connected_pair
 
 
 def parameters(function: object) -> list[str]:
@@ -341,52 +341,37 @@ class BucketTimerTests(SynchronousTestCase):
 class TwistedTransportDoorTests(SynchronousTestCase):
     """What L{peatio_ws.websocket._transport} reads (written against Twisted 26.10.0)."""
 
+    def server(self) -> tcp.Server:
+        """A real server-side TCP connection (closed at cleanup), on a memory reactor."""
+        _, accepted, address = connected_pair(self)
+        # A memory reactor: tcp.Server starts reading at once, and the
+        # global reactor must not be left watching a socket closed at cleanup.
+        return tcp.Server(accepted, None, address, None, 1, MemoryReactor())  # type: ignore[arg-type]
+
     def test_tcp_connection_attributes(self) -> None:
         """A real server-side TCP connection has socket, dataBuffer, offset, _tempDataLen, connected, disconnecting."""
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        client = socket.create_connection(listener.getsockname())
-        accepted, address = listener.accept()
-        try:
-            # A memory reactor: tcp.Server starts reading at once, and the
-            # global reactor must not be left watching a socket closed below.
-            server = tcp.Server(accepted, None, address, None, 1, MemoryReactor())  # type: ignore[arg-type]
-            missing = [
-                name
-                for name in ("socket", "dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting")
-                if not hasattr(server, name)
-            ]
-            self.assertEqual(missing, [], "Twisted's tcp.Connection lost attributes _transport relies on")
-            self.assertIs(_transport.direct_socket(server), accepted)
-            self.assertEqual(_transport.held_bytes(server), 0)
-            self.assertIsInstance(server.dataBuffer, bytes | memoryview)
-            self.assertIsInstance(server._tempDataLen, int)
-        finally:
-            client.close()
-            accepted.close()
-            listener.close()
+        server = self.server()
+        missing = [
+            name
+            for name in ("socket", "dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting")
+            if not hasattr(server, name)
+        ]
+        self.assertEqual(missing, [], "Twisted's tcp.Connection lost attributes _transport relies on")
+        self.assertIs(_transport.direct_socket(server), server.socket)
+        self.assertEqual(_transport.held_bytes(server), 0)
+        self.assertIsInstance(server.dataBuffer, bytes | memoryview)
+        self.assertIsInstance(server._tempDataLen, int)
 
     def test_pending_output(self) -> None:
         """What transport.write keeps (dataBuffer from offset, then _tempDataBuffer) is what pending_output returns."""
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        client = socket.create_connection(listener.getsockname())
-        accepted, address = listener.accept()
-        try:
-            server = tcp.Server(accepted, None, address, None, 1, MemoryReactor())  # type: ignore[arg-type]
-            self.assertIsInstance(server._tempDataBuffer, list)
-            server.write(b"one")
-            server.write(b"two")
-            self.assertEqual(_transport.pending_output(server), b"onetwo")
-            server.dataBuffer, server.offset = b"xxhead", 2
-            self.assertEqual(_transport.pending_output(server), b"headonetwo")
-            self.assertEqual(_transport.held_bytes(server), len(b"headonetwo"))
-        finally:
-            client.close()
-            accepted.close()
-            listener.close()
+        server = self.server()
+        self.assertIsInstance(server._tempDataBuffer, list)
+        server.write(b"one")
+        server.write(b"two")
+        self.assertEqual(_transport.pending_output(server), b"onetwo")
+        server.dataBuffer, server.offset = b"xxhead", 2
+        self.assertEqual(_transport.pending_output(server), b"headonetwo")
+        self.assertEqual(_transport.held_bytes(server), len(b"headonetwo"))
 
     def test_write_buffers_in_temp_data(self) -> None:
         """transport.write keeps unsent bytes in _tempData/_tempDataLen until doWrite: what held_bytes counts."""
