@@ -7,10 +7,13 @@ export PYTHONPATH := $(CURDIR)
 .PHONY: run test prepare lint unit lowest coverage check-install bench chaos demo dev-key clean mutation
 
 ## Install what is missing, then run the daemon in the foreground on the defaults. Without a
-## JWT_PUBLIC_KEY, a development key pair is made in .dev/ (and said so, loudly).
+## JWT_PUBLIC_KEY, a development key pair is made in .dev/ (and said so, loudly). The queue is
+## left in .dev/ at a stop, so `kill -USR2 <pid>` restarts it in place on the code as it is now,
+## its clients still connected (docs/deploy.md section 11).
 run: prepare
 	@PY=$(PY) scripts/check-jwt-key.sh
 	@set -a; [ -f .dev/jwt.env ] && [ -z "$${JWT_PUBLIC_KEY:-}" ] && . .dev/jwt.env; set +a; \
+	mkdir -p .dev; export RABBITMQ_HANDOVER_FILE="$${RABBITMQ_HANDOVER_FILE:-$(CURDIR)/.dev/queue.json}"; \
 	exec $(VENV)/bin/twistd -n --pidfile= peatio-ws $(ARGS)
 
 ## Install what is missing (chromium for the demo page's test, prometheus for promtool), then lint,
