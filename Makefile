@@ -74,7 +74,7 @@ bench: prepare
 chaos: prepare
 	@status=0; PEATIO_WS_CHAOS=full $(PY) -m twisted.trial --temp-directory=.state/_trial_chaos \
 		tests.unit.test_fuzz tests.chaos.test_chaos tests.chaos.test_chaos_cluster tests.chaos.test_chaos_redis \
-		tests.chaos.test_chaos_clients tests.chaos.test_chaos_hostile || status=$$?; \
+		tests.chaos.test_chaos_clients tests.chaos.test_chaos_hostile tests.chaos.test_chaos_restart || status=$$?; \
 	echo; echo "== chaos figures =="; \
 	$(PY) -m tests.support.figures .state/_trial_chaos/chaos-figures.txt; exit $$status
 
