@@ -71,13 +71,16 @@ class Left:
     connections: list[Any]
     #: When it was left (C{time.time()}), for the log line that says how long the exec took.
     left_at: float
+    #: The order books' stores (L{peatio_ws.websocket.handoff.books_from_json} reads them).
+    books: Any = None
 
 
-def leave(listener: int, connections: Sequence[Mapping[str, Any]]) -> int:
+def leave(listener: int, connections: Sequence[Mapping[str, Any]], books: Mapping[str, Any] | None = None) -> int:
     """
     Write what the next program takes, with C{listener} (the listening
     socket's descriptor) made inheritable; the descriptor of the anonymous
-    file holding it, inheritable too, read from the start.
+    file holding it, inheritable too, read from the start. C{books}: the
+    order books' stores, as JSON.
     """
     os.set_inheritable(listener, True)
     state = {
@@ -86,6 +89,7 @@ def leave(listener: int, connections: Sequence[Mapping[str, Any]]) -> int:
         "left_at": time.time(),
         "listener": listener,
         "connections": list(connections),
+        "books": dict(books or {}),
     }
     data = json.dumps(state, separators=(",", ":")).encode("ascii")
     fd = os.memfd_create("peatio-ws-carried", 0)
@@ -134,7 +138,7 @@ def take(environ: MutableMapping[str, str] | None = None) -> Left | None:
     listener, connections, left_at = state.get("listener"), state.get("connections"), state.get("left_at")
     if not isinstance(listener, int) or not isinstance(connections, list) or not isinstance(left_at, (int, float)):
         raise ReexecError("no listener, connections or time")
-    return Left(listener, connections, float(left_at))
+    return Left(listener, connections, float(left_at), state.get("books"))
 
 
 def pidfile(argv: Sequence[str]) -> str | None:

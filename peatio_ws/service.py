@@ -357,6 +357,12 @@ class Daemon(MultiService):
             return
         adopted = failed = 0
         began = self.reactor.seconds()
+        if left.books:
+            try:
+                self.hub.restore_books(handoff.books_from_json(left.books))
+            except handoff.CarriedError as e:
+                # Their subscribers wait for the next snapshots, as after any start.
+                log.warn("restart in place: the order books cannot be taken ({problem})", problem=str(e))
         for record in left.connections:
             try:
                 carried = handoff.Carried.from_json(record)
@@ -547,7 +553,8 @@ class Daemon(MultiService):
             seconds=self.reactor.seconds() - began,
         )
         try:
-            state = reexec.leave(cast(Any, port).fileno(), carried)
+            books = handoff.books_json(self.hub.carried_books())
+            state = reexec.leave(cast(Any, port).fileno(), carried, books)
             reexec.replace_process(state)
         except OSError as e:
             log.critical("restart in place failed: {error}; stopping", error=e.strerror or str(e))

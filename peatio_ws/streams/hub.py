@@ -58,13 +58,15 @@ class PublicHub:
 
     # -- subscriptions ---------------------------------------------------------------
 
-    def subscribe(self, conn: Any, streams: Iterable[Stream]) -> list[bytes]:
+    def subscribe(self, conn: Any, streams: Iterable[Stream], carried: Collection[str] | None = None) -> list[bytes]:
         """
         Add C{streams} to C{conn}'s subscriptions (those it has already are
         left alone); private ones only when C{conn.private_streams} is a set
         (an authenticated connection). Returns the order-book replay frames
         for the new C{<m>.ob-inc} streams, in order, to write before the
-        subscribed reply.
+        subscribed reply. With C{carried} (a connection carried across a
+        restart in place, L{restore_books} done): nothing is replayed, and it
+        is primed on the markets C{carried} names, waiting on the others.
         """
         current: dict[str, Stream] = conn.subscriptions
         private: set[str] | None = conn.private_streams
@@ -79,9 +81,12 @@ class PublicHub:
                 private.add(name)
                 self._private[name] = self._private.get(name, 0) + 1
             elif stream.event == "ob-inc":
-                frames = self._book(stream.ident).subscribe(conn)
-                if frames is not None:
-                    replay.extend(frames)
+                if carried is not None:
+                    self._book(stream.ident).carry(conn, stream.ident in carried)
+                else:
+                    frames = self._book(stream.ident).subscribe(conn)
+                    if frames is not None:
+                        replay.extend(frames)
             else:
                 self._subscribers.setdefault(name, set()).add(conn)
             current[name] = stream
@@ -162,6 +167,19 @@ class PublicHub:
         if sent:
             self._count(self._copies, self._metrics.public_copies, event, sent)
         return sent
+
+    def primed_markets(self, conn: Any) -> list[str]:
+        """The markets whose book C{conn} holds (primed on C{<m>.ob-inc})."""
+        return [market for market, book in self.books.items() if conn in book.primed]
+
+    def carried_books(self) -> dict[str, dict[str, Any]]:
+        """Every order book's store, for the program a restart in place starts (L{restore_books})."""
+        return {market: book.carried() for market, book in self.books.items()}
+
+    def restore_books(self, books: dict[str, dict[str, Any]]) -> None:
+        """The stores L{carried_books} gave, before any connection is carried over."""
+        for market, carried in books.items():
+            self.books[market] = OrderBook.restored(market, self.max_increments, carried)
 
     def market_lost(self) -> None:
         """Events may have been lost (SPEC §8): every order book waits for its next snapshot."""

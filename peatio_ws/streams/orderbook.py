@@ -93,9 +93,45 @@ class OrderBook:
         self.primed.add(subscriber)
         return [self.snapshot, *self.increments]
 
+    def carry(self, subscriber: Any, primed: bool) -> None:
+        """
+        A subscriber carried across a restart in place, as it was: C{primed}
+        (it holds the book up to this store's sequence) or waiting. Nothing
+        is replayed to it.
+        """
+        self.subscribers.add(subscriber)
+        if primed and not self.broken and self.sequence is not None:
+            self.primed.add(subscriber)
+
     def unsubscribe(self, subscriber: Any) -> None:
         self.subscribers.discard(subscriber)
         self.primed.discard(subscriber)
+
+    # -- across a restart in place -------------------------------------------------------
+
+    def carried(self) -> dict[str, Any]:
+        """The store (not its subscribers), for the next program: L{restored} takes it."""
+        return {
+            "sequence": self.sequence,
+            "snapshot": self.snapshot,
+            "increments": list(self.increments),
+            "broken": self.broken,
+        }
+
+    @classmethod
+    def restored(cls, market: str, max_increments: int, carried: dict[str, Any]) -> OrderBook:
+        """
+        The store L{carried} describes, with no subscriber yet. Increments
+        past this program's C{max_increments} make it no longer replayable,
+        as they would have here.
+        """
+        book = cls(market, max_increments)
+        book.sequence = carried["sequence"]
+        book.broken = carried["broken"]
+        if carried["snapshot"] is not None and len(carried["increments"]) <= max_increments:
+            book.snapshot = carried["snapshot"]
+            book.increments = list(carried["increments"])
+        return book
 
     # -- what the matching engine publishes -------------------------------------------
 

@@ -90,8 +90,14 @@ class Dialect(Protocol):
     def closed(self, conn: StreamProtocol) -> None:
         """The connection is gone (every close path, once): let go of what the dialect holds for it."""
 
-    def carried_on(self, conn: StreamProtocol, claims: Claims | None, streams: tuple[str, ...]) -> None:
-        """Carried across a restart in place: restore the member and the subscriptions, silently."""
+    def carried_on(
+        self, conn: StreamProtocol, claims: Claims | None, streams: tuple[str, ...], primed: tuple[str, ...]
+    ) -> None:
+        """
+        Carried across a restart in place: restore the member and the
+        subscriptions (primed on the order books of the markets C{primed}
+        names), silently.
+        """
 
 
 @implementer(IPushProducer)
@@ -291,7 +297,9 @@ class StreamProtocol(BoundedServerProtocol):
         self.log_line("opened")
         self.dialect.opened(self)
 
-    def carried_on(self, dialect: str, claims: Claims | None, streams: tuple[str, ...]) -> None:
+    def carried_on(
+        self, dialect: str, claims: Claims | None, streams: tuple[str, ...], primed: tuple[str, ...] = ()
+    ) -> None:
         """
         Open again after a restart in place (L{handoff.adopt}): counted as
         open, the member and the subscriptions restored by C{dialect},
@@ -300,7 +308,7 @@ class StreamProtocol(BoundedServerProtocol):
         factory = self.factory
         self.dialect = factory.dialect_named(dialect)
         factory.connection_opened(self, carried=True)
-        self.dialect.carried_on(self, claims, streams)
+        self.dialect.carried_on(self, claims, streams, primed)
 
     @property
     def busy(self) -> bool:

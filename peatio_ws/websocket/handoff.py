@@ -11,7 +11,9 @@ client's next bytes wait in the kernel, and its timers stop. Any other
 connection is told 1001, as at a shutdown. Just before the exec it
 L{capture}s each frozen one as a L{Carried}: the socket, kept open across
 the exec; the connection id; the dialect; the member's claims; the ranger
-subscriptions; and what Twisted still held to send.
+subscriptions and the order books it holds; and what Twisted still held to
+send. The order books' stores go along (L{books_json}), so that a client
+holding a book goes on receiving its increments.
 
 The next program L{adopt}s each L{Carried}: the socket handed to the reactor,
 a protocol built by the factory as for an accepted socket (counted for its
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from peatio_ws.websocket.connection import StreamProtocol
     from peatio_ws.websocket.factory import StreamFactory
 
-__all__ = ["Carried", "CarriedError", "adopt", "capture", "freeze"]
+__all__ = ["Carried", "CarriedError", "adopt", "books_from_json", "books_json", "capture", "freeze"]
 
 _FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
 _CLAIM_NAMES = tuple(f.name for f in fields(Claims))
@@ -64,6 +66,8 @@ class Carried:
     streams: tuple[str, ...]
     #: Bytes Twisted held for the kernel: written first.
     pending: bytes
+    #: The markets whose order book the client holds (primed on C{<m>.ob-inc}).
+    primed: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +78,7 @@ class Carried:
             "claims": _claims_json(self.claims) if self.claims is not None else None,
             "streams": list(self.streams),
             "pending": base64.b64encode(self.pending).decode("ascii"),
+            "primed": list(self.primed),
         }
 
     @classmethod
@@ -83,7 +88,7 @@ class Carried:
             raise CarriedError("a connection is not a JSON object")
         try:
             fd, family, conn_id, dialect = value["fd"], value["family"], value["id"], value["dialect"]
-            raw_claims, streams, pending = value["claims"], value["streams"], value["pending"]
+            raw_claims, streams, pending, primed = value["claims"], value["streams"], value["pending"], value["primed"]
         except KeyError as e:
             raise CarriedError(f"a connection has no {e.args[0]!r}") from None
         if not isinstance(fd, int) or isinstance(fd, bool) or fd < 3:
@@ -102,15 +107,70 @@ class Carried:
             ):
                 raise CarriedError("bad claims")
             claims = Claims(**raw_claims)
-        if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
+        if not _strings(streams):
             raise CarriedError("bad streams")
+        if not _strings(primed):
+            raise CarriedError("bad primed markets")
         if not isinstance(pending, str):
             raise CarriedError("bad pending bytes")
         try:
             data = base64.b64decode(pending, validate=True)
         except ValueError:
             raise CarriedError("bad pending bytes") from None
-        return cls(fd, _FAMILIES[family], conn_id, dialect, claims, tuple(streams), data)
+        return cls(fd, _FAMILIES[family], conn_id, dialect, claims, tuple(streams), data, tuple(primed))
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def books_json(books: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The order books' stores (L{PublicHub.carried_books}) as JSON: frames in base64."""
+    return {
+        market: {
+            "sequence": book["sequence"],
+            "broken": book["broken"],
+            "snapshot": _b64(book["snapshot"]) if book["snapshot"] is not None else None,
+            "increments": [_b64(frame) for frame in book["increments"]],
+        }
+        for market, book in books.items()
+    }
+
+
+def books_from_json(value: object) -> dict[str, dict[str, Any]]:
+    """
+    What L{books_json} wrote, for L{PublicHub.restore_books}.
+
+    @raise CarriedError: not that.
+    """
+    if not isinstance(value, dict):
+        raise CarriedError("the order books are not a JSON object")
+    books = {}
+    for market, book in value.items():
+        try:
+            sequence, broken = book["sequence"], book["broken"]
+            snapshot, increments = book["snapshot"], book["increments"]
+        except (KeyError, TypeError):
+            raise CarriedError(f"order book {market!r} is not one") from None
+        whole = isinstance(sequence, int) and not isinstance(sequence, bool)
+        if (sequence is not None and not whole) or not isinstance(broken, bool):
+            raise CarriedError(f"order book {market!r} has a bad sequence")
+        if not _strings(increments) or (snapshot is not None and not isinstance(snapshot, str)):
+            raise CarriedError(f"order book {market!r} has bad frames")
+        try:
+            books[market] = {
+                "sequence": sequence,
+                "broken": broken,
+                "snapshot": base64.b64decode(snapshot, validate=True) if snapshot is not None else None,
+                "increments": [base64.b64decode(frame, validate=True) for frame in increments],
+            }
+        except ValueError:
+            raise CarriedError(f"order book {market!r} has bad frames") from None
+    return books
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _claims_json(claims: Claims) -> dict[str, Any]:
@@ -141,14 +201,17 @@ def capture(proto: StreamProtocol) -> Carried:
     sock = proto.transport.socket
     fd = sock.fileno()
     os.set_inheritable(fd, True)
+    subscriptions = proto.subscriptions or {}
+    books = any(stream.event == "ob-inc" for stream in subscriptions.values())
     return Carried(
         fd=fd,
         family=sock.family,
         conn_id=proto.conn_id,
         dialect=proto.dialect.name,
         claims=proto.claims,
-        streams=tuple(proto.subscriptions or ()),
+        streams=tuple(subscriptions),
         pending=_transport.pending_output(proto.transport),
+        primed=tuple(proto.factory.hub.primed_markets(proto)) if books else (),
     )
 
 
@@ -186,5 +249,5 @@ def adopt(factory: StreamFactory, reactor: Any, carried: Carried) -> StreamProto
     _autobahn.open_carried(proto)
     if carried.pending:
         proto.transport.write(carried.pending)
-    proto.carried_on(carried.dialect, carried.claims, carried.streams)
+    proto.carried_on(carried.dialect, carried.claims, carried.streams, carried.primed)
     return proto

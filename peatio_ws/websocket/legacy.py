@@ -50,7 +50,9 @@ class LegacyDialect:
         conn.write(text_frame(json.dumps({"challenge": conn.challenge}).encode("ascii")))
         conn.start_auth_timer()
 
-    def carried_on(self, conn: StreamProtocol, claims: Claims | None, streams: tuple[str, ...]) -> None:
+    def carried_on(
+        self, conn: StreamProtocol, claims: Claims | None, streams: tuple[str, ...], primed: tuple[str, ...]
+    ) -> None:
         """The member again, or the auth timeout again for a connection that had not authenticated."""
         if claims is None:
             conn.start_auth_timer()

@@ -223,12 +223,14 @@ class RangerDialect:
             # The subscribed reply goes once the member's events reach us; messages wait till then.
             conn.hold_messages(flowing.addCallback(lambda _: self._open_streams(conn)))
 
-    def carried_on(self, conn: StreamProtocol, claims: Claims | None, streams: tuple[str, ...]) -> None:
+    def carried_on(
+        self, conn: StreamProtocol, claims: Claims | None, streams: tuple[str, ...], primed: tuple[str, ...]
+    ) -> None:
         """
-        The member and the subscriptions again, without a reply. An
-        order book's subscriber waits for the market's next snapshot (this
-        program has seen none yet), as any subscriber the server cannot
-        replay to: its book stops changing, it never goes wrong.
+        The member and the subscriptions again, without a reply or a
+        replay: a subscriber that held a market's order book (C{primed})
+        goes on getting its increments from the store the previous program
+        left; one that was waiting for a snapshot still waits.
         """
         factory = conn.factory
         conn.subscriptions = {}
@@ -239,9 +241,7 @@ class RangerDialect:
             conn.authenticated(claims, wait=False)
         factory.metrics.ranger_connections_by(auth).inc()
         parsed = [parse_stream(name) for name in streams]
-        replay = factory.hub.subscribe(conn, [stream for stream in parsed if stream is not None])
-        if replay:
-            conn.send_frames(replay)
+        factory.hub.subscribe(conn, [stream for stream in parsed if stream is not None], carried=primed)
 
     def _open_streams(self, conn: StreamProtocol) -> None:
         """Subscribe the query's streams, replay, then say what is subscribed."""

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -46,12 +48,21 @@ from tests.support.waiting import until, within
 WAIT = 30.0
 
 #: The daemon settings of the tests that need other than the defaults.
+#: The queue a restart in place leaves to the next program (removed when taken, or at cleanup).
+CARRY_FILE = f"{tempfile.gettempdir()}/peatio-ws-ranger-{uuid.uuid4().hex[:12]}.json"
+
 DAEMON_SETTINGS: dict[str, dict[str, str]] = {
     "test_store_past_its_bound_is_followed_not_replayed": {"RANGER_ORDERBOOK_MAX_INCREMENTS": "3"},
+    "test_order_book_across_a_restart_in_place": {"RABBITMQ_HANDOVER_FILE": CARRY_FILE, "RABBITMQ_QUEUE_EXPIRES": "30"},
 }
 
 PUBLIC_PATH = "/api/v2/ranger/public/"
 PRIVATE_PATH = "/api/v2/ranger/private/"
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 def new_market() -> str:
@@ -184,6 +195,41 @@ class RangerDaemonTests(ChaosTestCase):
         self.assertEqual(baseapp_violations(client.messages), [], f"{who} would reconnect: {client.messages}")
 
     # -- the public order book ---------------------------------------------------------
+
+    async def test_order_book_across_a_restart_in_place(self) -> None:
+        """
+        A client holding a market's order book, the daemon restarted in place
+        (SIGUSR2): the connection stays, nothing is replayed to it again, and
+        the next increment continues its book; a newcomer gets the replay of
+        the store the previous program left, with that increment. baseapp
+        would see no gap.
+        """
+        self.addCleanup(_remove, CARRY_FILE)
+        m = new_market()
+        pub = await self.broker()
+        streams = baseapp_streams(m)
+        snap10, inc11, inc12 = snapshot_body(10, asks=[["101.0", "1.5"]]), increment_body(11), increment_body(12)
+        await self.publish(pub, f"public.{m}.ob-snap", snap10)
+        await self.publish(pub, f"public.{m}.ob-inc", inc11)
+        await self.until_metric_is("peatio_ws_orderbook_sequence", 11, "the store at sequence 11", market=m)
+        a = await self.ranger(ranger_path(PUBLIC_PATH, streams))
+        await self.until_json(a, subscribed(streams), "A's subscribed reply")
+        held = len(a.messages)
+
+        os.kill(self.daemon.pid, signal.SIGUSR2)
+        self.daemon.wait_log("restart in place: 1 connections carried over, 0 lost", seconds=WAIT)
+        await self.publish(pub, f"public.{m}.ob-inc", inc12)
+        await self.until_text(a, frame_text(f"{m}.ob-inc", inc12), "the increment after the restart")
+        self.assertEqual(a.messages[held:], [frame_text(f"{m}.ob-inc", inc12)])
+        self.assert_baseapp_happy(a, "A")
+
+        b = await self.ranger(ranger_path(PUBLIC_PATH, streams))
+        await self.until_json(b, subscribed(streams), "B's subscribed reply")
+        self.assertEqual(
+            b.messages[:3],
+            [frame_text(f"{m}.ob-snap", snap10), frame_text(f"{m}.ob-inc", inc11), frame_text(f"{m}.ob-inc", inc12)],
+        )
+        self.assert_baseapp_happy(b, "B")
 
     async def test_order_book_through_snapshot_gap_recovery_and_restart(self) -> None:
         """

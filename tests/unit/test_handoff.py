@@ -192,6 +192,38 @@ class CarryTests(HandoffTestCase):
         self.assertEqual(new.hub.publish("btcusd", "trades", b'{"trades":[]}'), 1)
         self.assertEqual(self.messages(client), [{"order": {"id": 1}}, {"btcusd.trades": {"trades": []}}])
 
+    def test_order_book_goes_on(self) -> None:
+        """
+        A ranger client holding a market's book, and one waiting for its
+        snapshot: carried with the store, the first gets the next increment
+        (nothing replayed again), the second still waits and gets the next
+        snapshot.
+        """
+        old = self.factory()
+        path = "/api/v2/ranger/public/?stream=btcusd.ob-inc"
+        old.hub.publish("btcusd", "ob-snap", b'{"asks":[],"bids":[],"sequence":10}')
+        holding, holding_client = self.tcp_connection(old, path)
+        old.hub.publish("ethusd", "ob-inc", b'{"asks":["1","1"],"sequence":3}')  # before any snapshot: broken
+        waiting, waiting_client = self.tcp_connection(old, "/api/v2/ranger/public/?stream=ethusd.ob-inc")
+        self.assertEqual(old.hub.primed_markets(holding), ["btcusd"])
+        self.assertEqual(old.hub.primed_markets(waiting), [])
+        records = [self.carry(holding), self.carry(waiting)]
+        self.assertEqual([r.primed for r in records], [("btcusd",), ()])
+        self.messages(holding_client)
+        self.messages(waiting_client)
+
+        new = self.factory()
+        books = handoff.books_json(old.hub.carried_books())
+        new.hub.restore_books(handoff.books_from_json(json.loads(json.dumps(books))))
+        for record in records:
+            self.adopt(new, record)
+        self.assertEqual(self.messages(holding_client), [], "nothing replayed again")
+        self.assertEqual(new.hub.publish("btcusd", "ob-inc", b'{"asks":["1","1"],"sequence":11}'), 1)
+        self.assertEqual(self.messages(holding_client), [{"btcusd.ob-inc": {"asks": ["1", "1"], "sequence": 11}}])
+        self.assertEqual(new.hub.publish("ethusd", "ob-inc", b'{"asks":["1","1"],"sequence":4}'), 0)
+        self.assertEqual(new.hub.publish("ethusd", "ob-snap", b'{"asks":[],"bids":[],"sequence":4}'), 1)
+        self.assertEqual(self.messages(waiting_client), [{"ethusd.ob-snap": {"asks": [], "bids": [], "sequence": 4}}])
+
     def test_expired_meanwhile(self) -> None:
         """A token that expired while the program restarted ends the session at once, 4001."""
         proto, client = self.tcp_connection(self.factory())
@@ -238,7 +270,7 @@ class UnfinishedTests(HandoffTestCase):
 class CarriedRecordTests(SynchronousTestCase):
     def record(self, **changes: Any) -> dict[str, Any]:
         claims = Claims(uid="IDX", jti="j", expires_at=5.0, email="a@b", role="member", level=3, state="active")
-        record = handoff.Carried(7, socket.AF_INET6, "p-1", "ranger", claims, ("order",), b"\x00\xff").as_json()
+        record = handoff.Carried(7, socket.AF_INET6, "p-1", "ranger", claims, ("order",), b"\x00\xff", ("m",)).as_json()
         record.update(changes)
         return record
 
@@ -246,6 +278,21 @@ class CarriedRecordTests(SynchronousTestCase):
         record = self.record()
         self.assertEqual(handoff.Carried.from_json(record).as_json(), record)
         self.assertEqual(handoff.Carried.from_json(self.record(claims=None)).claims, None)
+
+    def test_books_refused(self) -> None:
+        """Order books this program did not write are refused, saying why."""
+        good: dict[str, Any] = {"sequence": 3, "broken": False, "snapshot": None, "increments": []}
+        bad = {
+            "the order books are not a JSON object": [],
+            "order book 'm' is not one": {"m": []},
+            "order book 'm' has a bad sequence": {"m": {**good, "sequence": "3"}},
+            "order book 'm' has bad frames": {"m": {**good, "increments": ["not base64!"]}},
+        }
+        for why, value in bad.items():
+            with self.assertRaises(handoff.CarriedError) as raised:
+                handoff.books_from_json(value)
+            self.assertEqual(str(raised.exception), why)
+        self.assertEqual(handoff.books_from_json({"m": good}), {"m": good})
 
     def test_refused(self) -> None:
         """A record this program did not write is refused, saying why."""
@@ -259,6 +306,7 @@ class CarriedRecordTests(SynchronousTestCase):
             "bad claims": self.record(claims={"uid": "IDX"}),
             "bad streams": self.record(streams=[1]),
             "bad pending bytes": self.record(pending="not base64!"),
+            "bad primed markets": self.record(primed="btcusd"),
         }
         for why, record in bad.items():
             with self.assertRaises(handoff.CarriedError) as raised:

@@ -793,8 +793,9 @@ class RestartInPlaceTests(DaemonTestCase):
         self.patch(handoff, "capture", lambda proto: FakeCarried(proto.name))
         self.left: list[tuple[int, list[Any]]] = []
 
-        def leave(listener: int, records: list[Any]) -> int:
+        def leave(listener: int, records: list[Any], books: dict[str, Any]) -> int:
             self.left.append((listener, records))
+            self.books = books
             return 7
 
         self.patch(reexec, "leave", leave)

@@ -293,6 +293,53 @@ FULL = os.environ.get("PEATIO_WS_CHAOS", "").strip().lower() == "full"
 MAX_INCREMENTS = 3
 
 
+class CarriedTests(SynchronousTestCase):
+    """A store carried across a restart in place (L{OrderBook.carried}, L{OrderBook.restored}, L{OrderBook.carry})."""
+
+    def book(self) -> OrderBook:
+        book = OrderBook("btcusd", 5)
+        book.snapshot_arrived(10, b"snap10")
+        book.increment_arrived(11, b"inc11")
+        return book
+
+    def test_round_trip(self) -> None:
+        """The next program's store replays what this one would, and follows the same sequence."""
+        restored = OrderBook.restored("btcusd", 5, self.book().carried())
+        self.assertEqual((restored.sequence, restored.broken), (11, False))
+        self.assertEqual(restored.subscribe("new"), [b"snap10", b"inc11"])
+        self.assertEqual(restored.increment_arrived(12, b"inc12"), {"new"})
+
+    def test_fewer_increments_allowed(self) -> None:
+        """More increments than the next program keeps: followed, no longer replayable (as past the bound here)."""
+        restored = OrderBook.restored("btcusd", 0, self.book().carried())
+        self.assertEqual(restored.sequence, 11)
+        self.assertFalse(restored.replayable)
+        self.assertIsNone(restored.subscribe("new"))
+
+    def test_broken_stays_broken(self) -> None:
+        book = self.book()
+        book.increment_arrived(13, b"inc13")  # a gap
+        restored = OrderBook.restored("btcusd", 5, book.carried())
+        self.assertTrue(restored.broken)
+        restored.carry("a", primed=True)
+        self.assertEqual(restored.primed, set(), "nobody is primed on a broken store")
+
+    def test_carry(self) -> None:
+        """A carried subscriber is primed or waiting as it was, and nothing is replayed to it."""
+        restored = OrderBook.restored("btcusd", 5, self.book().carried())
+        restored.carry("primed", primed=True)
+        restored.carry("waiting", primed=False)
+        self.assertEqual((restored.subscribers, restored.primed), ({"primed", "waiting"}, {"primed"}))
+        self.assertEqual(restored.increment_arrived(12, b"inc12"), {"primed"})
+        self.assertEqual(set(restored.snapshot_arrived(12, b"snap12")), {"waiting"})
+
+    def test_carry_onto_an_empty_store(self) -> None:
+        """No store came along (none left, or not readable): a carried subscriber waits for the next snapshot."""
+        book = OrderBook("btcusd", 5)
+        book.carry("a", primed=True)
+        self.assertEqual(book.waiting, 1)
+
+
 class _Model:
     """
     SPEC §7's order-book rules, restated independently of the code under
