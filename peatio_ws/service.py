@@ -33,7 +33,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any, cast
 
@@ -534,12 +534,8 @@ class Daemon(MultiService):
             leaving += frozen
             frozen = []
         waiting = [proto.is_closed for proto in leaving if not proto.is_closed.called]
-        if waiting and not await self._at_most(
-            DeferredList(waiting, consumeErrors=True), self.settings.websocket_close_timeout + 1
-        ):
-            for proto in leaving:
-                if not proto.is_closed.called:
-                    proto.dropConnection(abort=True)
+        if waiting:
+            await self._closed_in_time(DeferredList(waiting, consumeErrors=True), lambda: leaving)
         await self._stop_child(self.monitoring, "monitoring")
         if not self.running:
             return
@@ -586,14 +582,7 @@ class Daemon(MultiService):
         # consumer's clean stop (RabbitMQ takes seconds to delete a queue of
         # thousands of bindings) runs while they answer, not after.
         consumer_stopping = Deferred.fromCoroutine(self._stop_child(self.consumer, "rabbitmq"))
-        # Autobahn drops a peer that does not answer the close within
-        # WEBSOCKET_CLOSE_TIMEOUT; one second later whoever is left is cut.
-        if not await self._at_most(closing, self.settings.websocket_close_timeout + 1):
-            # Closed ones may still be listed until their TCP close completes.
-            left = [proto for proto in self.factory.live() if not proto.is_closed.called]
-            log.warn("{count} connections did not close in time; dropping them", count=len(left))
-            for proto in left:
-                proto.dropConnection(abort=True)
+        await self._closed_in_time(closing, self.factory.live)
         await consumer_stopping
         await self._stop_child(self.revocation, "redis")
         await self._stop_child(self.monitoring, "monitoring")
@@ -601,6 +590,20 @@ class Daemon(MultiService):
             self._watchdog.stop()
         self._watchdog = None
         log.info("shutdown complete")
+
+    async def _closed_in_time(self, closing: Deferred[Any], told: Callable[[], Iterable[Any]]) -> None:
+        """
+        Wait for the clients C{told} 1001 to close (C{closing} fires). Autobahn
+        drops a peer that does not answer the close within
+        WEBSOCKET_CLOSE_TIMEOUT; one second later whoever is left is cut.
+        """
+        if await self._at_most(closing, self.settings.websocket_close_timeout + 1):
+            return
+        # Closed ones may still be listed until their TCP close completes.
+        left = [proto for proto in told() if not proto.is_closed.called]
+        log.warn("{count} connections did not close in time; dropping them", count=len(left))
+        for proto in left:
+            proto.dropConnection(abort=True)
 
     async def _stop_child(self, child: IService, name: str) -> None:
         """Stop one child, going on (logged) after L{STOP_STEP_TIMEOUT}."""

@@ -297,8 +297,9 @@ class EventConsumer(Service):
         """
         Connections were carried across a restart in place (L{peatio_ws.reexec})
         before the first connection: their members count on the queue left
-        for this process. Should it be gone, or used by another process,
-        they are told (1012), as for any queue lost (SPEC §8).
+        for this process. Should it not be taken over (gone, used by another
+        process, its file unreadable, made with other settings), they are
+        told (1012), as for any queue lost (SPEC §8).
         """
         self._carried = True
 
@@ -565,14 +566,16 @@ class EventConsumer(Service):
         adopted: frozenset[str] | None = None
         if handed is not None:
             adopted = await self._take_over(client, handed)
-            if adopted is None and self._carried:
-                # What was published while the program restarted was to wait there.
-                self._events_lost()
-            self._carried = False
             if adopted is None or self._bind_all:
                 self._handed = None  # else once its bindings are taken over, below
         elif self._declared and await self._queue_consumers(client) is None:
             self._events_lost()
+        if self._carried:
+            self._carried = False
+            if adopted is None:
+                # The queue left was not taken over (gone, in use, not readable, made otherwise):
+                # what was published while the program restarted was to wait there.
+                self._events_lost()
         # Not exclusive, not auto-delete: it outlives a short disconnect, and
         # x-expires removes it once no one has used it for a while. A quorum
         # queue (durable, as RabbitMQ requires) also outlives a broker restart

@@ -439,6 +439,15 @@ class ConsumerTests(SynchronousTestCase):
         self.assertEqual(conn.lost, 1)
         self.assertEqual(h.value("peatio_ws_rabbitmq_queue_lost_total"), 1)
 
+    def test_no_queue_left_under_carried_connections(self) -> None:
+        """Carried connections, but no queue to take over (no file, or one not readable): they are told (1012)."""
+        h = self.harness()
+        conn = h.join("IDA")
+        h.consumer.carried_over()
+        h.consuming()
+        self.assertEqual(conn.lost, 1)
+        self.assertEqual(h.value("peatio_ws_rabbitmq_queue_lost_total"), 1)
+
     def test_queue_in_use(self) -> None:
         """The queue left has a consumer (another process with the same file): a new queue instead."""
         self.handed(["IDA"])
