@@ -316,7 +316,7 @@ class StreamProtocol(BoundedServerProtocol):
         return self._busy is not None or bool(self._queued) or self._holding is not None
 
     def stop_timers(self) -> None:
-        """Cancel this connection's own timers (a restart in place: the next program sets them again)."""
+        """Cancel this connection's own timers (at its end; at a restart in place, the next program sets them again)."""
         for call in (self._drop_call, self._auth_timer, self._expiry_timer):
             self._cancel(call)
         self._drop_call = self._auth_timer = self._expiry_timer = None
@@ -336,11 +336,7 @@ class StreamProtocol(BoundedServerProtocol):
         path. The first call for a connection that opened writes its close line
         (C{was_clean}, C{code}, C{reason}: what Autobahn's onClose says).
         """
-        self._cancel(self._drop_call)
-        self._drop_call = None
-        self._cancel(self._auth_timer)
-        self._cancel(self._expiry_timer)
-        self._auth_timer = self._expiry_timer = None
+        self.stop_timers()
         self._queued.clear()
         self._holding = None
         self._holding_size = 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 from pathlib import Path
 
 from websockets.sync.client import connect
@@ -19,6 +18,7 @@ from websockets.sync.client import connect
 from peatio_ws.testing import make_token
 from tests.support.cases import DaemonTestCase, new_uid
 from tests.support.daemon import DaemonProcess
+from tests.support.sockets import held_listener
 from tests.support.waiting import until_blocking
 
 
@@ -133,13 +133,7 @@ class RestartInPlaceTests(DaemonTestCase):
         Started with a socket from the service manager: the restart in
         place carries that listening socket too, and the connections.
         """
-        for _ in range(12):
-            spacer = open(os.devnull, "rb")  # noqa: SIM115 (closed at cleanup)
-            self.addCleanup(spacer.close)
-        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(held.close)
-        held.bind(("127.0.0.1", 0))
-        held.listen(128)
+        held = held_listener(self)
         directory = Path(self.mktemp()).resolve()
         directory.mkdir(parents=True)
         daemon = DaemonProcess(

@@ -9,7 +9,6 @@ waits in the socket's queue and the next daemon answers it.
 from __future__ import annotations
 
 import json
-import os
 import socket
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,20 +19,12 @@ from tests.support.cases import new_uid
 from tests.support.daemon import DaemonProcess
 from tests.support.oracle import AUTHENTICATED
 from tests.support.raw_client import RawClient
+from tests.support.sockets import held_listener
 
 
 class SocketActivationTests(SynchronousTestCase):
     def held_socket(self) -> socket.socket:
-        """A listening socket of the test's own, as the service manager's, on a descriptor over 9."""
-        for _ in range(12):
-            spacer = open(os.devnull, "rb")  # noqa: SIM115 (closed at cleanup)
-            self.addCleanup(spacer.close)
-        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.assertGreater(held.fileno(), 9)
-        self.addCleanup(held.close)
-        held.bind(("127.0.0.1", 0))
-        held.listen(128)
-        return held
+        return held_listener(self)
 
     def daemon(self, held: socket.socket) -> DaemonProcess:
         daemon = DaemonProcess(port=held.getsockname()[1], listening=held)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 from twisted.trial.unittest import SynchronousTestCase
 
-__all__ = ["connected_pair", "listening"]
+__all__ = ["connected_pair", "held_listener", "listening"]
 
 
 def listening(test: SynchronousTestCase) -> socket.socket:
@@ -31,3 +32,20 @@ def connected_pair(test: SynchronousTestCase) -> tuple[socket.socket, socket.soc
     test.addCleanup(accepted.close)
     accepted.setblocking(False)
     return client, accepted, address
+
+
+def held_listener(test: SynchronousTestCase) -> socket.socket:
+    """
+    A listening socket of the test's own, as a service manager holds one
+    for socket activation: on a descriptor over 9 (not 3, where it is
+    passed), closed at C{test}'s cleanup.
+    """
+    for _ in range(12):
+        spacer = open(os.devnull, "rb")  # noqa: SIM115 (closed at cleanup)
+        test.addCleanup(spacer.close)
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    test.assertGreater(held.fileno(), 9)
+    test.addCleanup(held.close)
+    held.bind(("127.0.0.1", 0))
+    held.listen(128)
+    return held
