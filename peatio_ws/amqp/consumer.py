@@ -413,6 +413,11 @@ class EventConsumer(Service):
                         reason=describe(e),
                     )
                 self._deleting = None
+        elif session is not None and self._leave_queue(session):
+            # Stopped while starting to consume (a second reload at once): the
+            # queue is declared and bound, nothing of it delivered yet; the
+            # next process takes it over. The connection's loss closes it here.
+            session.client.stop_handling()
         stopping = self._service.stopService()
         connection = self._connection
         left = max(0.0, STOP_TIMEOUT - (self._reactor.seconds() - started))

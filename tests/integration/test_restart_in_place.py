@@ -116,17 +116,43 @@ class RestartInPlaceTests(DaemonTestCase):
         self.assertEqual(self.recv(ws), {"order": {"id": 1}})
 
     def test_restarts_twice(self) -> None:
-        """The fresh program can itself restart in place."""
+        """The fresh program can itself restart in place, once it consumes again."""
         daemon = self.start()
         uid = new_uid()
         ws = self.client()
         self.login(ws, uid)
         self.restart(daemon, 1)
-        daemon.wait_log("RabbitMQ consuming: accepting WebSocket connections")
-        os.kill(daemon.pid, signal.SIGUSR2)
+        consuming = "RabbitMQ consuming: accepting WebSocket connections"
+        until_blocking(lambda: daemon.log_text().count(consuming) == 2, 30, "the fresh program to consume")
+        self.restart(daemon, 1)
         self.publish(uid, "order", {"id": "twice"})
         self.assertEqual(self.recv(ws, timeout=20), {"order": {"id": "twice"}})
         self.assertEqual(daemon.log_text().count("restart in place: 1 connections carried over"), 2)
+
+    def test_restarts_again_at_once(self) -> None:
+        """
+        A second reload as soon as the first is done, before the fresh
+        program consumes from the queue it took over: that queue is left to
+        the next program again, and nobody is closed.
+        """
+        daemon = self.start()
+        uid = new_uid()
+        ws = self.client()
+        self.login(ws, uid)
+        self.restart(daemon, 1)
+        os.kill(daemon.pid, signal.SIGUSR2)
+        self.publish(uid, "order", {"id": "between"})
+        until_blocking(
+            lambda: daemon.log_text().count("restart in place: 1 connections carried over") == 2,
+            30,
+            "the second restart",
+        )
+        self.publish(uid, "order", {"id": "after"})
+        self.assertEqual(self.recv(ws, timeout=20), {"order": {"id": "between"}})
+        self.assertEqual(self.recv(ws, timeout=20), {"order": {"id": "after"}})
+        log = daemon.log_text()
+        self.assertNotIn("told 1001", log.replace("0 told 1001", ""))
+        self.assertNotIn("Traceback", log)
 
     def test_socket_activated(self) -> None:
         """
