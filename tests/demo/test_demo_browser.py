@@ -49,7 +49,7 @@ from demo.site import ORDERS_PATH
 from peatio_ws.testing import generate_rsa_key, make_token, private_key_pem, rsa_key
 from tests.support.broker import queue_name_from_log
 from tests.support.cases import new_uid
-from tests.support.daemon import DaemonProcess, free_port, run_cli
+from tests.support.daemon import DaemonProcess, free_port, interruptible, run_cli
 from tests.support.paths import REPO
 from tests.support.waiting import until_blocking
 
@@ -324,6 +324,7 @@ class DemoRunner:
         self.process = subprocess.Popen(
             command, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)},
             stdin=subprocess.DEVNULL, stdout=self.output, stderr=subprocess.STDOUT,
+            preexec_fn=interruptible,
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:

@@ -93,6 +93,16 @@ def loopback(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 
 
+def interruptible() -> None:
+    """
+    A C{preexec_fn} for a child to be stopped by Ctrl-C (SIGINT): the
+    signal's default action, as a terminal's foreground job has it, even
+    when the tests themselves were started in the background (C{make test
+    &}), where the shell ignores SIGINT and every child inherits that.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop_child(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
     """
     Stop a child this process started, by its PID: C{sig}, then SIGKILL if it
