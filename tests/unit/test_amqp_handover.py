@@ -515,16 +515,8 @@ class ConsumerTests(SynchronousTestCase):
         [line] = self.lines(h, "not taken over yet")
         self.assertIn(QUEUE, line)
 
-    def test_stop_while_starting_to_consume_leaves_it(self) -> None:
-        """
-        Stopped after the queue was taken over and before consuming from
-        it (a second reload at once): the queue, with the members handed
-        over and those bound since, is left to the next process again, not
-        forgotten (no file) nor deleted.
-        """
-        self.handed(["IDA"])
-        h = self.harness()
-        h.join("IDB")
+    def stopped_before_consuming(self, h: Harness) -> Handover:
+        """Start C{h}, stop it while its C{basic.consume} is unanswered; what it left (no queue deleted)."""
         h.start()
         broker = h.accept()
         broker.hold.add("basic.consume")
@@ -537,6 +529,19 @@ class ConsumerTests(SynchronousTestCase):
         self.assertNotIn("queue.delete", broker.names())
         handed = take(self.path)
         assert handed is not None
+        return handed
+
+    def test_stop_while_starting_to_consume_leaves_it(self) -> None:
+        """
+        Stopped after the queue was taken over and before consuming from
+        it (a second reload at once): the queue, with the members handed
+        over and those bound since, is left to the next process again, not
+        forgotten (no file) nor deleted.
+        """
+        self.handed(["IDA"])
+        h = self.harness()
+        h.join("IDB")
+        handed = self.stopped_before_consuming(h)
         self.assertEqual((handed.queue, handed.members), (QUEUE, {"IDA", "IDB"}))
         [line] = self.lines(h, "left queue")
         self.assertIn(f"left queue {QUEUE} and its 2 member bindings to the next process", line)
@@ -545,16 +550,7 @@ class ConsumerTests(SynchronousTestCase):
         """Stopped while setting up a queue of its own: that queue, declared, is left as at a clean stop."""
         h = self.harness()
         h.join("IDA")
-        h.start()
-        broker = h.accept()
-        broker.hold.add("basic.consume")
-        broker.pump()
-        d = h.consumer.stopService()
-        broker.pump()
-        self.successResultOf(d)
-        self.assertNotIn("queue.delete", broker.names())
-        handed = take(self.path)
-        assert handed is not None
+        handed = self.stopped_before_consuming(h)
         self.assertEqual((handed.queue, handed.members), (h.consumer.queue_name, {"IDA"}))
 
     def test_bind_all(self) -> None:
